@@ -1,0 +1,78 @@
+"""Where things live, and defaults kept in one place.
+
+Cache layout (all under ``<cache-dir>/<dataset>/``, see the design's data contracts)::
+
+    manifest.parquet
+    features/<backbone>.h5
+    runs/<run>/heads/<task>/<candidate>.joblib
+    runs/<run>/preds/<task>/<candidate>.parquet
+    runs/<run>/blend/...
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CACHE_DIR = "cache"
+DEFAULT_RUN = "default"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("AFFECTPIPE_CACHE", DEFAULT_CACHE_DIR))
+
+
+def weights_dir() -> Path:
+    """Downloaded weight files: ``$AFFECTPIPE_HOME/weights`` (default ``~/.cache/affectpipe``)."""
+    home = os.environ.get("AFFECTPIPE_HOME") or Path.home() / ".cache" / "affectpipe"
+    return Path(home) / "weights"
+
+
+@dataclass(frozen=True)
+class DatasetPaths:
+    """Paths of one dataset's cache."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, cache_dir: str | Path, dataset: str) -> DatasetPaths:
+        return cls(Path(cache_dir) / dataset)
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.parquet"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.root / "features"
+
+    def features(self, backbone: str) -> Path:
+        return self.features_dir / f"{backbone}.h5"
+
+    def run(self, run: str = DEFAULT_RUN) -> Path:
+        return self.root / "runs" / run
+
+    def head(self, run: str, task: str, candidate: str) -> Path:
+        return self.run(run) / "heads" / task / f"{candidate}.joblib"
+
+    def preds(self, run: str, task: str, candidate: str) -> Path:
+        return self.run(run) / "preds" / task / f"{candidate}.parquet"
+
+    def blend_dir(self, run: str = DEFAULT_RUN) -> Path:
+        return self.run(run) / "blend"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Global CLI options, passed to every command as the click context object."""
+
+    cache_dir: Path
+    verbose: int = 0
+
+    def dataset(self, name: str) -> DatasetPaths:
+        return DatasetPaths.of(self.cache_dir, name)
