@@ -17,7 +17,8 @@ from affectpipe.blend.cli import blend, blend_bench, validate_submission
 from affectpipe.config import DEFAULT_CACHE_DIR, Settings
 from affectpipe.data.cli import index
 from affectpipe.errors import AffectpipeError
-from affectpipe.extract.cli import extract, extract_bench, weights
+from affectpipe.extract.cli import extract, extract_bench
+from affectpipe.extract.weights_cli import weights
 from affectpipe.heads.cli import heads, heads_bench
 from affectpipe.workflow_cli import demo, run
 

@@ -1,4 +1,4 @@
-"""`pipeline extract`, `pipeline weights`, `pipeline bench extract`."""
+"""`pipeline extract` and `pipeline bench extract`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,6 @@ from affectpipe.errors import AffectpipeError
 def extract() -> None:
     """Run frozen backbones over every image and cache their features."""
     raise AffectpipeError("`pipeline extract` is not available yet")
-
-
-@click.group()
-def weights() -> None:
-    """List, fetch and verify backbone weight files."""
 
 
 @click.command()
