@@ -2,12 +2,76 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from affectpipe.errors import AffectpipeError
+from affectpipe.config import Settings
+
+FORMAT_HELP = """\b
+Formats:
+  abaw-mtl   s-Aff-Wild2 (ABAW3/4/7 MTL): training_set_annotations.txt,
+             validation_set_annotations.txt, test list (MTL_Challenge_test_set_release.txt,
+             test_set_examples/MTL.txt or MTL.txt), images in cropped_aligned/ and
+             test_data/ | mtl_test_data/ | testset/ cropped_aligned/.
+  abaw-va, abaw-expr, abaw-au
+             per-task Aff-Wild2 (ABAW3/5/6/8): <task folder>/Train_Set/*.txt and
+             Validation_Set/*.txt, one file per video (ROOT = the annotations folder or the
+             task folder); test lists of ABAW3 (video names: each expands to frames 1..last
+             image of the video's folder) or ABAW5/6 (header + one frame a line).
+  csv        (alias folder) a CSV with an `image` column (relative to --image-root,
+             default the CSV's folder or its images/ subfolder) and any of valence,
+             arousal, expression, au1..au26, split, video, frame.
+"""
 
 
-@click.command()
-def index() -> None:
-    """Index a dataset into cache/<name>/manifest.parquet."""
-    raise AffectpipeError("`pipeline index` is not available yet")
+@click.command(epilog=FORMAT_HELP)
+@click.argument("root", type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", required=True, help="Dataset layout (see below).")
+@click.option("--name", required=True, help="Dataset name: the manifest goes to CACHE/NAME/.")
+@click.option("--train-file", type=click.Path(path_type=Path), help="abaw-mtl: training file.")
+@click.option("--val-file", type=click.Path(path_type=Path), help="abaw-mtl: validation file.")
+@click.option("--test-list", type=click.Path(path_type=Path), help="Challenge test list file.")
+@click.option(
+    "--image-root", type=click.Path(path_type=Path), help="Folder the image keys are relative to."
+)
+@click.option(
+    "--test-image-root",
+    type=click.Path(path_type=Path),
+    help="Folder of the test images (default: discovered, else --image-root).",
+)
+@click.option("--split-column", help="csv: column holding train/val/test (default `split`).")
+@click.option("--video-column", help="csv: column grouping rows into videos (default `video`).")
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    help="csv without split column: fraction of videos put in val (deterministic).",
+)
+@click.option(
+    "--lenient",
+    is_flag=True,
+    help="Mark malformed fields missing (and count them) instead of failing.",
+)
+@click.option("--force", is_flag=True, help="Re-index even when the inputs are unchanged.")
+@click.pass_obj
+def index(
+    settings: Settings,
+    root: Path,
+    fmt: str,
+    name: str,
+    lenient: bool,
+    force: bool,
+    **format_options: object,
+) -> None:
+    """Index the dataset at ROOT into CACHE/NAME/manifest.parquet.
+
+    Rows keep the files' order (train, val, then the test list) and repeated image keys;
+    missing labels become NaN / -1. A malformed line stops with FILE:LINE and exit code 2,
+    writing nothing (unless --lenient). Indexing unchanged inputs again is a no-op.
+    """
+    from affectpipe.data.index import index_dataset
+
+    result = index_dataset(
+        root, fmt, name, settings.cache_dir, lenient=lenient, force=force, **format_options
+    )
+    click.echo(result.summary)

@@ -1,0 +1,216 @@
+"""Any table of face crops: a CSV with an image column and whichever label columns it has.
+
+Columns (names are case-insensitive; `AU01` reads as `au1`): `image` (path relative to the
+image root), `valence`, `arousal`, `expression` (ABAW codes), `au1`..`au26`, and optionally
+`split` (train/val/test), `video`, `frame`. Absent columns and blank cells are missing
+labels. Without a split column every row is train, unless `val_fraction` moves that share
+of the videos (chosen by a fixed seed) to val.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from affectpipe.data.dataset import Inputs, Table
+from affectpipe.data.formats.common import fixes_for, given_or_found
+from affectpipe.data.labels import LABEL_COLUMNS, missing_labels, parse_labels
+from affectpipe.data.records import Problem, Records
+from affectpipe.errors import InputError
+from affectpipe.schema import SPLITS
+
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+_AU_NAME = re.compile(r"^au0*(\d+)$")
+VAL_SPLIT_SEED = 0
+
+
+def _column_name(raw: str) -> str:
+    name = raw.strip().lower()
+    match = _AU_NAME.match(name)
+    return f"au{int(match.group(1))}" if match else name
+
+
+class CsvTable:
+    name = "csv"
+    option_names = ("image_root", "split_column", "video_column", "val_fraction")
+
+    def resolve(
+        self,
+        root: Path,
+        *,
+        image_root: str | Path | None = None,
+        split_column: str | None = None,
+        video_column: str | None = None,
+        val_fraction: float | None = None,
+    ) -> Inputs:
+        table = root.resolve() if root.is_file() else _find_csv(root.resolve())
+        folder = table.parent
+        first = _first_image(table)
+        candidates = [folder, folder / "images"]
+        default = next((c for c in candidates if first and (c / first).exists()), folder)
+        images = given_or_found(image_root, [default], "image root", "--image-root")
+        options = {
+            "csv": str(table),
+            "split_column": split_column,
+            "video_column": video_column,
+            "val_fraction": val_fraction,
+        }
+        if val_fraction is not None and not 0 <= val_fraction < 1:
+            raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+        return Inputs((table,), dict.fromkeys(SPLITS, images), options)
+
+    def read(
+        self, inputs: Inputs, images: Mapping[Path, frozenset[str]], *, lenient: bool
+    ) -> Table:
+        path = inputs.sources[0]
+        options = inputs.options
+        raw = _read_csv(path)
+        raw.columns = [_column_name(c) for c in raw.columns]
+        if "image" not in raw:
+            raise InputError(f"{path}: no `image` column (columns: {', '.join(raw.columns)})")
+        n = len(raw)
+        present = [c for c in LABEL_COLUMNS if c in raw]
+        records = Records(
+            [path],
+            np.zeros(n, dtype=np.int64),
+            np.arange(2, n + 2, dtype=np.int64),  # line 1 is the header
+            raw[["image", *present]].to_numpy(dtype=object),
+            np.zeros(n, dtype=bool),
+        )
+        image = raw["image"].str.strip().to_numpy(dtype=object)
+        blank = np.flatnonzero(image == "")
+        problems = [Problem(0, int(records.line[i]), "empty image path") for i in blank[:1]]
+        split_problems, split = _splits(raw, records, options)
+        labels = parse_labels(
+            records,
+            {name: j + 1 for j, name in enumerate(present)},
+            lenient=lenient,
+            empty_is_missing=True,
+            also=[*problems, *split_problems],
+        )
+        video = _videos(raw, image, options.get("video_column"))
+        if split is None:
+            split = _val_by_video(video, float(options.get("val_fraction") or 0.0))
+        frame = pd.DataFrame(
+            {
+                "image": image,
+                "video": video,
+                "frame": _frames(raw, image, video),
+                "split": split,
+                **missing_labels(n, set(present)),
+                **labels.columns,
+            }
+        )
+        keep = image != ""
+        bad_split = split == ""
+        return Table(
+            frame[keep & ~bad_split].reset_index(drop=True),
+            None,
+            fixes_for(records, labels.fixed | ~keep | bad_split),
+        )
+
+
+def _find_csv(folder: Path) -> Path:
+    if (folder / "labels.csv").exists():
+        return folder / "labels.csv"
+    tables = sorted(folder.glob("*.csv"))
+    if len(tables) != 1:
+        raise InputError(f"{folder}: expected labels.csv or exactly one *.csv; pass the CSV itself")
+    return tables[0]
+
+
+def _read_csv(path: Path, nrows: int | None = None) -> pd.DataFrame:
+    """All cells as text; blank lines kept (as blank rows) so row i is line i + 2, except
+    blank lines at the end, which are dropped."""
+    try:
+        raw = pd.read_csv(
+            path,
+            dtype=str,
+            keep_default_na=False,
+            skipinitialspace=True,
+            skip_blank_lines=False,
+            nrows=nrows,
+        )
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{path}: not a readable CSV: {exc}") from None
+    filled = np.flatnonzero((raw.fillna("") != "").any(axis=1).to_numpy())
+    return raw.iloc[: filled[-1] + 1 if len(filled) else 0].fillna("")
+
+
+def _first_image(path: Path) -> str | None:
+    head = _read_csv(path, nrows=1)
+    for column in head.columns:
+        if _column_name(column) == "image" and len(head):
+            return str(head[column].iloc[0]).strip()
+    return None
+
+
+def _splits(
+    raw: pd.DataFrame, records: Records, options: Mapping[str, object]
+) -> tuple[list[Problem], np.ndarray | None]:
+    """The split of each row from the split column ("" where unreadable; None without a
+    split column), and the problems found."""
+    column = options.get("split_column")
+    name = _column_name(str(column)) if column is not None else "split"
+    if column is not None and name not in raw:
+        raise InputError(f"{records.paths[0]}: no column {column!r} (given with --split-column)")
+    if name not in raw:
+        return [], None
+    if options.get("val_fraction") is not None:
+        raise InputError(f"{records.paths[0]} has a {name!r} column: drop --val-fraction")
+    text = raw[name].str.strip().str.lower()
+    split = text.map(SPLIT_NAMES).fillna("").to_numpy(dtype=object)
+    bad = np.flatnonzero(split == "")
+    problems = [
+        Problem(0, int(records.line[i]), f"split {raw[name].iloc[i]!r}: use train, val or test")
+        for i in bad[:1]
+    ]
+    return problems, split
+
+
+def _videos(raw: pd.DataFrame, image: np.ndarray, column: object) -> np.ndarray:
+    """Video of each row: the named column, else the image's folder, else the image itself."""
+    name = _column_name(str(column)) if column is not None else "video"
+    if column is not None and name not in raw:
+        raise InputError(f"no column {column!r} (given with --video-column)")
+    if name in raw:
+        return raw[name].str.strip().to_numpy(dtype=object)
+    keys = pd.Series(image, dtype="string")
+    folder = keys.str.rpartition("/")[0]
+    return folder.where(folder != "", keys).to_numpy(dtype=object)
+
+
+def _frames(raw: pd.DataFrame, image: np.ndarray, video: np.ndarray) -> np.ndarray:
+    """The `frame` column, else the number in the file name, else the order within the video."""
+    if "frame" in raw:
+        values = pd.to_numeric(raw["frame"].str.strip(), errors="coerce")
+        if values.notna().all():
+            return values.to_numpy(dtype=np.int64)
+    stems = pd.Series(image, dtype="string").str.extract(r"(\d+)\.[A-Za-z]+$")[0]
+    order = pd.Series(video).groupby(pd.Series(video)).cumcount().to_numpy() + 1
+    numbers = pd.to_numeric(stems, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.where(np.isnan(numbers), order, numbers).astype(np.int64)
+
+
+def _val_by_video(video: np.ndarray, fraction: float) -> np.ndarray:
+    """Deterministic split: a seeded shuffle of the sorted video names, the first share to val."""
+    split = np.full(len(video), "train", dtype=object)
+    if fraction <= 0:
+        return split
+    names = np.array(sorted(set(video)), dtype=object)
+    shuffled = np.random.default_rng(VAL_SPLIT_SEED).permutation(names)
+    n_val = max(1, int(round(fraction * len(names))))
+    split[np.isin(video, shuffled[:n_val])] = "val"
+    return split
