@@ -1,0 +1,116 @@
+"""Temporal smoothing of per-frame predictions, one video (and split) at a time.
+
+s-Aff-Wild2 frames are sparse, so a window counts listed neighbours in frame order, not
+frame numbers. Segments never mix: every video gets its own normalised convolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import correlate1d
+from scipy.signal import fftconvolve
+
+KERNELS: tuple[str, ...] = ("box", "gaussian")
+DIRECT_MAX_WIDTH = 65  # wider kernels convolve faster through the FFT
+
+
+@dataclass(frozen=True)
+class VideoOrder:
+    """Rows sorted by (group, frame), with the sorted position where each group starts.
+
+    `group` codes identify one video within one split; build it with `group_codes`.
+    """
+
+    order: np.ndarray  # sorted position -> row
+    group_index: np.ndarray  # sorted position -> 0-based index of its group
+    start: np.ndarray  # sorted position -> first sorted position of its group
+    stop: np.ndarray  # sorted position -> one past the last sorted position of its group
+
+    @classmethod
+    def of(cls, groups: np.ndarray, frames: np.ndarray) -> VideoOrder:
+        order = np.lexsort((np.arange(len(frames)), frames, groups))
+        sorted_groups = np.asarray(groups)[order]
+        new_group = np.ones(len(order), dtype=bool)
+        new_group[1:] = sorted_groups[1:] != sorted_groups[:-1]
+        group_index = np.cumsum(new_group) - 1
+        starts = np.flatnonzero(new_group)
+        stops = np.append(starts[1:], len(order))
+        return cls(order, group_index, starts[group_index], stops[group_index])
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.group_index[-1]) + 1 if len(self.group_index) else 0
+
+
+def group_codes(*keys: np.ndarray) -> np.ndarray:
+    """One integer per distinct combination of the key arrays (e.g. split and video)."""
+    table = np.stack([np.asarray(k).astype(str) for k in keys], axis=1)
+    _, codes = np.unique(table, axis=0, return_inverse=True)
+    return codes.ravel()
+
+
+def kernel_weights(kernel: str, half_width: int) -> np.ndarray:
+    """Weights over offsets -half_width..half_width (not normalised)."""
+    offsets = np.arange(-half_width, half_width + 1, dtype=np.float64)
+    if kernel == "box":
+        return np.ones_like(offsets)
+    if kernel == "gaussian":
+        sigma = max(half_width / 2.0, 0.5)  # the window spans about two sigmas each side
+        return np.exp(-0.5 * (offsets / sigma) ** 2)
+    raise ValueError(f"unknown smoothing kernel {kernel!r} (choose from {KERNELS})")
+
+
+def smooth(values: np.ndarray, order: VideoOrder, kernel: str, half_width: int) -> np.ndarray:
+    """Smooth `values` [N, K] (rows as in `order`) over `half_width` neighbours on each side.
+
+    Near a video's ends the kernel is renormalised over the neighbours that exist.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    if half_width <= 0 or len(values) == 0:
+        return values.copy()
+    squeeze = values.ndim == 1
+    data = values[:, None] if squeeze else values
+    out = np.empty_like(data)
+    if kernel == "box":
+        out[order.order] = _box_sorted(data[order.order], order, half_width)
+    else:
+        out[order.order] = _convolve_sorted(data[order.order], order, kernel, half_width)
+    return out[:, 0] if squeeze else out
+
+
+def _box_sorted(data: np.ndarray, order: VideoOrder, half_width: int) -> np.ndarray:
+    """Box means from prefix sums, each window cut at its video's ends."""
+    sums = np.zeros((len(data) + 1, data.shape[1]), dtype=np.float64)
+    np.cumsum(data, axis=0, out=sums[1:])
+    position = np.arange(len(data))
+    lo = np.maximum(order.start, position - half_width)
+    hi = np.minimum(order.stop, position + half_width + 1)
+    return ((sums[hi] - sums[lo]) / (hi - lo)[:, None]).astype(np.float32)
+
+
+def _convolve_sorted(
+    data: np.ndarray, order: VideoOrder, kernel: str, half_width: int
+) -> np.ndarray:
+    """Kernel-weighted means by one convolution, renormalised over existing neighbours."""
+    # Lay the sorted rows out with `half_width` empty slots before each video and at the end,
+    # so one convolution over the whole array never reaches across a video boundary.
+    slots = np.arange(len(order.order)) + (order.group_index + 1) * half_width
+    length = len(order.order) + (order.n_groups + 1) * half_width
+    padded = np.zeros((length, data.shape[1]), dtype=np.float32)
+    present = np.zeros((length, 1), dtype=np.float32)
+    padded[slots] = data
+    present[slots] = 1.0
+    weights = kernel_weights(kernel, half_width)
+    total = _convolve_rows(padded, weights)[slots]
+    norm = _convolve_rows(present, weights)[slots]
+    return (total / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def _convolve_rows(data: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Convolve each column of `data` with the symmetric `weights`, zeros outside."""
+    if len(weights) <= DIRECT_MAX_WIDTH:
+        return correlate1d(data, weights, axis=0, mode="constant", cval=0.0)
+    # float64 keeps the FFT's round-off (which spreads over the whole array) near 1e-12.
+    return fftconvolve(data.astype(np.float64), weights[:, None], mode="same", axes=0)

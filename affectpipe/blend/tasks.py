@@ -1,0 +1,158 @@
+"""What differs between the three tasks when blending: labels, objectives, decisions, scores.
+
+Each rules object turns blended continuous outputs (VA values, class or AU probabilities)
+into challenge outputs, tunes its post-blend correction and scores with `affectpipe.metrics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from affectpipe import metrics
+from affectpipe.blend import calibration, thresholds
+from affectpipe.schema import AU_COLUMNS, EXPR_NAMES, VA_COLUMNS
+
+
+@dataclass(frozen=True)
+class WeightGroup:
+    """Output columns that share one weight vector, and the objective they are tuned on."""
+
+    name: str
+    columns: slice
+
+
+class VaRules:
+    name = "va"
+    post_name = "calibration"
+    groups = (WeightGroup("valence", slice(0, 1)), WeightGroup("arousal", slice(1, 2)))
+    windows = (0, 3, 6, 12, 25, 50, 100)
+
+    def labels(self, manifest: pd.DataFrame) -> np.ndarray:
+        return manifest[list(VA_COLUMNS)].to_numpy(np.float32)
+
+    def labelled(self, labels: np.ndarray) -> np.ndarray:
+        return np.isfinite(labels).all(axis=1) & (labels > -5).all(axis=1)
+
+    def objective(self, labels: np.ndarray, group: WeightGroup):
+        target = labels[:, group.columns][:, 0]
+        return lambda values: metrics.ccc(target, np.clip(values[:, 0], -1, 1))
+
+    def prior(self, labels: np.ndarray) -> np.ndarray:
+        rows = self.labelled(labels)
+        return labels[rows].mean(axis=0) if rows.any() else np.zeros(2, np.float32)
+
+    def fit_post(self, labels: np.ndarray, values: np.ndarray) -> tuple[dict[str, Any], float]:
+        scale, shift = calibration.fit_va_calibration(labels, values)
+        post = {"scale": scale.tolist(), "shift": shift.tolist()}
+        return post, self.score(labels, self.decide(values, post))
+
+    def identity_post(self) -> dict[str, Any]:
+        return {"scale": [1.0, 1.0], "shift": [0.0, 0.0]}
+
+    def decide(self, values: np.ndarray, post: dict[str, Any]) -> np.ndarray:
+        return calibration.apply_affine(values, np.array(post["scale"]), np.array(post["shift"]))
+
+    def details(self, labels: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
+        return metrics.va_scores(labels, outputs)
+
+    def score(self, labels: np.ndarray, outputs: np.ndarray) -> float:
+        return metrics.va_scores(labels, outputs)["p_va"]
+
+
+class ExprRules:
+    name = "expr"
+    post_name = "offsets"
+    groups = (WeightGroup("expression", slice(0, len(EXPR_NAMES))),)
+    windows = (0, 3, 6, 12, 25, 50, 100)
+
+    def labels(self, manifest: pd.DataFrame) -> np.ndarray:
+        return manifest["expression"].to_numpy(np.int64)
+
+    def labelled(self, labels: np.ndarray) -> np.ndarray:
+        return labels >= 0
+
+    def objective(self, labels: np.ndarray, group: WeightGroup):
+        return lambda probs: float(
+            calibration.macro_f1_from_pairs(labels, np.argmax(probs, axis=1)[None])[0]
+        )
+
+    def prior(self, labels: np.ndarray) -> np.ndarray:
+        counts = np.bincount(labels[labels >= 0], minlength=len(EXPR_NAMES)).astype(np.float32)
+        return counts / counts.sum() if counts.sum() else np.full(8, 1 / 8, np.float32)
+
+    def fit_post(self, labels: np.ndarray, probs: np.ndarray) -> tuple[dict[str, Any], float]:
+        offsets, f1 = calibration.fit_expr_offsets(labels, probs)
+        return {"offsets": offsets.tolist()}, f1
+
+    def identity_post(self) -> dict[str, Any]:
+        return {"offsets": [0.0] * len(EXPR_NAMES)}
+
+    def decide(self, probs: np.ndarray, post: dict[str, Any]) -> np.ndarray:
+        return calibration.apply_expr_offsets(probs, np.array(post["offsets"]))
+
+    def details(self, labels: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
+        per_class = metrics.expr_f1_per_class(labels, outputs)
+        return {
+            "p_expr": float(np.mean(per_class)),
+            "f1_per_class": dict(zip(EXPR_NAMES, per_class.tolist(), strict=True)),
+        }
+
+    def score(self, labels: np.ndarray, outputs: np.ndarray) -> float:
+        return metrics.expr_f1(labels, outputs)
+
+
+class AuRules:
+    name = "au"
+    post_name = "thresholds"
+    groups = (WeightGroup("aus", slice(0, len(AU_COLUMNS))),)
+    windows = (0, 1, 2, 4, 8, 16)
+
+    def labels(self, manifest: pd.DataFrame) -> np.ndarray:
+        return manifest[list(AU_COLUMNS)].to_numpy(np.int64)
+
+    def labelled(self, labels: np.ndarray) -> np.ndarray:
+        return (labels >= 0).any(axis=1)
+
+    def objective(self, labels: np.ndarray, group: WeightGroup):
+        # Thresholds are tuned after blending, so weigh mixes by their best-threshold F1.
+        return thresholds.F1Grid(labels).best_mean_f1
+
+    def prior(self, labels: np.ndarray) -> np.ndarray:
+        valid = labels >= 0
+        positives = ((labels == 1) & valid).sum(axis=0)
+        counts = valid.sum(axis=0)
+        return np.where(counts > 0, positives / np.maximum(counts, 1), 0.5).astype(np.float32)
+
+    def fit_post(self, labels: np.ndarray, probs: np.ndarray) -> tuple[dict[str, Any], float]:
+        tuned, f1 = thresholds.best_thresholds(probs, labels)
+        return {"thresholds": tuned.tolist()}, float(f1.mean())
+
+    def identity_post(self) -> dict[str, Any]:
+        return {"thresholds": [thresholds.DEFAULT_THRESHOLD] * len(AU_COLUMNS)}
+
+    def decide(self, probs: np.ndarray, post: dict[str, Any]) -> np.ndarray:
+        return thresholds.apply_thresholds(probs, np.array(post["thresholds"]))
+
+    def details(self, labels: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
+        per_au = metrics.au_f1_per_au(labels, outputs)
+        return {
+            "p_au": float(np.mean(per_au)),
+            "f1_per_au": dict(zip(AU_COLUMNS, per_au.tolist(), strict=True)),
+        }
+
+    def score(self, labels: np.ndarray, outputs: np.ndarray) -> float:
+        return metrics.au_f1(labels, outputs)
+
+
+TaskRules = VaRules | ExprRules | AuRules
+RULES: dict[str, TaskRules] = {"va": VaRules(), "expr": ExprRules(), "au": AuRules()}
+
+
+def rules_for(task: str) -> TaskRules:
+    if task not in RULES:
+        raise ValueError(f"unknown task {task!r}")
+    return RULES[task]

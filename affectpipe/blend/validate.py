@@ -1,0 +1,170 @@
+"""Check a submission file against a dataset's test list, reporting every problem by line."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from affectpipe.schema import MTL_SUBMISSION_HEADER, TASK_HEADERS
+
+VALUE_COUNTS = {"va": 2, "expr": 1, "au": 12}
+
+
+@dataclass(frozen=True)
+class Problem:
+    line: int  # 1-based line number in the file (0: the file as a whole)
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}" if self.line else self.message
+
+
+def detect_format(header: str) -> str | None:
+    if header == MTL_SUBMISSION_HEADER:
+        return "mtl"
+    fields = [f.strip().lower() for f in header.split(",")]
+    for task, names in TASK_HEADERS.items():
+        if fields[1:] == names.lower().split(","):
+            return task
+    return None
+
+
+def _check_va(fields: list[str]) -> list[str]:
+    out = []
+    for name, text in zip(("valence", "arousal"), fields, strict=True):
+        try:
+            value = float(text)
+        except ValueError:
+            out.append(f"{name} {text!r} is not a number")
+            continue
+        if not math.isfinite(value) or not -1.0 <= value <= 1.0:
+            out.append(f"{name} {text} is outside [-1, 1]")
+    return out
+
+
+def _check_expr(fields: list[str]) -> list[str]:
+    text = fields[0]
+    if not (text.isdigit() and 0 <= int(text) <= 7):
+        return [f"expression {text!r} is not an integer 0..7"]
+    return []
+
+
+def _check_au(fields: list[str]) -> list[str]:
+    bad = [i for i, text in enumerate(fields) if text not in ("0", "1")]
+    return [f"AU values must be 0 or 1; field(s) {[fields[i] for i in bad]}"] if bad else []
+
+
+CHECKS = {"va": _check_va, "expr": _check_expr, "au": _check_au}
+
+
+def check_values(fmt: str, values: list[str]) -> list[str]:
+    """Problems with the value fields of one data line (without the image field)."""
+    if fmt == "mtl":
+        parts = (("va", values[0:2]), ("expr", values[2:3]), ("au", values[3:15]))
+        return [p for task, vals in parts for p in CHECKS[task](vals)]
+    return CHECKS[fmt](values)
+
+
+def validate_lines(lines: list[str], expected_images: list[str], fmt: str | None) -> list[Problem]:
+    """Problems of a submission given as text lines (without line ends)."""
+    if not lines:
+        return [Problem(0, "the file is empty")]
+    header = lines[0]
+    detected = detect_format(header)
+    problems: list[Problem] = []
+    if fmt is None:
+        if detected is None:
+            return [Problem(1, f"unrecognised header {header!r}; pass --format")]
+        fmt = detected
+    elif detected != fmt:
+        expected = MTL_SUBMISSION_HEADER if fmt == "mtl" else f"image_location,{TASK_HEADERS[fmt]}"
+        problems.append(Problem(1, f"header {header!r} does not match format {fmt} ({expected})"))
+    n_values = 15 if fmt == "mtl" else VALUE_COUNTS[fmt]
+    data = lines[1:]
+    for index, line in enumerate(data):
+        number = index + 2
+        fields = line.split(",")
+        if index < len(expected_images) and fields[0] != expected_images[index]:
+            problems.append(
+                Problem(
+                    number,
+                    f"image {fields[0]!r} where the test list has {expected_images[index]!r}",
+                )
+            )
+        if len(fields) != n_values + 1:
+            problems.append(Problem(number, f"{len(fields)} fields, expected {n_values + 1}"))
+            continue
+        problems += [Problem(number, m) for m in check_values(fmt, fields[1:])]
+    if len(data) < len(expected_images):
+        problems.append(
+            Problem(
+                len(lines) + 1,
+                f"{len(expected_images) - len(data)} line(s) missing: the "
+                f"test list has {len(expected_images)} entries, the file {len(data)}",
+            )
+        )
+    elif len(data) > len(expected_images):
+        problems.append(
+            Problem(
+                len(expected_images) + 2,
+                f"{len(data) - len(expected_images)} extra "
+                f"line(s) beyond the {len(expected_images)} test-list entries",
+            )
+        )
+    return problems
+
+
+def validate_file(path: Path, manifest: pd.DataFrame, fmt: str | None = None) -> list[Problem]:
+    """Problems of the submission `path` against the manifest's test rows (in list order)."""
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final line end
+    problems = [
+        Problem(i + 1, "line ends with a carriage return (CRLF)")
+        for i, line in enumerate(lines)
+        if line.endswith("\r")
+    ]
+    lines = [line.rstrip("\r") for line in lines]
+    test = manifest[manifest["split"] == "test"]
+    problems += validate_lines(lines, test["image"].astype(str).tolist(), fmt)
+    return sorted(problems, key=lambda p: p.line)
+
+
+def validate_video_folder(
+    folder: Path, manifest: pd.DataFrame, fmt: str | None = None
+) -> list[tuple[str, Problem]]:
+    """Problems of an ABAW3 per-video submission folder: one `<video>.txt` per test video,
+    the task header, then one line per frame 1..last. Returns (file name, problem) pairs."""
+    test = manifest[manifest["split"] == "test"]
+    last_frames = test.groupby("video", sort=False)["frame"].max()
+    problems: list[tuple[str, Problem]] = []
+    expected_names = {f"{video}.txt" for video in last_frames.index}
+    for extra in sorted({p.name for p in Path(folder).glob("*.txt")} - expected_names):
+        problems.append((extra, Problem(0, "not a test video of the dataset")))
+    for video, last in last_frames.items():
+        path = Path(folder) / f"{video}.txt"
+        if not path.exists():
+            problems.append((path.name, Problem(0, "file missing")))
+            continue
+        lines = path.read_text(encoding="utf-8").splitlines()
+        header = lines[0] if lines else ""
+        task = fmt or next((t for t, h in TASK_HEADERS.items() if h == header), None)
+        if task is None or task == "mtl" or header != TASK_HEADERS.get(task):
+            problems.append((path.name, Problem(1, f"header {header!r} is not a task header")))
+            if task is None or task == "mtl":
+                continue
+        for number, line in enumerate(lines[1:], start=2):
+            fields = line.split(",")
+            if len(fields) != VALUE_COUNTS[task]:
+                message = f"{len(fields)} fields, expected {VALUE_COUNTS[task]}"
+                problems.append((path.name, Problem(number, message)))
+                continue
+            problems += [(path.name, Problem(number, m)) for m in CHECKS[task](fields)]
+        if len(lines) - 1 != last:
+            message = f"{len(lines) - 1} frame lines, expected {last} (frames 1..{last})"
+            problems.append((path.name, Problem(len(lines) + 1, message)))
+    return problems

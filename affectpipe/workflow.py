@@ -1,0 +1,134 @@
+"""The whole pipeline chained: index (when a data root is given) -> extract -> heads -> blend.
+
+`run_pipeline` calls the stage APIs in turn; `run_demo` does it on the built-in synthetic
+dataset with randomly initialised CNN backbones, offline. The stages are looked up through a
+`Stages` record so that a caller (or a test) can swap one for a stand-in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from affectpipe.config import DEFAULT_RUN, DatasetPaths
+from affectpipe.errors import InputError
+
+DEMO_DATASET = "demo"
+DEMO_BACKBONES = ("mt-emotieffnet", "ddamfn", "openface")
+RANDOM_INIT_NOTE = (
+    "RANDOM-INIT FEATURES: the CNN backbones were built with random weights, not the "
+    "pretrained models. Their features are random projections of the pixels; the scores "
+    "below show the pipeline working, not what the real backbones achieve."
+)
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The stage entry points `run_pipeline` calls (the real ones by default)."""
+
+    index: Callable[..., Any]
+    extract: Callable[..., Any]
+    heads: Callable[..., Any]
+    blend: Callable[..., Any]
+
+    @classmethod
+    def default(cls) -> Stages:
+        # Imported here: the stages pull in torch, scikit-learn and lightgbm.
+        from affectpipe import blend, extract, heads
+        from affectpipe.data.index import index_dataset
+
+        return cls(index=index_dataset, extract=extract.run, heads=heads.train, blend=blend.run)
+
+
+@dataclass
+class WorkflowResult:
+    paths: DatasetPaths
+    index: Any  # IndexResult, or None when the existing manifest was used
+    extract: Any  # ExtractSummary
+    heads: Any  # HeadsResult
+    blend: Any  # BlendResult
+    notes: list[str]
+
+
+def run_pipeline(
+    dataset: str,
+    cache_dir: Path,
+    *,
+    data_root: Path | None = None,
+    fmt: str | None = None,
+    backbones: Sequence[str] = (),
+    weights: Mapping[str, Path] | None = None,
+    random_init: bool = False,
+    device: str = "cpu",
+    run: str = DEFAULT_RUN,
+    out_dir: Path | None = None,
+    progress: bool = True,
+    stages: Stages | None = None,
+    echo: Callable[[str], None] = print,
+) -> WorkflowResult:
+    """Index `data_root` (if given), extract `backbones` (empty: the defaults), train the heads
+    and blend. Each stage reuses what is cached and still valid."""
+    paths = DatasetPaths.of(cache_dir, dataset)
+    if data_root is not None and fmt is None:
+        raise InputError("--data needs --format (e.g. --format abaw-mtl)")
+    if data_root is None and not paths.manifest.exists():
+        raise InputError(
+            f"no manifest at {paths.manifest}: pass --data ROOT --format FMT to index a dataset"
+        )
+    stages = stages or Stages.default()
+    indexed = None
+    if data_root is not None:
+        echo(f"[1/4] index {data_root} ({fmt}) -> {paths.manifest}")
+        indexed = stages.index(Path(data_root), fmt, dataset, Path(cache_dir))
+        echo(indexed.summary)
+    else:
+        echo(f"[1/4] index: using the existing manifest {paths.manifest}")
+    notes = [RANDOM_INIT_NOTE] if random_init else []
+    for note in notes:
+        echo(f"WARNING: {note}")
+    echo("[2/4] extract features")
+    extracted = stages.extract(
+        paths,
+        list(backbones),
+        device=device,
+        weights=dict(weights or {}),
+        random_init=random_init,
+        progress=progress,
+    )
+    echo(extracted.text())
+    echo("[3/4] train heads")
+    trained = stages.heads(paths, run=run, progress=progress)
+    echo(trained.table())
+    echo("[4/4] blend")
+    blended = stages.blend(paths, run=run, out_dir=out_dir, progress=progress, notes=notes)
+    return WorkflowResult(paths, indexed, extracted, trained, blended, notes)
+
+
+def run_demo(
+    workdir: Path,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    stages: Stages | None = None,
+    echo: Callable[[str], None] = print,
+) -> WorkflowResult:
+    """The whole pipeline on synthetic data under `workdir`, offline, with random-init CNNs."""
+    from affectpipe.data.synthetic import write_demo_dataset
+
+    workdir = Path(workdir)
+    echo(f"writing the synthetic demo dataset (seed {seed}) under {workdir / 'data'}")
+    data_root = write_demo_dataset(workdir / "data", seed=seed)
+    return run_pipeline(
+        DEMO_DATASET,
+        workdir / "cache",
+        data_root=data_root,
+        fmt="abaw-mtl",
+        backbones=DEMO_BACKBONES,
+        random_init=True,
+        out_dir=workdir / "submission",
+        progress=progress,
+        stages=stages,
+        echo=echo,
+    )

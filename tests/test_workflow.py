@@ -1,0 +1,119 @@
+"""`pipeline run` / `pipeline demo` chaining, with stand-ins for the earlier stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from affectpipe.blend import synthetic
+from affectpipe.blend.runner import run as blend_run
+from affectpipe.config import DatasetPaths
+from affectpipe.errors import InputError
+from affectpipe.pipeline import cli
+from affectpipe.workflow import (
+    DEMO_BACKBONES,
+    DEMO_DATASET,
+    RANDOM_INIT_NOTE,
+    Stages,
+    run_demo,
+    run_pipeline,
+)
+
+
+@dataclass
+class Recorder:
+    """Stand-in stages: index writes a synthetic manifest, heads (re)writes it with the
+    run's predictions; blend is the real one."""
+
+    calls: list[tuple[str, tuple, dict]] = field(default_factory=list)
+
+    def index(self, root, fmt, name, cache_dir, **options):
+        self.calls.append(("index", (root, fmt, name), options))
+        synthetic.write_synthetic_run(DatasetPaths.of(cache_dir, name), n_rows=800)
+        return type("Indexed", (), {"summary": "indexed 800 rows"})()
+
+    def extract(self, paths, backbones, **options):
+        self.calls.append(("extract", (tuple(backbones),), options))
+        return type("Extracted", (), {"text": lambda self: "features ok"})()
+
+    def heads(self, paths, **options):
+        self.calls.append(("heads", (), options))
+        synthetic.write_synthetic_run(paths, run=options["run"], n_rows=800)
+        return type("Trained", (), {"table": lambda self: "heads ok"})()
+
+    def blend(self, paths, **options):
+        self.calls.append(("blend", (), options))
+        return blend_run(paths, report=False, **options)
+
+    def stages(self) -> Stages:
+        return Stages(index=self.index, extract=self.extract, heads=self.heads, blend=self.blend)
+
+
+def test_run_pipeline_chains_the_stages_in_order(tmp_path):
+    recorder = Recorder()
+    lines: list[str] = []
+    result = run_pipeline(
+        "toy",
+        tmp_path / "cache",
+        data_root=tmp_path,
+        fmt="abaw-mtl",
+        backbones=["mt-emotieffnet", "openface"],
+        weights={"ddamfn": Path("d.pth")},
+        random_init=True,
+        run="r1",
+        out_dir=tmp_path / "sub",
+        progress=False,
+        stages=recorder.stages(),
+        echo=lines.append,
+    )
+    assert [c[0] for c in recorder.calls] == ["index", "extract", "heads", "blend"]
+    assert recorder.calls[1][1] == (("mt-emotieffnet", "openface"),)
+    assert recorder.calls[1][2]["random_init"] is True
+    assert recorder.calls[1][2]["weights"] == {"ddamfn": Path("d.pth")}
+    assert recorder.calls[2][2]["run"] == "r1" and recorder.calls[3][2]["run"] == "r1"
+    assert recorder.calls[3][2]["notes"] == [RANDOM_INIT_NOTE]
+    assert any("RANDOM-INIT" in line for line in lines)
+    assert result.blend.submission_files == [tmp_path / "sub" / "MTL_predictions.txt"]
+    assert result.blend.p_mtl["tuned"] > result.blend.p_mtl["best_single"]
+
+
+def test_run_pipeline_without_data_needs_a_manifest(tmp_path):
+    recorder = Recorder()
+    with pytest.raises(InputError, match="--data ROOT --format FMT"):
+        run_pipeline("toy", tmp_path, stages=recorder.stages(), echo=lambda _: None)
+    with pytest.raises(InputError, match="--format"):
+        run_pipeline("toy", tmp_path, data_root=tmp_path, stages=recorder.stages())
+    assert recorder.calls == []
+    # with a manifest in place, indexing is skipped
+    synthetic.write_synthetic_run(DatasetPaths.of(tmp_path, "toy"), n_rows=800)
+    run_pipeline("toy", tmp_path, progress=False, stages=recorder.stages(), echo=lambda _: None)
+    assert [c[0] for c in recorder.calls] == ["extract", "heads", "blend"]
+    assert recorder.calls[2][2]["notes"] == []
+
+
+def test_run_command_reports_a_missing_manifest(tmp_path):
+    result = CliRunner().invoke(cli, ["--cache-dir", str(tmp_path), "run", "--dataset", "none"])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, InputError)
+    assert "no manifest" in str(result.exception)
+
+
+def test_demo_uses_random_init_cnns_and_openface_on_the_synthetic_dataset(tmp_path, monkeypatch):
+    written = []
+
+    def write_demo_dataset(root: Path, *, seed: int = 0) -> Path:  # stand-in: no images
+        written.append((root, seed))
+        return root
+
+    monkeypatch.setattr("affectpipe.data.synthetic.write_demo_dataset", write_demo_dataset)
+    recorder = Recorder()
+    result = run_demo(tmp_path, seed=1, progress=False, stages=recorder.stages(), echo=print)
+    index_call, extract_call = recorder.calls[0], recorder.calls[1]
+    assert written == [(tmp_path / "data", 1)]
+    assert index_call[1] == (tmp_path / "data", "abaw-mtl", DEMO_DATASET)
+    assert extract_call[1] == (DEMO_BACKBONES,) and extract_call[2]["random_init"] is True
+    assert result.notes == [RANDOM_INIT_NOTE]
+    assert result.blend.submission_files == [tmp_path / "submission" / "MTL_predictions.txt"]
