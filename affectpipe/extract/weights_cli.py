@@ -4,7 +4,92 @@ from __future__ import annotations
 
 import click
 
+from affectpipe.errors import AffectpipeError
+
 
 @click.group()
 def weights() -> None:
-    """List, fetch and verify backbone weight files."""
+    """List, fetch and verify backbone weight files.
+
+    \b
+    Files are cached in $AFFECTPIPE_HOME/weights (default ~/.cache/affectpipe/weights).
+    Without internet, download a file yourself and place it at the path `list` shows,
+    or pass it to `pipeline extract --weights BACKBONE=PATH`.
+    """
+
+
+@weights.command("list")
+@click.option("--urls", is_flag=True, help="Also print the download URLs of each file.")
+def list_weights(urls: bool) -> None:
+    """Show the known weight files and whether they are cached.
+
+    Columns: weights name, backbone, file name, cached?, official sha256 known?
+    """
+    from affectpipe.config import weights_dir
+    from affectpipe.extract.weights import WEIGHTS, cached_path
+
+    rows = [("NAME", "BACKBONE", "FILE", "CACHED", "SHA256 KNOWN")]
+    for entry in WEIGHTS.values():
+        cached = "yes" if cached_path(entry).exists() else "no"
+        known = "yes" if entry.sha256 else "no"
+        rows.append((entry.name, entry.backbone, entry.filename, cached, known))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    click.echo(f"\ncache folder: {weights_dir()}")
+    if urls:
+        for entry in WEIGHTS.values():
+            click.echo(f"\n{entry.name}:")
+            for url in entry.urls:
+                click.echo(f"  {url}")
+
+
+@weights.command()
+@click.argument("names", nargs=-1, required=True)
+def fetch(names: tuple[str, ...]) -> None:
+    """Download weight files into the cache.
+
+    NAMES are weights or backbone names. Files already cached are verified, not
+    downloaded again.
+    """
+    from affectpipe.extract.weights import get_weights_entry, resolve_weights
+
+    for name in names:
+        entry = get_weights_entry(name)
+        resolved = resolve_weights(entry.name, progress=True)
+        click.echo(f"{entry.name}: {resolved.path} sha256 {resolved.sha256}")
+
+
+@weights.command()
+@click.argument("names", nargs=-1)
+def verify(names: tuple[str, ...]) -> None:
+    """Check cached weight files against their sha256.
+
+    Hashes NAMES (default: all cached files). The expected hash is the official one
+    where known, else the one recorded when affectpipe downloaded the file. Exit status 1
+    if any file does not match.
+    """
+    from affectpipe.extract.weights import WEIGHTS, cached_path, expected_sha256, get_weights_entry
+    from affectpipe.fsutil import sha256_file
+
+    entries = [get_weights_entry(name) for name in names] if names else list(WEIGHTS.values())
+    mismatched = []
+    for entry in entries:
+        path = cached_path(entry)
+        if not path.exists():
+            click.echo(f"{entry.name}: not cached ({path})")
+            continue
+        actual = sha256_file(path)
+        expected = expected_sha256(entry)
+        if expected is None:
+            status = "unverified (no official or recorded sha256)"
+        elif actual == expected:
+            status = "ok"
+        else:
+            status = f"MISMATCH (expected {expected})"
+            mismatched.append(entry.name)
+        click.echo(f"{entry.name}: {path} sha256 {actual} {status}")
+    if mismatched:
+        raise AffectpipeError(f"sha256 mismatch: {', '.join(mismatched)}")
