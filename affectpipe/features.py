@@ -9,7 +9,9 @@ attrs:
     backbone, package_version, weights_sha256, preprocessing (JSON), logit_names (JSON list),
     abaw_expr_index (JSON list of 8 logit indices giving ABAW codes 0..7, or absent),
     groups (JSON {name: [start, stop]}: named column ranges of `embedding`),
-    committed_rows (int), complete (bool), plus any provenance the writer adds.
+    committed_rows (int), complete (bool), plus any provenance the writer adds; the extraction
+    engine adds failed_count and failed_images (JSON list of {image, reason}, capped), and
+    shard files add shard ("i/n") and shard_rows (JSON [start, stop]).
 
 A file whose `complete` attr is false is a run in progress or an interrupted one: readers
 refuse it.
@@ -28,7 +30,14 @@ import numpy as np
 from affectpipe.errors import InputError
 from affectpipe.fsutil import atomic_path
 
-JSON_ATTRS = ("preprocessing", "logit_names", "abaw_expr_index", "groups")
+JSON_ATTRS = (
+    "preprocessing",
+    "logit_names",
+    "abaw_expr_index",
+    "groups",
+    "failed_images",
+    "shard_rows",
+)
 STRING_DTYPE = h5py.string_dtype(encoding="utf-8")
 
 

@@ -1,1 +1,650 @@
-"""extract stage."""
+"""Extraction stage: frozen backbones over a dataset's distinct images -> ``features/*.h5``.
+
+`run` plans the work (which files are stale, which weights, which rows of a shard), holds
+one lock per output file, runs the shared decode/inference pass (`engine`) into resumable
+part stores (`store`) and assembles each complete feature file atomically. `merge` joins
+the shard files of a sharded extraction. Heavy modules (torch, the backbones) are imported
+inside the functions so that importing this package, e.g. for the CLI, stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from affectpipe import __version__
+from affectpipe.config import DatasetPaths
+from affectpipe.errors import AffectpipeError, InputError
+from affectpipe.fsutil import file_lock
+
+if TYPE_CHECKING:
+    from affectpipe.extract.images import Descriptor
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CNN_BACKBONES = ("mt-emotieffnet", "ddamfn")
+CSV_BACKBONE = "openface-csv"
+DEFAULT_CHUNK_ROWS = 2048  # rows per committed chunk: at most this much work is redone
+RANDOM_INIT_SEED = 0
+RANDOM_INIT_SHA256 = "random-init"
+PRECISIONS = ("fp32", "bf16", "fp16")
+# Attrs that say what a file was computed from; a complete file is reused only if they match.
+IDENTITY_KEYS = (
+    "backbone",
+    "manifest_fingerprint",
+    "package_version",
+    "weights_sha256",
+    "preprocessing",
+    "precision",
+    "random_init",
+    "descriptor",
+    "openface_dir",
+    "shard",
+    "shard_rows",
+)
+SHARD_KEYS = ("shard", "shard_rows", "total_rows")
+_SHARD_FILE = re.compile(r"^(?P<backbone>.+)\.shard-(?P<i>\d+)-of-(?P<n>\d+)\.h5$")
+
+
+def _openface_descriptor() -> Descriptor:
+    from affectpipe.extract.backbones.openface import OpenFaceDescriptor
+
+    return OpenFaceDescriptor()
+
+
+# Descriptor backbones (not torch models): name -> factory of a picklable descriptor.
+DESCRIPTORS: dict[str, Callable[[], Descriptor]] = {"openface": _openface_descriptor}
+
+
+@dataclass(frozen=True)
+class BackboneReport:
+    """What happened to one backbone's feature file."""
+
+    backbone: str
+    path: Path
+    action: str  # extracted | resumed | skipped | merged | imported
+    rows: int
+    failed_count: int = 0
+    failed_images: tuple[dict[str, str], ...] = ()
+    images_per_s: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ExtractSummary:
+    reports: tuple[BackboneReport, ...]
+    device: str
+    random_init: bool = False
+
+    def text(self) -> str:
+        lines = []
+        if self.random_init:
+            lines.append(
+                "WARNING: CNN backbones use RANDOM weights (--random-init): the features are "
+                "meaningless for prediction (attrs random_init=True, weights_sha256=random-init)"
+            )
+        for r in self.reports:
+            speed = f", {r.images_per_s:.1f} img/s" if r.images_per_s else ""
+            line = f"{r.backbone}: {r.action} {r.path} ({r.rows} images{speed}"
+            line += f", {r.failed_count} failed)" if r.failed_count else ")"
+            if r.detail:
+                line += f" {r.detail}"
+            lines.append(line)
+            examples = [f"{f['image']} ({f['reason']})" for f in r.failed_images[:5]]
+            if examples:
+                more = r.failed_count - len(examples)
+                lines.append(
+                    "  failed: " + "; ".join(examples) + (f"; +{more} more" if more else "")
+                )
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ManifestView:
+    """What extraction needs from the manifest: distinct images, their files, train rows."""
+
+    images: np.ndarray  # str [N], distinct images in first-occurrence order
+    paths: list[str | None]  # absolute file of each distinct image (None: no image)
+    train_mask: np.ndarray  # bool [N]: the image appears in a train row
+    fingerprint: str  # sha256 of the image list (keys and whether each has a file)
+
+
+def read_manifest_view(paths: DatasetPaths) -> ManifestView:
+    from affectpipe.manifest import image_paths, read_manifest, read_manifest_metadata
+
+    frame = read_manifest(paths.manifest)
+    metadata = read_manifest_metadata(paths.manifest)
+    first = ~frame["image"].duplicated().to_numpy()
+    images = frame["image"].to_numpy(dtype=object)[first].astype(str)
+    files = list(image_paths(frame, metadata)[first])
+    train_images = set(frame.loc[frame["split"] == "train", "image"])
+    train_mask = np.array([image in train_images for image in images], dtype=bool)
+    digest = hashlib.sha256()
+    for image, file in zip(images, files, strict=True):
+        digest.update(f"{image}\t{int(file is not None)}\n".encode())
+    return ManifestView(images, files, train_mask, digest.hexdigest())
+
+
+def shard_range(n_rows: int, shard: tuple[int, int] | None) -> tuple[int, int]:
+    """Rows [start, stop) of shard i of n (1-based): contiguous, deterministic, covering all."""
+    if shard is None:
+        return 0, n_rows
+    i, n = shard
+    if not (n >= 1 and 1 <= i <= n):
+        raise InputError(f"bad shard {i}/{n}: use i/n with 1 <= i <= n")
+    return (i - 1) * n_rows // n, i * n_rows // n
+
+
+def output_path(paths: DatasetPaths, backbone: str, shard: tuple[int, int] | None) -> Path:
+    if shard is None:
+        return paths.features(backbone)
+    return paths.features_dir / f"{backbone}.shard-{shard[0]}-of-{shard[1]}.h5"
+
+
+def default_backbones(weights: Mapping[str, Path] | None = None) -> list[str]:
+    """The CNN backbones whose weights resolve (given, cached or downloadable), plus openface."""
+    from affectpipe.extract.backbones import get_backbone
+    from affectpipe.extract.weights import resolve_weights
+
+    chosen = []
+    for name in DEFAULT_CNN_BACKBONES:
+        spec = get_backbone(name)
+        try:
+            resolve_weights(spec.weights, _override(weights, name, spec.weights))
+        except AffectpipeError as exc:
+            logger.warning("skipping %s: %s", name, exc)
+            continue
+        chosen.append(name)
+    return [*chosen, *DESCRIPTORS]
+
+
+def _override(weights: Mapping[str, Path] | None, backbone: str, weights_name: str) -> Path | None:
+    """`--weights NAME=PATH` may name the backbone or its weights entry."""
+    weights = weights or {}
+    return weights.get(backbone) or weights.get(weights_name)
+
+
+@dataclass
+class _Target:
+    """One output file to produce in this run."""
+
+    backbone: str
+    kind: str  # model | descriptor | csv
+    path: Path
+    identity: dict[str, Any]
+    attrs: dict[str, Any] = field(default_factory=dict)  # extra attrs for the final file
+    spec: Any = None  # BackboneSpec for models
+    weights_path: Path | None = None
+    descriptor: Any = None
+    store: Any = None  # PartStore once opened
+
+
+def _existing_identity(path: Path) -> dict[str, Any] | None:
+    """Identity attrs of a complete file at `path`, or None if absent/incomplete/unreadable."""
+    import h5py
+
+    from affectpipe.features import decode_attrs
+
+    if not path.exists():
+        return None
+    try:
+        with h5py.File(path, "r") as handle:
+            attrs = decode_attrs(handle.attrs)
+    except OSError:
+        return None
+    return attrs if attrs.get("complete") else None
+
+
+def _is_current(target: _Target) -> dict[str, Any] | None:
+    """The existing file's attrs when it is complete and computed from the same inputs."""
+    attrs = _existing_identity(target.path)
+    if attrs is None:
+        return None
+    if all(attrs.get(key) == target.identity.get(key) for key in IDENTITY_KEYS):
+        return attrs
+    changed = [k for k in IDENTITY_KEYS if attrs.get(k) != target.identity.get(k)]
+    logger.warning("%s is stale (changed: %s): recomputing", target.path, ", ".join(changed))
+    return None
+
+
+def _plan(
+    paths: DatasetPaths,
+    view: ManifestView,
+    backbones: Sequence[str],
+    *,
+    weights: Mapping[str, Path] | None,
+    random_init: bool,
+    shard: tuple[int, int] | None,
+    precision: str,
+    openface_dir: Path | None,
+) -> list[_Target]:
+    from affectpipe.extract.backbones import backbone_names, get_backbone
+    from affectpipe.extract.weights import resolve_weights
+
+    start, stop = shard_range(len(view.images), shard)
+    common: dict[str, Any] = {
+        "manifest_fingerprint": view.fingerprint,
+        "package_version": __version__,
+    }
+    if shard is not None:
+        common.update(shard=f"{shard[0]}/{shard[1]}", shard_rows=[start, stop])
+    targets = []
+    for name in dict.fromkeys(backbones):  # keep order, drop repeats
+        path = output_path(paths, name, shard)
+        if name == CSV_BACKBONE:
+            if shard is not None:
+                raise InputError(f"{CSV_BACKBONE} imports CSVs in seconds: run it without --shard")
+            if openface_dir is None:
+                raise InputError(
+                    f"{CSV_BACKBONE} needs --openface-dir (the OpenFace output folder)"
+                )
+            identity = {
+                **common,
+                "backbone": name,
+                "openface_dir": str(Path(openface_dir).resolve()),
+            }
+            targets.append(_Target(name, "csv", path, identity))
+        elif name in DESCRIPTORS:
+            descriptor = DESCRIPTORS[name]()
+            identity = {**common, "backbone": name, "descriptor": _describe_descriptor(descriptor)}
+            targets.append(_Target(name, "descriptor", path, identity, descriptor=descriptor))
+        else:
+            if name not in backbone_names():
+                known = [*backbone_names(), *DESCRIPTORS, CSV_BACKBONE]
+                raise InputError(f"unknown backbone {name!r}; known: {', '.join(known)}")
+            spec = get_backbone(name)
+            if random_init:
+                weights_path, sha, official = None, RANDOM_INIT_SHA256, None
+            else:  # fails here, before any work, with what to download and where to put it
+                resolved = resolve_weights(spec.weights, _override(weights, name, spec.weights))
+                weights_path, sha, official = (
+                    resolved.path,
+                    resolved.sha256,
+                    resolved.official_sha256,
+                )
+            identity = {
+                **common,
+                "backbone": name,
+                "weights_sha256": sha,
+                "preprocessing": spec.preprocessing_attrs(),
+                "precision": precision,
+                "random_init": random_init,
+            }
+            attrs = {
+                "weights_name": spec.weights,
+                "official_sha256": official,
+                "logit_names": list(spec.logit_names),
+                "abaw_expr_index": spec.abaw_expr_index and list(spec.abaw_expr_index),
+            }
+            targets.append(
+                _Target(name, "model", path, identity, attrs, spec=spec, weights_path=weights_path)
+            )
+    return targets
+
+
+def _describe_descriptor(descriptor: Descriptor) -> str:
+    """Class, raw size and simple parameters: what decides a descriptor's rows."""
+    params = {k: v for k, v in vars(descriptor).items() if isinstance(v, int | float | str)}
+    kind = f"{type(descriptor).__module__}.{type(descriptor).__qualname__}"
+    return json.dumps({"class": kind, "raw_dim": descriptor.raw_dim, **params}, sort_keys=True)
+
+
+def _build_model(target: _Target) -> Any:
+    import torch
+
+    if target.weights_path is not None:
+        return target.spec.load(target.weights_path)
+    with torch.random.fork_rng(devices=[]):  # fixed-seed random init, global RNG untouched
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return target.spec.build()
+
+
+def _finish(target: _Target, view: ManifestView, rows: tuple[int, int]) -> dict[str, Any]:
+    """Assemble the target's complete file from its store; returns the attrs written."""
+    from affectpipe.extract.store import failure_attrs, write_feature_file_streamed
+    from affectpipe.features import write_feature_file
+
+    store = target.store
+    start, stop = rows
+    images = view.images[start:stop]
+    failed = store.failures()
+    attrs = {**target.identity, **target.attrs, **failure_attrs(images, failed)}
+    if target.identity.get("shard"):
+        attrs["total_rows"] = len(view.images)
+    if target.kind == "descriptor" and not target.identity.get("shard"):
+        raw, ok = store.load_rows("embedding"), store.load_rows("ok")
+        embedding, groups, extra = target.descriptor.finalize(raw, ok, view.train_mask[start:stop])
+        attrs = {**attrs, **extra, "groups": groups}
+        write_feature_file(target.path, images, embedding, ok, attrs)
+    else:
+        if target.kind == "descriptor":
+            attrs["descriptor_stage"] = "raw"  # finalized by `merge` once all shards exist
+        if target.kind == "model":
+            dims = {
+                "embedding_dim": target.spec.embedding_dim,
+                "logits_dim": len(target.spec.logit_names),
+            }
+        else:
+            dims = {"embedding_dim": target.descriptor.raw_dim, "logits_dim": None}
+        write_feature_file_streamed(target.path, images, store.iter_chunks(), attrs, **dims)
+    store.discard()
+    return attrs
+
+
+def _report(
+    target: _Target, action: str, attrs: dict[str, Any], rows: int, speed=None
+) -> BackboneReport:
+    return BackboneReport(
+        backbone=target.backbone,
+        path=target.path,
+        action=action,
+        rows=rows,
+        failed_count=int(attrs.get("failed_count", 0)),
+        failed_images=tuple(attrs.get("failed_images") or ()),
+        images_per_s=speed,
+    )
+
+
+def run(
+    paths: DatasetPaths,
+    backbones: Sequence[str],
+    *,
+    device: str = "cpu",
+    weights: Mapping[str, Path] | None = None,
+    random_init: bool = False,
+    batch_size: int = 64,
+    workers: int = 2,
+    shard: tuple[int, int] | None = None,
+    force: bool = False,
+    amp: str | None = None,
+    openface_dir: Path | None = None,
+    progress: bool = True,
+    channels_last: bool = True,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> ExtractSummary:
+    """Extract features of every distinct manifest image with each backbone.
+
+    Empty `backbones` means `default_backbones(weights)`. Complete files computed from the
+    same inputs are skipped unless `force`; interrupted runs resume from their committed
+    chunks. `shard=(i, n)` (1-based) computes rows block i of n into
+    ``features/<backbone>.shard-i-of-n.h5`` (join them with `merge`). `amp` is None/"off",
+    "bf16" or "fp16" (changes the features slightly: recorded as the file's precision).
+    """
+    if batch_size < 1 or workers < 0 or chunk_rows < 1:
+        raise InputError("batch size and chunk rows must be >= 1, workers >= 0")
+    precision = "fp32" if amp in (None, "off", "fp32") else amp
+    if precision not in PRECISIONS:
+        raise InputError(f"bad --amp {amp!r}: use off, bf16 or fp16")
+    view = read_manifest_view(paths)
+    backbones = list(backbones) or default_backbones(weights)
+    targets = _plan(
+        paths,
+        view,
+        backbones,
+        weights=weights,
+        random_init=random_init,
+        shard=shard,
+        precision=precision,
+        openface_dir=openface_dir,
+    )
+    if random_init and any(t.kind == "model" for t in targets):
+        logger.warning("--random-init: CNN backbones use fixed-seed RANDOM weights, not official")
+    from affectpipe.extract.engine import resolve_device
+
+    torch_device = resolve_device(device)
+    rows = shard_range(len(view.images), shard)
+    reports: list[BackboneReport] = []
+    with ExitStack() as stack:
+        todo = []
+        for target in targets:
+            stack.enter_context(file_lock(target.path.with_name(f".{target.path.name}.lock")))
+            current = None if force else _is_current(target)
+            if current is not None:
+                reports.append(_report(target, "skipped", current, rows[1] - rows[0]))
+            else:
+                todo.append(target)
+        reports += _extract(
+            todo,
+            view,
+            rows,
+            device=torch_device,
+            batch_size=batch_size,
+            workers=workers,
+            channels_last=channels_last,
+            precision=precision,
+            fresh=force,
+            chunk_rows=chunk_rows,
+            progress=progress,
+        )
+    order = {name: i for i, name in enumerate(backbones)}
+    reports.sort(key=lambda r: order[r.backbone])
+    return ExtractSummary(tuple(reports), str(torch_device), random_init)
+
+
+def _extract(
+    targets: list[_Target],
+    view: ManifestView,
+    rows: tuple[int, int],
+    *,
+    device: Any,
+    batch_size: int,
+    workers: int,
+    channels_last: bool,
+    precision: str,
+    fresh: bool,
+    chunk_rows: int,
+    progress: bool,
+) -> list[BackboneReport]:
+    from affectpipe.extract.engine import (
+        AMP_DTYPES,
+        DescriptorJob,
+        ModelJob,
+        extract_pass,
+        prepare_model,
+        probe_batch,
+    )
+    from affectpipe.extract.store import PartStore
+
+    reports = []
+    computed = [t for t in targets if t.kind != "csv"]
+    resumed = set()
+    for target in computed:
+        header = {**target.identity, "rows": list(rows)}
+        target.store = PartStore(target.path, header, rows[1] - rows[0], chunk_rows)
+        if target.store.open(fresh=fresh):
+            resumed.add(target.backbone)
+            logger.warning(
+                "%s: resuming after %d committed rows", target.path, target.store.committed_rows()
+            )
+    # One pass per chunk layout (a resumed store keeps the boundaries it was started with).
+    speeds: dict[str, float] = {}
+    for layout in sorted({t.store.chunk_rows for t in computed}):
+        group = [t for t in computed if t.store.chunk_rows == layout and not t.store.is_done()]
+        if not group:
+            continue
+        model_jobs = [
+            ModelJob(
+                t.spec,
+                prepare_model(
+                    _build_model(t), device, channels_last=channels_last, probe=probe_batch(t.spec)
+                ),
+                t.store,
+            )
+            for t in group
+            if t.kind == "model"
+        ]
+        descriptor_jobs = [DescriptorJob(t.descriptor, t.store) for t in group if t.kind != "model"]
+        stats = extract_pass(
+            view.paths,
+            rows[0],
+            model_jobs,
+            descriptor_jobs,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            channels_last=channels_last,
+            amp_dtype=AMP_DTYPES.get(precision),
+            progress=progress,
+        )
+        speeds.update({t.backbone: stats.images_per_s for t in group})
+    for target in computed:
+        attrs = _finish(target, view, rows)
+        action = "resumed" if target.backbone in resumed else "extracted"
+        reports.append(
+            _report(target, action, attrs, rows[1] - rows[0], speeds.get(target.backbone))
+        )
+    for target in (t for t in targets if t.kind == "csv"):
+        reports.append(_import_csv(target, view))
+    return reports
+
+
+def _import_csv(target: _Target, view: ManifestView) -> BackboneReport:
+    from affectpipe.extract.backbones.openface_csv import import_openface_csv
+    from affectpipe.features import read_feature_file
+
+    openface_dir = Path(target.identity["openface_dir"])
+    if not openface_dir.is_dir():
+        raise InputError(f"--openface-dir {openface_dir} is not a folder")
+    summary = import_openface_csv(
+        list(view.images), view.paths, openface_dir, target.path, dict(target.identity)
+    )
+    written = read_feature_file(target.path)
+    failed = int((~written.ok).sum())
+    detail = ", ".join(f"{k}={v}" for k, v in summary.items() if isinstance(v, int | float | str))
+    report = _report(target, "imported", {"failed_count": failed}, len(written.images))
+    return BackboneReport(**{**report.__dict__, "detail": f"({detail})" if detail else ""})
+
+
+def merge(
+    paths: DatasetPaths, backbones: Sequence[str], *, progress: bool = True
+) -> ExtractSummary:
+    """Join ``features/<backbone>.shard-i-of-n.h5`` into ``<backbone>.h5`` for each backbone.
+
+    Refuses (InputError) unless every shard 1..n is present once, complete, computed from
+    the same inputs as the others and from the current manifest. Descriptor shards hold raw
+    rows; they are finalized here (e.g. the HOG PCA fitted on train rows).
+    """
+    view = read_manifest_view(paths)
+    reports = []
+    for backbone in dict.fromkeys(backbones):
+        final = paths.features(backbone)
+        with file_lock(final.with_name(f".{final.name}.lock")):
+            reports.append(_merge_one(paths, view, backbone, final))
+    return ExtractSummary(tuple(reports), device="-")
+
+
+def _shard_files(paths: DatasetPaths, backbone: str) -> list[Path]:
+    """The complete set of shard files for `backbone`, in shard order, or InputError."""
+    found: dict[int, dict[int, Path]] = {}
+    for path in paths.features_dir.glob(f"{backbone}.shard-*-of-*.h5"):
+        match = _SHARD_FILE.match(path.name)
+        if match and match["backbone"] == backbone:
+            found.setdefault(int(match["n"]), {})[int(match["i"])] = path
+    if not found:
+        raise InputError(f"no shard files {backbone}.shard-i-of-n.h5 in {paths.features_dir}")
+    if len(found) > 1:
+        raise InputError(f"{backbone}: shards of several splittings ({sorted(found)}): keep one")
+    ((n, files),) = found.items()
+    missing = [i for i in range(1, n + 1) if i not in files]
+    if missing:
+        raise InputError(
+            f"{backbone}: shards {', '.join(f'{i}/{n}' for i in missing)} are missing in "
+            f"{paths.features_dir}: run `pipeline extract --shard i/{n}` for them first"
+        )
+    return [files[i] for i in range(1, n + 1)]
+
+
+def _merge_one(
+    paths: DatasetPaths, view: ManifestView, backbone: str, final: Path
+) -> BackboneReport:
+    import h5py
+
+    from affectpipe.extract.store import FAILED_LIST_CAP, write_feature_file_streamed
+    from affectpipe.features import decode_attrs, write_feature_file
+
+    shards = _shard_files(paths, backbone)
+    metas = []
+    for path in shards:
+        attrs = _existing_identity(path)
+        if attrs is None:
+            raise InputError(f"{path} is incomplete: finish it with `pipeline extract --shard`")
+        metas.append(attrs)
+    reference = {
+        k: v
+        for k, v in metas[0].items()
+        if k not in (*SHARD_KEYS, "failed_count", "failed_images", "committed_rows")
+    }
+    covered = 0
+    for path, attrs in zip(shards, metas, strict=True):
+        own = {
+            k: v
+            for k, v in attrs.items()
+            if k not in (*SHARD_KEYS, "failed_count", "failed_images", "committed_rows")
+        }
+        if own != reference:
+            changed = sorted(
+                k for k in own.keys() | reference.keys() if own.get(k) != reference.get(k)
+            )
+            raise InputError(
+                f"{path} was computed differently from {shards[0]} ({', '.join(changed)})"
+            )
+        start, stop = attrs["shard_rows"]
+        if start != covered:
+            raise InputError(f"{path}: rows start at {start}, expected {covered}")
+        covered = stop
+    if reference.get("manifest_fingerprint") != view.fingerprint or covered != len(view.images):
+        raise InputError(
+            f"{backbone}: the shards were extracted from another manifest image list: "
+            "re-extract them (or `pipeline extract` without --shard)"
+        )
+
+    def chunks():
+        for path, attrs in zip(shards, metas, strict=True):
+            with h5py.File(path, "r") as handle:
+                arrays = {
+                    name: handle[name][...]
+                    for name in ("embedding", "logits", "ok")
+                    if name in handle
+                }
+            yield attrs["shard_rows"][0], arrays
+
+    failed = [f for attrs in metas for f in attrs.get("failed_images") or ()]
+    merged = {
+        **reference,
+        "failed_count": sum(int(a.get("failed_count", 0)) for a in metas),
+        "failed_images": failed[:FAILED_LIST_CAP],
+    }
+    if merged.pop("descriptor_stage", None) == "raw":
+        descriptor = DESCRIPTORS[backbone]()
+        parts = list(chunks())
+        raw = np.concatenate([a["embedding"] for _, a in parts])
+        ok = np.concatenate([a["ok"] for _, a in parts])
+        embedding, groups, extra = descriptor.finalize(raw, ok, view.train_mask)
+        write_feature_file(final, view.images, embedding, ok, {**merged, **extra, "groups": groups})
+    else:
+        with h5py.File(shards[0], "r") as handle:
+            dims = {
+                "embedding_dim": handle["embedding"].shape[1],
+                "logits_dim": handle["logits"].shape[1] if "logits" in handle else None,
+            }
+        write_feature_file_streamed(final, view.images, chunks(), merged, **dims)
+    with h5py.File(final, "r") as handle:
+        written = decode_attrs(handle.attrs)
+    return BackboneReport(
+        backbone=backbone,
+        path=final,
+        action="merged",
+        rows=len(view.images),
+        failed_count=written["failed_count"],
+        failed_images=tuple(written["failed_images"]),
+        detail=f"from {len(shards)} shards (shard files kept)",
+    )

@@ -2,18 +2,268 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import click
 
-from affectpipe.errors import AffectpipeError
+from affectpipe.config import Settings
+from affectpipe.errors import InputError
+
+
+def _split_names(value: str | None) -> list[str]:
+    return [name.strip() for name in (value or "").split(",") if name.strip()]
+
+
+def _parse_weights(items: tuple[str, ...]) -> dict[str, Path]:
+    weights = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"bad --weights {item!r}: use NAME=PATH, e.g. ddamfn=ddamfn.pth")
+        weights[name.strip()] = Path(path).expanduser()
+    return weights
+
+
+def _parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+    if not match:
+        raise InputError(f"bad --shard {value!r}: use i/n, e.g. 2/4 (1-based)")
+    return int(match[1]), int(match[2])
+
+
+def _device(gpu: int | None, device: str | None) -> str:
+    if gpu is not None and device is not None:
+        raise InputError("give either --gpu N or --device, not both")
+    if gpu is not None:
+        return f"cuda:{gpu}"
+    return device or "cpu"
+
+
+device_options = [
+    click.option(
+        "--gpu", type=int, default=None, help="Run on CUDA GPU N (same as --device cuda:N)."
+    ),
+    click.option("--device", default=None, help="cpu, cuda or cuda:N  [default: cpu]"),
+    click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=64,
+        show_default=True,
+        help="Images per forward pass (try 256-512 on a GPU).",
+    ),
+    click.option(
+        "--workers",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Decode worker processes (0 = decode in the main process). "
+        "[default: 1 on CPU, all cores on GPU]",
+    ),
+]
+
+
+def _with_device_options(func):
+    for option in reversed(device_options):
+        func = option(func)
+    return func
+
+
+def default_workers(device: str) -> int:
+    """CPU: one decoder overlapped with the model (more steal the model's cores); GPU: all cores."""
+    import os
+
+    return 1 if device == "cpu" else max(2, (os.cpu_count() or 2) - 1)
 
 
 @click.command()
-def extract() -> None:
-    """Run frozen backbones over every image and cache their features."""
-    raise AffectpipeError("`pipeline extract` is not available yet")
+@click.option(
+    "--dataset", required=True, help="Dataset name (as given to `pipeline index --name`)."
+)
+@click.option(
+    "--backbones",
+    default=None,
+    help="Comma-separated backbones, e.g. mt-emotieffnet,ddamfn,openface (or openface-csv). "
+    "[default: the CNN backbones whose weights are available, plus openface]",
+)
+@_with_device_options
+@click.option(
+    "--weights",
+    "weights_items",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="Use a local weights file for a backbone (repeatable), e.g. ddamfn=~/ddamfn.pth.",
+)
+@click.option(
+    "--random-init",
+    is_flag=True,
+    help="Build CNN backbones with fixed-seed RANDOM weights (testing and benchmarks only).",
+)
+@click.option(
+    "--amp",
+    type=click.Choice(["off", "bf16", "fp16"]),
+    default="off",
+    show_default=True,
+    help="Mixed precision for the CNNs: faster on GPUs, but the features move (bf16: logits by "
+    "~0.03, embeddings by ~0.15 abs); recorded in the file's attrs.",
+)
+@click.option(
+    "--channels-last/--no-channels-last",
+    default=True,
+    show_default=True,
+    help="Channels-last memory layout for the CNNs (faster convolutions).",
+)
+@click.option("--shard", default=None, metavar="I/N", help="Extract only block I of N (1-based).")
+@click.option("--merge", is_flag=True, help="Join finished --shard files into the final files.")
+@click.option("--force", is_flag=True, help="Recompute even if the features are up to date.")
+@click.option(
+    "--openface-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="OpenFace 2.x output folder (CSV files) for the openface-csv backbone.",
+)
+@click.pass_obj
+def extract(
+    settings: Settings,
+    dataset: str,
+    backbones: str | None,
+    gpu: int | None,
+    device: str | None,
+    batch_size: int,
+    workers: int | None,
+    weights_items: tuple[str, ...],
+    random_init: bool,
+    amp: str,
+    channels_last: bool,
+    shard: str | None,
+    merge: bool,
+    force: bool,
+    openface_dir: Path | None,
+) -> None:
+    """Run frozen backbones over every distinct image and cache their features.
+
+    Writes cache/<dataset>/features/<backbone>.h5 (embedding, logits, ok per image). Files
+    already computed from the same manifest, weights, preprocessing and package version are
+    skipped (use --force to redo). An interrupted run (Ctrl-C, crash, kill) resumes from its
+    last committed chunk when rerun. Images that cannot be decoded get ok=false and are listed.
+
+    \b
+    Examples:
+      pipeline extract --dataset abaw7 --gpu 0 --batch-size 256
+      pipeline extract --dataset abaw7 --weights ddamfn=~/Downloads/ddamfn.pth
+      pipeline extract --dataset abaw7 --gpu 0 --shard 1/4     # on four machines ...
+      pipeline extract --dataset abaw7 --merge                  # ... then join
+    """
+    from affectpipe import extract as stage
+
+    paths = settings.dataset(dataset)
+    names = _split_names(backbones)
+    if merge:
+        if shard is not None:
+            raise InputError("--merge joins existing shards: do not combine it with --shard")
+        shard_files = paths.features_dir.glob("*.shard-*-of-*.h5")
+        names = names or sorted({p.name.split(".shard-")[0] for p in shard_files})
+        if not names:
+            raise InputError(f"no shard files in {paths.features_dir} to merge")
+        summary = stage.merge(paths, names, progress=True)
+        click.echo(summary.text())
+        return
+    device_name = _device(gpu, device)
+    if random_init:
+        click.secho(
+            "WARNING: --random-init: CNN features come from RANDOM weights, not the official ones",
+            fg="yellow",
+            err=True,
+        )
+    try:
+        summary = stage.run(
+            paths,
+            names,
+            device=device_name,
+            weights=_parse_weights(weights_items),
+            random_init=random_init,
+            batch_size=batch_size,
+            workers=default_workers(device_name) if workers is None else workers,
+            shard=_parse_shard(shard),
+            force=force,
+            amp=amp,
+            openface_dir=openface_dir,
+            channels_last=channels_last,
+            progress=True,
+        )
+    except KeyboardInterrupt:
+        click.echo("interrupted: committed chunks are kept; rerun the command to resume", err=True)
+        raise
+    click.echo(summary.text())
 
 
 @click.command()
-def extract_bench() -> None:
-    """Measure extraction throughput."""
-    raise AffectpipeError("`pipeline bench extract` is not available yet")
+@click.option(
+    "--images",
+    "images_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of 112x112 face crops. [default: ../shared/fixtures/images/bench112]",
+)
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use the folder this many times (symlinked). [default: 4 on CPU, 20 on GPU]",
+)
+@click.option(
+    "--backbones",
+    default="mt-emotieffnet,ddamfn",
+    show_default=True,
+    help="Comma-separated CNN backbones to time, each alone.",
+)
+@_with_device_options
+@click.option(
+    "--weights",
+    "weights_items",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="Official weights to use (else a fixed-seed random init: speed is the same).",
+)
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the results as JSON here.",
+)
+def extract_bench(
+    images_dir: Path | None,
+    repeat: int | None,
+    backbones: str,
+    gpu: int | None,
+    device: str | None,
+    batch_size: int,
+    workers: int | None,
+    weights_items: tuple[str, ...],
+    channels_last: bool,
+    json_out: Path | None,
+) -> None:
+    """Measure extraction throughput (images/s): whole path and forward only, per backbone.
+
+    Prints a markdown table with the command and the machine (CPU, cores, torch, device).
+    """
+    from affectpipe.extract.bench import run_bench
+    from affectpipe.fsutil import write_text_atomic
+
+    device_name = _device(gpu, device)
+    result = run_bench(
+        images_dir=images_dir,
+        repeat=repeat,
+        backbones=_split_names(backbones),
+        device=device_name,
+        batch_size=batch_size,
+        workers=default_workers(device_name) if workers is None else workers,
+        weights=_parse_weights(weights_items),
+        channels_last=channels_last,
+    )
+    click.echo(result.markdown())
+    if json_out is not None:
+        write_text_atomic(json_out, result.to_json())

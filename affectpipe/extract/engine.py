@@ -1,0 +1,324 @@
+"""The extraction pass: decode once in worker processes, run every backbone, commit chunks.
+
+One pass serves several backbones: each batch of distinct images is decoded by the
+DataLoader workers (see `affectpipe.extract.images`), every CNN model runs on it under
+`torch.inference_mode()`, descriptor rows come back from the workers, and each backbone's
+rows are committed to its `PartStore` chunk by chunk. Batches never cross a chunk boundary,
+so an interrupted and resumed run computes exactly the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from affectpipe.extract.backbones import BackboneSpec
+from affectpipe.extract.images import Batch, DecodeDataset, Descriptor, collate
+from affectpipe.extract.store import PartStore
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ModelJob:
+    """One CNN backbone in a pass: its spec, its prepared model and where its rows go."""
+
+    spec: BackboneSpec
+    model: torch.nn.Module
+    store: PartStore
+
+
+@dataclass
+class DescriptorJob:
+    """One descriptor backbone in a pass (its rows are computed by the decode workers)."""
+
+    descriptor: Descriptor
+    store: PartStore
+
+
+@dataclass(frozen=True)
+class PassStats:
+    rows: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("nan")
+
+
+@dataclass
+class _ChunkBuffer:
+    """Rows of one backbone accumulated until their chunk is complete."""
+
+    start: int = -1
+    parts: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+    rows: int = 0
+
+    def add(self, start: int, arrays: dict[str, np.ndarray], failed: dict[int, str]) -> None:
+        if start != self.start:
+            self.start, self.parts, self.failed, self.rows = start, {}, {}, 0
+        for name, array in arrays.items():
+            self.parts.setdefault(name, []).append(array)
+        self.failed.update(failed)
+        self.rows += len(next(iter(arrays.values())))
+
+    def commit_if_full(self, store: PartStore) -> None:
+        if self.rows == store.chunk_stop(self.start) - self.start:
+            arrays = {name: np.concatenate(parts) for name, parts in self.parts.items()}
+            store.commit(self.start, arrays, self.failed)
+            self.start = -1
+
+
+def resolve_device(device: str) -> torch.device:
+    """`cpu`, `cuda` or `cuda:N` -> torch.device, refusing CUDA when none is usable."""
+    from affectpipe.errors import InputError
+
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"bad device {device!r}: {exc}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device} requested but CUDA is not available here")
+        index = resolved.index or 0
+        if index >= torch.cuda.device_count():
+            raise InputError(f"device {device}: only {torch.cuda.device_count()} GPU(s) visible")
+        resolved = torch.device("cuda", index)
+    elif resolved.type != "cpu":
+        raise InputError(f"unsupported device {device!r}: use cpu, cuda or cuda:N")
+    return resolved
+
+
+FOLD_CHECK_ATOL = 1e-4  # folded vs original on a probe batch (relative to outputs above 1);
+# a correct fold differs by ~1e-6, a wrong one by the size of the outputs
+
+
+def _batchnorm_replacement(bn: torch.nn.BatchNorm2d) -> torch.nn.Module | None:
+    """What remains of `bn` once folded: nothing, or the activation of a fused BN+act module."""
+    if type(bn) is torch.nn.BatchNorm2d:
+        return torch.nn.Identity()
+    if all(isinstance(getattr(bn, a, None), torch.nn.Module) for a in ("drop", "act")):
+        return torch.nn.Sequential(bn.drop, bn.act)  # timm's BatchNormAct2d: bn -> drop -> act
+    return None
+
+
+def conv_batchnorm_pairs(model: torch.nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]:
+    """(conv, batchnorm) module names where the BN's only call consumes the conv's output.
+
+    Found by running `probe` with hooks, so it follows the real dataflow whatever the code
+    structure; a conv or BN called more than once is left alone.
+    """
+    outputs: dict[int, tuple[str, torch.Tensor]] = {}  # keeps outputs alive: ids stay unique
+    calls: dict[str, int] = {}
+    consumed: dict[str, str | None] = {}
+
+    def after_conv(name: str):
+        def hook(module, inputs, output):
+            calls[name] = calls.get(name, 0) + 1
+            outputs[id(output)] = (name, output)
+
+        return hook
+
+    def before_bn(name: str):
+        def hook(module, inputs):
+            calls[name] = calls.get(name, 0) + 1
+            consumed[name] = outputs.get(id(inputs[0]), (None, None))[0]
+
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            handles.append(module.register_forward_hook(after_conv(name)))
+        elif isinstance(module, torch.nn.BatchNorm2d) and module.track_running_stats:
+            handles.append(module.register_forward_pre_hook(before_bn(name)))
+    try:
+        with torch.inference_mode():
+            model(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [
+        (conv, bn)
+        for bn, conv in consumed.items()
+        if conv is not None and calls[bn] == 1 and calls[conv] == 1
+    ]
+
+
+def fold_batchnorms(model: torch.nn.Module, probe: torch.Tensor) -> torch.nn.Module:
+    """Fold eval-mode BatchNorms into the convs that feed them (fewer passes over memory).
+
+    Works on a copy; returns the original model if the folded one disagrees with it on
+    `probe` by more than FOLD_CHECK_ATOL (a conv output also used elsewhere, say).
+    """
+    import copy
+
+    folded = copy.deepcopy(model)
+    modules = dict(folded.named_modules())
+    for conv_name, bn_name in conv_batchnorm_pairs(folded, probe):
+        conv, bn = modules[conv_name], modules[bn_name]
+        replacement = _batchnorm_replacement(bn)
+        if replacement is None:
+            continue
+        with torch.no_grad():
+            scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight.double()
+            shift = -bn.running_mean.double() * scale
+            if bn.bias is not None:
+                shift = shift + bn.bias.double()
+            if conv.bias is not None:
+                shift = shift + conv.bias.double() * scale
+            shape = (-1,) + (1,) * (conv.weight.dim() - 1)
+            conv.weight.copy_(conv.weight.double() * scale.reshape(shape))
+            conv.bias = torch.nn.Parameter(shift.to(conv.weight.dtype), requires_grad=False)
+        parent, _, attr = bn_name.rpartition(".")
+        setattr(modules[parent] if parent else folded, attr, replacement)
+    with torch.inference_mode():
+        expected, got = model(probe), folded(probe)
+    for e, g in zip(expected, got, strict=True):
+        if float((e - g).abs().max()) > FOLD_CHECK_ATOL * max(1.0, float(e.abs().max())):
+            return model
+    return folded
+
+
+def probe_batch(spec: BackboneSpec, size: int = 2) -> torch.Tensor:
+    """A fixed, normalised batch of random pixels for checking model rewrites."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (size, spec.input_size, spec.input_size, 3)
+    return spec.normalize(torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8))
+
+
+def prepare_model(
+    model: torch.nn.Module,
+    device: torch.device,
+    *,
+    channels_last: bool,
+    probe: torch.Tensor | None = None,
+) -> torch.nn.Module:
+    """Eval mode on `device`, channels-last when asked (faster convs on CPU and GPU), with
+    BatchNorms folded into their convs when a normalised `probe` batch is given."""
+    model = model.eval().to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if probe is not None:
+        probe = probe.to(device)
+        if channels_last:
+            probe = probe.contiguous(memory_format=torch.channels_last)
+        model = fold_batchnorms(model, probe)
+    return model
+
+
+def forward(
+    job: ModelJob,
+    pixels: torch.Tensor,
+    device: torch.device,
+    *,
+    channels_last: bool,
+    amp_dtype: torch.dtype | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 ``[B, S, S, 3]`` -> (embedding, logits) as float32 numpy arrays."""
+    x = job.spec.normalize(pixels.to(device, non_blocking=True))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = (
+        torch.autocast(device.type, dtype=amp_dtype)
+        if amp_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with autocast:
+        embedding, logits = job.model(x)
+    return embedding.float().cpu().numpy(), logits.float().cpu().numpy()
+
+
+def _failures(batch: Batch, ok: np.ndarray, local_rows: np.ndarray) -> dict[int, str]:
+    return {int(local_rows[i]): batch.reasons[i] or "not processed" for i in np.flatnonzero(~ok)}
+
+
+def extract_pass(
+    paths: Sequence[str | None],
+    offset: int,
+    model_jobs: Sequence[ModelJob],
+    descriptor_jobs: Sequence[DescriptorJob],
+    *,
+    device: torch.device,
+    batch_size: int,
+    workers: int,
+    channels_last: bool = True,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> PassStats:
+    """Compute every chunk missing from any job's store.
+
+    `paths[offset + r]` is the image of store row r; all stores share rows and chunk size.
+    """
+    jobs = [*model_jobs, *descriptor_jobs]
+    stores = [job.store for job in jobs]
+    if len({(s.n_rows, s.chunk_rows) for s in stores}) != 1:
+        raise ValueError("the stores of one pass must share rows and chunk boundaries")
+    store = stores[0]
+    missing = [set(s.missing_chunks()) for s in stores]
+    chunk_starts = sorted(set().union(*missing))
+    batches = [
+        list(range(offset + first, offset + min(first + batch_size, store.chunk_stop(start))))
+        for start in chunk_starts
+        for first in range(start, store.chunk_stop(start), batch_size)
+    ]
+    rows = sum(len(b) for b in batches)
+    if not rows:
+        return PassStats(0, 0.0)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels
+    dataset = DecodeDataset(
+        paths,
+        [job.spec.resize for job in model_jobs],
+        [job.spec.input_size for job in model_jobs],
+        [job.descriptor for job in descriptor_jobs],
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
+    buffers = [_ChunkBuffer() for _ in jobs]
+    names = ", ".join(s.target.stem for s in stores)
+    started = time.perf_counter()
+    with (
+        torch.inference_mode(),
+        tqdm(total=rows, unit="img", desc=f"extract {names}", disable=not progress) as bar,
+    ):
+        for batch in loader:
+            local = batch.indices - offset
+            start = int(local[0]) // store.chunk_rows * store.chunk_rows
+            for k, job in enumerate(jobs):
+                if start not in missing[k]:
+                    continue  # this backbone committed the chunk before an interruption
+                ok = batch.ok[:, k]
+                if k < len(model_jobs):
+                    embedding, logits = forward(
+                        job,
+                        batch.inputs[k],
+                        device,
+                        channels_last=channels_last,
+                        amp_dtype=amp_dtype,
+                    )
+                    arrays = {"embedding": embedding, "logits": logits}
+                else:
+                    arrays = {"embedding": batch.raws[k - len(model_jobs)].copy()}
+                for array in arrays.values():
+                    array[~ok] = 0.0  # the contract: zero features where ok is false
+                arrays["ok"] = ok.copy()
+                buffers[k].add(start, arrays, _failures(batch, ok, local))
+                buffers[k].commit_if_full(job.store)
+            bar.update(len(local))
+    return PassStats(rows, time.perf_counter() - started)
