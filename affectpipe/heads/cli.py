@@ -2,18 +2,135 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from affectpipe.errors import AffectpipeError
+from affectpipe.config import DEFAULT_RUN, Settings
+
+TASK_CHOICES = ("va", "expr", "au")
 
 
 @click.command()
-def heads() -> None:
-    """Train shallow heads per task on cached features."""
-    raise AffectpipeError("`pipeline heads` is not available yet")
+@click.option("--dataset", "-d", required=True, help="Dataset name (a folder of the cache).")
+@click.option("--run", "run_name", default=DEFAULT_RUN, show_default=True, help="Run name.")
+@click.option(
+    "--task",
+    "tasks",
+    multiple=True,
+    type=click.Choice(TASK_CHOICES),
+    help="Train only this task (repeatable). Default: va, expr and au.",
+)
+@click.option(
+    "--candidate",
+    "candidates",
+    multiple=True,
+    metavar="FEATURES/MODEL",
+    help="Train only this candidate (repeatable), e.g. 'mt-emotieffnet:embedding+logits/mlp' "
+    "or its file name 'mt-emotieffnet.embedding+logits__mlp'; applies to each selected task.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="TOML file with a [heads] table: candidates and hyper-parameters "
+    "(see affectpipe/heads/pipeline.example.toml).",
+)
+@click.option(
+    "--folds",
+    default=0,
+    show_default=True,
+    help="Cross-fit K folds by video: out-of-fold predictions for train and val rows.",
+)
+@click.option("--seeds", default=1, show_default=True, help="Seeded copies to average (bagging).")
+@click.option(
+    "--strict-labels",
+    is_flag=True,
+    help="Train only on rows where all three tasks are labelled (for comparison).",
+)
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.pass_obj
+def heads(
+    settings: Settings,
+    dataset: str,
+    run_name: str,
+    tasks: tuple[str, ...],
+    candidates: tuple[str, ...],
+    config_path: Path | None,
+    folds: int,
+    seeds: int,
+    strict_labels: bool,
+    progress: bool,
+) -> None:
+    """Train shallow heads per task on cached features (CPU, seconds).
+
+    \b
+    Default candidates, for every backbone with a feature file in the cache:
+      va   BACKBONE:logits and BACKBONE:embedding+logits
+      expr BACKBONE:embedding+logits (openface: openface:embedding)
+      au   BACKBONE:embedding+logits (openface: openface:embedding)
+    each with the `linear` and `mlp` models (`lightgbm` on request).
+    Writes runs/RUN/heads/TASK/CANDIDATE.joblib, runs/RUN/preds/TASK/CANDIDATE.parquet
+    and runs/RUN/heads/metrics.json, then prints the validation metrics.
+    """
+    from affectpipe.heads.training import train
+
+    result = train(
+        settings.dataset(dataset),
+        run=run_name,
+        tasks=tasks or None,
+        candidates=candidates or None,
+        config_path=config_path,
+        folds=folds,
+        seeds=seeds,
+        strict_labels=strict_labels,
+        progress=progress,
+    )
+    click.echo(result.table())
+    click.echo(
+        f"{len(result.results)} candidates in {result.seconds:.1f} s; "
+        f"metrics: {result.metrics_path}"
+    )
 
 
 @click.command()
-def heads_bench() -> None:
-    """Time the default heads run at s-Aff-Wild2 scale."""
-    raise AffectpipeError("`pipeline bench heads` is not available yet")
+@click.option(
+    "--scale",
+    type=click.Choice(["full", "small"]),
+    default="full",
+    show_default=True,
+    help="full: s-Aff-Wild2 size (142,333 / 26,876 / 51,159 rows); small: a tenth.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the synthetic cache lives (reused when present). Default: CACHE_DIR/bench-heads.",
+)
+@click.option(
+    "--reference-rows",
+    default=40000,
+    show_default=True,
+    help="Train rows (subsample) for the scikit-learn reference classifiers; 0 = all.",
+)
+@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@click.pass_obj
+def heads_bench(
+    settings: Settings, scale: str, workdir: Path | None, reference_rows: int, progress: bool
+) -> None:
+    """Time the default heads run at s-Aff-Wild2 scale and compare with reference fits.
+
+    Generates (or reuses) a synthetic feature cache with planted signal, times the default
+    `pipeline heads` run end to end and per candidate, measures the I/O floor (reading the
+    features), fits scikit-learn references (Ridge / LogisticRegression) on the same
+    features and prints a markdown table of scores and timings.
+    """
+    from affectpipe.heads.bench import run_bench
+
+    click.echo(
+        run_bench(
+            workdir or settings.cache_dir / "bench-heads",
+            scale=scale,
+            reference_rows=reference_rows,
+            progress=progress,
+        )
+    )

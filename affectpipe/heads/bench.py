@@ -1,0 +1,159 @@
+"""`pipeline bench heads`: time the default heads run on a synthetic cache, next to references.
+
+The reference for each (task, feature set) is a plain scikit-learn fit on the standardised
+raw features (no PCA): Ridge for VA, LogisticRegression for EXPR (multinomial, our class
+weights) and one LogisticRegression per AU (our positive weights), on at most
+`reference_rows` train rows for the classifiers. Heads should score within 0.02 of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from affectpipe import __version__
+from affectpipe.config import DatasetPaths
+from affectpipe.heads.featuresets import (
+    clear_cache,
+    load_feature_set,
+    load_part,
+    parse_feature_set,
+)
+from affectpipe.heads.synthetic import SCALES, write_synthetic_cache
+from affectpipe.heads.tasks import class_weights, get_task, pos_weights
+from affectpipe.heads.training import HeadsResult, label_rows, train
+from affectpipe.manifest import read_manifest
+
+BENCH_SEED = 0
+GENERATOR_VERSION = 1  # bump when the synthetic generator changes, so old caches regenerate
+
+
+def prepare_cache(workdir: Path, scale: str) -> DatasetPaths:
+    """The synthetic cache for `scale`, generated unless an identical one exists."""
+    paths = DatasetPaths(workdir / f"heads-{scale}")
+    stamp_path = paths.root / "bench-stamp.json"
+    stamp = {"scale": scale, "seed": BENCH_SEED, "generator": GENERATOR_VERSION}
+    if stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
+        return paths
+    write_synthetic_cache(paths, SCALES[scale], seed=BENCH_SEED)
+    stamp_path.write_text(json.dumps(stamp))
+    return paths
+
+
+def _machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model = next(line.split(":", 1)[1].strip() for line in handle if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0))
+    load = os.getloadavg()[0]
+    return f"{model}, {cores} cores usable, load average {load:.1f} at start"
+
+
+def _reference_score(
+    paths: DatasetPaths, manifest, task_name: str, spec: str, max_rows: int
+) -> tuple[float, float, str]:
+    """(score, seconds, note) of the scikit-learn reference fit on the raw features."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    task = get_task(task_name)
+    loaded = load_feature_set(paths, parse_feature_set(spec), manifest)
+    y, valid = label_rows(manifest, task_name, strict=False)
+    split = manifest["split"].to_numpy(dtype=object)
+    train_rows = np.flatnonzero(valid & loaded.ok & (split == "train"))
+    val_rows = np.flatnonzero(valid & loaded.ok & (split == "val"))
+    note = ""
+    if task_name != "va" and max_rows and len(train_rows) > max_rows:
+        rng = np.random.default_rng(BENCH_SEED)
+        train_rows = np.sort(rng.choice(train_rows, max_rows, replace=False))
+        note = f"subsample {max_rows}"
+    start = time.perf_counter()
+    X_train, X_val = loaded.take(train_rows), loaded.take(val_rows)
+    scaler = StandardScaler().fit(X_train)
+    X_train, X_val = scaler.transform(X_train), scaler.transform(X_val)
+    y_train = y[train_rows]
+    if task_name == "va":
+        pred = np.clip(Ridge(alpha=1.0).fit(X_train, y_train).predict(X_val), -1, 1)
+    elif task_name == "expr":
+        weights = dict(enumerate(class_weights(y_train)))
+        model = LogisticRegression(max_iter=300, class_weight=weights).fit(X_train, y_train)
+        pred = np.zeros((len(val_rows), 8))
+        pred[:, model.classes_] = model.predict_proba(X_val)
+    else:
+        pw = pos_weights(y_train)
+        pred = np.zeros((len(val_rows), y.shape[1]))
+        for j in range(y.shape[1]):
+            rows = y_train[:, j] >= 0
+            model = LogisticRegression(max_iter=300, class_weight={0: 1.0, 1: pw[j]})
+            pred[:, j] = model.fit(X_train[rows], y_train[rows, j]).predict_proba(X_val)[:, 1]
+    seconds = time.perf_counter() - start
+    return task.score(y[val_rows], pred)[task.main_metric], seconds, note
+
+
+def _io_floor(paths: DatasetPaths, result: HeadsResult) -> float:
+    """Seconds to read every HDF5 part the run used, once (OS page cache warm)."""
+    clear_cache()
+    parts = {part for r in result.results for part in parse_feature_set(r.features).parts}
+    start = time.perf_counter()
+    for backbone, part in sorted(parts):
+        load_part(paths.features(backbone), part)
+    seconds = time.perf_counter() - start
+    clear_cache()
+    return seconds
+
+
+def run_bench(workdir: Path, *, scale: str, reference_rows: int, progress: bool = True) -> str:
+    """Run the benchmark and return its report as markdown."""
+    machine = _machine()
+    paths = prepare_cache(Path(workdir), scale)
+    clear_cache()
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    result = train(paths, run="bench", progress=progress)
+    wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
+    io_floor = _io_floor(paths, result)
+    manifest = read_manifest(paths.manifest)
+    references: dict[tuple[str, str], tuple[float, float, str]] = {}
+    for r in result.results:
+        key = (r.task, r.features)
+        if key not in references:
+            references[key] = _reference_score(paths, manifest, r.task, r.features, reference_rows)
+    clear_cache()
+
+    command = "pipeline bench heads " + shlex.join(sys.argv[3:]) if len(sys.argv) > 3 else ""
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in result.stage_seconds.items())
+    lines = [
+        f"## heads benchmark ({scale} scale, affectpipe {__version__})",
+        "",
+        f"- command: `{command or 'pipeline bench heads --scale ' + scale}`",
+        f"- machine: {machine}",
+        f"- rows: {len(manifest):,} manifest rows; {len(result.results)} default candidates",
+        f"- default run end to end: **{wall:.2f} s wall**, {cpu:.2f} s CPU in the main "
+        "process (worker processes' CPU is in the per-candidate column)",
+        f"- stages: {stages}",
+        f"- I/O floor (read every feature part once, page cache warm): {io_floor:.2f} s",
+        "",
+        "| task | candidate | fit s (wall) | fit s (CPU) | val score | reference | ref fit s "
+        "| head - ref |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result.results:
+        task = get_task(r.task)
+        score = r.scores.get(task.main_metric, float("nan"))
+        ref, ref_seconds, note = references[(r.task, r.features)]
+        ref_text = f"{ref:.4f}" + (f" ({note})" if note else "")
+        lines.append(
+            f"| {r.task} | {r.candidate} | {r.fit_seconds:.2f} | {r.cpu_seconds:.2f} "
+            f"| {score:.4f} | {ref_text} "
+            f"| {ref_seconds:.1f} | {score - ref:+.4f} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,201 @@
+"""Feature sets: which cached backbone parts a head reads, and loading them joined to the manifest.
+
+Spec language: ``BACKBONE:PART[+PART...]``, several backbones joined by ``+BACKBONE:PART``.
+A token with a colon starts a new backbone; a token without one is another part of the
+current backbone::
+
+    mt-emotieffnet:logits
+    mt-emotieffnet:embedding+logits
+    mt-emotieffnet:embedding+ddamfn:embedding
+
+Loading reads each HDF5 part once per process (kept in a small cache keyed by file and
+modification time) and gathers rows through an image -> feature-row index, so repeated
+image keys in the manifest simply reuse a feature row.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from affectpipe.config import DatasetPaths
+from affectpipe.errors import InputError
+from affectpipe.features import FeatureFile, read_feature_file
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """An ordered tuple of (backbone, part) pairs; the head's input is their concatenation."""
+
+    parts: tuple[tuple[str, str], ...]
+
+    @property
+    def spec(self) -> str:
+        tokens: list[str] = []
+        current = None
+        for backbone, part in self.parts:
+            tokens.append(part if backbone == current else f"{backbone}:{part}")
+            current = backbone
+        return "+".join(tokens)
+
+    @property
+    def slug(self) -> str:
+        """File-name-safe form of the spec (``:`` becomes ``.``)."""
+        return self.spec.replace(":", ".")
+
+    @property
+    def backbones(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(backbone for backbone, _ in self.parts))
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+def parse_feature_set(spec: str) -> FeatureSet:
+    """Parse ``BACKBONE:PART[+PART...][+BACKBONE:PART...]``; also accepts the slug form."""
+    text = spec.strip()
+    if not text:
+        raise InputError("empty feature set: expected BACKBONE:PART, e.g. mt-emotieffnet:logits")
+    if ":" not in text and "." in text.split("+")[0]:
+        # Slug form from a file name: the first '.' of each backbone token is the colon.
+        text = "+".join(t.replace(".", ":", 1) if "." in t else t for t in text.split("+"))
+    parts: list[tuple[str, str]] = []
+    backbone: str | None = None
+    for position, token in enumerate(text.split("+"), start=1):
+        token = token.strip()
+        if token.count(":") > 1:
+            raise InputError(f"feature set {spec!r}: token {position} {token!r} has two colons")
+        if ":" in token:
+            backbone, part = (s.strip() for s in token.split(":"))
+            if not backbone or not _NAME.match(backbone):
+                raise InputError(f"feature set {spec!r}: bad backbone name in {token!r}")
+        else:
+            part = token
+            if backbone is None:
+                raise InputError(
+                    f"feature set {spec!r}: {token!r} has no backbone; "
+                    "start with BACKBONE:PART, e.g. mt-emotieffnet:embedding"
+                )
+        if not part or not _NAME.match(part):
+            raise InputError(f"feature set {spec!r}: bad or empty part name in token {position}")
+        if (backbone, part) in parts:
+            raise InputError(f"feature set {spec!r}: {backbone}:{part} is listed twice")
+        parts.append((backbone, part))
+    return FeatureSet(tuple(parts))
+
+
+# (path, mtime_ns, part) -> float32 array of the feature file's rows; ok masks per file.
+_PART_CACHE: dict[tuple[str, int, str], np.ndarray] = {}
+_FILE_CACHE: dict[tuple[str, int], FeatureFile] = {}
+
+
+def clear_cache() -> None:
+    _PART_CACHE.clear()
+    _FILE_CACHE.clear()
+
+
+def _open(path: Path) -> tuple[FeatureFile, int]:
+    if not path.exists():
+        raise InputError(f"no feature file at {path}: run `pipeline extract` for this backbone")
+    mtime = path.stat().st_mtime_ns
+    key = (str(path), mtime)
+    if key not in _FILE_CACHE:
+        _FILE_CACHE[key] = read_feature_file(path)
+    return _FILE_CACHE[key], mtime
+
+
+def load_part(path: Path, part: str) -> tuple[np.ndarray, FeatureFile]:
+    """One part of a feature file as float32 [N_file, D], read (and checked) once per process."""
+    handle, mtime = _open(path)
+    key = (str(path), mtime, part)
+    if key not in _PART_CACHE:
+        data = np.ascontiguousarray(handle.load(part), dtype=np.float32)
+        _check_finite(data, handle, part)
+        _PART_CACHE[key] = data
+    return _PART_CACHE[key], handle
+
+
+def manifest_rows_to_feature_rows(images: np.ndarray, manifest: pd.DataFrame) -> np.ndarray:
+    """Feature-file row of each manifest row (-1 where the file lacks the image)."""
+    index = pd.Index(images)
+    if not index.is_unique:
+        index = index.drop_duplicates()  # keep the first row of a duplicated key
+        images = np.asarray(index)
+    positions = pd.Index(images).get_indexer(manifest["image"].to_numpy(dtype=object))
+    return positions.astype(np.int64)
+
+
+@dataclass
+class LoadedFeatures:
+    """A feature set joined to the manifest without copying it: `take(rows)` gathers rows.
+
+    ok [n_rows]: the row's image is in every file of the set and ok there.
+    """
+
+    feature_set: FeatureSet
+    ok: np.ndarray
+    parts: list[np.ndarray]  # per (backbone, part): the file's rows, float32
+    row_maps: list[np.ndarray]  # per part: feature-file row of each manifest row (0 if absent)
+
+    @property
+    def width(self) -> int:
+        return sum(part.shape[1] for part in self.parts)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Features of manifest rows `rows` as one float32 [len(rows), width] array."""
+        blocks = [
+            part[row_map[rows]] for part, row_map in zip(self.parts, self.row_maps, strict=True)
+        ]
+        return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+
+
+def load_feature_set(
+    paths: DatasetPaths, feature_set: FeatureSet, manifest: pd.DataFrame
+) -> LoadedFeatures:
+    """Join the feature set's parts to the manifest rows.
+
+    Rows whose image is absent from a file, or is ``ok=false`` in any backbone, get
+    ``ok=False``: they must not be used (and get no prediction).
+    """
+    ok = np.ones(len(manifest), dtype=bool)
+    parts: list[np.ndarray] = []
+    row_maps: list[np.ndarray] = []
+    maps_by_backbone: dict[str, np.ndarray] = {}
+    for backbone, part in feature_set.parts:
+        data, handle = load_part(paths.features(backbone), part)
+        if backbone not in maps_by_backbone:
+            rows = manifest_rows_to_feature_rows(handle.images, manifest)
+            present = rows >= 0
+            ok &= present
+            ok[present] &= handle.ok[rows[present]]
+            maps_by_backbone[backbone] = np.maximum(rows, 0)
+        parts.append(data)
+        row_maps.append(maps_by_backbone[backbone])
+    return LoadedFeatures(feature_set=feature_set, ok=ok, parts=parts, row_maps=row_maps)
+
+
+def _check_finite(data: np.ndarray, handle: FeatureFile, name: str) -> None:
+    """Refuse NaN/inf in ok rows. One cheap pass: a column sum is finite unless an entry is not."""
+    if np.isfinite(data.sum(axis=0, dtype=np.float64)).all():
+        return
+    bad = int((~np.isfinite(data[handle.ok])).any(axis=1).sum())
+    if bad:
+        raise InputError(f"{handle.path}: {bad} ok rows of {name} hold NaN or inf values")
+
+
+def available_backbones(paths: DatasetPaths) -> dict[str, list[str]]:
+    """Backbones with a complete feature file in the cache -> their selectable parts."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(paths.features_dir.glob("*.h5")):
+        try:
+            handle, _ = _open(path)
+        except InputError:
+            continue  # incomplete extraction: not a candidate until it finishes
+        found[path.stem] = handle.parts()
+    return found

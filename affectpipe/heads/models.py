@@ -1,0 +1,447 @@
+"""Head models with scikit-learn's estimator contract (params in __init__, fitted attrs end in _).
+
+Every model takes the task name as a parameter and labels in the task's form (va: [N, 2]
+floats; expr: [N] codes; au: [N, 12] with -1 for a missing AU). Rows without a valid label
+must already be dropped (see `tasks.Task.valid_rows`); AU entries of -1 are masked here.
+
+`fit(X, y, eval_set=(X_val, y_val))` follows the LightGBM convention for early stopping.
+`model.predict_outputs(X)` gives what a prediction file stores: VA values, or class / AU
+probabilities. Torch weights are kept as numpy arrays (plus the params), so a pickled head
+loads on any machine without torch state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, clone
+
+from affectpipe.errors import InputError
+from affectpipe.heads import losses
+from affectpipe.heads.tasks import class_weights, get_task, pos_weights
+
+SMALL_PROBLEM = 1 << 22  # input values (rows x columns) below which LightGBM uses one thread
+
+
+def lightgbm_threads(n_values: int) -> int:
+    """LightGBM threads for `n_values` inputs: one for small problems, else the usable cores."""
+    return 1 if n_values < SMALL_PROBLEM else len(os.sched_getaffinity(0))
+
+
+@contextlib.contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """Run torch on one thread (restored after): head matrices (a batch x ~128 columns) are
+    too small to share, and on a busy machine a second thread made an MLP epoch 7x slower
+    (measured: 0.55 s CPU per epoch of 100k rows on one thread, 6.7 s on two)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _to_numpy_state(module: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def _loss_fn(task: str, y: np.ndarray, focal_gamma: float, class_weighting: bool):
+    """The task's loss as f(outputs, target) with weights from the train labels."""
+    if task == "va":
+        return lambda out, t: losses.ccc_loss(torch.tanh(out), t)
+    if task == "expr":
+        weights = class_weights(y) if class_weighting else np.ones(get_task(task).n_outputs)
+        w = torch.tensor(weights, dtype=torch.float32)
+        return lambda out, t: losses.expr_loss(out, t, w, focal_gamma)
+    weights = pos_weights(y) if class_weighting else np.ones(y.shape[1])
+    pw = torch.tensor(weights, dtype=torch.float32)
+    return lambda out, t: losses.au_loss(out, t, pw)
+
+
+def _target_tensor(task: str, y: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(y, dtype=torch.float32 if task == "va" else torch.int64)
+
+
+def _outputs(task: str, raw: torch.Tensor) -> np.ndarray:
+    if task == "va":
+        return torch.tanh(raw).numpy()
+    if task == "expr":
+        return torch.softmax(raw, dim=1).numpy()
+    return torch.sigmoid(raw).numpy()
+
+
+class _HeadBase(BaseEstimator):
+    """predict / predict_proba on top of `_raw_outputs` (VA values or probabilities)."""
+
+    task: str
+
+    def predict_outputs(self, X: np.ndarray) -> np.ndarray:
+        return self._raw_outputs(np.asarray(X, dtype=np.float32))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        out = self.predict_outputs(X)
+        if self.task == "va":
+            return out
+        if self.task == "expr":
+            return out.argmax(axis=1)
+        return (out >= 0.5).astype(np.int64)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        if self.task == "va":
+            raise AttributeError("a VA head is a regressor: use predict")
+        return self.predict_outputs(X)
+
+    def _raw_outputs(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class LinearHead(_HeadBase):
+    """Linear head. VA: closed-form ridge (clipped to [-1, 1]); expr/au: full-batch L-BFGS of a
+    weighted softmax / sigmoid model with L2 penalty `alpha` (per row).
+
+    alpha: L2 strength; max_iter: L-BFGS iterations; class_weighting: class / positive
+    weights in the loss; focal_gamma: focal loss for expr (0 = plain cross-entropy).
+    """
+
+    def __init__(
+        self,
+        task: str = "expr",
+        alpha: float = 1e-4,
+        max_iter: int = 50,
+        class_weighting: bool = True,
+        focal_gamma: float = 0.0,
+    ):
+        self.task = task
+        self.alpha = alpha
+        self.max_iter = max_iter
+        self.class_weighting = class_weighting
+        self.focal_gamma = focal_gamma
+
+    def fit(self, X: np.ndarray, y: np.ndarray, eval_set: object = None) -> LinearHead:
+        X = np.asarray(X, dtype=np.float32)
+        if self.task == "va":
+            self._fit_ridge(X, np.asarray(y, dtype=np.float64))
+        else:
+            with single_torch_thread():
+                self._fit_lbfgs(X, np.asarray(y))
+        return self
+
+    def _fit_ridge(self, X: np.ndarray, y: np.ndarray) -> None:
+        mean_x = X.mean(axis=0, dtype=np.float64)
+        mean_y = y.mean(axis=0)
+        centred = X - mean_x.astype(np.float32)
+        gram = (centred.T @ centred).astype(np.float64)
+        gram[np.diag_indices_from(gram)] += self.alpha * len(X)
+        coef = np.linalg.solve(gram, (centred.T @ (y - mean_y).astype(np.float32)).astype(float))
+        self.coef_ = coef.astype(np.float32)
+        self.intercept_ = (mean_y - mean_x @ coef).astype(np.float32)
+
+    def _fit_lbfgs(self, X: np.ndarray, y: np.ndarray) -> None:
+        n_out = get_task(self.task).n_outputs
+        loss_fn = _loss_fn(self.task, y, self.focal_gamma, self.class_weighting)
+        xs, ts = torch.from_numpy(X), _target_tensor(self.task, y)
+        weight = torch.zeros(X.shape[1], n_out, requires_grad=True)
+        bias = torch.zeros(n_out, requires_grad=True)
+        optimizer = torch.optim.LBFGS(
+            [weight, bias],
+            lr=1.0,
+            max_iter=self.max_iter,
+            history_size=20,
+            tolerance_grad=1e-6,
+            tolerance_change=1e-9,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = loss_fn(xs @ weight + bias, ts) + 0.5 * self.alpha * weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        self.coef_ = weight.detach().numpy().copy()
+        self.intercept_ = bias.detach().numpy().copy()
+        self.n_iter_ = int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
+
+    def _raw_outputs(self, X: np.ndarray) -> np.ndarray:
+        raw = X @ self.coef_ + self.intercept_
+        if self.task == "va":
+            return np.clip(raw, -1.0, 1.0)
+        return _outputs(self.task, torch.from_numpy(np.ascontiguousarray(raw)))
+
+
+class MLPHead(_HeadBase):
+    """PyTorch MLP with 0 or 1 hidden layer, dropout, AdamW, early stopping on the task metric.
+
+    hidden: hidden width (0 = a linear model trained by AdamW); dropout: on the input of the
+    output layer; lr, weight_decay: AdamW; batch_size: rows per step (less on small data, see
+    fit); max_epochs, patience: early stopping on `eval_set` (the task's validation metric,
+    from affectpipe.metrics); without an eval set it trains `max_epochs` epochs.
+    focal_gamma, class_weighting: as in LinearHead. random_state: seeds init and shuffling.
+    """
+
+    def __init__(
+        self,
+        task: str = "expr",
+        hidden: int = 128,
+        dropout: float = 0.2,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-2,
+        batch_size: int = 4096,
+        max_epochs: int = 10,
+        patience: int = 2,
+        class_weighting: bool = True,
+        focal_gamma: float = 0.0,
+        random_state: int = 0,
+    ):
+        self.task = task
+        self.hidden = hidden
+        self.dropout = dropout
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.class_weighting = class_weighting
+        self.focal_gamma = focal_gamma
+        self.random_state = random_state
+
+    def _module(self, n_in: int) -> torch.nn.Sequential:
+        n_out = get_task(self.task).n_outputs
+        if self.hidden:
+            layers = [torch.nn.Linear(n_in, self.hidden), torch.nn.GELU()]
+            layers += [torch.nn.Dropout(self.dropout), torch.nn.Linear(self.hidden, n_out)]
+        else:
+            layers = [torch.nn.Dropout(self.dropout), torch.nn.Linear(n_in, n_out)]
+        return torch.nn.Sequential(*layers)
+
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, eval_set: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> MLPHead:
+        with single_torch_thread():
+            self._fit(X, y, eval_set)
+        return self
+
+    def _fit(
+        self, X: np.ndarray, y: np.ndarray, eval_set: tuple[np.ndarray, np.ndarray] | None
+    ) -> None:
+        task = get_task(self.task)
+        generator = torch.Generator().manual_seed(int(self.random_state))
+        torch.manual_seed(int(self.random_state))
+        module = self._module(X.shape[1])
+        optimizer = torch.optim.AdamW(
+            module.parameters(), lr=self.lr, weight_decay=self.weight_decay
+        )
+        xs = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        ts = _target_tensor(self.task, np.asarray(y))
+        loss_fn = _loss_fn(self.task, np.asarray(y), self.focal_gamma, self.class_weighting)
+        # Small data still gets ~8 steps per epoch; a batch keeps >= 64 rows for a stable batch
+        # CCC (a smaller last batch is skipped).
+        batch_size = min(self.batch_size, max(64, len(xs) // 8))
+        min_batch = min(len(xs), 64)
+        best_score, best_state, best_epoch, stale = -np.inf, None, 0, 0
+        self.history_: list[float] = []
+        for epoch in range(1, self.max_epochs + 1):
+            module.train()
+            order = torch.randperm(len(xs), generator=generator)
+            for start in range(0, len(xs), batch_size):
+                idx = order[start : start + batch_size]
+                if len(idx) < min_batch:
+                    continue
+                optimizer.zero_grad()
+                loss_fn(module(xs[idx]), ts[idx]).backward()
+                optimizer.step()
+            if eval_set is None:
+                best_state, best_epoch = _to_numpy_state(module), epoch
+                continue
+            self.weights_ = _to_numpy_state(module)
+            self.n_features_in_ = X.shape[1]
+            score = task.score(eval_set[1], self.predict_outputs(eval_set[0]))[task.main_metric]
+            score = -np.inf if np.isnan(score) else score
+            self.history_.append(float(score))
+            if score > best_score:
+                best_score, best_state, best_epoch, stale = score, self.weights_, epoch, 0
+            else:
+                stale += 1
+                if stale >= self.patience:
+                    break
+        self.weights_ = best_state
+        self.best_epoch_ = best_epoch
+        self.n_features_in_ = X.shape[1]
+
+    def _raw_outputs(self, X: np.ndarray) -> np.ndarray:
+        module = self._module(self.n_features_in_)
+        module.load_state_dict({k: torch.from_numpy(v) for k, v in self.weights_.items()})
+        module.eval()
+        with torch.no_grad():
+            return _outputs(self.task, module(torch.from_numpy(np.ascontiguousarray(X))))
+
+    def refit_params(self) -> dict[str, int]:
+        """Params for a refit without an eval set (cross-fitting): the early-stopped epochs."""
+        return {"max_epochs": max(1, self.best_epoch_)}
+
+
+class LightGBMHead(_HeadBase):
+    """Gradient-boosted trees on the first `max_columns` input columns (the leading PCs).
+
+    One binned Dataset is built per fit and shared by the outputs (2 VA regressors, or 12
+    AU classifiers with missing AUs weighted 0); expr is one multiclass model with class
+    weights as sample weights. Early stopping on `eval_set` (the task's LightGBM loss).
+    """
+
+    def __init__(
+        self,
+        task: str = "expr",
+        max_columns: int = 64,
+        n_estimators: int = 300,
+        learning_rate: float = 0.1,
+        num_leaves: int = 31,
+        early_stopping_rounds: int = 20,
+        class_weighting: bool = True,
+        random_state: int = 0,
+    ):
+        self.task = task
+        self.max_columns = max_columns
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.early_stopping_rounds = early_stopping_rounds
+        self.class_weighting = class_weighting
+        self.random_state = random_state
+
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, eval_set: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> LightGBMHead:
+        import lightgbm as lgb
+
+        X = np.ascontiguousarray(np.asarray(X, dtype=np.float32)[:, : self.max_columns])
+        y = np.asarray(y)
+        params = {
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "seed": int(self.random_state),
+            "deterministic": True,
+            "num_threads": lightgbm_threads(X.size),
+            "verbose": -1,
+        }
+        binning = {"max_bin": 63, "verbose": -1}
+        train = lgb.Dataset(X, free_raw_data=False, params=binning)
+        valid = None
+        if eval_set is not None:
+            X_val = np.asarray(eval_set[0], dtype=np.float32)[:, : self.max_columns]
+            valid = lgb.Dataset(np.ascontiguousarray(X_val), reference=train, params=binning)
+        if self.task == "expr":
+            weights = class_weights(y) if self.class_weighting else np.ones(8)
+            jobs = [({"objective": "multiclass", "num_class": 8}, y, weights[y])]
+            eval_jobs = [eval_set[1]] if eval_set is not None else [None]
+        elif self.task == "va":
+            jobs = [({"objective": "regression"}, y[:, j], None) for j in range(2)]
+            eval_jobs = [None] * 2 if eval_set is None else [eval_set[1][:, j] for j in range(2)]
+        else:
+            pw = pos_weights(y) if self.class_weighting else np.ones(y.shape[1])
+            jobs = []
+            for j in range(y.shape[1]):
+                w = np.where(y[:, j] < 0, 0.0, np.where(y[:, j] == 1, pw[j], 1.0))
+                jobs.append(({"objective": "binary"}, np.maximum(y[:, j], 0), w))
+            eval_jobs = (
+                [eval_set[1][:, j] for j in range(y.shape[1])]
+                if eval_set is not None
+                else [None] * len(jobs)
+            )
+        self.boosters_ = []
+        for (objective, label, weight), eval_label in zip(jobs, eval_jobs, strict=True):
+            train.set_label(label)
+            train.set_weight(weight)
+            valid_sets, callbacks = [], []
+            if valid is not None:
+                keep = _valid_eval_weight(self.task, eval_label)
+                valid.set_label(np.where(keep > 0, np.maximum(eval_label, 0), 0))
+                valid.set_weight(keep)
+                valid_sets = [valid]
+                callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
+            booster = lgb.train(
+                {**params, **objective},
+                train,
+                num_boost_round=self.n_estimators,
+                valid_sets=valid_sets,
+                callbacks=callbacks,
+            )
+            self.boosters_.append(booster.model_to_string())
+        return self
+
+    def _raw_outputs(self, X: np.ndarray) -> np.ndarray:
+        import lightgbm as lgb
+
+        X = np.ascontiguousarray(X[:, : self.max_columns])
+        outs = [lgb.Booster(model_str=s).predict(X) for s in self.boosters_]
+        if self.task == "expr":
+            return outs[0].astype(np.float32)
+        stacked = np.stack(outs, axis=1).astype(np.float32)
+        return np.clip(stacked, -1.0, 1.0) if self.task == "va" else stacked
+
+
+def _valid_eval_weight(task: str, label: np.ndarray) -> np.ndarray:
+    """Eval-set weights: 1 for a labelled row, 0 for a missing one."""
+    if task == "va":
+        return np.isfinite(label).astype(np.float64)
+    return (label >= 0).astype(np.float64)
+
+
+class SeedBag(BaseEstimator):
+    """Soft voting over copies of `estimator` trained with seeds random_state + 0..n_seeds-1."""
+
+    def __init__(self, estimator: BaseEstimator, n_seeds: int = 1):
+        self.estimator = estimator
+        self.n_seeds = n_seeds
+
+    @property
+    def task(self) -> str:
+        return self.estimator.task
+
+    def fit(self, X: np.ndarray, y: np.ndarray, eval_set: object = None) -> SeedBag:
+        base_seed = int(self.estimator.get_params()["random_state"])
+        self.estimators_ = []
+        for i in range(self.n_seeds):
+            model = clone(self.estimator).set_params(random_state=base_seed + i)
+            self.estimators_.append(model.fit(X, y, eval_set=eval_set))
+        return self
+
+    def predict_outputs(self, X: np.ndarray) -> np.ndarray:
+        return np.mean([m.predict_outputs(X) for m in self.estimators_], axis=0)
+
+    def refit_params(self) -> dict[str, object]:
+        inner = self.estimators_[0]
+        return {f"estimator__{k}": v for k, v in getattr(inner, "refit_params", dict)().items()}
+
+
+MODELS: dict[str, type[_HeadBase]] = {
+    "linear": LinearHead,
+    "mlp": MLPHead,
+    "lightgbm": LightGBMHead,
+}
+
+
+def make_model(
+    name: str, task: str, params: dict | None = None, seeds: int = 1, seed: int = 0
+) -> BaseEstimator:
+    """A fresh model by name, seeded with `seed` unless `params` sets random_state.
+
+    `seeds` > 1 bags that many seeded copies (ignored for deterministic models).
+    """
+    if name not in MODELS:
+        raise InputError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    cls = MODELS[name]
+    try:
+        model = cls(task=task, **(params or {}))
+    except TypeError as exc:
+        raise InputError(f"bad parameters for model {name!r}: {exc}") from None
+    seeded = "random_state" in model.get_params()
+    if seeded and "random_state" not in (params or {}):
+        model.set_params(random_state=seed)
+    if seeds > 1 and seeded:
+        return SeedBag(model, n_seeds=seeds)
+    return model

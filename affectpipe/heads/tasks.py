@@ -1,0 +1,85 @@
+"""The three ABAW tasks as data: targets from the manifest, validity masks, weights, scores.
+
+Missing labels (NaN / -5 VA, -1 expression, -1 AU) never reach a loss: a VA row counts only
+when both values are valid (the ABAW convention); an expression row when its code is >= 0;
+an AU row when at least one AU is labelled, and each missing AU entry is masked in the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from affectpipe import metrics
+from affectpipe.errors import InputError
+from affectpipe.schema import AU_COLUMNS, PRED_COLUMNS, TASKS, VA_COLUMNS, VA_MISSING_SENTINEL
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    n_outputs: int
+
+    @property
+    def pred_columns(self) -> tuple[str, ...]:
+        return PRED_COLUMNS[self.name]
+
+    def targets(self, manifest: pd.DataFrame) -> np.ndarray:
+        """The task's labels for every manifest row (missing entries kept as such)."""
+        if self.name == "va":
+            return manifest[list(VA_COLUMNS)].to_numpy(dtype=np.float32)
+        if self.name == "expr":
+            return manifest["expression"].to_numpy(dtype=np.int64)
+        return manifest[list(AU_COLUMNS)].to_numpy(dtype=np.int64)
+
+    def valid_rows(self, y: np.ndarray) -> np.ndarray:
+        """Rows that carry a usable label for this task."""
+        if self.name == "va":
+            return (np.isfinite(y) & (y > VA_MISSING_SENTINEL)).all(axis=1)
+        if self.name == "expr":
+            return y >= 0
+        return (y >= 0).any(axis=1)
+
+    def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+        """Validation metrics of predictions (VA values or probabilities) via affectpipe.metrics."""
+        if self.name == "va":
+            return metrics.va_scores(y_true, y_pred)
+        if self.name == "expr":
+            return {"p_expr": metrics.expr_f1(y_true, y_pred.argmax(axis=1))}
+        return {"p_au": metrics.au_f1(y_true, (y_pred >= 0.5).astype(np.int64))}
+
+    @property
+    def main_metric(self) -> str:
+        return {"va": "p_va", "expr": "p_expr", "au": "p_au"}[self.name]
+
+
+TASK_DEFS: dict[str, Task] = {
+    "va": Task("va", 2),
+    "expr": Task("expr", metrics.N_EXPR),
+    "au": Task("au", metrics.N_AU),
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASK_DEFS:
+        raise InputError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+    return TASK_DEFS[name]
+
+
+def class_weights(y: np.ndarray, n_classes: int = metrics.N_EXPR) -> np.ndarray:
+    """Expression class weights max_c N_c / N_y from train counts (0 for an absent class)."""
+    counts = np.bincount(y[y >= 0], minlength=n_classes).astype(np.float64)
+    weights = np.zeros(n_classes)
+    present = counts > 0
+    weights[present] = counts.max() / counts[present]
+    return weights
+
+
+def pos_weights(y: np.ndarray) -> np.ndarray:
+    """AU positive weights N / (2 * positives) over each AU's labelled rows (1 if no positive)."""
+    valid = y >= 0
+    labelled = valid.sum(axis=0).astype(np.float64)
+    positives = ((y == 1) & valid).sum(axis=0).astype(np.float64)
+    return np.divide(labelled, 2.0 * positives, out=np.ones_like(labelled), where=positives > 0)

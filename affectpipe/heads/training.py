@@ -1,0 +1,410 @@
+"""`heads.train`: fit every candidate, write heads, predictions and the metrics table.
+
+Candidates sharing a feature set share its loading and its scaler, so a feature set is
+read, gathered and projected once per run. Each candidate: fit on the train rows that have
+ok features and a valid label for its task (early stopping on the valid val rows), predict
+every val and test row (NaN where the features are not ok), score on val. With
+``folds=K`` the train and val rows get out-of-fold predictions instead, from K refits on
+train+val grouped by video, so a blend can be tuned on honest predictions.
+
+Fits run on one thread each; the candidates of a feature set are spread over worker
+processes (``[heads] workers``, default one per usable core) when the data is large enough
+to pay for starting them. Results are identical either way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from joblib import Parallel, delayed
+from sklearn.base import clone
+from sklearn.model_selection import GroupKFold
+from tqdm.auto import tqdm
+
+from affectpipe import __version__
+from affectpipe.config import DEFAULT_RUN, DatasetPaths
+from affectpipe.errors import InputError
+from affectpipe.fsutil import atomic_path, file_lock, write_text_atomic
+from affectpipe.heads.candidates import Candidate, load_config, select_candidates
+from affectpipe.heads.featuresets import LoadedFeatures, available_backbones, load_feature_set
+from affectpipe.heads.fitted import FittedHead
+from affectpipe.heads.models import make_model
+from affectpipe.heads.preprocess import FeatureScaler
+from affectpipe.heads.tasks import TASK_DEFS, get_task
+from affectpipe.manifest import read_manifest
+from affectpipe.schema import TASKS
+
+METADATA_KEY = b"affectpipe"
+SCALER_SAMPLE_ROWS = 20000  # train rows the scaler / PCA is estimated on
+CHUNK_ROWS = 16384
+PARALLEL_MIN_VALUES = 1 << 22  # scaled feature values (rows x columns) worth worker processes
+
+
+@dataclass
+class CandidateResult:
+    task: str
+    candidate: str
+    features: str
+    model: str
+    scores: dict[str, float]
+    fit_seconds: float
+    cpu_seconds: float  # process CPU time of the fit, all threads (robust to a busy machine)
+    n_train: int
+    n_val: int
+    head_path: str
+    preds_path: str
+    oof_scores: dict[str, float] | None = None
+
+
+@dataclass
+class HeadsResult:
+    run: str
+    results: list[CandidateResult]
+    seconds: float
+    metrics_path: Path
+    stage_seconds: dict[str, float]  # load (read + gather), scale (fit + transform), fit, write
+
+    def table(self) -> str:
+        return format_table(self.results)
+
+
+def format_table(results: Sequence[CandidateResult]) -> str:
+    """One line per candidate: its validation metrics and fit time."""
+    lines = [
+        f"{'task':<5} {'candidate':<48} {'P_VA':>6} {'CCC_V':>6} {'CCC_A':>6} "
+        f"{'P_EXPR':>6} {'P_AU':>6} {'n_train':>8} {'fit_s':>6}"
+    ]
+    for r in results:
+        cells = [r.scores.get(k) for k in ("p_va", "ccc_valence", "ccc_arousal", "p_expr", "p_au")]
+        text = " ".join(f"{v:6.3f}" if v is not None else f"{'':6}" for v in cells)
+        lines.append(f"{r.task:<5} {r.candidate:<48} {text} {r.n_train:8d} {r.fit_seconds:6.2f}")
+    return "\n".join(lines)
+
+
+def scale_features(
+    loaded: LoadedFeatures, fit_rows: np.ndarray, n_components: int
+) -> tuple[np.ndarray, FeatureScaler]:
+    """Fit the scaler on (evenly spaced) train rows; transform every ok row, in chunks.
+
+    Returns Z [n_rows, width out] (zeros for rows that are not ok) and the scaler.
+    """
+    sample = fit_rows[:: max(1, len(fit_rows) // SCALER_SAMPLE_ROWS)]
+    scaler = FeatureScaler(n_components=n_components).fit(loaded.take(sample))
+    Z = np.zeros((len(loaded.ok), scaler.n_features_out), dtype=np.float32)
+    ok_rows = np.flatnonzero(loaded.ok)
+    for start in range(0, len(ok_rows), CHUNK_ROWS):
+        chunk = ok_rows[start : start + CHUNK_ROWS]
+        Z[chunk] = scaler.transform(loaded.take(chunk))
+    return Z, scaler
+
+
+def label_rows(manifest: pd.DataFrame, task: str, strict: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, rows usable for `task`); strict keeps only rows valid for all three tasks."""
+    spec = get_task(task)
+    y = spec.targets(manifest)
+    valid = spec.valid_rows(y)
+    if strict:
+        for other in TASKS:
+            other_spec = TASK_DEFS[other]
+            valid &= other_spec.valid_rows(other_spec.targets(manifest))
+            if other == "au":  # strict also means all 12 AUs labelled
+                valid &= (other_spec.targets(manifest) >= 0).all(axis=1)
+    return y, valid
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The manifest as the fits need it: numpy arrays only, cheap to send to worker processes."""
+
+    split: np.ndarray  # "train" / "val" / "test" per row
+    video: np.ndarray  # integer video code per row
+    labels: dict[str, tuple[np.ndarray, np.ndarray]]  # task -> (labels, valid rows)
+
+    @classmethod
+    def of(cls, manifest: pd.DataFrame, tasks: Sequence[str], strict: bool) -> Rows:
+        return cls(
+            split=manifest["split"].to_numpy(dtype="U5"),
+            video=pd.factorize(manifest["video"])[0].astype(np.int64),
+            labels={task: label_rows(manifest, task, strict) for task in tasks},
+        )
+
+
+def fit_candidate(
+    candidate: Candidate,
+    Z: np.ndarray,
+    ok: np.ndarray,
+    rows: Rows,
+    seed: int,
+    seeds: int,
+    folds: int,
+) -> tuple[Any, np.ndarray, dict[str, Any]]:
+    """Fit one candidate on scaled features Z; returns the model, outputs for every row (NaN
+    where none) and info (scores, timings, row counts). Runs in a worker process as well."""
+    task = get_task(candidate.task)
+    y, valid = rows.labels[candidate.task]
+    usable = valid & ok
+    train_rows = np.flatnonzero(usable & (rows.split == "train"))
+    val_rows = np.flatnonzero(usable & (rows.split == "val"))
+    if len(train_rows) < 2:
+        raise InputError(f"{candidate}: fewer than 2 train rows with ok features and a label")
+    model = make_model(candidate.model, candidate.task, candidate.params, seeds, seed)
+    eval_set = (Z[val_rows], y[val_rows]) if len(val_rows) else None
+    start, cpu_start = time.perf_counter(), time.process_time()
+    model.fit(Z[train_rows], y[train_rows], eval_set=eval_set)
+    fit_seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+
+    outputs = np.full((len(ok), task.n_outputs), np.nan, dtype=np.float32)
+    predict_rows = np.flatnonzero(ok & np.isin(rows.split, ("val", "test")))
+    outputs[predict_rows] = model.predict_outputs(Z[predict_rows])
+    info: dict[str, Any] = {
+        "fit_seconds": fit_seconds,
+        "cpu_seconds": cpu_seconds,
+        "n_train": len(train_rows),
+        "n_val": len(val_rows),
+        "scores": task.score(y[val_rows], outputs[val_rows]) if len(val_rows) else {},
+    }
+    if folds:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        _cross_fit(model, Z, y, usable, ok, rows, folds, outputs)
+        info["fit_seconds"] += time.perf_counter() - start
+        info["cpu_seconds"] += time.process_time() - cpu_start
+        info["oof_scores"] = task.score(y[val_rows], outputs[val_rows]) if len(val_rows) else {}
+    return model, outputs, info
+
+
+def _cross_fit(
+    model: Any,
+    Z: np.ndarray,
+    y: np.ndarray,
+    usable: np.ndarray,
+    ok: np.ndarray,
+    rows: Rows,
+    folds: int,
+    outputs: np.ndarray,
+) -> None:
+    """Overwrite `outputs` of train+val rows with out-of-fold predictions (folds by video)."""
+    pool = np.flatnonzero(ok & np.isin(rows.split, ("train", "val")))
+    videos = rows.video[pool]
+    if len(np.unique(videos)) < folds:
+        raise InputError(f"--folds {folds}: only {len(np.unique(videos))} videos in train+val")
+    refit = getattr(model, "refit_params", dict)()
+    for fit_idx, held_idx in GroupKFold(n_splits=folds).split(pool, groups=videos):
+        fit_rows = pool[fit_idx][usable[pool[fit_idx]]]
+        held_rows = pool[held_idx]
+        fold_model = clone(model).set_params(**refit)
+        fold_model.fit(Z[fit_rows], y[fit_rows])
+        outputs[held_rows] = fold_model.predict_outputs(Z[held_rows])
+
+
+def fit_all(
+    members: Sequence[Candidate],
+    Z: np.ndarray,
+    ok: np.ndarray,
+    rows: Rows,
+    *,
+    seed: int,
+    seeds: int,
+    folds: int,
+    workers: int,
+) -> Iterator[tuple[Any, np.ndarray, dict[str, Any]]]:
+    """Fit candidates, in order; with workers > 1 in that many processes (Z is memory-mapped,
+    not copied). Each fit uses one thread, so processes are what puts the cores to use; small
+    problems stay in this process (starting workers would cost more than it saves)."""
+    if workers <= 1 or len(members) == 1 or Z.size < PARALLEL_MIN_VALUES:
+        return (fit_candidate(c, Z, ok, rows, seed, seeds, folds) for c in members)
+    jobs = (delayed(fit_candidate)(c, Z, ok, rows, seed, seeds, folds) for c in members)
+    n_jobs = min(workers, len(members))
+    return Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")(jobs)
+
+
+def _write_preds(
+    path: Path, manifest: pd.DataFrame, outputs: np.ndarray, columns: Sequence[str], meta: dict
+) -> None:
+    split = manifest["split"].to_numpy(dtype=object)
+    keep = np.isin(split, ("val", "test"))
+    if meta.get("folds"):
+        keep |= split == "train"
+    rows = np.flatnonzero(keep)
+    frame = pd.DataFrame(
+        {
+            "row": rows.astype(np.int64),
+            "image": manifest["image"].to_numpy()[rows],
+            "split": manifest["split"].to_numpy()[rows],
+        }
+    )
+    for j, column in enumerate(columns):
+        frame[column] = outputs[rows, j]
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(meta).encode()}
+    )
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _merge_metrics(path: Path, results: Sequence[CandidateResult], run: str) -> None:
+    """Update metrics.json: this run's candidates replace their earlier entries."""
+    entries: list[dict] = []
+    if path.exists():
+        try:
+            entries = json.loads(path.read_text())["candidates"]
+        except (ValueError, KeyError):
+            entries = []  # unreadable: rewritten from this run's results
+    fresh = {(r.task, r.candidate) for r in results}
+    entries = [e for e in entries if (e["task"], e["candidate"]) not in fresh]
+    entries += [asdict(r) for r in results]
+    entries.sort(key=lambda e: (TASKS.index(e["task"]), e["candidate"]))
+    payload = {"run": run, "package_version": __version__, "candidates": entries}
+    write_text_atomic(path, json.dumps(payload, indent=2, allow_nan=True) + "\n")
+
+
+def train(
+    paths: DatasetPaths,
+    *,
+    run: str = DEFAULT_RUN,
+    tasks: Sequence[str] | None = None,
+    candidates: Sequence[str] | None = None,
+    config_path: Path | None = None,
+    folds: int = 0,
+    seeds: int = 1,
+    strict_labels: bool = False,
+    progress: bool = True,
+) -> HeadsResult:
+    """Train the selected candidates on cached features and write heads, preds, metrics.json."""
+    if folds == 1 or folds < 0:
+        raise InputError("--folds must be 0 (off) or at least 2")
+    if seeds < 1:
+        raise InputError("--seeds must be at least 1")
+    start = time.perf_counter()
+    manifest = read_manifest(paths.manifest)
+    config = load_config(config_path)
+    chosen = select_candidates(
+        config, available_backbones(paths), list(tasks) if tasks else None, list(candidates or [])
+    )
+    groups: dict[str, list[Candidate]] = {}
+    for candidate in chosen:
+        groups.setdefault(candidate.features.spec, []).append(candidate)
+    rows = Rows.of(manifest, sorted({c.task for c in chosen}), strict_labels)
+    workers = config.workers or len(os.sched_getaffinity(0))
+    results: list[CandidateResult] = []
+    stages = dict.fromkeys(("load", "scale", "fit", "write"), 0.0)
+    run_dir = paths.run(run)
+    with file_lock(run_dir / ".lock"):
+        bar = tqdm(total=len(chosen), desc="heads", unit="cand", disable=not progress)
+        for members in groups.values():
+            tick = time.perf_counter()
+            loaded = load_feature_set(paths, members[0].features, manifest)
+            stages["load"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            fit_rows = np.flatnonzero(loaded.ok & (rows.split == "train"))
+            if len(fit_rows) < 2:
+                raise InputError(f"{members[0].features}: fewer than 2 train rows with ok features")
+            Z, scaler = scale_features(loaded, fit_rows, config.n_components)
+            stages["scale"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            fits = fit_all(
+                members,
+                Z,
+                loaded.ok,
+                rows,
+                seed=config.seed,
+                seeds=seeds,
+                folds=folds,
+                workers=workers,
+            )
+            for candidate, (model, outputs, info) in zip(members, fits, strict=True):
+                stages["fit"] += time.perf_counter() - tick
+                tick = time.perf_counter()
+                bar.set_postfix_str(str(candidate))
+                results.append(
+                    _save_candidate(
+                        paths,
+                        run,
+                        candidate,
+                        scaler,
+                        model,
+                        outputs,
+                        info,
+                        manifest,
+                        config.seed,
+                        seeds,
+                        folds,
+                        strict_labels,
+                    )
+                )
+                stages["write"] += time.perf_counter() - tick
+                tick = time.perf_counter()
+                bar.update()
+            del loaded, Z
+        bar.close()
+        metrics_path = run_dir / "heads" / "metrics.json"
+        _merge_metrics(metrics_path, results, run)
+    return HeadsResult(run, results, time.perf_counter() - start, metrics_path, stages)
+
+
+def _save_candidate(
+    paths: DatasetPaths,
+    run: str,
+    candidate: Candidate,
+    scaler: FeatureScaler,
+    model: Any,
+    outputs: np.ndarray,
+    info: dict[str, Any],
+    manifest: pd.DataFrame,
+    seed: int,
+    seeds: int,
+    folds: int,
+    strict_labels: bool,
+) -> CandidateResult:
+    """Write the head (joblib) and its predictions (Parquet), both atomically."""
+    task = get_task(candidate.task)
+    head_path = paths.head(run, candidate.task, candidate.name)
+    preds_path = paths.preds(run, candidate.task, candidate.name)
+    meta = {
+        "task": candidate.task,
+        "candidate": candidate.name,
+        "features": candidate.features.spec,
+        "model": candidate.model,
+        "params": candidate.params,
+        "seed": seed,
+        "seeds": seeds,
+        "folds": folds,
+        "strict_labels": strict_labels,
+        "scores": info["scores"],
+        "oof_scores": info.get("oof_scores"),
+        "package_version": __version__,
+    }
+    FittedHead(
+        task=candidate.task,
+        candidate=candidate.name,
+        feature_set=candidate.features.spec,
+        scaler=scaler,
+        model=model,
+        output_columns=task.pred_columns,
+        provenance=meta,
+    ).save(head_path)
+    _write_preds(preds_path, manifest, outputs, task.pred_columns, meta)
+    return CandidateResult(
+        task=candidate.task,
+        candidate=candidate.name,
+        features=candidate.features.spec,
+        model=candidate.model,
+        scores=info["scores"],
+        fit_seconds=round(info["fit_seconds"], 3),
+        cpu_seconds=round(info["cpu_seconds"], 3),
+        n_train=info["n_train"],
+        n_val=info["n_val"],
+        head_path=str(head_path),
+        preds_path=str(preds_path),
+        oof_scores=info.get("oof_scores"),
+    )
