@@ -13,6 +13,10 @@ attrs:
     engine adds failed_count and failed_images (JSON list of {image, reason}, capped), and
     shard files add shard ("i/n") and shard_rows (JSON [start, stop]).
 
+Arrays a backbone needs to reproduce its features (e.g. the openface HOG PCA's mean and
+components) are datasets under ``extra/``: `write_feature_file` puts every array-valued attr
+there, and `FeatureFile.extra(name)` reads one back.
+
 A file whose `complete` attr is false is a run in progress or an interrupted one: readers
 refuse it.
 """
@@ -93,6 +97,13 @@ class FeatureFile:
                 return handle["embedding"][:, start:stop].astype(np.float32, copy=False)
         raise InputError(f"{self.path}: no part {part!r}; available: {', '.join(self.parts())}")
 
+    def extra(self, name: str) -> np.ndarray:
+        """An array stored under ``extra/`` (see the module docstring)."""
+        with h5py.File(self.path, "r") as handle:
+            if f"extra/{name}" not in handle:
+                raise InputError(f"{self.path}: no extra array {name!r}")
+            return handle[f"extra/{name}"][...]
+
 
 def read_feature_file(path: str | Path) -> FeatureFile:
     path = Path(path)
@@ -128,4 +139,10 @@ def write_feature_file(
         if logits is not None:
             handle.create_dataset("logits", data=logits.astype(np.float32))
         handle.create_dataset("ok", data=ok.astype(bool))
-        encode_attrs(handle.attrs, {**attrs, "committed_rows": n, "complete": True})
+        scalars = {}
+        for key, value in attrs.items():
+            if isinstance(value, np.ndarray):
+                handle.create_dataset(f"extra/{key}", data=value)
+            else:
+                scalars[key] = value
+        encode_attrs(handle.attrs, {**scalars, "committed_rows": n, "complete": True})

@@ -74,7 +74,7 @@ def run(
       pipeline run --dataset abaw7 --data data/abaw7 --format abaw-mtl --device cuda:0
     Every stage reuses valid cached results, so re-running after a change is cheap.
     """
-    from affectpipe.extract.cli import _parse_weights
+    from affectpipe.extract.cli import parse_weights_option
     from affectpipe.workflow import run_pipeline
 
     names = [b.strip() for b in (backbones or "").split(",") if b.strip()]
@@ -84,7 +84,7 @@ def run(
         data_root=data_root,
         fmt=fmt,
         backbones=names,
-        weights=_parse_weights(weights_items),
+        weights=parse_weights_option(weights_items),
         random_init=random_init,
         device=device,
         run=run_name,

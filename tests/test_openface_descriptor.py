@@ -83,7 +83,14 @@ def test_finalize_fits_the_pca_on_train_rows_only(bench):
     descriptor = OpenFaceDescriptor(hog_components=8)
     embedding, groups, attrs = descriptor.finalize(raw, ok, train)
     again, _, attrs_again = descriptor.finalize(raw.copy(), ok, train)
-    assert np.array_equal(embedding, again) and attrs == attrs_again  # deterministic
+    assert np.array_equal(embedding, again)  # deterministic, attrs and PCA arrays too
+    assert attrs.keys() == attrs_again.keys()
+    for key, value in attrs.items():
+        assert (
+            np.array_equal(value, attrs_again[key])
+            if key.startswith("hog_pca_")
+            else (value == attrs_again[key])
+        )
 
     changed = raw.copy()
     changed[0] = raw[1]  # a test row
@@ -189,3 +196,22 @@ def test_smile_measurements_move_as_documented_on_real_faces(realfaces):
         assert auc[name] > 0.75, (name, auc[name])
     for name in ("corner_to_eye_r", "corner_to_eye_l"):
         assert auc[name] < 0.25, (name, auc[name])
+
+
+def test_feature_file_stores_the_pca_that_reproduces_the_hog_columns(bench, tmp_path):
+    _, raw = bench
+    ok = np.ones(len(raw), dtype=bool)
+    train = np.arange(len(raw)) % 3 != 0
+    embedding, groups, attrs = OpenFaceDescriptor(hog_components=8).finalize(raw, ok, train)
+    path = tmp_path / "openface.h5"
+    images = np.array([f"v/{i:05d}.jpg" for i in range(len(raw))])
+    write_feature_file(path, images, embedding, ok, {**attrs, "groups": groups})
+
+    stored = read_feature_file(path)
+    mean, components = stored.extra("hog_pca_mean"), stored.extra("hog_pca_components")
+    start, stop = groups["hog"]
+    hog_raw = raw[:, raw.shape[1] - components.shape[1] :]
+    np.testing.assert_allclose(
+        (hog_raw - mean) @ components.T, stored.load("hog"), rtol=1e-4, atol=1e-4
+    )
+    assert stop - start == components.shape[0] == 8

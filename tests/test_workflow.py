@@ -16,6 +16,7 @@ from affectpipe.pipeline import cli
 from affectpipe.workflow import (
     DEMO_BACKBONES,
     DEMO_DATASET,
+    DEMO_SIZE,
     RANDOM_INIT_NOTE,
     Stages,
     run_demo,
@@ -104,15 +105,15 @@ def test_run_command_reports_a_missing_manifest(tmp_path):
 def test_demo_uses_random_init_cnns_and_openface_on_the_synthetic_dataset(tmp_path, monkeypatch):
     written = []
 
-    def write_demo_dataset(root: Path, *, seed: int = 0) -> Path:  # stand-in: no images
-        written.append((root, seed))
+    def write_demo_dataset(root: Path, *, seed: int = 0, **size: int) -> Path:  # no images
+        written.append((root, seed, size))
         return root
 
     monkeypatch.setattr("affectpipe.data.synthetic.write_demo_dataset", write_demo_dataset)
     recorder = Recorder()
     result = run_demo(tmp_path, seed=1, progress=False, stages=recorder.stages(), echo=print)
     index_call, extract_call = recorder.calls[0], recorder.calls[1]
-    assert written == [(tmp_path / "data", 1)]
+    assert written == [(tmp_path / "data", 1, DEMO_SIZE)]
     assert index_call[1] == (tmp_path / "data", "abaw-mtl", DEMO_DATASET)
     assert extract_call[1] == (DEMO_BACKBONES,) and extract_call[2]["random_init"] is True
     assert result.notes == [RANDOM_INIT_NOTE]

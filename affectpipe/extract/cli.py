@@ -15,7 +15,8 @@ def _split_names(value: str | None) -> list[str]:
     return [name.strip() for name in (value or "").split(",") if name.strip()]
 
 
-def _parse_weights(items: tuple[str, ...]) -> dict[str, Path]:
+def parse_weights_option(items: tuple[str, ...]) -> dict[str, Path]:
+    """Repeated ``--weights NAME=PATH`` options -> {name: path} (shared with `pipeline run`)."""
     weights = {}
     for item in items:
         name, sep, path = item.partition("=")
@@ -181,7 +182,7 @@ def extract(
             paths,
             names,
             device=device_name,
-            weights=_parse_weights(weights_items),
+            weights=parse_weights_option(weights_items),
             random_init=random_init,
             batch_size=batch_size,
             workers=default_workers(device_name) if workers is None else workers,
@@ -261,7 +262,7 @@ def extract_bench(
         device=device_name,
         batch_size=batch_size,
         workers=default_workers(device_name) if workers is None else workers,
-        weights=_parse_weights(weights_items),
+        weights=parse_weights_option(weights_items),
         channels_last=channels_last,
     )
     click.echo(result.markdown())

@@ -165,9 +165,8 @@ class OpenFaceDescriptor:
         }
         # Keys distinct from the engine's identity attrs (`weights_sha256`, `preprocessing`,
         # `descriptor`), which decide whether a cached file is current. The details are one
-        # JSON attribute. The components (components x 6084 floats) are too big for
-        # attributes: the PCA is reproduced by refitting on the same rows (ok train rows, the
-        # seeded subset) with the same parameters.
+        # JSON attribute; the fitted PCA itself (arrays) is stored under the file's `extra/`,
+        # so the HOG columns of a new image are (hog - hog_pca_mean) @ hog_pca_components.T.
         hog_pca = {
             "n_components": components,
             "fit_rows": len(fit_rows),
@@ -193,6 +192,8 @@ class OpenFaceDescriptor:
                 "hog": hog.HOG_PARAMS,
                 "hog_pca": hog_pca,
             },
+            "hog_pca_mean": pca.mean_.astype(np.float32),
+            "hog_pca_components": pca.components_.astype(np.float32),
         }
         return embedding, groups, attrs
 
