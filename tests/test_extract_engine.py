@@ -496,6 +496,21 @@ def test_bench_reports_whole_path_and_forward(tiny: BackboneSpec, tmp_path: Path
     assert row["whole_path_images_per_s"] > 0 and row["forward_images_per_s"] > 0
 
 
+def test_bench_times_the_openface_descriptor(fixtures_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for source in sorted((fixtures_dir / "images" / "bench112").glob("*.jpg"))[:4]:
+        (folder / source.name).symlink_to(source)
+    args = ["bench", "extract", "--images", str(folder), "--repeat", "1"]
+    args += ["--backbones", "openface", "--workers", "0"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("| openface |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[4:6] == ["4", "built-in"]
+    assert all(float(rate) > 0 for rate in cells[6:9])
+
+
 def test_bench_without_images_asks_for_them(tmp_path: Path) -> None:
     args = ["bench", "extract", "--images", str(tmp_path / "nowhere")]
     result = CliRunner().invoke(cli, args, standalone_mode=False)

@@ -45,7 +45,7 @@ class BenchRow:
     weights: str  # "official" (the given/cached file) or "random-init"
     whole_path_images_per_s: float  # decode -> forward -> committed chunks
     end_to_end_images_per_s: float  # the same plus model loading and the final file
-    forward_images_per_s: float
+    forward_images_per_s: float  # descriptors: per-image work in one process
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,16 @@ def machine_info(device: str) -> dict[str, str]:
     return info
 
 
-def make_bench_dataset(images_dir: Path, repeat: int, cache_dir: Path) -> DatasetPaths:
-    """A dataset of `repeat` x the folder's images (symlinks, distinct keys) in `cache_dir`."""
+def bench_images(images_dir: Path) -> list[Path]:
     files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"no images (.jpg/.png/.bmp) in {images_dir}")
+    return files
+
+
+def make_bench_dataset(images_dir: Path, repeat: int, cache_dir: Path) -> DatasetPaths:
+    """A dataset of `repeat` x the folder's images (symlinks, distinct keys) in `cache_dir`."""
+    files = bench_images(images_dir)
     root = cache_dir / "images"
     keys = []
     for k in range(repeat):
@@ -162,6 +167,20 @@ def forward_only(backbone: str, device: str, batch_size: int, *, channels_last: 
     return FORWARD_BATCHES * batch_size / (time.perf_counter() - started)
 
 
+def describe_only(backbone: str, images_dir: Path) -> float:
+    """Images/s of a descriptor's per-image work in one process, on already decoded images."""
+    from affectpipe.extract import DESCRIPTORS
+    from affectpipe.extract.images import load_rgb
+
+    descriptor = DESCRIPTORS[backbone]()
+    images = [np.asarray(load_rgb(path)[0]) for path in bench_images(images_dir)]
+    descriptor.describe(images[0])  # warm-up: loads the landmark models
+    started = time.perf_counter()
+    for image in images:
+        descriptor.describe(image)
+    return len(images) / (time.perf_counter() - started)
+
+
 def run_bench(
     *,
     images_dir: Path | None = None,
@@ -190,13 +209,14 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="affectpipe-bench-") as tmp:
         paths = make_bench_dataset(images_dir, repeat, Path(tmp))
         for backbone in backbones:
-            spec = get_backbone(backbone)
-            override = (weights or {}).get(backbone)
-            try:
-                resolve_weights(spec.weights, override)
-                random_init = False
-            except AffectpipeError:
-                random_init = True  # speed does not depend on the weight values
+            descriptor = backbone in extract.DESCRIPTORS
+            random_init = False
+            if not descriptor:
+                spec = get_backbone(backbone)
+                try:
+                    resolve_weights(spec.weights, (weights or {}).get(backbone))
+                except AffectpipeError:
+                    random_init = True  # speed does not depend on the weight values
             started = time.perf_counter()
             summary = extract.run(
                 paths,
@@ -219,12 +239,16 @@ def run_bench(
                     batch_size=batch_size,
                     workers=workers,
                     images=report.rows,
-                    weights="random-init" if random_init else "official",
+                    weights="built-in"
+                    if descriptor
+                    else "random-init"
+                    if random_init
+                    else "official",
                     whole_path_images_per_s=float(report.images_per_s or np.nan),
                     end_to_end_images_per_s=report.rows / seconds,
-                    forward_images_per_s=forward_only(
-                        backbone, device, batch_size, channels_last=channels_last
-                    ),
+                    forward_images_per_s=describe_only(backbone, images_dir)
+                    if descriptor
+                    else forward_only(backbone, device, batch_size, channels_last=channels_last),
                 )
             )
     command = shlex.join(["pipeline", *sys.argv[1:]]) if sys.argv else "run_bench()"

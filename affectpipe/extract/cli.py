@@ -217,7 +217,8 @@ def extract(
     "--backbones",
     default="mt-emotieffnet,ddamfn",
     show_default=True,
-    help="Comma-separated CNN backbones to time, each alone.",
+    help="Comma-separated backbones to time, each alone (CNNs, or `openface`: its "
+    "'forward only' column is then the per-image descriptor work in one process).",
 )
 @_with_device_options
 @click.option(
