@@ -245,6 +245,19 @@ def test_worker_processes_give_the_same_predictions(cache: DatasetPaths, monkeyp
         )
 
 
+def test_results_keep_candidate_order_though_fits_run_slowest_first(
+    cache: DatasetPaths, monkeypatch
+) -> None:
+    monkeypatch.setattr(training, "PARALLEL_MIN_VALUES", 0)  # the worker pool path
+    refs = ["mt-emotieffnet:logits/linear", "mt-emotieffnet:logits/mlp"]
+    result = train(cache, run="order", tasks=["va", "au"], candidates=refs, progress=False)
+    names = ["mt-emotieffnet.logits__linear", "mt-emotieffnet.logits__mlp"]
+    assert [(r.task, r.candidate) for r in result.results] == [
+        (task, name) for name in names for task in ("va", "au")
+    ]
+    assert set(result.stage_seconds) == {"load", "scale", "fit", "write"}
+
+
 def test_reloaded_head_predicts_identically_in_a_fresh_process(cache: DatasetPaths) -> None:
     name = "mt-emotieffnet.embedding+logits__mlp"
     train(cache, run="reload", tasks=["au"], candidates=[name], progress=False)

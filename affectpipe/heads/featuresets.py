@@ -156,27 +156,33 @@ class LoadedFeatures:
 
 
 def load_feature_set(
-    paths: DatasetPaths, feature_set: FeatureSet, manifest: pd.DataFrame
+    paths: DatasetPaths,
+    feature_set: FeatureSet,
+    manifest: pd.DataFrame,
+    joins: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> LoadedFeatures:
     """Join the feature set's parts to the manifest rows.
 
     Rows whose image is absent from a file, or is ``ok=false`` in any backbone, get
-    ``ok=False``: they must not be used (and get no prediction).
+    ``ok=False``: they must not be used (and get no prediction). `joins` (backbone -> (row
+    map, ok)) keeps each backbone's join for later feature sets on the same manifest: at
+    s-Aff-Wild2 scale a join costs ~0.25 s.
     """
+    joins = {} if joins is None else joins
     ok = np.ones(len(manifest), dtype=bool)
     parts: list[np.ndarray] = []
     row_maps: list[np.ndarray] = []
-    maps_by_backbone: dict[str, np.ndarray] = {}
     for backbone, part in feature_set.parts:
         data, handle = load_part(paths.features(backbone), part)
-        if backbone not in maps_by_backbone:
+        if backbone not in joins:
             rows = manifest_rows_to_feature_rows(handle.images, manifest)
-            present = rows >= 0
-            ok &= present
-            ok[present] &= handle.ok[rows[present]]
-            maps_by_backbone[backbone] = np.maximum(rows, 0)
+            usable = rows >= 0  # in the file, and ok there
+            usable[usable] &= handle.ok[rows[usable]]
+            joins[backbone] = (np.maximum(rows, 0), usable)
+        row_map, backbone_ok = joins[backbone]
+        ok &= backbone_ok
         parts.append(data)
-        row_maps.append(maps_by_backbone[backbone])
+        row_maps.append(row_map)
     return LoadedFeatures(feature_set=feature_set, ok=ok, parts=parts, row_maps=row_maps)
 
 

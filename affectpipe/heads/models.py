@@ -144,7 +144,9 @@ class LinearHead(_HeadBase):
         n_out = get_task(self.task).n_outputs
         loss_fn = _loss_fn(self.task, y, self.focal_gamma, self.class_weighting)
         xs, ts = torch.from_numpy(X), _target_tensor(self.task, y)
-        weight = torch.zeros(X.shape[1], n_out, requires_grad=True)
+        # Weight as [n_out, n_in] for F.linear: on one CPU thread its backward is ~4x faster
+        # than that of `xs @ weight` (measured: 15 vs 61 ms on 90k x 138 rows).
+        weight = torch.zeros(n_out, X.shape[1], requires_grad=True)
         bias = torch.zeros(n_out, requires_grad=True)
         optimizer = torch.optim.LBFGS(
             [weight, bias],
@@ -158,12 +160,13 @@ class LinearHead(_HeadBase):
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()
-            loss = loss_fn(xs @ weight + bias, ts) + 0.5 * self.alpha * weight.pow(2).sum()
+            logits = torch.nn.functional.linear(xs, weight, bias)
+            loss = loss_fn(logits, ts) + 0.5 * self.alpha * weight.pow(2).sum()
             loss.backward()
             return loss
 
         optimizer.step(closure)
-        self.coef_ = weight.detach().numpy().copy()
+        self.coef_ = weight.detach().numpy().T.copy()
         self.intercept_ = bias.detach().numpy().copy()
         self.n_iter_ = int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
 
@@ -178,8 +181,9 @@ class MLPHead(_HeadBase):
     """PyTorch MLP with 0 or 1 hidden layer, dropout, AdamW, early stopping on the task metric.
 
     hidden: hidden width (0 = a linear model trained by AdamW); dropout: on the input of the
-    output layer; lr, weight_decay: AdamW; batch_size: rows per step (less on small data, see
-    fit); max_epochs, patience: early stopping on `eval_set` (the task's validation metric,
+    output layer; lr, weight_decay: AdamW (lr is the peak of a cosine decay over max_epochs);
+    batch_size: rows per step (less on small data, see fit); max_epochs, patience: early
+    stopping on `eval_set` (the task's validation metric,
     from affectpipe.metrics); without an eval set it trains `max_epochs` epochs.
     focal_gamma, class_weighting: as in LinearHead. random_state: seeds init and shuffling.
     """
@@ -188,11 +192,11 @@ class MLPHead(_HeadBase):
         self,
         task: str = "expr",
         hidden: int = 128,
-        dropout: float = 0.2,
-        lr: float = 3e-3,
+        dropout: float = 0.0,
+        lr: float = 6e-3,
         weight_decay: float = 1e-2,
         batch_size: int = 4096,
-        max_epochs: int = 10,
+        max_epochs: int = 3,
         patience: int = 2,
         class_weighting: bool = True,
         focal_gamma: float = 0.0,
@@ -239,10 +243,16 @@ class MLPHead(_HeadBase):
         xs = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
         ts = _target_tensor(self.task, np.asarray(y))
         loss_fn = _loss_fn(self.task, np.asarray(y), self.focal_gamma, self.class_weighting)
-        # Small data still gets ~8 steps per epoch; a batch keeps >= 64 rows for a stable batch
-        # CCC (a smaller last batch is skipped).
-        batch_size = min(self.batch_size, max(64, len(xs) // 8))
+        # Small data still gets ~32 steps per epoch (as many as 128k rows in 4096-row batches);
+        # a batch keeps >= 64 rows for a stable batch CCC (a smaller last batch is skipped).
+        batch_size = min(self.batch_size, max(64, len(xs) // 32))
         min_batch = min(len(xs), 64)
+        # Cosine decay over the whole budget: a few epochs at a higher peak LR reach the score
+        # of ~3x as many epochs at a constant one.
+        total_steps = self.max_epochs * max(1, len(xs) // batch_size)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1.0 + np.cos(np.pi * min(step / total_steps, 1.0)))
+        )
         best_score, best_state, best_epoch, stale = -np.inf, None, 0, 0
         self.history_: list[float] = []
         for epoch in range(1, self.max_epochs + 1):
@@ -255,6 +265,7 @@ class MLPHead(_HeadBase):
                 optimizer.zero_grad()
                 loss_fn(module(xs[idx]), ts[idx]).backward()
                 optimizer.step()
+                schedule.step()
             if eval_set is None:
                 best_state, best_epoch = _to_numpy_state(module), epoch
                 continue

@@ -207,43 +207,71 @@ def _cross_fit(
 
 
 def fit_all(
-    members: Sequence[Candidate],
-    Z: np.ndarray,
-    ok: np.ndarray,
+    jobs: Sequence[tuple[Candidate, np.ndarray, np.ndarray]],
     rows: Rows,
     *,
     seed: int,
     seeds: int,
     folds: int,
-    workers: int,
+    n_jobs: int,
 ) -> Iterator[tuple[Any, np.ndarray, dict[str, Any]]]:
-    """Fit candidates, in order; with workers > 1 in that many processes (Z is memory-mapped,
-    not copied). Each fit uses one thread, so processes are what puts the cores to use; small
-    problems stay in this process (starting workers would cost more than it saves)."""
-    if workers <= 1 or len(members) == 1 or Z.size < PARALLEL_MIN_VALUES:
-        return (fit_candidate(c, Z, ok, rows, seed, seeds, folds) for c in members)
-    jobs = (delayed(fit_candidate)(c, Z, ok, rows, seed, seeds, folds) for c in members)
-    n_jobs = min(workers, len(members))
-    return Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")(jobs)
+    """Fit (candidate, Z, ok) jobs, in order; with n_jobs > 1 in that many processes (each Z is
+    memory-mapped once, not copied). Each fit uses one thread, so processes are what puts the
+    cores to use."""
+    if n_jobs <= 1:
+        return (fit_candidate(c, Z, ok, rows, seed, seeds, folds) for c, Z, ok in jobs)
+    tasks = (delayed(fit_candidate)(c, Z, ok, rows, seed, seeds, folds) for c, Z, ok in jobs)
+    return Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")(tasks)
 
 
-def _write_preds(
-    path: Path, manifest: pd.DataFrame, outputs: np.ndarray, columns: Sequence[str], meta: dict
-) -> None:
+def worker_count(workers: int, n_candidates: int, largest: int) -> int:
+    """Processes for the fits of `n_candidates` whose largest scaled feature set holds `largest`
+    values: small problems stay in this process (starting workers, ~2 s of imports each, would
+    cost more than it saves)."""
+    if n_candidates == 1 or largest < PARALLEL_MIN_VALUES:
+        return 1
+    return max(1, min(workers, n_candidates))
+
+
+def _warm_up() -> None:
+    """Tiny fits in a fresh worker: a process's first torch backward and optimizer step import
+    ~1 s of modules, paid here while the main process still loads and scales features."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 2)).astype(np.float32)
+    y = np.arange(64) % get_task("expr").n_outputs
+    for model, params in (("linear", {}), ("mlp", {"max_epochs": 1})):
+        make_model(model, "expr", params).fit(X, y)
+
+
+def _fit_cost_rank(candidate: Candidate) -> tuple[int, bool]:
+    """Sort key, slowest fits first (so no core idles at the end waiting on a long fit): trees,
+    then MLPs, then L-BFGS linear heads; a VA linear head is a closed-form ridge."""
+    return ({"lightgbm": 0, "mlp": 1}.get(candidate.model, 2), candidate.task == "va")
+
+
+def _preds_frame(manifest: pd.DataFrame, folds: int) -> pd.DataFrame:
+    """The row / image / split columns every prediction file of a run shares: val and test
+    rows, plus train rows when cross-fitting. Built once per run (gathering the image strings
+    took half of each file's write time)."""
     split = manifest["split"].to_numpy(dtype=object)
     keep = np.isin(split, ("val", "test"))
-    if meta.get("folds"):
+    if folds:
         keep |= split == "train"
     rows = np.flatnonzero(keep)
-    frame = pd.DataFrame(
+    return pd.DataFrame(
         {
             "row": rows.astype(np.int64),
             "image": manifest["image"].to_numpy()[rows],
             "split": manifest["split"].to_numpy()[rows],
         }
     )
-    for j, column in enumerate(columns):
-        frame[column] = outputs[rows, j]
+
+
+def _write_preds(
+    path: Path, base: pd.DataFrame, outputs: np.ndarray, columns: Sequence[str], meta: dict
+) -> None:
+    rows = base["row"].to_numpy()
+    frame = base.assign(**{column: outputs[rows, j] for j, column in enumerate(columns)})
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata(
         {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(meta).encode()}
@@ -291,61 +319,74 @@ def train(
     chosen = select_candidates(
         config, available_backbones(paths), list(tasks) if tasks else None, list(candidates or [])
     )
-    groups: dict[str, list[Candidate]] = {}
-    for candidate in chosen:
-        groups.setdefault(candidate.features.spec, []).append(candidate)
+    groups: dict[str, list[int]] = {}  # feature set -> indices of its candidates in `chosen`
+    for i, candidate in enumerate(chosen):
+        groups.setdefault(candidate.features.spec, []).append(i)
     rows = Rows.of(manifest, sorted({c.task for c in chosen}), strict_labels)
     workers = config.workers or len(os.sched_getaffinity(0))
-    results: list[CandidateResult] = []
     stages = dict.fromkeys(("load", "scale", "fit", "write"), 0.0)
     run_dir = paths.run(run)
     with file_lock(run_dir / ".lock"):
         bar = tqdm(total=len(chosen), desc="heads", unit="cand", disable=not progress)
-        for members in groups.values():
+        # Scale every feature set first, then fit all candidates in one pool, slowest first:
+        # per-feature-set pools left a core idle at the end of each set.
+        jobs: list[tuple[int, Candidate, np.ndarray, np.ndarray]] = []
+        scalers: dict[str, FeatureScaler] = {}
+        largest, warm_up = 0, None
+        joins: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for spec, members in groups.items():
+            features = chosen[members[0]].features
             tick = time.perf_counter()
-            loaded = load_feature_set(paths, members[0].features, manifest)
+            loaded = load_feature_set(paths, features, manifest, joins)
             stages["load"] += time.perf_counter() - tick
             tick = time.perf_counter()
             fit_rows = np.flatnonzero(loaded.ok & (rows.split == "train"))
             if len(fit_rows) < 2:
-                raise InputError(f"{members[0].features}: fewer than 2 train rows with ok features")
-            Z, scaler = scale_features(loaded, fit_rows, config.n_components)
+                raise InputError(f"{features}: fewer than 2 train rows with ok features")
+            Z, scalers[spec] = scale_features(loaded, fit_rows, config.n_components)
+            jobs += [(i, chosen[i], Z, loaded.ok) for i in members]
             stages["scale"] += time.perf_counter() - tick
-            tick = time.perf_counter()
-            fits = fit_all(
-                members,
-                Z,
-                loaded.ok,
-                rows,
-                seed=config.seed,
-                seeds=seeds,
-                folds=folds,
-                workers=workers,
-            )
-            for candidate, (model, outputs, info) in zip(members, fits, strict=True):
-                stages["fit"] += time.perf_counter() - tick
-                tick = time.perf_counter()
-                bar.set_postfix_str(str(candidate))
-                results.append(
-                    _save_candidate(
-                        paths,
-                        run,
-                        candidate,
-                        scaler,
-                        model,
-                        outputs,
-                        info,
-                        manifest,
-                        config.seed,
-                        seeds,
-                        folds,
-                        strict_labels,
-                    )
+            largest = max(largest, Z.size)
+            n_jobs = worker_count(workers, len(chosen), largest)
+            if n_jobs > 1 and warm_up is None:  # start the workers while loading goes on
+                warm_up = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")(
+                    delayed(_warm_up)() for _ in range(n_jobs)
                 )
-                stages["write"] += time.perf_counter() - tick
-                tick = time.perf_counter()
-                bar.update()
-            del loaded, Z
+        tick = time.perf_counter()
+        for _ in warm_up or ():
+            pass
+        jobs.sort(key=lambda job: _fit_cost_rank(job[1]))
+        fits = fit_all(
+            [job[1:] for job in jobs],
+            rows,
+            seed=config.seed,
+            seeds=seeds,
+            folds=folds,
+            n_jobs=worker_count(workers, len(chosen), largest),
+        )
+        results: list[CandidateResult | None] = [None] * len(chosen)
+        base = _preds_frame(manifest, folds)
+        for (i, candidate, _, _), (model, outputs, info) in zip(jobs, fits, strict=True):
+            stages["fit"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            bar.set_postfix_str(str(candidate))
+            results[i] = _save_candidate(
+                paths,
+                run,
+                candidate,
+                scalers[candidate.features.spec],
+                model,
+                outputs,
+                info,
+                base,
+                config.seed,
+                seeds,
+                folds,
+                strict_labels,
+            )
+            stages["write"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            bar.update()
         bar.close()
         metrics_path = run_dir / "heads" / "metrics.json"
         _merge_metrics(metrics_path, results, run)
@@ -360,7 +401,7 @@ def _save_candidate(
     model: Any,
     outputs: np.ndarray,
     info: dict[str, Any],
-    manifest: pd.DataFrame,
+    base: pd.DataFrame,
     seed: int,
     seeds: int,
     folds: int,
@@ -393,7 +434,7 @@ def _save_candidate(
         output_columns=task.pred_columns,
         provenance=meta,
     ).save(head_path)
-    _write_preds(preds_path, manifest, outputs, task.pred_columns, meta)
+    _write_preds(preds_path, base, outputs, task.pred_columns, meta)
     return CandidateResult(
         task=candidate.task,
         candidate=candidate.name,
