@@ -16,9 +16,15 @@ from click.testing import CliRunner
 
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
+from affectpipe.features import read_feature_file, write_feature_file
 from affectpipe.heads import losses, train, training
 from affectpipe.heads.candidates import default_feature_sets, load_config, parse_candidate_ref
-from affectpipe.heads.featuresets import FeatureSet, load_feature_set, parse_feature_set
+from affectpipe.heads.featuresets import (
+    FeatureSet,
+    available_backbones,
+    load_feature_set,
+    parse_feature_set,
+)
 from affectpipe.heads.fitted import load_head
 from affectpipe.heads.models import LinearHead, MLPHead, make_model
 from affectpipe.heads.synthetic import Scale, write_synthetic_cache
@@ -99,6 +105,24 @@ def test_default_feature_sets_follow_the_papers() -> None:
 
 
 # --- label weights and masking ------------------------------------------------------------
+
+
+def test_shard_files_are_not_backbones(cache: DatasetPaths, tmp_path: Path) -> None:
+    paths = DatasetPaths(tmp_path / "sharded")
+    paths.features_dir.mkdir(parents=True)
+    source = read_feature_file(cache.features("ddamfn"))
+    write_feature_file(
+        paths.features("ddamfn.shard-1-of-2"),
+        source.images,
+        source.load("embedding"),
+        source.ok,
+        {"backbone": "ddamfn", "shard": "1/2"},
+    )
+    assert available_backbones(paths) == {}
+    write_feature_file(
+        paths.features("ddamfn"), source.images, source.load("embedding"), source.ok, {}
+    )
+    assert list(available_backbones(paths)) == ["ddamfn"]
 
 
 def test_class_weights_formula() -> None:

@@ -203,5 +203,7 @@ def available_backbones(paths: DatasetPaths) -> dict[str, list[str]]:
             handle, _ = _open(path)
         except InputError:
             continue  # incomplete extraction: not a candidate until it finishes
+        if handle.attrs.get("shard"):
+            continue  # one shard of a sharded extraction: `pipeline extract --merge` joins them
         found[path.stem] = handle.parts()
     return found
