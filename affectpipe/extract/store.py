@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,37 +105,37 @@ class PartStore:
             if len(array) != rows:
                 raise ValueError(f"chunk {start}: {name} has {len(array)} rows, expected {rows}")
         failed = failed or {}
-        path = self._chunk_path(start)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as handle:
-                np.savez(
-                    handle,
-                    **arrays,
-                    failed_rows=np.array(sorted(failed), dtype=np.int64),
-                    failed_reasons=np.array([failed[r] for r in sorted(failed)], dtype=str),
-                )
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(self._chunk_path(start)) as tmp, open(tmp, "wb") as handle:
+            np.savez(
+                handle,
+                **arrays,
+                failed_rows=np.array(sorted(failed), dtype=np.int64),
+                failed_reasons=np.array([failed[r] for r in sorted(failed)], dtype=str),
+            )
+            handle.flush()
+            os.fsync(handle.fileno())  # the data is on disk before the rename makes it visible
         _fsync_dir(self.dir)
 
-    def iter_chunks(self) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        """(start, arrays) of every committed chunk in row order (failures under `failed_*`)."""
+    def iter_chunks(
+        self, names: Sequence[str] | None = None
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """(start, arrays) of every committed chunk in row order (failures under `failed_*`).
+
+        `names` limits what is read: npz members load lazily, so asking for the small arrays
+        never reads the embeddings.
+        """
         for start in self.chunk_starts():
             with np.load(self._chunk_path(start), allow_pickle=False) as data:
-                yield start, {name: data[name] for name in data.files}
+                yield start, {name: data[name] for name in (names or data.files)}
 
     def load_rows(self, name: str) -> np.ndarray:
         """One array over all rows (the store must be done)."""
-        return np.concatenate([arrays[name] for _, arrays in self.iter_chunks()])
+        return np.concatenate([arrays[name] for _, arrays in self.iter_chunks([name])])
 
     def failures(self) -> dict[int, str]:
         """Row -> reason over every committed chunk."""
         out: dict[int, str] = {}
-        for _, arrays in self.iter_chunks():
+        for _, arrays in self.iter_chunks(["failed_rows", "failed_reasons"]):
             rows, reasons = arrays["failed_rows"], arrays["failed_reasons"]
             out.update(zip(rows.tolist(), reasons.tolist(), strict=True))
         return out
