@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,10 +13,37 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AFFECTPIPE_SHARED", REPO.parent / "shared"))
 
 
+def require_shared() -> bool:
+    """CI sets AFFECTPIPE_REQUIRE_SHARED=1: a missing ../shared is then a failure, not a skip."""
+    return os.environ.get("AFFECTPIPE_REQUIRE_SHARED") == "1"
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None, check: bool = False,
+            env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `pipeline ARGS...` as a real subprocess (the user's way), capturing text output."""
+    full_env = {**os.environ, **(env or {})}
+    # The checkout under test comes first, whichever copy of the package the venv points at.
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "affectpipe.pipeline", *map(str, args)],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"pipeline {' '.join(map(str, args))} exited {result.returncode}\n"
+            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
+    return result
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The ../shared folder (fixtures, real face data); skips the test when absent."""
     if not (SHARED / "fixtures").is_dir():
+        if require_shared():
+            pytest.fail(f"AFFECTPIPE_REQUIRE_SHARED=1 but no shared fixtures at {SHARED}")
         pytest.skip(f"shared fixtures not found at {SHARED}")
     return SHARED
 
@@ -28,5 +57,7 @@ def fixtures_dir(shared_dir: Path) -> Path:
 def realfaces_dir(shared_dir: Path) -> Path:
     path = shared_dir / "data" / "realfaces-smile"
     if not (path / "labels.csv").exists():
+        if require_shared():
+            pytest.fail(f"AFFECTPIPE_REQUIRE_SHARED=1 but no real face data at {path}")
         pytest.skip(f"real face data not found at {path}")
     return path
