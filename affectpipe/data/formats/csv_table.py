@@ -9,8 +9,10 @@ of the videos (chosen by a fixed seed) to val.
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ import pandas as pd
 from affectpipe.data.dataset import Inputs, Table
 from affectpipe.data.formats.common import fixes_for, given_or_found
 from affectpipe.data.labels import LABEL_COLUMNS, missing_labels, parse_labels
-from affectpipe.data.records import Problem, Records
+from affectpipe.data.records import Problem, Records, read_lines, refuse_escaping_keys
 from affectpipe.errors import InputError
 from affectpipe.schema import SPLITS
 
@@ -55,7 +57,7 @@ class CsvTable:
         video_column: str | None = None,
         val_fraction: float | None = None,
     ) -> Inputs:
-        table = root.resolve() if root.is_file() else _find_csv(root.resolve())
+        table = _find_csv(root.resolve()) if root.is_dir() else root.resolve()
         folder = table.parent
         first = _first_image(table)
         candidates = [folder, folder / "images"]
@@ -76,8 +78,8 @@ class CsvTable:
     ) -> Table:
         path = inputs.sources[0]
         options = inputs.options
-        raw = _read_csv(path)
-        raw.columns = [_column_name(c) for c in raw.columns]
+        rows = _read_csv(path)
+        raw = rows.raw
         if "image" not in raw:
             raise InputError(f"{path}: no `image` column (columns: {', '.join(raw.columns)})")
         n = len(raw)
@@ -85,11 +87,13 @@ class CsvTable:
         records = Records(
             [path],
             np.zeros(n, dtype=np.int64),
-            np.arange(2, n + 2, dtype=np.int64),  # line 1 is the header
+            rows.line,
             raw[["image", *present]].to_numpy(dtype=object),
-            np.zeros(n, dtype=bool),
+            rows.malformed,
+            rows.problems,
         )
         image = raw["image"].str.strip().to_numpy(dtype=object)
+        refuse_escaping_keys(records, image)
         blank = np.flatnonzero(image == "")
         problems = [Problem(0, int(records.line[i]), "empty image path") for i in blank[:1]]
         split_problems, split = _splits(raw, records, options)
@@ -131,30 +135,54 @@ def _find_csv(folder: Path) -> Path:
     return tables[0]
 
 
-def _read_csv(path: Path, nrows: int | None = None) -> pd.DataFrame:
-    """All cells as text; blank lines kept (as blank rows) so row i is line i + 2, except
-    blank lines at the end, which are dropped."""
-    try:
-        raw = pd.read_csv(
-            path,
-            dtype=str,
-            keep_default_na=False,
-            skipinitialspace=True,
-            skip_blank_lines=False,
-            nrows=nrows,
-        )
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{path}: not a readable CSV: {exc}") from None
-    filled = np.flatnonzero((raw.fillna("") != "").any(axis=1).to_numpy())
-    return raw.iloc[: filled[-1] + 1 if len(filled) else 0].fillna("")
+@dataclass
+class _Rows:
+    """The cells of a CSV file as text, with the line number of each row."""
+
+    raw: pd.DataFrame  # one column per header name, cells stripped of leading blanks
+    line: np.ndarray  # [n] 1-based line number of each row
+    malformed: np.ndarray  # [n] bool: too many fields (only the image is kept)
+    problems: list[Problem]
+
+
+def _read_csv(path: Path) -> _Rows:
+    """Every line after the header as a row (blank lines too, so a stray one is located);
+    split with the one line splitter every format uses, each line parsed on its own so a
+    row's line number is exact."""
+    lines = read_lines(path)
+    if not lines:
+        raise InputError(f"{path} is empty: expected a header line, then one row a line")
+    header = [_column_name(c) for c in _cells(lines[0])]
+    doubled = sorted({c for c in header if header.count(c) > 1})
+    if doubled:
+        raise InputError(f"{path}: column(s) {', '.join(doubled)} appear more than once")
+    body = lines[1:]
+    while body and not any(c.strip() for c in _cells(body[-1])):
+        body.pop()  # rows of empty cells at the end (e.g. a spreadsheet's ",,,")
+    if not body:
+        raise InputError(f"{path} has no rows: only a header line ({lines[0]!r})")
+    width = len(header)
+    cells, malformed, problems = [], np.zeros(len(body), dtype=bool), []
+    for i, line in enumerate(body):
+        row = _cells(line)
+        while len(row) > width and not row[-1].strip():
+            row.pop()  # trailing commas
+        if len(row) > width:
+            problems.append(Problem(0, i + 2, f"expected {width} fields, found {len(row)}"))
+            malformed[i] = True
+            row = row[:1]
+        cells.append(row + [""] * (width - len(row)))  # short rows: missing cells
+    raw = pd.DataFrame(cells, columns=header, dtype=object)
+    return _Rows(raw, np.arange(2, len(body) + 2, dtype=np.int64), malformed, problems)
+
+
+def _cells(line: str) -> list[str]:
+    return next(csv.reader((line,), skipinitialspace=True), [])
 
 
 def _first_image(path: Path) -> str | None:
-    head = _read_csv(path, nrows=1)
-    for column in head.columns:
-        if _column_name(column) == "image" and len(head):
-            return str(head[column].iloc[0]).strip()
-    return None
+    rows = _read_csv(path)
+    return str(rows.raw["image"].iloc[0]).strip() if "image" in rows.raw else None
 
 
 def _splits(
