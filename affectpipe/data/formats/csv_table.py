@@ -10,6 +10,7 @@ of the videos (chosen by a fixed seed) to val.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import pandas as pd
 
 from affectpipe.data.dataset import Inputs, Table
 from affectpipe.data.formats.common import fixes_for, given_or_found
+from affectpipe.data.images import keys_digest
 from affectpipe.data.labels import LABEL_COLUMNS, missing_labels, parse_labels
 from affectpipe.data.records import Problem, Records, read_lines, refuse_escaping_keys
 from affectpipe.errors import InputError
@@ -46,7 +48,13 @@ def _column_name(raw: str) -> str:
 
 class CsvTable:
     name = "csv"
-    option_names = ("image_root", "split_column", "video_column", "val_fraction")
+    option_names = (
+        "image_root",
+        "split_column",
+        "video_column",
+        "val_fraction",
+        "allow_absolute_paths",
+    )
 
     def resolve(
         self,
@@ -56,10 +64,12 @@ class CsvTable:
         split_column: str | None = None,
         video_column: str | None = None,
         val_fraction: float | None = None,
+        allow_absolute_paths: bool | None = None,
     ) -> Inputs:
         table = _find_csv(root.resolve()) if root.is_dir() else root.resolve()
         folder = table.parent
-        first = _first_image(table)
+        keys = _image_keys(table)
+        first = keys[0] if keys else None
         candidates = [folder, folder / "images"]
         default = next((c for c in candidates if first and (c / first).exists()), folder)
         images = given_or_found(image_root, [default], "image root", "--image-root")
@@ -69,6 +79,16 @@ class CsvTable:
             "video_column": video_column,
             "val_fraction": val_fraction,
         }
+        if allow_absolute_paths:
+            # Images outside the image root are not in its listing: their presence goes into
+            # the options, so the re-index check sees one appear or vanish.
+            absolute = [k for k in keys if os.path.isabs(k)]
+            found = [k for k in absolute if os.path.isfile(k)]
+            options["absolute_images"] = {
+                "listed": len(set(absolute)),
+                "present": len(set(found)),
+                "digest": keys_digest(set(found)),
+            }
         if val_fraction is not None and not 0 <= val_fraction < 1:
             raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
         return Inputs((table,), dict.fromkeys(SPLITS, images), options)
@@ -93,7 +113,8 @@ class CsvTable:
             rows.problems,
         )
         image = raw["image"].str.strip().to_numpy(dtype=object)
-        refuse_escaping_keys(records, image)
+        absolute_ok = "absolute_images" in options
+        refuse_escaping_keys(records, image, allow_absolute=absolute_ok)
         blank = np.flatnonzero(image == "")
         problems = [Problem(0, int(records.line[i]), "empty image path") for i in blank[:1]]
         split_problems, split = _splits(raw, records, options)
@@ -117,6 +138,8 @@ class CsvTable:
                 **labels.columns,
             }
         )
+        if absolute_ok:
+            frame["has_image"] = _has_image(image, images[inputs.image_roots["train"]])
         keep = image != ""
         bad_split = split == ""
         return Table(
@@ -152,19 +175,27 @@ def _read_csv(path: Path) -> _Rows:
     lines = read_lines(path)
     if not lines:
         raise InputError(f"{path} is empty: expected a header line, then one row a line")
-    header = [_column_name(c) for c in _cells(lines[0])]
+    try:
+        header = [_column_name(c) for c in _cells(lines[0])]
+    except csv.Error as exc:
+        raise InputError(f"{path}:1: not a CSV header line: {exc}") from None
     doubled = sorted({c for c in header if header.count(c) > 1})
     if doubled:
         raise InputError(f"{path}: column(s) {', '.join(doubled)} appear more than once")
     body = lines[1:]
-    while body and not any(c.strip() for c in _cells(body[-1])):
+    while body and not body[-1].replace(",", "").strip():
         body.pop()  # rows of empty cells at the end (e.g. a spreadsheet's ",,,")
     if not body:
         raise InputError(f"{path} has no rows: only a header line ({lines[0]!r})")
     width = len(header)
     cells, malformed, problems = [], np.zeros(len(body), dtype=bool), []
     for i, line in enumerate(body):
-        row = _cells(line)
+        try:
+            row = _cells(line)
+        except csv.Error as exc:  # e.g. a lone carriage return inside an unquoted field
+            problems.append(Problem(0, i + 2, f"not a CSV line: {exc}"))
+            malformed[i] = True
+            row = line.split(",", 1)[:1]
         while len(row) > width and not row[-1].strip():
             row.pop()  # trailing commas
         if len(row) > width:
@@ -180,9 +211,16 @@ def _cells(line: str) -> list[str]:
     return next(csv.reader((line,), skipinitialspace=True), [])
 
 
-def _first_image(path: Path) -> str | None:
-    rows = _read_csv(path)
-    return str(rows.raw["image"].iloc[0]).strip() if "image" in rows.raw else None
+def _image_keys(path: Path) -> list[str]:
+    raw = _read_csv(path).raw
+    return raw["image"].str.strip().tolist() if "image" in raw else []
+
+
+def _has_image(image: np.ndarray, present: frozenset[str]) -> np.ndarray:
+    """Keys found under the image root, or (absolute keys) files that exist."""
+    return np.array(
+        [os.path.isfile(k) if os.path.isabs(k) else k in present for k in image], dtype=bool
+    )
 
 
 def _splits(
