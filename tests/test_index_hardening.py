@@ -332,6 +332,8 @@ def test_abaw_tasks_one_manifest(tmp_path: Path, expr_folder: str) -> None:
     # One extraction: t1/00002.jpg and shared/00001.jpg repeat, their features do not.
     assert len(distinct_images(frame)) == 10
     assert "test list au" in done.stdout and "rows 11..11" in done.stdout
+    assert "WARNING: 1 of 1 au test rows (100%) have no image" in done.stdout
+    assert "va test rows" not in done.stdout  # 1 of 2 without image is not "most"
     assert "up to date" in run_cli(*args, "--name", "aw2", check=True).stdout
 
 
