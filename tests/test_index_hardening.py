@@ -352,3 +352,5 @@ def test_abaw_tasks_without_au_and_with_errors(tmp_path: Path) -> None:
         index_dataset(tmp_path / "cropped_aligned", "abaw-tasks", "aw3", tmp_path / "cache")
     with pytest.raises(InputError, match="does not apply"):
         index_dataset(annotations, "abaw-tasks", "aw3", tmp_path / "cache", test_list=bad)
+    with pytest.raises(InputError, match="is one task's folder"):
+        index_dataset(bad.parent.parent, "abaw-tasks", "aw3", tmp_path / "cache")

@@ -47,6 +47,11 @@ class AbawTasks:
         test_image_root: str | Path | None = None,
     ) -> Inputs:
         root = root.resolve()
+        if (root / "Train_Set").is_dir():
+            raise InputError(
+                f"{root} is one task's folder: give the annotations folder that holds the task"
+                " folders (or index this one with --format abaw-va/abaw-expr/abaw-au)"
+            )
         present = [t for t in TASKS if first_existing(root / n for n in TASK_FOLDERS[t])]
         if not present:
             names = ", ".join(n for t in TASKS for n in TASK_FOLDERS[t])
