@@ -19,9 +19,16 @@ Formats:
              Validation_Set/*.txt, one file per video (ROOT = the annotations folder or the
              task folder); test lists of ABAW3 (video names: each expands to frames 1..last
              image of the video's folder) or ABAW5/6 (header + one frame a line).
+  abaw-tasks per-task Aff-Wild2 as ONE dataset: ROOT = the annotations folder holding
+             the VA, EXPR and AU task folders (any present); train/val rows are the union
+             of their frames with each task's labels, then each task's test list as its
+             own block of rows. Frames are extracted once.
   csv        (alias folder) a CSV with an `image` column (relative to --image-root,
-             default the CSV's folder or its images/ subfolder) and any of valence,
-             arousal, expression, au1..au26, split, video, frame.
+             default the CSV's folder or its images/ subfolder; absolute paths only with
+             --allow-absolute-paths) and any of valence, arousal, expression, au1..au26,
+             split, video, frame.
+
+Image keys that leave the image root (`../x.jpg`, absolute paths) are refused with FILE:LINE.
 """
 
 
@@ -46,6 +53,12 @@ Formats:
     "--val-fraction",
     type=click.FloatRange(0.0, 1.0, max_open=True),
     help="csv without split column: fraction of videos put in val (deterministic).",
+)
+@click.option(
+    "--allow-absolute-paths",
+    is_flag=True,
+    default=None,
+    help="csv: accept absolute image paths (other keys must stay inside the image root).",
 )
 @click.option(
     "--lenient",

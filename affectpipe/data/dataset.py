@@ -23,6 +23,7 @@ class Inputs:
     image_roots: Mapping[str, Path]  # split -> folder the image keys are relative to
     options: Mapping[str, Any]  # JSON-able, recorded in the manifest's provenance
     test_list: Path | None = None
+    parts: Mapping[str, Inputs] = field(default_factory=dict)  # per task, for `abaw-tasks`
 
 
 @dataclass(frozen=True)
@@ -33,16 +34,19 @@ class TestList:
     style: str  # "mtl" | "video-names" | "frame-lines"
     header: str | None
     trailing_comma: bool
+    rows: tuple[int, int] | None = None  # [start, stop) manifest rows, where one of several
 
 
 @dataclass
 class Table:
     """Parsed rows: `frame` has `image`, `split` and label columns (optionally `video`,
-    `frame`, `has_image`); `fixes` counts lenient fixes per file."""
+    `frame`, `has_image`); `fixes` counts lenient fixes per file. A dataset with one test
+    list per task sets `test_lists` (each with its `rows`) instead of `test_list`."""
 
     frame: pd.DataFrame
     test_list: TestList | None = None
     fixes: dict[str, int] = field(default_factory=dict)
+    test_lists: dict[str, TestList] = field(default_factory=dict)  # per task (`abaw-tasks`)
 
 
 class DatasetFormat(Protocol):

@@ -18,9 +18,10 @@ import pandas as pd
 
 from affectpipe import __version__
 from affectpipe.config import DatasetPaths
-from affectpipe.data.dataset import Inputs, Table
+from affectpipe.data.dataset import Inputs, Table, TestList
 from affectpipe.data.formats import get_format
 from affectpipe.data.images import keys_digest, list_images
+from affectpipe.data.records import check_regular_file
 from affectpipe.data.summary import summarize
 from affectpipe.errors import InputError
 from affectpipe.fsutil import file_lock, sha256_file
@@ -64,6 +65,8 @@ def index_dataset(
         flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
         raise InputError(f"{flags} does not apply to --format {layout.name}")
     inputs = layout.resolve(root, **options)
+    for source in inputs.sources:  # before hashing: a FIFO would block, a folder would crash
+        check_regular_file(source)
     paths = DatasetPaths.of(cache_dir, name)
 
     images = {r: list_images(r) for r in sorted(set(inputs.image_roots.values()))}
@@ -76,7 +79,12 @@ def index_dataset(
     # Parse before touching the cache: a bad file leaves nothing behind.
     table = layout.read(inputs, images, lenient=lenient)
     frame = _finish(table, inputs, images)
-    metadata["test_list"] = _test_list_metadata(table, metadata["sources"])
+    metadata["test_list"] = _test_list_metadata(table.test_list, metadata["sources"])
+    if table.test_lists:
+        metadata["test_lists"] = {
+            task: _test_list_metadata(listed, metadata["sources"])
+            for task, listed in table.test_lists.items()
+        }
     metadata["lenient_fixes"] = table.fixes
     with file_lock(paths.lock):
         write_manifest(frame, paths.manifest, metadata)
@@ -135,15 +143,19 @@ def _finish(table: Table, inputs: Inputs, images: dict[Path, frozenset[str]]) ->
     return conform(frame)
 
 
-def _test_list_metadata(table: Table, sources: list[dict[str, str]]) -> dict[str, Any] | None:
-    if table.test_list is None:
+def _test_list_metadata(
+    listed: TestList | None, sources: list[dict[str, str]]
+) -> dict[str, Any] | None:
+    if listed is None:
         return None
-    listed = table.test_list
     sha = next(s["sha256"] for s in sources if s["path"] == str(listed.path))
-    return {
+    entry = {
         "path": str(listed.path),
         "sha256": sha,
         "style": listed.style,
         "header": listed.header,
         "trailing_comma": listed.trailing_comma,
     }
+    if listed.rows is not None:
+        entry["rows"] = list(listed.rows)
+    return entry

@@ -6,7 +6,10 @@ works on whole columns at once and can still name the file and line of any bad v
 
 from __future__ import annotations
 
+import os
+import posixpath
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,18 +21,58 @@ from affectpipe.errors import AnnotationError, InputError
 _FRAME_KEY = re.compile(r"^(?P<video>.+)/(?P<stem>\d+)\.[A-Za-z]+$")
 
 
-def read_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file (BOM and CR stripped), without trailing blank lines."""
+def check_regular_file(path: Path) -> None:
+    """Refuse anything but a readable regular file before it is opened for reading or hashed.
+
+    A FIFO would block `open` forever and a directory fails with an OS error deep inside a
+    reader, so both are stopped here, with the path named (exit 2).
+    """
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise InputError(f"file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from None
-    lines = text.splitlines()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise InputError(f"{path} is {kind}: expected an annotation file")
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+_FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def text_lines(text: str) -> list[str]:
+    """`text` split on "\n" only ("\r\n" tolerated), without trailing blank lines.
+
+    Not `str.splitlines`: it also splits on form feeds, NEL (U+0085), U+2028 and lone "\r",
+    which would shift every later line number (and, per video, every later frame's labels).
+    """
+    lines = text.replace("\r\n", "\n").split("\n")
     while lines and not lines[-1].strip():
         lines.pop()
     return lines
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (BOM stripped; see `text_lines`)."""
+    check_regular_file(path)
+    try:
+        # newline="": no universal-newline translation, so a lone "\r" stays inside its line.
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+    return text_lines(text)
 
 
 def looks_like_image_path(text: str) -> bool:
@@ -158,6 +201,35 @@ def raise_first(records: Records, problems: list[Problem]) -> None:
     raise AnnotationError(records.paths[first.file], first.line, first.message)
 
 
+def refuse_escaping_keys(
+    records: Records, image: np.ndarray, *, allow_absolute: bool = False
+) -> None:
+    """Raise an AnnotationError at the first image key that leaves its image root.
+
+    Lexical check (no file system access): an absolute key, or one whose normalised form
+    climbs out with "..", could make the tool read any file (`../../etc/x.jpg`, a sibling
+    folder of the root). Symlinks inside the dataset are the user's own. Raised even in
+    lenient mode: such a key is not a malformed label but a file outside the dataset.
+    """
+    joined = "\n" + "\n".join(image.tolist())
+    if ".." not in joined and "\n/" not in joined:  # the usual case, millions of plain keys
+        return
+    suspects = [i for i, key in enumerate(image) if ".." in key or os.path.isabs(key)]
+    for i in suspects:
+        key = str(image[i])
+        if os.path.isabs(key):
+            if allow_absolute:
+                continue
+            why = "absolute image paths are refused: make keys relative to the image root"
+        else:
+            normal = posixpath.normpath(key.replace("\\", "/"))
+            if normal != ".." and not normal.startswith("../"):
+                continue
+            why = "the image key leaves the image root"
+        path = records.paths[records.file[i]]
+        raise AnnotationError(path, int(records.line[i]), f"{why}: {key!r}")
+
+
 @dataclass
 class FrameKeys:
     """Image keys checked for the `<video>/<frame>.jpg` form.
@@ -177,6 +249,7 @@ class FrameKeys:
 def frame_keys(records: Records, j: int = 0) -> FrameKeys:
     """Check field `j` of every row as an ABAW image key and split it into video and frame."""
     image = np.array([k.strip() for k in records.column(j)], dtype=object)
+    refuse_escaping_keys(records, image)
     matches = [_FRAME_KEY.match(k) for k in image]
     empty = image == ""
     odd = np.array([m is None for m in matches], dtype=bool) & ~empty

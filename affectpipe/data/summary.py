@@ -10,6 +10,7 @@ import pandas as pd
 from affectpipe.schema import AU_COLUMNS, EXPR_NAMES, SPLITS
 
 MAX_LISTED_MISSING = 10
+MOST_TEST_IMAGES_MISSING = 0.5  # share of test rows without image that triggers a warning
 
 
 def label_masks(frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -45,15 +46,51 @@ def summarize(frame: pd.DataFrame, metadata: dict[str, Any]) -> str:
     fixes = metadata.get("lenient_fixes") or {}
     for path, count in fixes.items():
         lines.append(f"lenient: {count} line(s) of {path} had bad fields, marked missing")
-    test_list = metadata.get("test_list")
-    if not test_list and str(metadata.get("format", "")).startswith("abaw"):
+    listed = _test_lists(metadata)
+    if not listed and str(metadata.get("format", "")).startswith("abaw"):
         lines.append("no challenge test list found: name one with --test-list to get test rows")
-    if test_list:
+    for task, entry in listed.items():
+        where = f" rows {entry['rows'][0]}..{entry['rows'][1] - 1}" if "rows" in entry else ""
         lines.append(
-            f"test list {test_list['path']} ({test_list['style']}"
-            f"{', trailing commas' if test_list['trailing_comma'] else ''})"
+            f"test list{' ' + task if task else ''} {entry['path']} ({entry['style']}"
+            f"{', trailing commas' if entry['trailing_comma'] else ''}){where}"
         )
+    lines.extend(_test_images_warning(frame, metadata, listed))
     return "\n".join(lines)
+
+
+def _test_lists(metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{task: entry} of `test_lists`, else {"": test_list}, else {}."""
+    if metadata.get("test_lists"):
+        return dict(metadata["test_lists"])
+    return {"": metadata["test_list"]} if metadata.get("test_list") else {}
+
+
+def _test_images_warning(
+    frame: pd.DataFrame, metadata: dict[str, Any], listed: dict[str, dict[str, Any]]
+) -> list[str]:
+    """A loud line per test list whose frames mostly have no image: the usual cause is a test
+    image folder the indexer did not look in, and predictions for such rows are only guesses."""
+    test = (frame["split"] == "test").to_numpy()
+    blocks = {
+        task: np.isin(np.arange(len(frame)), np.arange(*entry["rows"]))
+        for task, entry in listed.items()
+        if "rows" in entry
+    } or {"": test}
+    absent = ~frame["has_image"].to_numpy()
+    root = (metadata.get("image_roots") or {}).get("test", "?")
+    lines = []
+    for task, rows in blocks.items():
+        n, missing = int(rows.sum()), int((rows & absent).sum())
+        if n and missing > n * MOST_TEST_IMAGES_MISSING:
+            what = f"{task} test rows" if task else "test rows"
+            lines.append(
+                f"WARNING: {missing} of {n} {what} ({100 * missing / n:.0f}%) have no image"
+                f" under {root}. If the test images are in another folder (e.g."
+                " cropped_aligned_2022_MTL_test/), re-index with --test-image-root FOLDER;"
+                " predictions for frames without an image are only interpolated or a prior."
+            )
+    return lines
 
 
 def _per_split(rows_of: dict[str, np.ndarray], mask: np.ndarray) -> str:

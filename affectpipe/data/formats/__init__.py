@@ -5,6 +5,7 @@ from __future__ import annotations
 from affectpipe.data.dataset import DatasetFormat
 from affectpipe.data.formats.abaw_mtl import AbawMtl
 from affectpipe.data.formats.abaw_task import AbawTask
+from affectpipe.data.formats.abaw_tasks import AbawTasks
 from affectpipe.data.formats.csv_table import CsvTable
 from affectpipe.errors import InputError
 
@@ -31,4 +32,5 @@ def format_names() -> list[str]:
 register(AbawMtl())
 for _task in ("va", "expr", "au"):
     register(AbawTask(_task))
+register(AbawTasks())
 register(CsvTable(), "folder")

@@ -28,7 +28,13 @@ from affectpipe.data.formats.common import (
     read_frame_list,
 )
 from affectpipe.data.labels import missing_labels, parse_labels
-from affectpipe.data.records import FrameKeys, Records, read_lines, split_lines
+from affectpipe.data.records import (
+    FrameKeys,
+    Records,
+    read_lines,
+    refuse_escaping_keys,
+    split_lines,
+)
 from affectpipe.errors import AnnotationError, InputError
 from affectpipe.schema import AU_COLUMNS, VA_COLUMNS
 
@@ -146,6 +152,7 @@ def _per_video_keys(records: Records) -> FrameKeys:
     video = stems[records.file]
     frame = records.line - 1
     image = np.array([f"{v}/{i:05d}.jpg" for v, i in zip(video, frame.tolist(), strict=True)])
+    refuse_escaping_keys(records, image)  # a file named `...txt` has the stem ".."
     n = len(records)
     return FrameKeys(image.astype(object), video, frame, np.ones(n, bool), np.zeros(n, bool), [])
 

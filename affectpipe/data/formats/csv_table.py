@@ -9,8 +9,11 @@ of the videos (chosen by a fixed seed) to val.
 
 from __future__ import annotations
 
+import csv
+import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +21,9 @@ import pandas as pd
 
 from affectpipe.data.dataset import Inputs, Table
 from affectpipe.data.formats.common import fixes_for, given_or_found
+from affectpipe.data.images import keys_digest
 from affectpipe.data.labels import LABEL_COLUMNS, missing_labels, parse_labels
-from affectpipe.data.records import Problem, Records
+from affectpipe.data.records import Problem, Records, read_lines, refuse_escaping_keys
 from affectpipe.errors import InputError
 from affectpipe.schema import SPLITS
 
@@ -44,7 +48,13 @@ def _column_name(raw: str) -> str:
 
 class CsvTable:
     name = "csv"
-    option_names = ("image_root", "split_column", "video_column", "val_fraction")
+    option_names = (
+        "image_root",
+        "split_column",
+        "video_column",
+        "val_fraction",
+        "allow_absolute_paths",
+    )
 
     def resolve(
         self,
@@ -54,10 +64,12 @@ class CsvTable:
         split_column: str | None = None,
         video_column: str | None = None,
         val_fraction: float | None = None,
+        allow_absolute_paths: bool | None = None,
     ) -> Inputs:
-        table = root.resolve() if root.is_file() else _find_csv(root.resolve())
+        table = _find_csv(root.resolve()) if root.is_dir() else root.resolve()
         folder = table.parent
-        first = _first_image(table)
+        keys = _image_keys(table)
+        first = keys[0] if keys else None
         candidates = [folder, folder / "images"]
         default = next((c for c in candidates if first and (c / first).exists()), folder)
         images = given_or_found(image_root, [default], "image root", "--image-root")
@@ -67,6 +79,16 @@ class CsvTable:
             "video_column": video_column,
             "val_fraction": val_fraction,
         }
+        if allow_absolute_paths:
+            # Images outside the image root are not in its listing: their presence goes into
+            # the options, so the re-index check sees one appear or vanish.
+            absolute = [k for k in keys if os.path.isabs(k)]
+            found = [k for k in absolute if os.path.isfile(k)]
+            options["absolute_images"] = {
+                "listed": len(set(absolute)),
+                "present": len(set(found)),
+                "digest": keys_digest(set(found)),
+            }
         if val_fraction is not None and not 0 <= val_fraction < 1:
             raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
         return Inputs((table,), dict.fromkeys(SPLITS, images), options)
@@ -76,8 +98,8 @@ class CsvTable:
     ) -> Table:
         path = inputs.sources[0]
         options = inputs.options
-        raw = _read_csv(path)
-        raw.columns = [_column_name(c) for c in raw.columns]
+        rows = _read_csv(path)
+        raw = rows.raw
         if "image" not in raw:
             raise InputError(f"{path}: no `image` column (columns: {', '.join(raw.columns)})")
         n = len(raw)
@@ -85,11 +107,14 @@ class CsvTable:
         records = Records(
             [path],
             np.zeros(n, dtype=np.int64),
-            np.arange(2, n + 2, dtype=np.int64),  # line 1 is the header
+            rows.line,
             raw[["image", *present]].to_numpy(dtype=object),
-            np.zeros(n, dtype=bool),
+            rows.malformed,
+            rows.problems,
         )
         image = raw["image"].str.strip().to_numpy(dtype=object)
+        absolute_ok = "absolute_images" in options
+        refuse_escaping_keys(records, image, allow_absolute=absolute_ok)
         blank = np.flatnonzero(image == "")
         problems = [Problem(0, int(records.line[i]), "empty image path") for i in blank[:1]]
         split_problems, split = _splits(raw, records, options)
@@ -113,6 +138,8 @@ class CsvTable:
                 **labels.columns,
             }
         )
+        if absolute_ok:
+            frame["has_image"] = _has_image(image, images[inputs.image_roots["train"]])
         keep = image != ""
         bad_split = split == ""
         return Table(
@@ -131,30 +158,69 @@ def _find_csv(folder: Path) -> Path:
     return tables[0]
 
 
-def _read_csv(path: Path, nrows: int | None = None) -> pd.DataFrame:
-    """All cells as text; blank lines kept (as blank rows) so row i is line i + 2, except
-    blank lines at the end, which are dropped."""
+@dataclass
+class _Rows:
+    """The cells of a CSV file as text, with the line number of each row."""
+
+    raw: pd.DataFrame  # one column per header name, cells stripped of leading blanks
+    line: np.ndarray  # [n] 1-based line number of each row
+    malformed: np.ndarray  # [n] bool: too many fields (only the image is kept)
+    problems: list[Problem]
+
+
+def _read_csv(path: Path) -> _Rows:
+    """Every line after the header as a row (blank lines too, so a stray one is located);
+    split with the one line splitter every format uses, each line parsed on its own so a
+    row's line number is exact."""
+    lines = read_lines(path)
+    if not lines:
+        raise InputError(f"{path} is empty: expected a header line, then one row a line")
     try:
-        raw = pd.read_csv(
-            path,
-            dtype=str,
-            keep_default_na=False,
-            skipinitialspace=True,
-            skip_blank_lines=False,
-            nrows=nrows,
-        )
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{path}: not a readable CSV: {exc}") from None
-    filled = np.flatnonzero((raw.fillna("") != "").any(axis=1).to_numpy())
-    return raw.iloc[: filled[-1] + 1 if len(filled) else 0].fillna("")
+        header = [_column_name(c) for c in _cells(lines[0])]
+    except csv.Error as exc:
+        raise InputError(f"{path}:1: not a CSV header line: {exc}") from None
+    doubled = sorted({c for c in header if header.count(c) > 1})
+    if doubled:
+        raise InputError(f"{path}: column(s) {', '.join(doubled)} appear more than once")
+    body = lines[1:]
+    while body and not body[-1].replace(",", "").strip():
+        body.pop()  # rows of empty cells at the end (e.g. a spreadsheet's ",,,")
+    if not body:
+        raise InputError(f"{path} has no rows: only a header line ({lines[0]!r})")
+    width = len(header)
+    cells, malformed, problems = [], np.zeros(len(body), dtype=bool), []
+    for i, line in enumerate(body):
+        try:
+            row = _cells(line)
+        except csv.Error as exc:  # e.g. a lone carriage return inside an unquoted field
+            problems.append(Problem(0, i + 2, f"not a CSV line: {exc}"))
+            malformed[i] = True
+            row = line.split(",", 1)[:1]
+        while len(row) > width and not row[-1].strip():
+            row.pop()  # trailing commas
+        if len(row) > width:
+            problems.append(Problem(0, i + 2, f"expected {width} fields, found {len(row)}"))
+            malformed[i] = True
+            row = row[:1]
+        cells.append(row + [""] * (width - len(row)))  # short rows: missing cells
+    raw = pd.DataFrame(cells, columns=header, dtype=object)
+    return _Rows(raw, np.arange(2, len(body) + 2, dtype=np.int64), malformed, problems)
 
 
-def _first_image(path: Path) -> str | None:
-    head = _read_csv(path, nrows=1)
-    for column in head.columns:
-        if _column_name(column) == "image" and len(head):
-            return str(head[column].iloc[0]).strip()
-    return None
+def _cells(line: str) -> list[str]:
+    return next(csv.reader((line,), skipinitialspace=True), [])
+
+
+def _image_keys(path: Path) -> list[str]:
+    raw = _read_csv(path).raw
+    return raw["image"].str.strip().tolist() if "image" in raw else []
+
+
+def _has_image(image: np.ndarray, present: frozenset[str]) -> np.ndarray:
+    """Keys found under the image root, or (absolute keys) files that exist."""
+    return np.array(
+        [os.path.isfile(k) if os.path.isabs(k) else k in present for k in image], dtype=bool
+    )
 
 
 def _splits(
