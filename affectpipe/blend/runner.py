@@ -44,7 +44,7 @@ from affectpipe.blend.tuning import (
     continuous_outputs,
     tune_task,
 )
-from affectpipe.config import DatasetPaths
+from affectpipe.config import BLEND_PREFER, DEFAULT_MAX_FILLED, DatasetPaths
 from affectpipe.errors import InputError
 from affectpipe.fsutil import file_lock, sha256_file, write_text_atomic
 from affectpipe.manifest import read_manifest, read_manifest_metadata
@@ -53,8 +53,6 @@ from affectpipe.schema import TASKS
 
 log = logging.getLogger(__name__)
 
-PREFER_CHOICES = ("best", "blend")
-DEFAULT_MAX_FILLED = 0.05  # share of listed test rows that may lack a real prediction
 
 
 class NoValidationLabels(InputError):
@@ -164,8 +162,9 @@ def _choose(
     if not np.isfinite(blend_score):
         return "blend", f"{task}: no cross-fit (too few labelled validation videos): blend used"
     picked = ", ".join(
-        f"{group.name}: {names[int(np.argmax(row))]}" if len(rules.groups) > 1 else
-        names[int(np.argmax(row))]
+        f"{group.name}: {names[int(np.argmax(row))]}"
+        if len(rules.groups) > 1
+        else names[int(np.argmax(row))]
         for group, row in zip(rules.groups, single_fit.weights, strict=True)
     )
     if single_score > blend_score + TOL:
@@ -324,9 +323,7 @@ def _fill_problem(outcome: TaskOutcome, request: Request, max_filled: float) -> 
     unpredicted = fill.unpredicted(lists_imageless_frames=request.style != "mtl")
     if not fill.listed or unpredicted <= max_filled * fill.listed:
         return None
-    imageless = (
-        f", {fill.imageless} without an image file" if request.style == "mtl" else ""
-    )
+    imageless = f", {fill.imageless} without an image file" if request.style == "mtl" else ""
     return (
         f"{unpredicted} of its {fill.listed} listed test rows ({unpredicted / fill.listed:.1%}) "
         f"have no real prediction ({fill.interpolated} interpolated{imageless}, {fill.prior} "
@@ -474,9 +471,7 @@ def provenance(
         "manifest": {"path": str(paths.manifest), "fingerprint": metadata.get("fingerprint")},
         "features": {b: {**r, "used": b in used} for b, r in features.items()},
         "predictions": {
-            task: {
-                name: sha256_file(paths.preds(run, task, name)) for name in outcome.candidates
-            }
+            task: {name: sha256_file(paths.preds(run, task, name)) for name in outcome.candidates}
             for task, outcome in outcomes.items()
         },
     }
@@ -601,8 +596,8 @@ def run(
     reason in `BlendResult.missing`; the per-task files of the other tasks are written.
     """
     options = options or BlendOptions()
-    if options.prefer not in PREFER_CHOICES:
-        raise InputError(f"prefer must be one of {PREFER_CHOICES}, not {options.prefer!r}")
+    if options.prefer not in BLEND_PREFER:
+        raise InputError(f"prefer must be one of {BLEND_PREFER}, not {options.prefer!r}")
     features = feature_records(paths)
     detected = random_init_note(features)
     notes = [*notes, *([detected] if detected and not notes else [])]
