@@ -198,9 +198,10 @@ def validate_video_folder(
 
 
 def _column_names(fmt: str) -> list[str]:
-    if fmt == "mtl":
-        return ["valence", "arousal", "expression", *TASK_HEADERS["au"].split(",")]
-    return TASK_HEADERS[fmt].split(",")
+    """Names of the value fields of a data line (an EXPR line has one: the class code)."""
+    names = {"va": ["valence", "arousal"], "expr": ["expression"]}
+    names["au"] = TASK_HEADERS["au"].split(",")
+    return names["va"] + names["expr"] + names["au"] if fmt == "mtl" else names[fmt]
 
 
 def constant_columns(rows: list[list[str]], fmt: str) -> list[str]:
