@@ -85,7 +85,7 @@ def test_fill_limit_spares_imageless_frames_of_per_task_lists_only(tmp_path):
     result = blend_run(paths, out_dir=tmp_path / "a" / "out", progress=False, options=EXACT,
                        report=False)
     assert result.complete
-    assert result.outcomes["va"].fill == runner.TestFill(3, 0, 1, 0)
+    assert result.outcomes["va"].fill == runner.FillCounts(3, 0, 1, 0)
     # The same gap where the image exists (no face found, say): a third of the list unpredicted.
     test[1] = ("2-30-640x360", 2, True, NAN, NAN, -1, NAN)
     paths = write_toy(tmp_path / "b", test, "frame-lines", header)

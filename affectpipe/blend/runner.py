@@ -60,7 +60,7 @@ class NoValidationLabels(InputError):
 
 
 @dataclass(frozen=True)
-class TestFill:
+class FillCounts:
     """How the listed test rows of a task got their values from the candidates used."""
 
     listed: int
@@ -107,7 +107,7 @@ class TaskOutcome:
     n_val: int
     n_val_labelled: int
     n_val_videos: int
-    fill: TestFill
+    fill: FillCounts
     filled: dict[str, int] = field(default_factory=dict)  # over val and test, all candidates
 
     @property
@@ -183,14 +183,14 @@ def _choose(
 
 def _test_fill(
     reports: list, used: np.ndarray, is_test: np.ndarray, has_image: np.ndarray
-) -> TestFill:
+) -> FillCounts:
     """Fill counts of the test rows over the candidates the chosen blend uses."""
     prior = np.any([r.prior[is_test] for r, u in zip(reports, used, strict=True) if u], axis=0)
     interpolated = np.any(
         [r.interpolated[is_test] for r, u in zip(reports, used, strict=True) if u], axis=0
     )
     interpolated &= ~prior
-    return TestFill(
+    return FillCounts(
         listed=int(is_test.sum()),
         interpolated=int((interpolated & has_image).sum()),
         imageless=int((interpolated & ~has_image).sum()),
