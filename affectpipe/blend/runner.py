@@ -54,7 +54,6 @@ from affectpipe.schema import TASKS
 log = logging.getLogger(__name__)
 
 
-
 class NoValidationLabels(InputError):
     """A task has predictions but no validation label to tune its blend on."""
 
