@@ -82,21 +82,32 @@ def test_fill_limit_spares_imageless_frames_of_per_task_lists_only(tmp_path):
     ]
     header = "image_location,valence,arousal"
     paths = write_toy(tmp_path / "a", test, "frame-lines", header)
-    result = blend_run(paths, out_dir=tmp_path / "a" / "out", progress=False, options=EXACT,
-                       report=False)
+    result = blend_run(
+        paths, out_dir=tmp_path / "a" / "out", progress=False, options=EXACT, report=False
+    )
     assert result.complete
     assert result.outcomes["va"].fill == runner.FillCounts(3, 0, 1, 0)
     # The same gap where the image exists (no face found, say): a third of the list unpredicted.
     test[1] = ("2-30-640x360", 2, True, NAN, NAN, -1, NAN)
     paths = write_toy(tmp_path / "b", test, "frame-lines", header)
-    result = blend_run(paths, out_dir=tmp_path / "b" / "out", progress=False, options=EXACT,
-                       report=False)
-    assert set(result.missing) == {"VA_predictions.txt", "EXPR_predictions.txt",
-                                   "AU_predictions.txt"}
+    result = blend_run(
+        paths, out_dir=tmp_path / "b" / "out", progress=False, options=EXACT, report=False
+    )
+    assert set(result.missing) == {
+        "VA_predictions.txt",
+        "EXPR_predictions.txt",
+        "AU_predictions.txt",
+    }
     assert "1 of its 3 listed test rows (33.3%)" in result.missing["VA_predictions.txt"]
     assert result.submission_files == [] and result.shortfall(partial=True)
-    lenient = blend_run(paths, out_dir=tmp_path / "b" / "out", progress=False, options=EXACT,
-                        report=False, max_filled=0.4)
+    lenient = blend_run(
+        paths,
+        out_dir=tmp_path / "b" / "out",
+        progress=False,
+        options=EXACT,
+        report=False,
+        max_filled=0.4,
+    )
     assert lenient.complete and len(lenient.submission_files) == 3
 
 
@@ -131,8 +142,13 @@ def test_blend_cross_fitting_below_the_best_single_candidate_is_not_used(tmp_pat
     assert "(--prefer blend to override)" in result.stdout
     report = (paths.blend_dir() / "report.html").read_text()
     assert "Submission uses the best single candidate." in report
-    kept = blend_run(paths, tasks=["expr"], progress=False, report=False,
-                     options=BlendOptions(smoothing=False, prefer="blend"))
+    kept = blend_run(
+        paths,
+        tasks=["expr"],
+        progress=False,
+        report=False,
+        options=BlendOptions(smoothing=False, prefer="blend"),
+    )
     outcome = kept.outcomes["expr"]
     assert outcome.choice == "blend" and "as --prefer blend asks" in outcome.choice_note
     assert outcome.crossfit_score == pytest.approx(blend_cf)
@@ -150,13 +166,29 @@ def test_report_shows_support_tables_and_provenance(tmp_path):
     result = blend_run(paths, progress=False)
     text = result.report.read_text()
     assert "AU au15: no positive label in validation: its F1 says nothing" in text
-    for header in ("train support", "val support", "F1 tuned", "F1 cross-fitted",
-                   "CCC cross-fitted", "<th>thresholds</th>", "<th>offsets</th>",
-                   "<th>scale</th>", "<th>shift</th>", "weight (valence)"):
+    for header in (
+        "train support",
+        "val support",
+        "F1 tuned",
+        "F1 cross-fitted",
+        "CCC cross-fitted",
+        "<th>thresholds</th>",
+        "<th>offsets</th>",
+        "<th>scale</th>",
+        "<th>shift</th>",
+        "weight (valence)",
+    ):
         assert header in text
     assert "{&#x27;" not in text and "{'" not in text  # tables, not dict reprs
-    for item in ("date (UTC)", "command", "torch version", "affectpipe version",
-                 "manifest fingerprint", "f00dfeed" * 8, "prediction file sha256"):
+    for item in (
+        "date (UTC)",
+        "command",
+        "torch version",
+        "affectpipe version",
+        "manifest fingerprint",
+        "f00dfeed" * 8,
+        "prediction file sha256",
+    ):
         assert item in text
     document = json.loads(result.blend_json.read_text())
     provenance = document["provenance"]
@@ -217,8 +249,12 @@ def _with_test_lists(paths: DatasetPaths, lists: dict[str, tuple[str, str | None
     metadata["test_lists"] = {}
     for task, (style, header, n) in lists.items():
         metadata["test_lists"][task] = {
-            "path": f"{task}.txt", "sha256": "0", "style": style, "header": header,
-            "trailing_comma": style == "frame-lines", "rows": [start, start + n],
+            "path": f"{task}.txt",
+            "sha256": "0",
+            "style": style,
+            "header": header,
+            "trailing_comma": style == "frame-lines",
+            "rows": [start, start + n],
         }
         start += n
     write_manifest(manifest, paths.manifest, metadata)
@@ -227,14 +263,18 @@ def _with_test_lists(paths: DatasetPaths, lists: dict[str, tuple[str, str | None
 def test_per_task_test_lists_of_one_dataset_give_three_files(tmp_path):
     va_rows = [("2-30-640x360", f, True, 0.1 * f, -0.1 * f, 1, 0.9) for f in (1, 2, 3)]
     expr_rows = [("14-30-1920x1080", f, True, 0.0, 0.0, f % 8, 0.2) for f in (1, 2, 3, 4)]
-    au_rows = [("2-30-640x360", f, True, 0.1 * f, -0.1 * f, 1, 0.9 - 0.6 * (f == 3))
-               for f in (2, 3)]  # the same frames as in the VA list: keys repeat
+    au_rows = [
+        ("2-30-640x360", f, True, 0.1 * f, -0.1 * f, 1, 0.9 - 0.6 * (f == 3)) for f in (2, 3)
+    ]  # the same frames as in the VA list: keys repeat
     paths = write_toy(tmp_path, va_rows + expr_rows + au_rows, "frame-lines", None)
-    _with_test_lists(paths, {
-        "va": ("frame-lines", "image_location,valence,arousal", 3),
-        "expr": ("video-names", None, 4),
-        "au": ("frame-lines", None, 2),
-    })
+    _with_test_lists(
+        paths,
+        {
+            "va": ("frame-lines", "image_location,valence,arousal", 3),
+            "expr": ("video-names", None, 4),
+            "au": ("frame-lines", None, 2),
+        },
+    )
     out = tmp_path / "out"
     result = blend_run(paths, out_dir=out, progress=False, options=EXACT, report=False)
     assert result.complete, result.missing
@@ -244,7 +284,11 @@ def test_per_task_test_lists_of_one_dataset_give_three_files(tmp_path):
         "2-30-640x360/00002.jpg,0.200000,-0.200000\n2-30-640x360/00003.jpg,0.300000,-0.300000\n"
     )
     assert (out / "EXPR" / "14-30-1920x1080.txt").read_text().splitlines()[1:] == [
-        "1", "2", "3", "4"]
+        "1",
+        "2",
+        "3",
+        "4",
+    ]
     assert (out / "AU_predictions.txt").read_text().splitlines()[1:] == [
         "2-30-640x360/00002.jpg," + ",".join(["1"] * 12),
         "2-30-640x360/00003.jpg," + ",".join(["0"] * 12),
@@ -258,6 +302,8 @@ def test_per_task_test_lists_of_one_dataset_give_three_files(tmp_path):
     shutil.rmtree(paths.run() / "preds" / "au")
     result = blend_run(paths, out_dir=out, progress=False, options=EXACT, report=False)
     assert list(result.missing) == ["AU_predictions.txt"]
-    assert {p.name for p in result.submission_files} == {"VA_predictions.txt",
-                                                          "14-30-1920x1080.txt"}
+    assert {p.name for p in result.submission_files} == {
+        "VA_predictions.txt",
+        "14-30-1920x1080.txt",
+    }
     assert not (out / "AU_predictions.txt").exists()  # the previous run's file went with it

@@ -72,8 +72,9 @@ def test_blend_cli_without_the_mtl_file_exits_1_unless_partial(tmp_path):
     args += ["--no-smoothing", "--out", tmp_path / "sub"]
     result = run_cli(*args)
     assert result.returncode == 1, result.stderr
-    assert re.search(r"^va\s+[-0-9.]+\s+[-0-9.]+\s+[-0-9.]+\s+[-0-9.]+\s+(blend|single)$",
-                     result.stdout, re.M)
+    assert re.search(
+        r"^va\s+[-0-9.]+\s+[-0-9.]+\s+[-0-9.]+\s+[-0-9.]+\s+(blend|single)$", result.stdout, re.M
+    )
     # the MTL file needs all three tasks: the VA file is written instead, and that is said
     assert "MTL_predictions.txt: expr: not blended (only --task va asked)" in result.stderr
     assert "written instead: VA_predictions.txt (--partial accepts them)" in result.stderr

@@ -127,7 +127,11 @@ def test_mtl_submission_is_byte_exact(tmp_path, trailing_comma):
     # 1 of the 6 listed rows (frame 17, no image) is interpolated: allowed by --max-filled 0.2
     paths = write_toy(tmp_path, ABAW4_TEST, "mtl", MTL_SUBMISSION_HEADER, trailing_comma)
     result = blend_run(
-        paths, out_dir=tmp_path / "out", progress=False, options=EXACT, report=False,
+        paths,
+        out_dir=tmp_path / "out",
+        progress=False,
+        options=EXACT,
+        report=False,
         max_filled=0.2,
     )
     assert [p.name for p in result.submission_files] == ["MTL_predictions.txt"]
@@ -190,7 +194,11 @@ def test_abaw3_per_video_files_cover_every_frame(tmp_path):
 def test_validate_accepts_written_file_and_reports_each_problem(tmp_path):
     paths = write_toy(tmp_path, ABAW4_TEST, "mtl", MTL_SUBMISSION_HEADER)
     result = blend_run(
-        paths, out_dir=tmp_path / "out", progress=False, options=EXACT, report=False,
+        paths,
+        out_dir=tmp_path / "out",
+        progress=False,
+        options=EXACT,
+        report=False,
         max_filled=0.2,
     )
     manifest = pd.read_parquet(paths.manifest)

@@ -121,9 +121,7 @@ def test_demo_uses_random_init_cnns_and_openface_on_the_synthetic_dataset(tmp_pa
     assert result.blend.submission_files == [tmp_path / "submission" / "MTL_predictions.txt"]
 
 
-def test_run_command_exits_1_without_the_requested_submission_unless_partial(
-    tmp_path, monkeypatch
-):
+def test_run_command_exits_1_without_the_requested_submission_unless_partial(tmp_path, monkeypatch):
     class NoVaHeads(Recorder):  # an OpenFace-only cache: no VA candidate gets trained
         def heads(self, paths, **options):
             result = super().heads(paths, **options)
@@ -148,9 +146,7 @@ def test_run_command_exits_1_without_the_requested_submission_unless_partial(
 
 def test_demo_command_exits_0_with_the_mtl_file(tmp_path, monkeypatch):
     monkeypatch.setattr(Stages, "default", classmethod(lambda cls: Recorder().stages()))
-    monkeypatch.setattr(
-        "affectpipe.data.synthetic.write_demo_dataset", lambda root, **_: root
-    )
+    monkeypatch.setattr("affectpipe.data.synthetic.write_demo_dataset", lambda root, **_: root)
     result = CliRunner().invoke(cli, ["demo", "--workdir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert f"submission:  {tmp_path / 'submission' / 'MTL_predictions.txt'}" in result.output
