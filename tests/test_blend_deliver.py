@@ -30,6 +30,7 @@ from affectpipe.manifest import read_manifest_metadata, write_manifest
 from affectpipe.schema import MTL_SUBMISSION_HEADER
 
 
+@pytest.mark.slow
 def test_mtl_dataset_without_va_predictions_writes_task_files_and_exits_1(tmp_path):
     # An OpenFace-only cache: heads trained EXPR and AU candidates, none for VA.
     paths = synthetic.write_synthetic_run(DatasetPaths.of(tmp_path, "synth"), n_candidates=1)
@@ -53,6 +54,7 @@ def test_mtl_dataset_without_va_predictions_writes_task_files_and_exits_1(tmp_pa
 UNSEEN_TEST = [(video, frame, False, NAN, NAN, -1, NAN) for video in "ab" for frame in (1, 2, 3)]
 
 
+@pytest.mark.slow
 def test_test_rows_filled_with_the_prior_are_refused_with_counts(tmp_path):
     write_toy(tmp_path, UNSEEN_TEST, "mtl", MTL_SUBMISSION_HEADER)
     out = tmp_path / "out"
@@ -121,6 +123,7 @@ def test_constant_columns_are_flagged():
     assert constant_columns([["0.1", "0.5"]], "va") == []  # one line says nothing
 
 
+@pytest.mark.slow
 def test_blend_cross_fitting_below_the_best_single_candidate_is_not_used(tmp_path):
     # Seed 1 of this small synthetic EXPR task: tuning the mix overfits the validation videos.
     paths = synthetic.write_synthetic_run(
@@ -154,6 +157,7 @@ def test_blend_cross_fitting_below_the_best_single_candidate_is_not_used(tmp_pat
     assert outcome.crossfit_score == pytest.approx(blend_cf)
 
 
+@pytest.mark.slow
 def test_report_shows_support_tables_and_provenance(tmp_path):
     paths = synthetic.write_synthetic_run(DatasetPaths.of(tmp_path, "synth"), n_candidates=2)
     manifest = pd.read_parquet(paths.manifest)
@@ -204,6 +208,7 @@ def _sha_of_record(json_path: Path) -> dict[str, str]:
     return {Path(e["path"]).name: e["sha256"] for e in entries}
 
 
+@pytest.mark.slow
 def test_blend_json_is_committed_with_the_submission_it_describes(tmp_path, monkeypatch):
     from affectpipe.fsutil import sha256_file
 

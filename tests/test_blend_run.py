@@ -66,6 +66,7 @@ def test_report_is_self_contained(blended):
     assert "P_MTL" in text and "cross-fitted" in text
 
 
+@pytest.mark.slow
 def test_blend_cli_without_the_mtl_file_exits_1_unless_partial(tmp_path):
     paths = write_synthetic_run(tmp_path, n_candidates=2)
     args = ["--cache-dir", tmp_path, "blend", "--dataset", "synth", "--task", "va"]
