@@ -169,7 +169,7 @@ def test_report_shows_support_tables_and_provenance(tmp_path):
         handle.attrs["weights_sha256"] = "f00dfeed" * 8
     result = blend_run(paths, progress=False)
     text = result.report.read_text()
-    assert "AU au15: no positive label in validation: its F1 says nothing" in text
+    assert "AU au15: no positive in validation: its F1 is 0 by definition and says nothing" in text
     for header in (
         "train support",
         "val support",

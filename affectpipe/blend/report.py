@@ -126,11 +126,16 @@ def _item_table(rules, outcome, post: dict[str, list[float]]) -> tuple[str, list
         train, val = outcome.support["train"][item], outcome.support["val"][item]
         row = [item, str(train), str(val), _num(tuned[item]), _num(crossfit.get(item))]
         rows.append(row + [f"{values[i]:.3f}" for values in post.values()])
-        if not train or not val:
-            where = " and ".join(s for s, n in (("train", train), ("validation", val)) if not n)
+        what = {"va": "labelled row", "expr": "row of this class"}.get(rules.name, "positive")
+        if not val:
             warnings.append(
-                f"{rules.name.upper()} {item}: no {'positive ' if rules.name != 'va' else ''}"
-                f"label in {where}: its {metric} says nothing (0 by definition)"
+                f"{rules.name.upper()} {item}: no {what} in validation: its {metric} is 0 by "
+                "definition and says nothing"
+            )
+        if not train:
+            warnings.append(
+                f"{rules.name.upper()} {item}: no {what} in training: the heads cannot have "
+                "learnt it"
             )
     return _table(header, rows), warnings
 
