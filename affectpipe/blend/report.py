@@ -213,22 +213,27 @@ def _provenance_section(prov: dict[str, Any]) -> str:
         ["manifest", prov["manifest"]["path"]],
         ["manifest fingerprint", str(prov["manifest"]["fingerprint"])],
     ]
+    esc = html.escape
     features = _table(
         ["backbone", "used by a candidate", "weights sha256", "random init", "file"],
         [
             [
                 b,
                 "yes" if r["used"] else "no",
-                str(r["weights_sha256"]),
+                esc(str(r["weights_sha256"])),
                 "YES" if r["random_init"] else "no",
-                r["path"],
+                esc(r["path"]),
             ]
             for b, r in prov["features"].items()
         ],
     )
     predictions = _table(
         ["task", "candidate", "prediction file sha256"],
-        [[t, name, sha] for t, files in prov["predictions"].items() for name, sha in files.items()],
+        [
+            [t, esc(name), esc(sha)]
+            for t, files in prov["predictions"].items()
+            for name, sha in files.items()
+        ],
     )
     return (
         "<h2>Provenance</h2>"
