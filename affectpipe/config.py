@@ -17,6 +17,10 @@ from pathlib import Path
 
 DEFAULT_CACHE_DIR = "cache"
 DEFAULT_RUN = "default"
+# Blend: the largest share of a task's listed test rows that may lack a real prediction,
+# and how the submission picks between the blend and the best single candidate.
+DEFAULT_MAX_FILLED = 0.05
+BLEND_PREFER = ("best", "blend")
 
 
 def default_cache_dir() -> Path:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from affectpipe.config import DEFAULT_RUN, DatasetPaths
+from affectpipe.config import DEFAULT_MAX_FILLED, DEFAULT_RUN, DatasetPaths
 from affectpipe.errors import InputError
 
 DEMO_DATASET = "demo"
@@ -66,12 +66,14 @@ def run_pipeline(
     device: str = "cpu",
     run: str = DEFAULT_RUN,
     out_dir: Path | None = None,
+    max_filled: float = DEFAULT_MAX_FILLED,
     progress: bool = True,
     stages: Stages | None = None,
     echo: Callable[[str], None] = print,
 ) -> WorkflowResult:
     """Index `data_root` (if given), extract `backbones` (empty: the defaults), train the heads
-    and blend. Each stage reuses what is cached and still valid."""
+    and blend. Each stage reuses what is cached and still valid. Whether the blend wrote
+    the submission the test list asks for is in `result.blend.missing` (the CLI exits 1)."""
     paths = DatasetPaths.of(cache_dir, dataset)
     if data_root is not None and fmt is None:
         raise InputError("--data needs --format (e.g. --format abaw-mtl)")
@@ -104,7 +106,9 @@ def run_pipeline(
     trained = stages.heads(paths, run=run, progress=progress)
     echo(trained.table())
     echo("[4/4] blend")
-    blended = stages.blend(paths, run=run, out_dir=out_dir, progress=progress, notes=notes)
+    blended = stages.blend(
+        paths, run=run, out_dir=out_dir, progress=progress, notes=notes, max_filled=max_filled
+    )
     return WorkflowResult(paths, indexed, extracted, trained, blended, notes)
 
 

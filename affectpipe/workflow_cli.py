@@ -6,23 +6,17 @@ from pathlib import Path
 
 import click
 
+from affectpipe.blend.cli import echo_outcome, echo_scores, max_filled_option, partial_option
 from affectpipe.config import DEFAULT_RUN, Settings
 
 
-def _echo_outcome(result) -> None:
-    from affectpipe.blend.cli import echo_scores
-
-    blended = result.blend
+def _echo_outcome(result, partial: bool) -> None:
+    """Scores, notes and files; exit 1 (via the error) without the requested submission."""
     click.echo("")
-    echo_scores(blended)
+    echo_scores(result.blend)
     for note in result.notes:
         click.secho(f"WARNING: {note}", fg="yellow", err=True)
-    for path in blended.submission_files[:3]:
-        click.echo(f"submission: {path}")
-    if len(blended.submission_files) > 3:
-        click.echo(f"            ... {len(blended.submission_files) - 3} more files")
-    click.echo(f"report:     {blended.report}")
-    click.echo(f"blend.json: {blended.blend_json}")
+    echo_outcome(result.blend, partial)
 
 
 @click.command()
@@ -54,6 +48,8 @@ def _echo_outcome(result) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for submission files [default: runs/<run>/blend/submission].",
 )
+@partial_option
+@max_filled_option
 @click.pass_obj
 def run(
     settings: Settings,
@@ -66,6 +62,8 @@ def run(
     device: str,
     run_name: str,
     out_dir: Path | None,
+    partial: bool,
+    max_filled: float,
 ) -> None:
     """Chain index (if --data is given), extract, heads and blend.
 
@@ -73,6 +71,7 @@ def run(
     Example:
       pipeline run --dataset abaw7 --data data/abaw7 --format abaw-mtl --device cuda:0
     Every stage reuses valid cached results, so re-running after a change is cheap.
+    Exits 0 only when the submission the test list asks for was written (see `blend`).
     """
     from affectpipe.extract.cli import parse_weights_option
     from affectpipe.workflow import run_pipeline
@@ -89,9 +88,10 @@ def run(
         device=device,
         run=run_name,
         out_dir=out_dir,
+        max_filled=max_filled,
         echo=click.echo,
     )
-    _echo_outcome(result)
+    _echo_outcome(result, partial)
 
 
 @click.command()
@@ -119,4 +119,4 @@ def demo(workdir: Path, seed: int) -> None:
         fg="yellow",
         err=True,
     )
-    _echo_outcome(run_demo(workdir, seed=seed, echo=click.echo))
+    _echo_outcome(run_demo(workdir, seed=seed, echo=click.echo), partial=False)

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
+from conftest import run_cli
 
 from affectpipe.blend import synthetic
 from affectpipe.blend.runner import run as blend_run
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
 from affectpipe.manifest import read_manifest_metadata, write_manifest
-from affectpipe.pipeline import cli
 from affectpipe.schema import MTL_SUBMISSION_HEADER
 
 
@@ -67,28 +66,26 @@ def test_report_is_self_contained(blended):
     assert "P_MTL" in text and "cross-fitted" in text
 
 
-def test_blend_cli_prints_scores(tmp_path):
+@pytest.mark.slow
+def test_blend_cli_without_the_mtl_file_exits_1_unless_partial(tmp_path):
     paths = write_synthetic_run(tmp_path, n_candidates=2)
-    result = CliRunner().invoke(
-        cli,
-        [
-            "--cache-dir",
-            str(tmp_path),
-            "blend",
-            "--dataset",
-            "synth",
-            "--task",
-            "va",
-            "--no-smoothing",
-            "--out",
-            str(tmp_path / "sub"),
-        ],
+    args = ["--cache-dir", tmp_path, "blend", "--dataset", "synth", "--task", "va"]
+    args += ["--no-smoothing", "--out", tmp_path / "sub"]
+    result = run_cli(*args)
+    assert result.returncode == 1, result.stderr
+    assert re.search(
+        r"^va\s+[-0-9.]+\s+[-0-9.]+\s+[-0-9.]+\s+[-0-9.]+\s+(blend|single)$", result.stdout, re.M
     )
-    assert result.exit_code == 0, result.output
-    assert re.search(r"^va\s+[-0-9.]+\s+[-0-9.]+\s+[-0-9.]+$", result.output, re.M)
-    # the MTL file needs all three tasks: none written, and said so
-    assert "needs all three tasks" in result.output
+    # the MTL file needs all three tasks: the VA file is written instead, and that is said
+    assert "MTL_predictions.txt: expr: not blended (only --task va asked)" in result.stderr
+    assert "written instead: VA_predictions.txt (--partial accepts them)" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["VA_predictions.txt"]
     assert (paths.blend_dir() / "report.html").exists()
+    document = json.loads((paths.blend_dir() / "blend.json").read_text())
+    assert document["submission"]["complete"] is False
+    partial = run_cli(*args, "--partial")
+    assert partial.returncode == 0, partial.stderr
+    assert "not written (--partial): MTL_predictions.txt" in partial.stderr
 
 
 def test_stale_or_missing_predictions_are_input_errors(tmp_path):
@@ -114,7 +111,10 @@ def test_task_without_validation_labels_is_skipped_unless_requested(tmp_path):
     result = blend_run(paths, progress=False, report=False)
     assert set(result.outcomes) == {"va", "au"}
     assert any("skipped: task expr" in w for w in result.warnings)
-    assert any("needs all three tasks" in w for w in result.warnings)
+    assert result.missing == {
+        "MTL_predictions.txt": "expr: task expr: no labelled validation rows to tune the blend on"
+    }
+    assert [p.name for p in result.submission_files] == ["VA_predictions.txt", "AU_predictions.txt"]
     with pytest.raises(InputError, match="no labelled validation rows"):
         blend_run(paths, tasks=["expr"], progress=False, report=False)
 

@@ -124,10 +124,19 @@ ABAW4_EXPECTED = (
 def test_mtl_submission_is_byte_exact(tmp_path, trailing_comma):
     # ABAW7 lists end each path with a comma; the manifest keeps the bare path, and so
     # does the submission.
+    # 1 of the 6 listed rows (frame 17, no image) is interpolated: allowed by --max-filled 0.2
     paths = write_toy(tmp_path, ABAW4_TEST, "mtl", MTL_SUBMISSION_HEADER, trailing_comma)
-    result = blend_run(paths, out_dir=tmp_path / "out", progress=False, options=EXACT, report=False)
+    result = blend_run(
+        paths,
+        out_dir=tmp_path / "out",
+        progress=False,
+        options=EXACT,
+        report=False,
+        max_filled=0.2,
+    )
     assert [p.name for p in result.submission_files] == ["MTL_predictions.txt"]
     assert result.submission_files[0].read_bytes() == ABAW4_EXPECTED.encode()
+    assert result.complete and result.shortfall() is None
 
 
 def test_abaw5_task_files_are_byte_exact(tmp_path):
@@ -184,7 +193,14 @@ def test_abaw3_per_video_files_cover_every_frame(tmp_path):
 
 def test_validate_accepts_written_file_and_reports_each_problem(tmp_path):
     paths = write_toy(tmp_path, ABAW4_TEST, "mtl", MTL_SUBMISSION_HEADER)
-    result = blend_run(paths, out_dir=tmp_path / "out", progress=False, options=EXACT, report=False)
+    result = blend_run(
+        paths,
+        out_dir=tmp_path / "out",
+        progress=False,
+        options=EXACT,
+        report=False,
+        max_filled=0.2,
+    )
     manifest = pd.read_parquet(paths.manifest)
     good = result.submission_files[0]
     assert validate_file(good, manifest) == []

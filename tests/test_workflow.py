@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 from affectpipe.blend import synthetic
 from affectpipe.blend.runner import run as blend_run
 from affectpipe.config import DatasetPaths
-from affectpipe.errors import InputError
+from affectpipe.errors import AffectpipeError, InputError
 from affectpipe.pipeline import cli
 from affectpipe.workflow import (
     DEMO_BACKBONES,
@@ -118,3 +119,34 @@ def test_demo_uses_random_init_cnns_and_openface_on_the_synthetic_dataset(tmp_pa
     assert extract_call[1] == (DEMO_BACKBONES,) and extract_call[2]["random_init"] is True
     assert result.notes == [RANDOM_INIT_NOTE]
     assert result.blend.submission_files == [tmp_path / "submission" / "MTL_predictions.txt"]
+
+
+def test_run_command_exits_1_without_the_requested_submission_unless_partial(tmp_path, monkeypatch):
+    class NoVaHeads(Recorder):  # an OpenFace-only cache: no VA candidate gets trained
+        def heads(self, paths, **options):
+            result = super().heads(paths, **options)
+            shutil.rmtree(paths.run(options["run"]) / "preds" / "va")
+            return result
+
+    monkeypatch.setattr(Stages, "default", classmethod(lambda cls: NoVaHeads().stages()))
+    args = ["--cache-dir", str(tmp_path / "cache"), "run", "--dataset", "toy"]
+    args += ["--data", str(tmp_path), "--format", "abaw-mtl", "--out", str(tmp_path / "sub")]
+    failed = CliRunner().invoke(cli, args)
+    assert isinstance(failed.exception, AffectpipeError), failed.output
+    assert failed.exception.exit_code == 1
+    assert "MTL_predictions.txt: va: no predictions under" in str(failed.exception)
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == [
+        "AU_predictions.txt",
+        "EXPR_predictions.txt",
+    ]
+    accepted = CliRunner().invoke(cli, [*args, "--partial"])
+    assert accepted.exit_code == 0, accepted.output
+    assert "not written (--partial): MTL_predictions.txt" in accepted.output
+
+
+def test_demo_command_exits_0_with_the_mtl_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(Stages, "default", classmethod(lambda cls: Recorder().stages()))
+    monkeypatch.setattr("affectpipe.data.synthetic.write_demo_dataset", lambda root, **_: root)
+    result = CliRunner().invoke(cli, ["demo", "--workdir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert f"submission:  {tmp_path / 'submission' / 'MTL_predictions.txt'}" in result.output

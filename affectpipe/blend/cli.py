@@ -7,23 +7,66 @@ from pathlib import Path
 
 import click
 
-from affectpipe.config import DEFAULT_RUN, Settings
-from affectpipe.errors import InputError
+from affectpipe.config import BLEND_PREFER, DEFAULT_MAX_FILLED, DEFAULT_RUN, Settings
+from affectpipe.errors import AffectpipeError, InputError
 from affectpipe.schema import TASKS
 
 FORMAT_CHOICES = ("mtl", "va", "expr", "au")
 
 
 def echo_scores(result) -> None:
-    """A short table of validation scores: best single candidate, tuned, cross-fitted."""
-    click.echo(f"{'task':<6} {'best single':>12} {'tuned (val)':>12} {'cross-fitted':>13}")
-    rows = list(result.scores.items())
+    """Validation scores: best single candidate, the blend tuned and cross-fitted, the best
+    single candidate cross-fitted, and what the submission uses."""
+    click.echo(
+        f"{'task':<6} {'best single':>12} {'tuned (val)':>12} {'cross-fitted':>13} "
+        f"{'single x-fit':>13}  uses"
+    )
+    rows = [(task, s, result.outcomes[task].choice) for task, s in result.scores.items()]
     if result.p_mtl:
-        rows.append(("P_MTL", result.p_mtl))
-    for task, s in rows:
+        rows.append(("P_MTL", result.p_mtl, ""))
+    for task, s, uses in rows:
         click.echo(
-            f"{task:<6} {s['best_single']:>12.4f} {s['tuned']:>12.4f} {s['crossfit']:>13.4f}"
+            f"{task:<6} {s['best_single']:>12.4f} {s['tuned']:>12.4f} {s['crossfit']:>13.4f} "
+            f"{s['single_crossfit']:>13.4f}  {uses}".rstrip()
         )
+
+
+def echo_outcome(result, partial: bool) -> None:
+    """Print a blend's choices, warnings and files; raise (exit 1) when the submission the
+    test list asks for was not written, unless `partial` accepts what was."""
+    for note in result.choices:
+        click.echo(note)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"blend.json:  {result.blend_json}")
+    if result.report:
+        click.echo(f"report:      {result.report}")
+    for path in result.submission_files[:5]:
+        click.echo(f"submission:  {path}")
+    if len(result.submission_files) > 5:
+        click.echo(f"             ... {len(result.submission_files) - 5} more files")
+    shortfall = result.shortfall(partial)
+    if shortfall:
+        raise AffectpipeError(shortfall)
+    for name, why in result.missing.items():  # accepted by --partial: still said
+        click.echo(f"warning: not written (--partial): {name}: {why}", err=True)
+
+
+partial_option = click.option(
+    "--partial",
+    is_flag=True,
+    help="Accept per-task output: exit 0 when some submission file was written, although "
+    "the test list asks for more (what is missing is still named).",
+)
+max_filled_option = click.option(
+    "--max-filled",
+    default=DEFAULT_MAX_FILLED,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Largest share of a task's listed test rows that may lack a real prediction "
+    "(interpolated from neighbouring frames or the training prior); above it the task's "
+    "file is not written and the command exits 1.",
+)
 
 
 @click.command()
@@ -54,6 +97,16 @@ def echo_scores(result) -> None:
     type=click.IntRange(1),
     help="Processes for tuning and cross-fit folds (worth it on big validation sets).",
 )
+@click.option(
+    "--prefer",
+    type=click.Choice(BLEND_PREFER),
+    default="best",
+    show_default=True,
+    help="best: the blend, unless the cross-fitted best single candidate beats it; "
+    "blend: the blend always.",
+)
+@partial_option
+@max_filled_option
 @click.option("--no-report", is_flag=True, help="Skip report.html.")
 @click.pass_obj
 def blend(
@@ -66,6 +119,9 @@ def blend(
     no_smoothing: bool,
     folds: int,
     jobs: int,
+    prefer: str,
+    partial: bool,
+    max_filled: float,
     no_report: bool,
 ) -> None:
     """Tune blends on validation and write submission files and a report.
@@ -73,9 +129,11 @@ def blend(
     Per task, non-negative candidate weights are tuned on the validation rows (CCC per
     dimension for VA, macro F1 for EXPR, mean F1 for AU), then VA calibration or EXPR class
     offsets, per-AU thresholds and a per-video smoothing window. Besides the (optimistic)
-    tuned score, a cross-fitted score tunes on some validation videos and scores the others.
-    Writes runs/<run>/blend/blend.json, report.html and the submission files the dataset's
-    test list calls for.
+    tuned score, a cross-fitted score tunes on some validation videos and scores the others;
+    when the best single candidate cross-fits better than the blend, the submission uses it.
+    Writes the submission files the dataset's test list calls for, report.html and, last,
+    runs/<run>/blend/blend.json. Exits 1 when a requested file could not be written (it
+    says which and why), unless --partial.
     """
     from affectpipe.blend.runner import run
     from affectpipe.blend.tuning import BlendOptions
@@ -85,6 +143,7 @@ def blend(
         smoothing=not no_smoothing,
         crossfit_folds=folds,
         n_jobs=jobs,
+        prefer=prefer,
     )
     result = run(
         settings.dataset(dataset),
@@ -94,17 +153,10 @@ def blend(
         progress=True,
         options=options,
         report=not no_report,
+        max_filled=max_filled,
     )
     echo_scores(result)
-    for warning in result.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    click.echo(f"blend.json:  {result.blend_json}")
-    if result.report:
-        click.echo(f"report:      {result.report}")
-    for path in result.submission_files[:5]:
-        click.echo(f"submission:  {path}")
-    if len(result.submission_files) > 5:
-        click.echo(f"             ... {len(result.submission_files) - 5} more files")
+    echo_outcome(result, partial)
 
 
 @click.command("validate-submission")
@@ -124,23 +176,35 @@ def validate_submission(settings: Settings, file: Path, dataset: str, fmt: str |
     repeated), the number of fields, value ranges (VA in [-1, 1]) and integer fields
     (expression 0..7, AUs 0/1). FILE may also be an ABAW3 per-video folder (one
     <video>.txt per test video, frames 1..last). Prints every problem with its line
-    number; exits with status 2 when the submission is invalid.
+    number; exits with status 2 when the submission is invalid. Warns (exit 0) about value
+    columns that never change (a prior is not a prediction) and about a file that differs
+    from what the dataset's blend.json recorded for it.
     """
-    from affectpipe.blend.validate import validate_file, validate_video_folder
-    from affectpipe.manifest import read_manifest
+    from affectpipe.blend import validate
+    from affectpipe.manifest import read_manifest, read_manifest_metadata
 
-    manifest = read_manifest(settings.dataset(dataset).manifest)
+    paths = settings.dataset(dataset)
+    manifest = read_manifest(paths.manifest)
+    metadata = read_manifest_metadata(paths.manifest)
     if not (manifest["split"] == "test").any():
         raise InputError(f"dataset {dataset!r} has no test rows to check against")
     if file.is_dir():
-        found = validate_video_folder(file, manifest, fmt)
+        found = validate.validate_video_folder(file, manifest, fmt, metadata)
         problems = [problem for _, problem in found]
         for name, problem in found:
             click.echo(f"{file / name}:{problem}", err=True)
+        kind, rows = fmt or validate.folder_task(file), validate.folder_value_rows(file)
     else:
-        problems = validate_file(file, manifest, fmt)
+        problems = validate.validate_file(file, manifest, fmt, metadata)
         for problem in problems:
             click.echo(f"{file}:{problem}", err=True)
+        with open(file, encoding="utf-8") as handle:
+            kind = fmt or validate.detect_format(handle.readline().rstrip("\r\n"))
+        rows = validate.file_value_rows(file)
+    warnings = validate.constant_columns(rows, kind) if kind else []
+    warnings += validate.blend_record_warnings(paths.root / "runs", file)
+    for warning in warnings:
+        click.echo(f"{file}: warning: {warning}", err=True)
     if problems:
         click.echo(f"{file}: INVALID ({len(problems)} problem(s))", err=True)
         sys.exit(2)

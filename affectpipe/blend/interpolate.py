@@ -13,9 +13,17 @@ import numpy as np
 
 @dataclass(frozen=True)
 class FillReport:
-    filled_rows: int  # rows interpolated or copied from a neighbour
-    prior_groups: int  # groups (videos) with no prediction at all, given the prior
-    prior_rows: int
+    interpolated: np.ndarray  # [N] bool: rows interpolated or copied from a neighbour
+    prior: np.ndarray  # [N] bool: rows of a group (video) without any prediction: the prior
+    prior_groups: int
+
+    @property
+    def filled_rows(self) -> int:
+        return int(self.interpolated.sum())
+
+    @property
+    def prior_rows(self) -> int:
+        return int(self.prior.sum())
 
 
 def interpolate_at(
@@ -40,18 +48,18 @@ def fill_missing(
     values = np.asarray(values, dtype=np.float32)
     missing = ~np.isfinite(values).all(axis=1)
     out = values.copy()
-    if not missing.any():
-        return out, FillReport(0, 0, 0)
-    filled = prior_groups = prior_rows = 0
+    interpolated = np.zeros(len(values), dtype=bool)
+    given_prior = np.zeros(len(values), dtype=bool)
+    prior_groups = 0
     for group in np.unique(groups[missing]):
         rows = np.flatnonzero(groups == group)
         known = rows[~missing[rows]]
         holes = rows[missing[rows]]
         if len(known) == 0:
             out[holes] = prior
+            given_prior[holes] = True
             prior_groups += 1
-            prior_rows += len(holes)
             continue
         out[holes] = interpolate_at(frames[known], values[known], frames[holes])
-        filled += len(holes)
-    return out, FillReport(filled, prior_groups, prior_rows)
+        interpolated[holes] = True
+    return out, FillReport(interpolated, given_prior, prior_groups)

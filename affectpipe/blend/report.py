@@ -24,6 +24,7 @@ body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px}
 th{background:#eee}td.num{text-align:right;font-family:monospace}
 .warn{background:#fff3cd;border:2px solid #e0a800;padding:.8em;font-weight:bold}
+.note{background:#eef5ff;padding:.5em}
 img{max-width:100%}
 """
 STAGE_LABELS = {
@@ -112,6 +113,41 @@ def _au_plot(outcome) -> str:
 PLOTS = {"va": _va_plot, "expr": _expr_plots, "au": _au_plot}
 
 
+def _item_table(rules, outcome, post: dict[str, list[float]]) -> tuple[str, list[str]]:
+    """Per class / AU / dimension: label support, tuned and cross-fitted scores, the tuned
+    correction; and a warning per item without support."""
+    tuned = rules.per_item(outcome.val_details)
+    crossfit = rules.per_item(outcome.crossfit_details) if outcome.crossfit_details else {}
+    metric = "CCC" if rules.name == "va" else "F1"
+    header = ["item", "train support", "val support", f"{metric} tuned", f"{metric} cross-fitted"]
+    header += list(post)
+    rows, warnings = [], []
+    for i, item in enumerate(tuned):
+        train, val = outcome.support["train"][item], outcome.support["val"][item]
+        row = [item, str(train), str(val), _num(tuned[item]), _num(crossfit.get(item))]
+        rows.append(row + [f"{values[i]:.3f}" for values in post.values()])
+        what = {"va": "labelled row", "expr": "row of this class"}.get(rules.name, "positive")
+        if not val:
+            warnings.append(
+                f"{rules.name.upper()} {item}: no {what} in validation: its {metric} is 0 by "
+                "definition and says nothing"
+            )
+        if not train:
+            warnings.append(
+                f"{rules.name.upper()} {item}: no {what} in training: the heads cannot have "
+                "learnt it"
+            )
+    return _table(header, rows), warnings
+
+
+def _weights_table(outcome, weights: dict[str, dict[str, float]]) -> str:
+    groups = list(weights)
+    rows = [
+        [name, *(f"{weights[g].get(name, 0.0):.3f}" for g in groups)] for name in outcome.candidates
+    ]
+    return _table(["candidate", *(f"weight ({g})" for g in groups)], rows)
+
+
 def _task_section(task: str, outcome, info: dict[str, Any]) -> str:
     rules = rules_for(task)
     rows = [[f"candidate {name}", _num(s)] for name, s in outcome.candidate_scores.items()]
@@ -123,25 +159,110 @@ def _task_section(task: str, outcome, info: dict[str, Any]) -> str:
     rows.append(
         [f"cross-fitted final ({outcome.crossfit_folds} video folds)", _num(outcome.crossfit_score)]
     )
-    weights = "; ".join(
-        f"{group}: " + ", ".join(f"{n} {w:.2f}" for n, w in ws.items())
-        for group, ws in info["weights"].items()
-    )
+    for kind, label in (("blend", "blend"), ("single", "best single candidate")):
+        rows.append([f"{label}: cross-fitted", _num(outcome.alternatives[kind]["crossfit"])])
     smoothing = info["smoothing"]
     window = (
         "none"
         if smoothing["half_width"] == 0
         else f"{smoothing['kernel']}, {smoothing['half_width']} listed frames each side"
     )
-    post = html.escape(str({k: np.round(v, 3).tolist() for k, v in info[rules.post_name].items()}))
+    items, warnings = _item_table(rules, outcome, info[rules.post_name])
+    used = "the blend" if outcome.choice == "blend" else "the best single candidate"
+    note_class = "warn" if "below" in outcome.choice_note else "note"
+    fill = outcome.fill
     return (
         f"<h2>{task.upper()}</h2>"
+        + f'<p class="{note_class}">Submission uses {used}. {html.escape(outcome.choice_note)}</p>'
         + _table(["validation score", "value"], rows)
-        + f"<p>Weights: {html.escape(weights)}<br>Smoothing: {html.escape(window)}<br>"
-        f"{rules.post_name}: {post}</p>"
+        + f"<h3>Per {'dimension' if task == 'va' else 'class' if task == 'expr' else 'AU'}: "
+        f"support, scores and tuned {html.escape(rules.post_name)}</h3>"
+        + items
+        + "".join(f'<p class="warn">{html.escape(w)}</p>' for w in warnings)
+        + "<h3>Weights</h3>"
+        + _weights_table(outcome, info["weights"])
+        + f"<p>Smoothing: {html.escape(window)}</p>"
+        + _table(
+            [
+                "test rows listed",
+                "predicted",
+                "interpolated (image, no prediction)",
+                "interpolated (no image file)",
+                "training prior",
+            ],
+            [
+                [
+                    str(fill.listed),
+                    str(fill.listed - fill.interpolated - fill.imageless - fill.prior),
+                    str(fill.interpolated),
+                    str(fill.imageless),
+                    str(fill.prior),
+                ]
+            ],
+        )
         + f"<p><i>Data: {html.escape(info['data']['tuned'])}. Cross-fitted: "
         f"{html.escape(info['data']['crossfit'])}.</i></p>" + PLOTS[task](outcome)
     )
+
+
+def _provenance_section(prov: dict[str, Any]) -> str:
+    rows = [
+        ["date (UTC)", prov["date"]],
+        ["command", prov["command"]],
+        *([f"{name} version", str(v)] for name, v in prov["versions"].items()),
+        ["manifest", prov["manifest"]["path"]],
+        ["manifest fingerprint", str(prov["manifest"]["fingerprint"])],
+    ]
+    esc = html.escape
+    features = _table(
+        ["backbone", "used by a candidate", "weights sha256", "random init", "file"],
+        [
+            [
+                b,
+                "yes" if r["used"] else "no",
+                esc(str(r["weights_sha256"])),
+                "YES" if r["random_init"] else "no",
+                esc(r["path"]),
+            ]
+            for b, r in prov["features"].items()
+        ],
+    )
+    predictions = _table(
+        ["task", "candidate", "prediction file sha256"],
+        [
+            [t, esc(name), esc(sha)]
+            for t, files in prov["predictions"].items()
+            for name, sha in files.items()
+        ],
+    )
+    return (
+        "<h2>Provenance</h2>"
+        + _table(["", ""], [[k, html.escape(v)] for k, v in rows])
+        + "<h3>Feature files</h3>"
+        + features
+        + "<h3>Inputs</h3>"
+        + predictions
+    )
+
+
+def _submission_section(document: dict[str, Any]) -> str:
+    status = document["submission"]
+    files = [entry["path"] for entry in document["submission_files"]]
+    if status["missing"]:
+        head = (
+            '<p class="warn">INCOMPLETE: the test list asks for '
+            + html.escape(", ".join(status["requested"]))
+            + "; not written: "
+            + html.escape("; ".join(f"{k}: {v}" for k, v in status["missing"].items()))
+            + "</p>"
+        )
+    elif status["requested"]:
+        head = "<p>Complete: " + html.escape(", ".join(status["requested"])) + "</p>"
+    else:
+        head = "<p>The dataset has no test rows: no submission asked for.</p>"
+    items = "".join(f"<li>{html.escape(f)}</li>" for f in files[:50])
+    more = f"<p>... and {len(files) - 50} more</p>" if len(files) > 50 else ""
+    return f"<h2>Submission files ({len(files)})</h2>{head}<ul>{items}</ul>{more}"
 
 
 def write_report(
@@ -160,36 +281,43 @@ def write_report(
         f"run {html.escape(document['run'])}</h1>",
     ]
     parts += [f'<p class="warn">{html.escape(n)}</p>' for n in notes]
+    parts.append(_submission_section(document))
+    kinds = ("best_single", "tuned", "crossfit", "single_crossfit", "submitted_crossfit")
     summary_rows = [
-        [task.upper(), _num(s["best_single"]), _num(s["tuned"]), _num(s["crossfit"])]
+        [task.upper(), *(_num(s[k]) for k in kinds), outcomes[task].choice]
         for task, s in document["scores"].items()
     ]
     if document["p_mtl"]:
         p = document["p_mtl"]
-        summary_rows.append(
-            ["P_MTL", _num(p["best_single"]), _num(p["tuned"]), _num(p["crossfit"])]
-        )
+        summary_rows.append(["P_MTL", *(_num(p[k]) for k in kinds), ""])
     parts.append(
         _table(
-            ["task", "best single candidate", "blend, tuned on val", "blend, cross-fitted"],
+            [
+                "task",
+                "best single candidate (val)",
+                "blend, tuned on val",
+                "blend, cross-fitted",
+                "best single, cross-fitted",
+                "submitted, cross-fitted",
+                "submission uses",
+            ],
             summary_rows,
         )
     )
     parts.append(
         "<p>The tuned score is measured on the validation rows it was tuned on and is "
         "optimistic; the cross-fitted score tunes on some validation videos and scores the "
-        "others, rotating over folds: expect the test score nearer to it.</p>"
+        "others, rotating over folds: expect the test score nearer to it. The best single "
+        "candidate is chosen, corrected and smoothed the same way; the submission uses it "
+        "when it cross-fits better than the blend.</p>"
     )
     for task, outcome in outcomes.items():
         parts.append(_task_section(task, outcome, document["tasks"][task]))
-    files = document["submission_files"]
-    parts.append(f"<h2>Submission files ({len(files)})</h2><ul>")
-    parts += [f"<li>{html.escape(f)}</li>" for f in files[:50]]
-    parts.append("</ul>" + (f"<p>... and {len(files) - 50} more</p>" if len(files) > 50 else ""))
     if document["warnings"]:
         parts.append("<h2>Warnings</h2><ul>")
         parts += [f"<li>{html.escape(w)}</li>" for w in document["warnings"]]
         parts.append("</ul>")
+    parts.append(_provenance_section(document["provenance"]))
     parts.append("</body></html>")
     write_text_atomic(path, "\n".join(parts))
     return path

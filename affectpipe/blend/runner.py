@@ -1,11 +1,29 @@
-"""`blend.run`: tune every task of a run on validation, write submissions, blend.json, report."""
+"""`blend.run`: tune every task of a run on validation, write submissions, blend.json, report.
+
+A blend either delivers the submission the dataset's test list asks for or says what is
+missing and why (`BlendResult.missing`; the CLI exits 1 unless `--partial`). Per task, the
+cross-fitted blend competes with the cross-fitted best single candidate (the same tuning
+restricted to one candidate); the submission uses the better one unless `prefer="blend"`.
+
+Commit order, so that a killed blend never leaves a blend.json that describes other files
+than the submission beside it: everything is tuned first (nothing written); then the
+previous blend.json and report go, with the submission files it recorded (only those in
+this output folder and unchanged since); the new submission files and the report are
+written, and blend.json last, recording each file's sha256.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import platform
+import shlex
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +32,24 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from affectpipe import __version__
-from affectpipe.blend import submission
 from affectpipe.blend.interpolate import fill_missing, interpolate_at
 from affectpipe.blend.predictions import available_tasks, load_candidates
 from affectpipe.blend.smoothing import VideoOrder, group_codes
+from affectpipe.blend.submission import STYLES, Request, requested_submissions, task_test_rows
 from affectpipe.blend.tasks import TaskRules, rules_for
 from affectpipe.blend.tuning import (
+    TOL,
     BlendOptions,
     TaskBlend,
     continuous_outputs,
     tune_task,
 )
-from affectpipe.config import DatasetPaths
+from affectpipe.config import BLEND_PREFER, DEFAULT_MAX_FILLED, DatasetPaths
 from affectpipe.errors import InputError
-from affectpipe.fsutil import file_lock, write_text_atomic
+from affectpipe.fsutil import file_lock, sha256_file, write_text_atomic
 from affectpipe.manifest import read_manifest, read_manifest_metadata
 from affectpipe.metrics import mtl_score
+from affectpipe.schema import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +58,56 @@ class NoValidationLabels(InputError):
     """A task has predictions but no validation label to tune its blend on."""
 
 
+@dataclass(frozen=True)
+class FillCounts:
+    """How the listed test rows of a task got their values from the candidates used."""
+
+    listed: int
+    interpolated: int  # rows with an image but no prediction: from neighbouring frames
+    imageless: int  # rows without an image file, interpolated from neighbouring frames
+    prior: int  # rows of a video without any prediction: the training prior
+
+    def unpredicted(self, lists_imageless_frames: bool) -> int:
+        """Rows without a real prediction; per-task lists ask for frames without an image,
+        so filling those is expected there (abaw-formats.md §3.5)."""
+        expected = self.imageless if lists_imageless_frames else 0
+        return self.interpolated + self.imageless + self.prior - expected
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "listed": self.listed,
+            "interpolated": self.interpolated,
+            "imageless_interpolated": self.imageless,
+            "prior": self.prior,
+        }
+
+
 @dataclass
 class TaskOutcome:
-    """One task's tuned blend, its validation scores and its test-row outputs."""
+    """One task's tuned blend (or single candidate), its validation scores and test outputs."""
 
     task: str
     candidates: list[str]
-    blend: TaskBlend
+    blend: TaskBlend  # the one the submission uses (see `choice`)
+    choice: str  # "blend" or "single"
+    choice_note: str
+    alternatives: dict[str, dict[str, float]]  # "blend"/"single" -> {"tuned", "crossfit"}
     candidate_scores: dict[str, float]
     crossfit_score: float
     crossfit_folds: int
     val_details: dict[str, Any]
+    crossfit_details: dict[str, Any] | None
+    support: dict[str, dict[str, int]]  # "train"/"val" -> {class or AU or dimension: count}
     val_labels: np.ndarray
     val_outputs: np.ndarray
-    test_rows: np.ndarray  # manifest rows, in manifest order
+    test_rows: np.ndarray  # manifest rows, in manifest (= list) order
     test_continuous: np.ndarray
     test_outputs: np.ndarray
     n_val: int
     n_val_labelled: int
     n_val_videos: int
-    filled: dict[str, int] = field(default_factory=dict)
+    fill: FillCounts
+    filled: dict[str, int] = field(default_factory=dict)  # over val and test, all candidates
 
     @property
     def final_score(self) -> float:
@@ -71,14 +121,86 @@ class BlendResult:
     report: Path | None
     submission_files: list[Path]
     outcomes: dict[str, TaskOutcome]
-    scores: dict[str, dict[str, float]]  # task -> {"tuned": .., "crossfit": .., "best_single": ..}
+    scores: dict[str, dict[str, float]]  # task -> {"tuned", "crossfit", "best_single", ...}
     p_mtl: dict[str, float] | None
     warnings: list[str]
+    requested: list[str] = field(default_factory=list)  # submission names the test list asks
+    missing: dict[str, str] = field(default_factory=dict)  # requested name -> why not written
+    choices: list[str] = field(default_factory=list)  # per task: blend or single, and why
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def shortfall(self, partial: bool = False) -> str | None:
+        """Why the run did not deliver (the CLI exits 1 with it), or None when it did.
+
+        With `partial`, per-task output is accepted as long as some submission file exists.
+        """
+        if not self.missing or (partial and self.submission_files):
+            return None
+        lines = [f"  {name}: {why}" for name, why in self.missing.items()]
+        written = ", ".join(p.name for p in self.submission_files[:5]) or "none"
+        hint = " (--partial accepts them)" if self.submission_files else ""
+        return (
+            "the submission the test list asks for was not written:\n"
+            + "\n".join(lines)
+            + f"\nwritten instead: {written}{hint}"
+        )
+
+
+def _choose(
+    rules: TaskRules,
+    fits: dict[str, tuple[TaskBlend, float]],
+    names: list[str],
+    prefer: str,
+) -> tuple[str, str]:
+    """'blend' or 'single', and a sentence saying which and why."""
+    (_, blend_score), (single_fit, single_score) = fits["blend"], fits["single"]
+    task = rules.name
+    if not np.isfinite(blend_score):
+        return "blend", f"{task}: no cross-fit (too few labelled validation videos): blend used"
+    picked = ", ".join(
+        f"{group.name}: {names[int(np.argmax(row))]}"
+        if len(rules.groups) > 1
+        else names[int(np.argmax(row))]
+        for group, row in zip(rules.groups, single_fit.weights, strict=True)
+    )
+    if single_score > blend_score + TOL:
+        loss = (
+            f"{task}: the cross-fitted blend ({blend_score:.4f}) scores below the cross-fitted "
+            f"best single candidate ({single_score:.4f})"
+        )
+        if prefer == "blend":
+            return "blend", f"{loss}; the blend is used as --prefer blend asks"
+        return "single", f"{loss}: the submission uses {picked} (--prefer blend to override)"
+    return "blend", (
+        f"{task}: blend used: cross-fitted {blend_score:.4f} vs {single_score:.4f} for the best "
+        "single candidate"
+    )
+
+
+def _test_fill(
+    reports: list, used: np.ndarray, is_test: np.ndarray, has_image: np.ndarray
+) -> FillCounts:
+    """Fill counts of the test rows over the candidates the chosen blend uses."""
+    prior = np.any([r.prior[is_test] for r, u in zip(reports, used, strict=True) if u], axis=0)
+    interpolated = np.any(
+        [r.interpolated[is_test] for r, u in zip(reports, used, strict=True) if u], axis=0
+    )
+    interpolated &= ~prior
+    return FillCounts(
+        listed=int(is_test.sum()),
+        interpolated=int((interpolated & has_image).sum()),
+        imageless=int((interpolated & ~has_image).sum()),
+        prior=int(prior.sum()),
+    )
 
 
 def _tune_task(
     rules: TaskRules,
     manifest: pd.DataFrame,
+    metadata: dict[str, Any],
     groups: np.ndarray,
     paths: DatasetPaths,
     run: str,
@@ -90,11 +212,16 @@ def _tune_task(
     labels_all = rules.labels(manifest)
     prior = rules.prior(labels_all[split == "train"])
     cands = load_candidates(paths, run, rules.name, manifest)
-    rows = cands.rows
-    filled_values, filled = [], {"interpolated": 0, "prior_rows": 0}
-    for name, values in zip(cands.names, cands.values, strict=True):
+    # Validation rows and this task's test-list rows (per-task lists share one manifest).
+    keep = (split[cands.rows] == "val") | np.isin(
+        cands.rows, task_test_rows(manifest, metadata, rules.name)
+    )
+    rows, cand_values = cands.rows[keep], cands.values[:, keep]
+    filled_values, reports, filled = [], [], {"interpolated": 0, "prior_rows": 0}
+    for name, values in zip(cands.names, cand_values, strict=True):
         out, report = fill_missing(values, groups[rows], frames[rows], prior)
         filled_values.append(out)
+        reports.append(report)
         filled["interpolated"] += report.filled_rows
         filled["prior_rows"] += report.prior_rows
         if report.prior_groups:
@@ -103,8 +230,8 @@ def _tune_task(
                 f"got the train prior ({report.prior_rows} rows)"
             )
     values = np.stack(filled_values)
-    is_val = split[rows] == "val"
-    val_rows, test_rows = rows[is_val], rows[split[rows] == "test"]
+    is_val, is_test = split[rows] == "val", split[rows] == "test"
+    val_rows, test_rows = rows[is_val], rows[is_test]
     val_labels = labels_all[val_rows]
     labelled = rules.labelled(val_labels)
     if not labelled.any():
@@ -113,9 +240,26 @@ def _tune_task(
         )
     val_values = values[:, is_val]
     val_order = VideoOrder.of(groups[val_rows], frames[val_rows])
-    fitted, crossfit = tune_task(
-        rules, val_values, val_labels, groups[val_rows], frames[val_rows], options
+    tuned = {
+        kind: tune_task(
+            rules, val_values, val_labels, groups[val_rows], frames[val_rows], kind_options
+        )
+        for kind, kind_options in (
+            ("blend", options),
+            ("single", replace(options, max_steps=1)),  # greedy selection stops at one
+        )
+    }
+    crossfit_scores = {
+        kind: rules.score(val_labels, cf[0]) if cf else float("nan")
+        for kind, (_, cf) in tuned.items()
+    }
+    choice, note = _choose(
+        rules,
+        {kind: (fit, crossfit_scores[kind]) for kind, (fit, _) in tuned.items()},
+        cands.names,
+        options.prefer,
     )
+    fitted, crossfit = tuned[choice]
     identity = rules.identity_post()
     candidate_scores = {
         name: rules.score(val_labels[labelled], rules.decide(v[labelled], identity))
@@ -124,16 +268,28 @@ def _tune_task(
     val_continuous = continuous_outputs(rules, fitted, val_values, val_order)
     val_outputs = rules.decide(val_continuous, fitted.post)
     test_order = VideoOrder.of(groups[test_rows], frames[test_rows])
-    test_values = values[:, split[rows] == "test"]
-    test_continuous = continuous_outputs(rules, fitted, test_values, test_order)
+    test_continuous = continuous_outputs(rules, fitted, values[:, is_test], test_order)
+    used = (fitted.weights > 0).any(axis=0)
+    has_image = manifest["has_image"].to_numpy(bool)[test_rows]
     return TaskOutcome(
         task=rules.name,
         candidates=cands.names,
         blend=fitted,
+        choice=choice,
+        choice_note=note,
+        alternatives={
+            kind: {"tuned": fit.stage_scores["smoothing"], "crossfit": crossfit_scores[kind]}
+            for kind, (fit, _) in tuned.items()
+        },
         candidate_scores=candidate_scores,
-        crossfit_score=rules.score(val_labels, crossfit[0]) if crossfit else float("nan"),
+        crossfit_score=crossfit_scores[choice],
         crossfit_folds=crossfit[1] if crossfit else 0,
         val_details=rules.details(val_labels, val_outputs),
+        crossfit_details=rules.details(val_labels, crossfit[0]) if crossfit else None,
+        support={
+            "train": rules.support(labels_all[split == "train"]),
+            "val": rules.support(val_labels),
+        },
         val_labels=val_labels,
         val_outputs=val_outputs,
         test_rows=test_rows,
@@ -142,6 +298,7 @@ def _tune_task(
         n_val=len(val_rows),
         n_val_labelled=int(labelled.sum()),
         n_val_videos=len(np.unique(groups[val_rows])),
+        fill=_test_fill(reports, used, is_test, has_image),
         filled=filled,
     )
 
@@ -160,94 +317,190 @@ def _per_video_outputs(
     return out
 
 
-def write_submissions(
-    manifest: pd.DataFrame,
-    metadata: dict[str, Any],
+def _fill_problem(outcome: TaskOutcome, request: Request, max_filled: float) -> str | None:
+    fill = outcome.fill
+    unpredicted = fill.unpredicted(lists_imageless_frames=request.style != "mtl")
+    if not fill.listed or unpredicted <= max_filled * fill.listed:
+        return None
+    imageless = f", {fill.imageless} without an image file" if request.style == "mtl" else ""
+    return (
+        f"{unpredicted} of its {fill.listed} listed test rows ({unpredicted / fill.listed:.1%}) "
+        f"have no real prediction ({fill.interpolated} interpolated{imageless}, {fill.prior} "
+        f"the training prior), over the limit of {max_filled:.0%} (--max-filled); check the "
+        "test images and their features"
+    )
+
+
+def plan_submissions(
+    requests: list[Request],
     outcomes: dict[str, TaskOutcome],
-    out_dir: Path,
-    warnings: list[str],
-) -> list[Path]:
-    """Write the files the dataset's test list calls for; returns their paths."""
-    test_list = metadata.get("test_list") or {}
-    style = test_list.get("style") or ("mtl" if metadata.get("format") == "abaw-mtl" else None)
-    if not outcomes or not len(next(iter(outcomes.values())).test_rows):
-        warnings.append("the manifest has no test rows: no submission written")
-        return []
-    images = manifest["image"].to_numpy(str)
-    written: list[Path] = []
-    if style == "mtl":
-        missing = [t for t in ("va", "expr", "au") if t not in outcomes]
-        if missing:
-            warnings.append(f"MTL submission needs all three tasks; missing {missing}")
-            return []
-        rows = outcomes["va"].test_rows
-        written.append(
-            submission.write_mtl(
-                out_dir / submission.MTL_FILE_NAME,
-                images[rows].tolist(),
-                outcomes["va"].test_outputs,
-                outcomes["expr"].test_outputs,
-                outcomes["au"].test_outputs,
+    reasons: dict[str, str],
+    max_filled: float,
+) -> tuple[list[Request], dict[str, str]]:
+    """The files to write, and each requested file that cannot be written with the reason.
+
+    A task is refused when more than `max_filled` of its listed test rows have no real
+    prediction. An MTL file missing a task is replaced by the per-task files of the others.
+    """
+    writes: list[Request] = []
+    missing: dict[str, str] = {}
+    for request in requests:
+        problems = {}
+        for task in request.tasks:
+            why = reasons.get(task) or (
+                _fill_problem(outcomes[task], request, max_filled) if task in outcomes else None
             )
-        )
-    elif style == "video-names":
-        for task, outcome in outcomes.items():
-            folder = out_dir / submission.TASK_FILE_NAMES[task]
-            for video, outputs in _per_video_outputs(rules_for(task), outcome, manifest).items():
-                written.append(submission.write_video_file(folder / f"{video}.txt", task, outputs))
-    else:  # "frame-lines" or a dataset without a declared style: one file per task
-        for task, outcome in outcomes.items():
-            name = f"{submission.TASK_FILE_NAMES[task]}_predictions.txt"
-            written.append(
-                submission.write_task_file(
-                    out_dir / name,
-                    task,
-                    images[outcome.test_rows].tolist(),
-                    outcome.test_outputs,
-                    test_list.get("header"),
-                )
-            )
-    return written
+            if why:
+                problems[task] = why
+        if not problems:
+            writes.append(request)
+            continue
+        missing[request.name] = "; ".join(f"{task}: {why}" for task, why in problems.items())
+        if len(request.tasks) > 1:
+            writes += [request.for_task(t) for t in request.tasks if t not in problems]
+    return writes, missing
+
+
+def _request_outputs(
+    request: Request, outcomes: dict[str, TaskOutcome], manifest: pd.DataFrame
+) -> dict[str, Any]:
+    if request.style == "video-names":
+        task = request.tasks[0]
+        return {task: _per_video_outputs(rules_for(task), outcomes[task], manifest)}
+    out = {}
+    for task in request.tasks:
+        outcome = outcomes[task]
+        out[task] = outcome.test_outputs[np.searchsorted(outcome.test_rows, request.rows)]
+    return out
 
 
 def summarise(outcomes: dict[str, TaskOutcome]) -> tuple[dict, dict | None]:
     scores = {
         task: {
             "best_single": max(o.candidate_scores.values()),
-            "tuned": o.final_score,
-            "crossfit": o.crossfit_score,
+            "tuned": o.alternatives["blend"]["tuned"],
+            "crossfit": o.alternatives["blend"]["crossfit"],
+            "single_crossfit": o.alternatives["single"]["crossfit"],
+            "submitted_crossfit": o.crossfit_score,
         }
         for task, o in outcomes.items()
     }
     p_mtl = None
-    if all(t in scores for t in ("va", "expr", "au")):
+    if all(t in scores for t in TASKS):
         p_mtl = {
             kind: mtl_score(scores["va"][kind], scores["expr"][kind], scores["au"][kind])
-            for kind in ("best_single", "tuned", "crossfit")
+            for kind in scores["va"]
         }
     return scores, p_mtl
+
+
+def feature_records(paths: DatasetPaths) -> dict[str, dict[str, Any]]:
+    """Identity attrs of the cached feature files, by backbone (unreadable files skipped)."""
+    import h5py
+
+    from affectpipe.features import decode_attrs
+
+    records = {}
+    for path in sorted(paths.features_dir.glob("*.h5")):
+        try:
+            with h5py.File(path, "r") as handle:
+                attrs = decode_attrs(handle.attrs)
+        except OSError:
+            continue  # unreadable files are reported by the stages that read them
+        backbone = str(attrs.get("backbone", path.stem))
+        records[backbone] = {
+            "path": str(path),
+            "weights_sha256": attrs.get("weights_sha256"),
+            "random_init": bool(attrs.get("random_init", False)),
+            "package_version": attrs.get("package_version"),
+            "complete": attrs.get("complete"),
+        }
+    return records
+
+
+def random_init_note(records: dict[str, dict[str, Any]]) -> str | None:
+    """A warning when some cached feature file was computed with random backbone weights."""
+    names = [backbone for backbone, r in records.items() if r["random_init"]]
+    if not names:
+        return None
+    return (
+        f"RANDOM-INIT FEATURES ({', '.join(names)}): these backbones were built with random "
+        "weights, not the pretrained models; their features are random projections and the "
+        "scores say nothing about the real backbones."
+    )
+
+
+def _candidate_backbones(name: str) -> tuple[str, ...]:
+    """Backbones a heads candidate (`<feature-set slug>__<model>`) reads; () if not one."""
+    from affectpipe.heads.featuresets import parse_feature_set
+
+    slug, separator, _ = name.rpartition("__")
+    if not separator:
+        return ()
+    try:
+        return parse_feature_set(slug).backbones
+    except InputError:
+        return ()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return package_metadata.version(package)
+    except package_metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(
+    paths: DatasetPaths,
+    run: str,
+    metadata: dict[str, Any],
+    outcomes: dict[str, TaskOutcome],
+    features: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """When, how and from what this blend was made: command, versions, input fingerprints."""
+    used = {b for o in outcomes.values() for n in o.candidates for b in _candidate_backbones(n)}
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": shlex.join(sys.argv),
+        "versions": {
+            "affectpipe": __version__,
+            "python": platform.python_version(),
+            **{p: _version(p) for p in ("torch", "numpy", "scikit-learn")},
+        },
+        "manifest": {"path": str(paths.manifest), "fingerprint": metadata.get("fingerprint")},
+        "features": {b: {**r, "used": b in used} for b, r in features.items()},
+        "predictions": {
+            task: {name: sha256_file(paths.preds(run, task, name)) for name in outcome.candidates}
+            for task, outcome in outcomes.items()
+        },
+    }
 
 
 def blend_json(
     outcomes: dict[str, TaskOutcome],
     scores: dict,
     p_mtl: dict | None,
-    files: list[Path],
     options: BlendOptions,
     run: str,
     warnings: list[str],
 ) -> dict[str, Any]:
+    """The blend's record, without the submission part (added when files are written)."""
     tasks = {}
     for task, o in outcomes.items():
         rules = rules_for(task)
         tasks[task] = {
             "candidates": o.candidates,
             "candidate_scores": o.candidate_scores,
+            "choice": o.choice,
+            "choice_note": o.choice_note,
+            "alternatives": o.alternatives,
             **o.blend.to_json(o.candidates, rules),
             "stage_scores": o.blend.stage_scores,
             "crossfit_score": o.crossfit_score,
             "crossfit_folds": o.crossfit_folds,
             "validation": o.val_details,
+            "validation_crossfit": o.crossfit_details,
+            "support": o.support,
             "data": {
                 "tuned": (
                     f"validation: {o.n_val} rows ({o.n_val_labelled} labelled) in "
@@ -259,6 +512,7 @@ def blend_json(
                 ),
             },
             "filled_rows": o.filled,
+            "test_fill": o.fill.to_json(),
             "test_rows": len(o.test_rows),
         }
     return {
@@ -271,37 +525,52 @@ def blend_json(
             "max_steps": options.max_steps,
             "crossfit_folds": options.crossfit_folds,
             "seed": options.seed,
+            "prefer": options.prefer,
         },
         "tasks": tasks,
         "scores": scores,
         "p_mtl": p_mtl,
-        "submission_files": [str(f) for f in files],
         "warnings": warnings,
     }
 
 
-def random_init_note(paths: DatasetPaths) -> str | None:
-    """A warning when some cached feature file was computed with random backbone weights."""
-    import h5py
+def _forget_previous(json_path: Path, report_path: Path, out_dir: Path) -> None:
+    """Remove the previous blend's record and report, then the submission files it wrote
+    into `out_dir` that are unchanged since (files elsewhere or edited are left alone)."""
+    recorded: list = []
+    # No previous blend, or an unreadable record: nothing of it to remove.
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        recorded = json.loads(json_path.read_text(encoding="utf-8")).get("submission_files", [])
+    json_path.unlink(missing_ok=True)
+    report_path.unlink(missing_ok=True)
+    out = out_dir.resolve()
+    for entry in recorded:
+        if not isinstance(entry, dict) or not {"path", "sha256"} <= entry.keys():
+            continue
+        path = Path(entry["path"])
+        unchanged = path.is_file() and sha256_file(path) == entry["sha256"]
+        if path.resolve().is_relative_to(out) and unchanged:
+            path.unlink()
 
-    from affectpipe.features import decode_attrs
 
-    names = []
-    for path in sorted(paths.features_dir.glob("*.h5")):
-        try:
-            with h5py.File(path, "r") as handle:
-                attrs = decode_attrs(handle.attrs)
-        except OSError:
-            continue  # unreadable files are reported by the stages that read them
-        if attrs.get("random_init"):
-            names.append(str(attrs.get("backbone", path.stem)))
-    if not names:
-        return None
-    return (
-        f"RANDOM-INIT FEATURES ({', '.join(names)}): these backbones were built with random "
-        "weights, not the pretrained models; their features are random projections and the "
-        "scores say nothing about the real backbones."
-    )
+def _reasons_for_unblended(
+    requested_tasks: set[str],
+    blended: Sequence[str],
+    explicit: bool,
+    skipped: dict[str, str],
+    paths: DatasetPaths,
+    run: str,
+) -> dict[str, str]:
+    reasons = dict(skipped)
+    for task in sorted(requested_tasks - set(blended) - set(skipped)):
+        if explicit:
+            reasons[task] = "not blended (only --task " + " --task ".join(blended) + " asked)"
+        else:
+            reasons[task] = (
+                f"no predictions under {paths.run(run) / 'preds' / task} (`pipeline heads` "
+                f"trained no {task} candidate: no {task} labels or no usable features)"
+            )
+    return reasons
 
 
 def run(
@@ -314,24 +583,33 @@ def run(
     options: BlendOptions | None = None,
     notes: Sequence[str] = (),
     report: bool = True,
+    max_filled: float = DEFAULT_MAX_FILLED,
 ) -> BlendResult:
     """Tune blends for the run's tasks on validation; write submissions, blend.json, report.
 
     Submission files go to `out_dir` (default `runs/<run>/blend/submission`); `notes` are
     shown prominently at the top of the report (e.g. that features come from random weights).
-    `report=False` skips report.html (plots take a few seconds).
+    `report=False` skips report.html (plots take a few seconds). A requested submission
+    that cannot be written (a task without predictions or validation labels, or more than
+    `max_filled` of its listed test rows without a real prediction) is named with the
+    reason in `BlendResult.missing`; the per-task files of the other tasks are written.
     """
     options = options or BlendOptions()
-    detected = random_init_note(paths)
+    if options.prefer not in BLEND_PREFER:
+        raise InputError(f"prefer must be one of {BLEND_PREFER}, not {options.prefer!r}")
+    features = feature_records(paths)
+    detected = random_init_note(features)
     notes = [*notes, *([detected] if detected and not notes else [])]
     manifest = read_manifest(paths.manifest)
     metadata = read_manifest_metadata(paths.manifest)
-    requested = bool(tasks)
+    explicit = bool(tasks)
     tasks = list(tasks) if tasks else available_tasks(paths, run)
     if not tasks:
         raise InputError(f"no predictions under {paths.run(run) / 'preds'}: run `pipeline heads`")
-    groups = group_codes(manifest["split"].to_numpy(str), manifest["video"].to_numpy(str))
+    split = manifest["split"].to_numpy(str)
+    groups = group_codes(split, manifest["video"].to_numpy(str))
     warnings: list[str] = []
+    skipped: dict[str, str] = {}
     blend_dir = paths.blend_dir(run)
     out_dir = Path(out_dir) if out_dir else blend_dir / "submission"
     with file_lock(paths.lock):
@@ -339,25 +617,56 @@ def run(
         for task in tqdm(tasks, desc="blend", unit="task", disable=not progress):
             try:
                 outcomes[task] = _tune_task(
-                    rules_for(task), manifest, groups, paths, run, options, warnings
+                    rules_for(task), manifest, metadata, groups, paths, run, options, warnings
                 )
             except NoValidationLabels as exc:
-                if requested:
+                if explicit:
                     raise
                 warnings.append(f"skipped: {exc}")
+                skipped[task] = str(exc)
         if not outcomes:
             raise InputError("no task could be blended: " + "; ".join(warnings))
-        files = write_submissions(manifest, metadata, outcomes, out_dir, warnings)
+        train = manifest[split == "train"]
+        labelled_tasks = [
+            task for task in TASKS if rules_for(task).labelled(rules_for(task).labels(train)).any()
+        ]
+        requests = requested_submissions(manifest, metadata, labelled_tasks)
+        reasons = _reasons_for_unblended(
+            {t for r in requests for t in r.tasks}, list(outcomes), explicit, skipped, paths, run
+        )
+        writes, missing = plan_submissions(requests, outcomes, reasons, max_filled)
+        if not requests:
+            warnings.append("the manifest has no test rows: no submission asked for or written")
         scores, p_mtl = summarise(outcomes)
-        document = blend_json(outcomes, scores, p_mtl, files, options, run, warnings)
+        document = blend_json(outcomes, scores, p_mtl, options, run, warnings)
         document["notes"] = list(notes)
+        document["provenance"] = provenance(paths, run, metadata, outcomes, features)
         json_path = blend_dir / "blend.json"
-        write_text_atomic(json_path, json.dumps(document, indent=2, allow_nan=True) + "\n")
         report_path = blend_dir / "report.html"
+        _forget_previous(json_path, report_path, out_dir)
+        images = manifest["image"].to_numpy(str)
+        files = [
+            path
+            for request in writes
+            for path in STYLES[request.style](
+                out_dir, request, images, _request_outputs(request, outcomes, manifest)
+            )
+        ]
+        document["submission"] = {
+            "requested": [r.name for r in requests],
+            "written": [r.name for r in writes],
+            "missing": missing,
+            "complete": not missing,
+            "max_filled": max_filled,
+        }
+        document["submission_files"] = [
+            {"path": str(path), "sha256": sha256_file(path)} for path in files
+        ]
         if report:
             from affectpipe.blend.report import write_report  # matplotlib: only when needed
 
             write_report(report_path, outcomes, document, metadata, notes)
+        write_text_atomic(json_path, json.dumps(document, indent=2, allow_nan=True) + "\n")
     for warning in warnings:
         log.warning(warning)
     return BlendResult(
@@ -369,4 +678,7 @@ def run(
         scores,
         p_mtl,
         warnings,
+        requested=[r.name for r in requests],
+        missing=missing,
+        choices=[o.choice_note for o in outcomes.values()],
     )

@@ -62,6 +62,14 @@ class VaRules:
     def score(self, labels: np.ndarray, outputs: np.ndarray) -> float:
         return metrics.va_scores(labels, outputs)["p_va"]
 
+    def per_item(self, details: dict[str, Any]) -> dict[str, float]:
+        return {"valence": details["ccc_valence"], "arousal": details["ccc_arousal"]}
+
+    def support(self, labels: np.ndarray) -> dict[str, int]:
+        """Labelled rows per item (CCC needs rows with both values)."""
+        n = int(self.labelled(labels).sum())
+        return {"valence": n, "arousal": n}
+
 
 class ExprRules:
     name = "expr"
@@ -103,6 +111,14 @@ class ExprRules:
 
     def score(self, labels: np.ndarray, outputs: np.ndarray) -> float:
         return metrics.expr_f1(labels, outputs)
+
+    def per_item(self, details: dict[str, Any]) -> dict[str, float]:
+        return dict(details["f1_per_class"])
+
+    def support(self, labels: np.ndarray) -> dict[str, int]:
+        """Rows labelled with each class (a class without any has F1 0 by definition)."""
+        counts = np.bincount(labels[labels >= 0], minlength=len(EXPR_NAMES))
+        return dict(zip(EXPR_NAMES, counts.tolist(), strict=True))
 
 
 class AuRules:
@@ -146,6 +162,13 @@ class AuRules:
 
     def score(self, labels: np.ndarray, outputs: np.ndarray) -> float:
         return metrics.au_f1(labels, outputs)
+
+    def per_item(self, details: dict[str, Any]) -> dict[str, float]:
+        return dict(details["f1_per_au"])
+
+    def support(self, labels: np.ndarray) -> dict[str, int]:
+        """Positive labels per AU (an AU without any has F1 0 by definition)."""
+        return dict(zip(AU_COLUMNS, (labels == 1).sum(axis=0).tolist(), strict=True))
 
 
 TaskRules = VaRules | ExprRules | AuRules

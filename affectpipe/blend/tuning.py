@@ -33,6 +33,8 @@ class BlendOptions:
     crossfit_folds: int = 3
     seed: int = 0
     n_jobs: int = 1  # processes for the full fit and the cross-fit folds (1: in-process)
+    # "best": the blend unless the cross-fitted best single candidate beats it; "blend": always
+    prefer: str = "best"
 
 
 @dataclass

@@ -1,13 +1,22 @@
-"""Check a submission file against a dataset's test list, reporting every problem by line."""
+"""Check a submission file against a dataset's test list, reporting every problem by line.
+
+Besides problems (the file is invalid), warnings: value columns that never change, and a
+file that differs from what the blend.json that wrote it recorded.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from affectpipe.blend.submission import task_test_rows
+from affectpipe.fsutil import sha256_file
 from affectpipe.schema import MTL_SUBMISSION_HEADER, TASK_HEADERS
 
 VALUE_COUNTS = {"va": 2, "expr": 1, "au": 12}
@@ -117,8 +126,23 @@ def validate_lines(lines: list[str], expected_images: list[str], fmt: str | None
     return problems
 
 
-def validate_file(path: Path, manifest: pd.DataFrame, fmt: str | None = None) -> list[Problem]:
-    """Problems of the submission `path` against the manifest's test rows (in list order)."""
+def _listed(manifest: pd.DataFrame, metadata: Mapping[str, Any] | None, fmt: str | None):
+    """Manifest rows of the test list a submission of `fmt` answers (per-task lists of one
+    dataset: that task's rows)."""
+    task = fmt if fmt in TASK_HEADERS else None
+    if task and metadata and metadata.get("test_lists"):
+        return manifest.iloc[task_test_rows(manifest, metadata, task)]
+    return manifest[manifest["split"] == "test"]
+
+
+def validate_file(
+    path: Path,
+    manifest: pd.DataFrame,
+    fmt: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> list[Problem]:
+    """Problems of the submission `path` against the manifest's test rows (in list order);
+    `metadata` (the manifest's) picks the task's rows when the dataset has per-task lists."""
     text = Path(path).read_text(encoding="utf-8")
     lines = text.split("\n")
     if lines and lines[-1] == "":
@@ -129,17 +153,20 @@ def validate_file(path: Path, manifest: pd.DataFrame, fmt: str | None = None) ->
         if line.endswith("\r")
     ]
     lines = [line.rstrip("\r") for line in lines]
-    test = manifest[manifest["split"] == "test"]
+    test = _listed(manifest, metadata, fmt or (detect_format(lines[0]) if lines else None))
     problems += validate_lines(lines, test["image"].astype(str).tolist(), fmt)
     return sorted(problems, key=lambda p: p.line)
 
 
 def validate_video_folder(
-    folder: Path, manifest: pd.DataFrame, fmt: str | None = None
+    folder: Path,
+    manifest: pd.DataFrame,
+    fmt: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> list[tuple[str, Problem]]:
     """Problems of an ABAW3 per-video submission folder: one `<video>.txt` per test video,
     the task header, then one line per frame 1..last. Returns (file name, problem) pairs."""
-    test = manifest[manifest["split"] == "test"]
+    test = _listed(manifest, metadata, fmt or folder_task(folder))
     last_frames = test.groupby("video", sort=False)["frame"].max()
     problems: list[tuple[str, Problem]] = []
     expected_names = {f"{video}.txt" for video in last_frames.index}
@@ -168,3 +195,83 @@ def validate_video_folder(
             message = f"{len(lines) - 1} frame lines, expected {last} (frames 1..{last})"
             problems.append((path.name, Problem(len(lines) + 1, message)))
     return problems
+
+
+def _column_names(fmt: str) -> list[str]:
+    """Names of the value fields of a data line (an EXPR line has one: the class code)."""
+    names = {"va": ["valence", "arousal"], "expr": ["expression"]}
+    names["au"] = TASK_HEADERS["au"].split(",")
+    return names["va"] + names["expr"] + names["au"] if fmt == "mtl" else names[fmt]
+
+
+def constant_columns(rows: list[list[str]], fmt: str) -> list[str]:
+    """Warnings for value columns that hold one value on every line (of several): the mark of
+    a prior or a default filled in for predictions."""
+    names = _column_names(fmt)
+    rows = [r for r in rows if len(r) == len(names)]
+    if len(rows) < 2:
+        return []
+    return [
+        f"column {name} is {values.pop()!r} on all {len(rows)} lines: a constant, not "
+        "predictions (a training prior or a default?)"
+        for k, name in enumerate(names)
+        if len(values := {r[k] for r in rows}) == 1
+    ]
+
+
+def file_value_rows(path: Path) -> list[list[str]]:
+    """The value fields of each data line of a single-file submission (image field dropped)."""
+    lines = Path(path).read_text(encoding="utf-8").split("\n")[1:]
+    return [line.rstrip("\r").split(",")[1:] for line in lines if line.strip()]
+
+
+def folder_task(folder: Path) -> str | None:
+    """The task of a per-video folder, from the header of its first file."""
+    for path in sorted(Path(folder).glob("*.txt")):
+        with open(path, encoding="utf-8") as handle:
+            header = handle.readline().rstrip("\r\n")
+        return next((t for t, h in TASK_HEADERS.items() if h == header), None)
+    return None
+
+
+def folder_value_rows(folder: Path) -> list[list[str]]:
+    """The value fields of every data line of every file of a per-video folder."""
+    rows = []
+    for path in sorted(Path(folder).glob("*.txt")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        rows += [line.split(",") for line in lines[1:] if line]
+    return rows
+
+
+def blend_record_warnings(runs_dir: Path, file: Path) -> list[str]:
+    """Compare `file` (or the files in the folder) with what each blend.json under
+    `runs_dir` recorded: a blend.json records the sha256 of every file it wrote, so a
+    mismatch means the file is not the one that blend describes."""
+    target = Path(file).resolve()
+    warnings, seen = [], False
+    for record in sorted(Path(runs_dir).glob("*/blend/blend.json")):
+        try:
+            entries = json.loads(record.read_text(encoding="utf-8")).get("submission_files", [])
+        except (OSError, ValueError, AttributeError):
+            warnings.append(f"{record}: unreadable blend record")
+            continue
+        for entry in entries:
+            if not isinstance(entry, dict) or "path" not in entry:
+                continue
+            path = Path(entry["path"]).resolve()
+            if path != target and not path.is_relative_to(target):
+                continue
+            seen = True
+            if not path.is_file():
+                warnings.append(f"{path}: recorded in {record} but missing")
+            elif sha256_file(path) != entry.get("sha256"):
+                warnings.append(
+                    f"{path}: differs from the file {record} recorded (written by another "
+                    "blend run or edited since); rerun `pipeline blend`"
+                )
+    if not seen:
+        warnings.append(
+            f"no blend.json under {runs_dir} records {file} (not written by `pipeline blend`, "
+            "or that blend did not finish)"
+        )
+    return warnings
