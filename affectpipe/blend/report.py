@@ -32,7 +32,9 @@ STAGE_LABELS = {
     "calibration": "+ VA affine calibration",
     "offsets": "+ EXPR class offsets",
     "thresholds": "+ per-AU thresholds",
-    "smoothing": "+ temporal smoothing (final)",
+    "smoothing": "+ temporal smoothing",
+    "logit_adjustment": "+ logit adjustment (tau * log prior)",
+    "gating": "+ confidence gating by a backbone",
 }
 
 
@@ -148,14 +150,43 @@ def _weights_table(outcome, weights: dict[str, dict[str, float]]) -> str:
     return _table(["candidate", *(f"weight ({g})" for g in groups)], rows)
 
 
-def _task_section(task: str, outcome, info: dict[str, Any]) -> str:
-    rules = rules_for(task)
-    rows = [[f"candidate {name}", _num(s)] for name, s in outcome.candidate_scores.items()]
-    for stage, value in outcome.blend.stage_scores.items():
+def _stage_note(stage: str, fitted) -> str:
+    """Whether a stage is in force, and its tuned parameter."""
+    if stage == "logit_adjustment":
+        return f"yes (tau {fitted.tau:+.2f})" if fitted.tau else "no"
+    if stage == "gating":
+        gate = fitted.gate
+        return f"yes ({gate['source']} >= {gate['threshold']:.2f})" if gate else "no"
+    if stage == "smoothing":
+        return "yes" if fitted.half_width else "no (window 0)"
+    return "yes"
+
+
+def _stage_table(task: str, outcome) -> str:
+    """Stage -> tuned score, cross-fitted score, whether the submission applies it."""
+    fitted = outcome.blend
+    rows = []
+    for stage, tuned in fitted.stage_scores.items():
         label = STAGE_LABELS[stage]
         if task == "au" and stage == "blend":
             label += ", global threshold 0.5"
-        rows.append([label, _num(value)])
+        crossfit = fitted.crossfit_stage_scores.get(stage, float("nan"))
+        rows.append([label, _num(tuned), _num(crossfit), _stage_note(stage, fitted)])
+    note = (
+        "<p><i>Each row adds its stage to the rows above it. Logit adjustment and gating are "
+        "tuned inside every fold and kept only when they raise the cross-fitted score over "
+        "the rows above; the gating row is measured on top of the logit adjustment only "
+        "when that is kept.</i></p>"
+        if fitted.kept
+        else ""
+    )
+    header = ["stage", "tuned (val)", "cross-fitted", "kept"]
+    return _table(header, rows) + note
+
+
+def _task_section(task: str, outcome, info: dict[str, Any]) -> str:
+    rules = rules_for(task)
+    rows = [[f"candidate {name}", _num(s)] for name, s in outcome.candidate_scores.items()]
     rows.append(
         [f"cross-fitted final ({outcome.crossfit_folds} video folds)", _num(outcome.crossfit_score)]
     )
@@ -175,6 +206,8 @@ def _task_section(task: str, outcome, info: dict[str, Any]) -> str:
         f"<h2>{task.upper()}</h2>"
         + f'<p class="{note_class}">Submission uses {used}. {html.escape(outcome.choice_note)}</p>'
         + _table(["validation score", "value"], rows)
+        + "<h3>Stages</h3>"
+        + _stage_table(task, outcome)
         + f"<h3>Per {'dimension' if task == 'va' else 'class' if task == 'expr' else 'AU'}: "
         f"support, scores and tuned {html.escape(rules.post_name)}</h3>"
         + items
