@@ -137,3 +137,21 @@ def test_gate_sources_are_read_from_feature_files_joined_to_manifest_rows(tmp_pa
     values = sources.values[0]
     assert values[0].argmax() == 2 and values[2].argmax() == 5 and values[3].argmax() == 2
     assert np.isnan(values[1]).all()  # v/2.jpg is not ok
+
+
+@pytest.mark.slow
+def test_report_has_stage_table_and_time_series_of_temporal_candidates(tmp_path):
+    from affectpipe.blend import synthetic
+    from affectpipe.blend.runner import run as blend_run
+
+    paths = synthetic.write_synthetic_run(DatasetPaths.of(tmp_path, "synth"), n_candidates=2)
+    for task in ("va", "expr", "au"):
+        source = paths.preds("default", task, "cand1")
+        source.rename(source.with_name("feats__temporal.parquet"))
+    result = blend_run(paths, progress=False)
+    text = result.report.read_text()
+    assert text.count("Time series on validation videos") == 3
+    assert text.count("<th>kept</th>") == 3
+    assert "+ logit adjustment (tau * log prior)" in text and "+ confidence gating" in text
+    document = result.blend_json.read_text()
+    assert '"crossfit_stage_scores"' in document and '"kept"' in document

@@ -45,6 +45,7 @@ def _va_from_past(X, groups):
     return np.stack([valence, arousal], axis=1).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_temporal_head_learns_a_signal_in_previous_frames_a_frame_head_cannot_see():
     rng = np.random.default_rng(0)
     X, groups, frames = _videos(32, 48, 4, rng)
@@ -63,6 +64,7 @@ def test_temporal_head_learns_a_signal_in_previous_frames_a_frame_head_cannot_se
     assert temporal_ccc > 0.6
 
 
+@pytest.mark.slow
 def test_gru_learns_it_too_and_auto_keeps_the_better_architecture():
     rng = np.random.default_rng(1)
     X, groups, frames = _videos(30, 48, 4, rng)

@@ -110,6 +110,11 @@ class TaskOutcome:
     n_val_videos: int
     fill: FillCounts
     filled: dict[str, int] = field(default_factory=dict)  # over val and test, all candidates
+    # Candidates' (filled) validation values [M, n_val, K] with each row's video and frame,
+    # for the report's per-video time series.
+    val_candidates: np.ndarray | None = None
+    val_videos: np.ndarray | None = None
+    val_frames: np.ndarray | None = None
 
     @property
     def final_score(self) -> float:
@@ -318,6 +323,9 @@ def _tune_task(
         n_val_videos=len(np.unique(groups[val_rows])),
         fill=_test_fill(reports, used, is_test, has_image),
         filled=filled,
+        val_candidates=val_values,
+        val_videos=groups[val_rows],
+        val_frames=frames[val_rows],
     )
 
 
