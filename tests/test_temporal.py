@@ -82,7 +82,7 @@ def test_missing_labels_never_reach_the_loss_and_not_ok_features_are_masked():
     y = _va_from_past(X, groups)
     missing = rng.random(len(X)) < 0.3
     ok = rng.random(len(X)) > 0.1
-    params = {"task": "va", "arch": "tcn", **FAST, "max_epochs": 2}
+    params = {"task": "va", "arch": "tcn", **FAST, "max_epochs": 1}
 
     def fitted(labels, features):
         head = TemporalHead(**params).fit(features, labels, groups, frames, ok)
@@ -102,11 +102,11 @@ def test_missing_labels_never_reach_the_loss_and_not_ok_features_are_masked():
     expr_a, expr_b = expr.copy(), expr.copy()
     expr_a[missing], expr_b[missing] = -1, -9
     for labels in (expr_a, expr_b):
-        head = TemporalHead(task="expr", arch="gru", **{**FAST, "max_epochs": 2})
+        head = TemporalHead(task="expr", arch="gru", **{**FAST, "max_epochs": 1})
         head.fit(X, labels, groups, frames, ok)
     np.testing.assert_array_equal(
         head.predict_outputs(X, groups, frames, ok),
-        TemporalHead(task="expr", arch="gru", **{**FAST, "max_epochs": 2})
+        TemporalHead(task="expr", arch="gru", **{**FAST, "max_epochs": 1})
         .fit(X, expr_a, groups, frames, ok)
         .predict_outputs(X, groups, frames, ok),
     )
@@ -137,7 +137,7 @@ def test_frame_gaps_are_an_input_and_row_order_does_not_matter():
 def test_sequences_share_repeated_frames_and_cover_every_frame_with_windows():
     groups = np.array([0, 0, 0, 1, 1, 0])
     frames = np.array([5, 1, 9, 2, 2, 1])  # row 5 repeats (video 0, frame 1)
-    seq = Sequences.of(groups, frames, window=2)
+    seq = Sequences.of(groups, frames, window=2, step=1)
     assert seq.key_of_row[1] == seq.key_of_row[5]
     assert seq.key_of_row[3] == seq.key_of_row[4]
     np.testing.assert_array_equal(seq.frame, [1, 5, 9, 2])
@@ -154,7 +154,7 @@ def test_same_seed_same_predictions_other_seed_other_predictions():
     ok = np.ones(len(X), dtype=bool)
 
     def run(seed):
-        head = TemporalHead(task="va", **{**FAST, "max_epochs": 2}, random_state=seed)
+        head = TemporalHead(task="va", **{**FAST, "max_epochs": 1}, random_state=seed)
         return head.fit(X, y, groups, frames, ok).predict_outputs(X, groups, frames, ok)
 
     np.testing.assert_array_equal(run(0), run(0))

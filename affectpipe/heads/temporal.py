@@ -4,13 +4,14 @@ Per video (one split's rows of one video), frames in frame order; the input of e
 its scaled feature row (zeros when the features are not ok), an ok flag and the log of the
 gaps to the previous and next listed frame (s-Aff-Wild2 lists subsampled frames, so the
 model sees how far apart its neighbours are). Rows that repeat a (video, frame) key share one
-position. Videos are cut into windows of `window` listed frames (half-overlapping); windows
-of many videos are batched together. Two architectures, chosen on a held-out part of the
-train videos (`arch="auto"`): a residual stack of dilated 1-D convolutions (`tcn`) and a
-bidirectional GRU (`gru`). Losses are the frame heads' (CCC for VA, weighted cross-entropy /
-focal for EXPR, weighted BCE for AUs) over the frames with ok features and a valid label:
-a missing label never reaches the loss. Predictions average the overlapping windows with
-weights peaking at each window's centre; frames whose features are not ok get none (NaN).
+position. Videos are cut into windows of `window` listed frames (side by side for training,
+half-overlapping for predictions); windows of many videos are batched together. Two
+architectures, chosen on a held-out part of the train videos (`arch="auto"`): a residual
+stack of dilated 1-D convolutions (`tcn`) and a bidirectional GRU (`gru`). Losses are the
+frame heads' (CCC for VA, weighted cross-entropy / focal for EXPR, weighted BCE for AUs) over
+the frames with ok features and a valid label: a missing label never reaches the loss.
+Predictions average the overlapping windows with weights peaking at each window's centre;
+frames whose features are not ok get none (NaN).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Sequences:
     windows: np.ndarray
 
     @classmethod
-    def of(cls, groups: np.ndarray, frames: np.ndarray, window: int) -> Sequences:
+    def of(cls, groups: np.ndarray, frames: np.ndarray, window: int, step: int) -> Sequences:
         order = np.lexsort((frames, groups))
         g, f = groups[order], frames[order]
         new = np.ones(len(order), dtype=bool)
@@ -62,7 +63,6 @@ class Sequences:
         group, frame = g[new], f[new]
         starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
         stops = np.r_[starts[1:], len(group)]
-        step = max(1, window // 2)
         rows = []
         for start, stop in zip(starts, stops, strict=True):
             length = stop - start
@@ -130,13 +130,13 @@ class TemporalHead(BaseEstimator):
         self,
         task: str = "expr",
         arch: str = "auto",
-        width: int = 64,
+        width: int = 32,
         window: int = 64,
         dilations: tuple[int, ...] = (1, 2, 4, 8),
         lr: float = 5e-3,
         weight_decay: float = 1e-2,
-        batch_size: int = 32,
-        max_epochs: int = 8,
+        batch_size: int = 128,
+        max_epochs: int = 6,
         patience: int = 2,
         stop_fraction: float = 0.2,
         class_weighting: bool = True,
@@ -160,10 +160,11 @@ class TemporalHead(BaseEstimator):
 
     # -- inputs ---------------------------------------------------------------------------
     def _inputs(
-        self, X: np.ndarray, groups: np.ndarray, frames: np.ndarray, ok: np.ndarray
+        self, X: np.ndarray, groups: np.ndarray, frames: np.ndarray, ok: np.ndarray, step: int
     ) -> tuple[Sequences, torch.Tensor, np.ndarray]:
         """Sequences, per-position inputs [K + 1, D + 3] (last row: padding) and ok [K]."""
-        seq = Sequences.of(np.asarray(groups), np.asarray(frames, dtype=np.int64), self.window)
+        frames = np.asarray(frames, dtype=np.int64)
+        seq = Sequences.of(np.asarray(groups), frames, self.window, step)
         ok_key = np.asarray(ok, dtype=bool)[seq.first_row]
         feats = np.asarray(X, dtype=np.float32)[seq.first_row]
         feats = np.where(ok_key[:, None], feats, 0.0)  # masked on input (NaN never enters)
@@ -200,7 +201,8 @@ class TemporalHead(BaseEstimator):
         from affectpipe.heads.models import single_torch_thread
 
         with single_torch_thread():
-            seq, inputs, ok_key = self._inputs(X, groups, frames, ok)
+            # Training windows do not overlap (half the cost); predictions overlap by half.
+            seq, inputs, ok_key = self._inputs(X, groups, frames, ok, self.window)
             target, labelled = self._targets(y, seq, ok_key)
             if labelled.sum() < 2:
                 raise InputError("temporal head: fewer than 2 frames with ok features and a label")
@@ -322,7 +324,7 @@ class TemporalHead(BaseEstimator):
         from affectpipe.heads.models import single_torch_thread
 
         with single_torch_thread():
-            seq, inputs, ok_key = self._inputs(X, groups, frames, ok)
+            seq, inputs, ok_key = self._inputs(X, groups, frames, ok, max(1, self.window // 2))
             net = _Net(
                 self.n_features_in_,
                 self.width,
