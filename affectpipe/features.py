@@ -50,15 +50,21 @@ MAX_COMPRESSION = 1000  # declared/stored size ratio a compressed array may have
 
 
 def decode_attrs(raw: h5py.AttributeManager) -> dict[str, Any]:
+    """A feature file's attrs as Python values (JSON attrs decoded); `CorruptFeatureFile`
+    when they cannot be read."""
     attrs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if isinstance(value, bytes):
-            value = value.decode()
-        if isinstance(value, np.generic):
-            value = value.item()
-        if key in JSON_ATTRS and isinstance(value, str):
-            value = json.loads(value)
-        attrs[key] = value
+    try:
+        for key, value in raw.items():
+            if isinstance(value, bytes):
+                value = value.decode()
+            if isinstance(value, np.generic):
+                value = value.item()
+            if key in JSON_ATTRS and isinstance(value, str):
+                value = json.loads(value)
+            attrs[key] = value
+    except (OSError, ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        path = Path(h5py.h5f.get_name(raw._id).decode(errors="replace"))
+        raise corrupt(path, f"unreadable attributes: {exc}") from exc
     return attrs
 
 
@@ -123,8 +129,15 @@ def rebuild_command(path: Path) -> str:
     return f"pipeline extract --dataset {path.parent.parent.name} --backbones {path.stem} --force"
 
 
-def corrupt(path: Path, why: str) -> InputError:
-    return InputError(f"{path} is corrupt ({why}): rebuild it with `{rebuild_command(path)}`")
+class CorruptFeatureFile(InputError, OSError):
+    """A damaged feature file (exit 2). Also an OSError, so that callers treating an
+    unreadable file as absent (extract's up-to-date check, which then rebuilds it) still do."""
+
+
+def corrupt(path: Path, why: str) -> CorruptFeatureFile:
+    return CorruptFeatureFile(
+        f"{path} is corrupt ({why}): rebuild it with `{rebuild_command(path)}`"
+    )
 
 
 @contextlib.contextmanager
@@ -177,10 +190,7 @@ def read_feature_file(path: str | Path) -> FeatureFile:
     if not path.exists():
         raise InputError(f"no feature file at {path}: run `pipeline extract` first")
     with _open_h5(path) as handle:
-        try:
-            attrs = decode_attrs(handle.attrs)
-        except (OSError, ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
-            raise corrupt(path, f"unreadable attributes: {exc}") from exc
+        attrs = decode_attrs(handle.attrs)
         image = _dataset(path, handle, "image", 1, "OSU")
         if not attrs.get("complete", False):
             raise IncompleteFeatureFile(
