@@ -149,8 +149,7 @@ def test_corrupt_manifest_metadata_is_still_rebuilt_by_index(cache: DatasetPaths
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("target", "case"),
-    [("features", "truncated"), ("features", "declared-35.8GiB"), ("features", "bad-json-attr"),
-     ("manifest", "not-parquet")],
+    [("features", "truncated"), ("features", "declared-35.8GiB"), ("manifest", "not-parquet")],
 )  # fmt: skip
 def test_cli_heads_exits_2_on_tampered_cache(cache: DatasetPaths, target: str, case: str) -> None:
     if target == "features":

@@ -241,13 +241,10 @@ def _extract(cache: Path, backbone: str, *extra: str, env: dict | None = None):
 CLI_CASES = [
     ("mt-emotieffnet", "torchscript"),
     ("mt-emotieffnet", "gadget-os-system"),
-    ("mt-emotieffnet", "gadget-timm-prefix"),
     ("mt-emotieffnet", "cyclic-module"),
     ("mt-emotieffnet", "st-length-beyond-file"),
     ("ddamfn", "gadget-subprocess-legacy"),
-    ("ddamfn", "st-bad-json"),
     ("ddamfn", "random-bytes"),
-    ("ddamfn", "truncated-zip"),
     ("ddamfn", "html"),
 ]
 
