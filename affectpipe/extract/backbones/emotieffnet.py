@@ -105,7 +105,8 @@ def module_state_dict(root: PickledModule, path: Path) -> dict[str, torch.Tensor
                 f"(over {MAX_MODULE_DEPTH} levels or {MAX_MODULES} modules)"
             )
         state = node.state if isinstance(node.state, dict) else {}
-        skip = state.get("_non_persistent_buffers_set", set())
+        skip = state.get("_non_persistent_buffers_set")
+        skip = skip if isinstance(skip, set) else set()
         tensors = entries(state, "_parameters") + [
             (name, item) for name, item in entries(state, "_buffers") if name not in skip
         ]
