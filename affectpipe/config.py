@@ -4,7 +4,7 @@ Cache layout (all under ``<cache-dir>/<dataset>/``, see the design's data contra
 
     manifest.parquet
     features/<backbone>.h5
-    runs/<run>/heads/<task>/<candidate>.joblib
+    runs/<run>/heads/<task>/<candidate>.json (+ .safetensors)
     runs/<run>/preds/<task>/<candidate>.parquet
     runs/<run>/blend/...
 """
@@ -58,7 +58,7 @@ class DatasetPaths:
         return self.root / "runs" / run
 
     def head(self, run: str, task: str, candidate: str) -> Path:
-        return self.run(run) / "heads" / task / f"{candidate}.joblib"
+        return self.run(run) / "heads" / task / f"{candidate}.json"
 
     def preds(self, run: str, task: str, candidate: str) -> Path:
         return self.run(run) / "preds" / task / f"{candidate}.parquet"

@@ -23,7 +23,10 @@ refuse it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,18 +46,25 @@ JSON_ATTRS = (
     "shard_rows",
 )
 STRING_DTYPE = h5py.string_dtype(encoding="utf-8")
+MAX_COMPRESSION = 1000  # declared/stored size ratio a compressed array may have
 
 
 def decode_attrs(raw: h5py.AttributeManager) -> dict[str, Any]:
+    """A feature file's attrs as Python values (JSON attrs decoded); `CorruptFeatureFile`
+    when they cannot be read."""
     attrs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if isinstance(value, bytes):
-            value = value.decode()
-        if isinstance(value, np.generic):
-            value = value.item()
-        if key in JSON_ATTRS and isinstance(value, str):
-            value = json.loads(value)
-        attrs[key] = value
+    try:
+        for key, value in raw.items():
+            if isinstance(value, bytes):
+                value = value.decode()
+            if isinstance(value, np.generic):
+                value = value.item()
+            if key in JSON_ATTRS and isinstance(value, str):
+                value = json.loads(value)
+            attrs[key] = value
+    except (OSError, ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        path = Path(h5py.h5f.get_name(raw._id).decode(errors="replace"))
+        raise corrupt(path, f"unreadable attributes: {exc}") from exc
     return attrs
 
 
@@ -82,43 +92,138 @@ class FeatureFile:
 
     def parts(self) -> list[str]:
         """Selectable parts: `embedding`, `logits` (if present) and the named groups."""
-        with h5py.File(self.path, "r") as handle:
+        with _open_h5(self.path) as handle:
             names = [name for name in ("embedding", "logits") if name in handle]
         return names + list(self.attrs.get("groups", {}))
 
     def load(self, part: str) -> np.ndarray:
         """Load `embedding`, `logits` or a named group of embedding columns as float32."""
         groups = self.attrs.get("groups", {})
-        with h5py.File(self.path, "r") as handle:
+        with _open_h5(self.path) as handle:
             if part in ("embedding", "logits") and part in handle:
-                return handle[part][...].astype(np.float32, copy=False)
+                return _read(self.path, handle[part], ...).astype(np.float32, copy=False)
             if part in groups:
                 start, stop = groups[part]
-                return handle["embedding"][:, start:stop].astype(np.float32, copy=False)
+                block = _read(self.path, handle["embedding"], np.s_[:, start:stop])
+                return block.astype(np.float32, copy=False)
         raise InputError(f"{self.path}: no part {part!r}; available: {', '.join(self.parts())}")
 
     def extra(self, name: str) -> np.ndarray:
         """An array stored under ``extra/`` (see the module docstring)."""
-        with h5py.File(self.path, "r") as handle:
+        with _open_h5(self.path) as handle:
             if f"extra/{name}" not in handle:
                 raise InputError(f"{self.path}: no extra array {name!r}")
-            return handle[f"extra/{name}"][...]
+            dataset = handle[f"extra/{name}"]
+            if not isinstance(dataset, h5py.Dataset):
+                raise corrupt(self.path, f"extra/{name} is not an array")
+            _check_declared_size(self.path, dataset)
+            return _read(self.path, dataset, ...)
+
+
+class IncompleteFeatureFile(InputError):
+    """A feature file whose extraction has not finished (resumable, not corrupt)."""
+
+
+def rebuild_command(path: Path) -> str:
+    """The command that rewrites the feature file at ``<cache>/<dataset>/features/<b>.h5``."""
+    return f"pipeline extract --dataset {path.parent.parent.name} --backbones {path.stem} --force"
+
+
+class CorruptFeatureFile(InputError, OSError):
+    """A damaged feature file (exit 2). Also an OSError, so that callers treating an
+    unreadable file as absent (extract's up-to-date check, which then rebuilds it) still do."""
+
+
+def corrupt(path: Path, why: str) -> CorruptFeatureFile:
+    return CorruptFeatureFile(
+        f"{path} is corrupt ({why}): rebuild it with `{rebuild_command(path)}`"
+    )
+
+
+@contextlib.contextmanager
+def _open_h5(path: Path) -> Iterator[h5py.File]:
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:  # not HDF5, truncated, unreadable
+        raise corrupt(path, f"not a readable HDF5 file: {exc}") from exc
+    with handle:
+        yield handle
+
+
+def _read(path: Path, dataset: h5py.Dataset, selection: Any) -> np.ndarray:
+    try:
+        return dataset[selection]
+    except (OSError, ValueError, TypeError) as exc:  # damaged chunks, bad types
+        raise corrupt(path, f"cannot read {dataset.name}: {exc}") from exc
+
+
+def _check_declared_size(path: Path, dataset: h5py.Dataset) -> None:
+    """Refuse an array whose declared size cannot be stored in the file (no writer here
+    compresses): reading it would allocate that much memory for nothing."""
+    declared = math.prod(dataset.shape or ()) * dataset.dtype.itemsize
+    compressed = dataset.id.get_create_plist().get_nfilters() > 0
+    limit = path.stat().st_size * (MAX_COMPRESSION if compressed else 1)
+    if declared > limit:
+        raise corrupt(
+            path,
+            f"{dataset.name} declares {declared / 2**30:.1f} GiB "
+            f"{tuple(dataset.shape)} in a {path.stat().st_size} byte file",
+        )
+
+
+def _dataset(path: Path, handle: h5py.File, name: str, ndim: int, kinds: str) -> h5py.Dataset:
+    """`name` as a dataset of `ndim` dims whose dtype kind is in `kinds`, size checked."""
+    dataset = handle.get(name)
+    if not isinstance(dataset, h5py.Dataset):
+        raise corrupt(path, f"no {name!r} dataset")
+    if dataset.ndim != ndim or dataset.dtype.kind not in kinds:
+        raise corrupt(path, f"{name!r} is {dataset.dtype} {tuple(dataset.shape)}")
+    _check_declared_size(path, dataset)
+    return dataset
 
 
 def read_feature_file(path: str | Path) -> FeatureFile:
+    """Open a complete feature file, checking its structure (raises InputError naming the
+    file and the command that rebuilds it when it is corrupt, `IncompleteFeatureFile` when
+    its extraction has not finished)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"no feature file at {path}: run `pipeline extract` first")
-    with h5py.File(path, "r") as handle:
+    with _open_h5(path) as handle:
         attrs = decode_attrs(handle.attrs)
+        image = _dataset(path, handle, "image", 1, "OSU")
         if not attrs.get("complete", False):
-            raise InputError(
+            raise IncompleteFeatureFile(
                 f"{path} is incomplete ({attrs.get('committed_rows', 0)} of "
-                f"{len(handle['image'])} rows): rerun `pipeline extract` to finish it"
+                f"{len(image)} rows): rerun `pipeline extract` to finish it"
             )
-        images = handle["image"].asstr()[...]
-        ok = handle["ok"][...].astype(bool)
-    return FeatureFile(path=path, images=np.asarray(images, dtype=str), ok=ok, attrs=attrs)
+        ok = _dataset(path, handle, "ok", 1, "biu")
+        arrays = [_dataset(path, handle, "embedding", 2, "f")]
+        if "logits" in handle:
+            arrays.append(_dataset(path, handle, "logits", 2, "f"))
+        rows = {d.name.lstrip("/"): d.shape[0] for d in (image, ok, *arrays)}
+        if len(set(rows.values())) != 1:
+            raise corrupt(path, f"datasets disagree on the number of rows: {rows}")
+        try:
+            images = image.asstr()[...]
+        except (OSError, ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise corrupt(path, f"cannot read /image: {exc}") from exc
+        ok_values = _read(path, ok, ...).astype(bool)
+    _check_groups(path, attrs.get("groups", {}), arrays[0].shape[1])
+    return FeatureFile(path=path, images=np.asarray(images, dtype=str), ok=ok_values, attrs=attrs)
+
+
+def _check_groups(path: Path, groups: Any, width: int) -> None:
+    def fits(r: Any) -> bool:
+        return (
+            isinstance(r, list)
+            and len(r) == 2
+            and all(type(v) is int for v in r)
+            and (0 <= r[0] <= r[1] <= width)
+        )
+
+    if not isinstance(groups, dict) or not all(fits(r) for r in groups.values()):
+        raise corrupt(path, f"groups attr {groups!r} does not fit {width} embedding columns")
 
 
 def write_feature_file(

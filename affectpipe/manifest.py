@@ -42,6 +42,17 @@ def empty_manifest(n: int = 0) -> pd.DataFrame:
     return frame[list(MANIFEST_COLUMNS)]
 
 
+class CorruptManifest(InputError, ValueError):
+    """An unreadable or malformed manifest file. Also a ValueError, so that `index`, which
+    simply rebuilds a manifest it cannot read, keeps catching it."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(
+            f"{path} is not a readable manifest ({why}): rebuild it with "
+            f"`pipeline index ROOT --format FORMAT --name {path.parent.name} --force`"
+        )
+
+
 def conform(frame: pd.DataFrame) -> pd.DataFrame:
     """Return `frame` with exactly the manifest columns, in order, with the contract dtypes."""
     missing = [c for c in MANIFEST_COLUMNS if c not in frame]
@@ -68,13 +79,27 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise InputError(f"no manifest at {path}: run `pipeline index` first")
-    return conform(pq.read_table(path).to_pandas())
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:  # not Parquet, truncated
+        raise CorruptManifest(path, str(exc)) from exc
+    try:
+        return conform(table.to_pandas())
+    except (InputError, pa.ArrowException, ValueError, TypeError) as exc:  # columns, dtypes
+        raise CorruptManifest(path, str(exc)) from exc
 
 
 def read_manifest_metadata(path: str | Path) -> dict[str, Any]:
-    schema_metadata = pq.read_schema(path).metadata or {}
-    raw = schema_metadata.get(METADATA_KEY)
-    return json.loads(raw) if raw else {}
+    """The provenance JSON of a manifest ({} when it has none)."""
+    path = Path(path)
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(METADATA_KEY)
+        metadata = json.loads(raw) if raw else {}
+    except (pa.ArrowException, OSError, ValueError) as exc:  # JSONDecodeError: a ValueError
+        raise CorruptManifest(path, str(exc)) from exc
+    if not isinstance(metadata, dict):
+        raise CorruptManifest(path, "its metadata is not a JSON object")
+    return metadata
 
 
 def distinct_images(frame: pd.DataFrame) -> np.ndarray:

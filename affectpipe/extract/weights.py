@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
+import math
+import re
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -206,9 +210,173 @@ def is_weights_header(head: bytes) -> bool:
     return head.startswith((b"PK\x03\x04", b"\x80")) or is_safetensors_header(head)
 
 
-def is_safetensors(path: Path) -> bool:
+# Records of a plain `torch.save` zip archive, below its single top-level folder. TorchScript
+# archives add `code/` (Python source that torch.jit compiles and runs on load), constants.pkl
+# and more: anything outside this list is refused before a loader opens the file.
+_TORCH_ZIP_RECORDS = frozenset(
+    {
+        "data.pkl",
+        "byteorder",
+        "version",
+        ".format_version",
+        ".storage_alignment",
+        ".data/serialization_id",
+        ".data/version",
+    }
+)
+_STORAGE_RECORD = re.compile(r"data/[0-9]+")
+SAFETENSORS_MAX_HEADER = 100 << 20  # the safetensors library's own limit
+_SAFETENSORS_ITEMSIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+_REFUSAL_HINT = "weights must be a state_dict saved with torch.save, or a safetensors file"
+
+
+def _refuse(path: Path, why: str) -> InputError:
+    return InputError(f"{path}: refusing to load this weights file: {why}; {_REFUSAL_HINT}")
+
+
+def weights_format(path: Path) -> str:
+    """Sniff a weights file without loading it: ``safetensors``, ``torch-zip`` (a plain
+    `torch.save` archive) or ``torch-pickle`` (torch's legacy format).
+
+    Anything else is refused with an `InputError` naming the file and why: TorchScript
+    archives (they carry code that runs on load), zip archives with foreign members,
+    truncated archives, safetensors files whose header is not valid, HTML pages, tar files.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the weights file: {exc}") from exc
+    if head.startswith(b"PK\x03\x04"):
+        _check_torch_zip(path)
+        return "torch-zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "torch-pickle"
+    if is_safetensors_header(head):
+        _check_safetensors_header(path)
+        return "safetensors"
+    raise _refuse(path, f"it is {_describe(head)}")
+
+
+def _describe(head: bytes) -> str:
+    """What a file that is not a weights file looks like, for the error message."""
+    text = head.lstrip().lower()
+    if not head:
+        return "empty"
+    if text.startswith((b"<!doctype", b"<html", b"<")):
+        return "an HTML/XML page, not a weights file (a download error page?)"
+    if text.startswith(b"version https://git-lfs"):
+        return "a git-lfs pointer, not the weights file it points to"
+    if head[257:262] == b"ustar":
+        return "a tar archive (torch's oldest format is not supported)"
+    if head.startswith(b"PK"):
+        return "a zip archive without a local file header (truncated or corrupt?)"
+    return "not a torch checkpoint or safetensors file (unknown content)"
+
+
+def _check_torch_zip(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+        raise _refuse(path, f"not a readable zip archive (truncated or corrupt?): {exc}") from exc
+    top = {name.split("/", 1)[0] for name in names}
+    records = [name.split("/", 1)[1] if "/" in name else name for name in names]
+    if any(r == "constants.pkl" or r.startswith("code/") or r.endswith(".py") for r in records):
+        raise _refuse(path, "it is a TorchScript archive, which holds code that would run on load")
+    foreign = [
+        name
+        for name, record in zip(names, records, strict=True)
+        if record not in _TORCH_ZIP_RECORDS and not _STORAGE_RECORD.fullmatch(record)
+    ]
+    if foreign or len(top) != 1 or "data.pkl" not in records:
+        listed = ", ".join(foreign[:5]) or "no data.pkl under a single top-level folder"
+        raise _refuse(path, f"not a plain torch.save archive ({listed})")
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """Validate a safetensors header (JSON, dtypes, shapes, offsets within the file)."""
+    size = path.stat().st_size
     with open(path, "rb") as handle:
-        return is_safetensors_header(handle.read(9))
+        length = int.from_bytes(handle.read(8), "little")
+        if length > min(size - 8, SAFETENSORS_MAX_HEADER):
+            raise _refuse(
+                path, f"safetensors header declares {length} bytes but the file has {size}"
+            )
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _refuse(path, f"safetensors header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise _refuse(path, "safetensors header is not a JSON object")
+    data_bytes = size - 8 - length
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise _refuse(path, "safetensors __metadata__ is not a string map")
+            continue
+        try:
+            itemsize = _SAFETENSORS_ITEMSIZE[info["dtype"]]
+            shape, (begin, end) = info["shape"], info["data_offsets"]
+            ints = [*shape, begin, end]
+            if not all(type(v) is int and v >= 0 for v in ints):
+                raise ValueError("shape and offsets must be non-negative integers")
+            if not begin <= end <= data_bytes:
+                raise ValueError(f"offsets [{begin}, {end}] beyond the {data_bytes} data bytes")
+            if end - begin != math.prod(shape) * itemsize:
+                raise ValueError(f"offsets [{begin}, {end}] do not fit dtype and shape {shape}")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _refuse(path, f"safetensors entry {name!r} is invalid: {exc}") from exc
+
+
+def checkpoint_globals(path: Path) -> list[str]:
+    """The globals (``module.name``) a plain torch.save archive's pickle names beyond torch's
+    weights-only allowlist. Read from the pickle's opcodes: nothing is loaded or run."""
+    import torch
+
+    if weights_format(path) != "torch-zip":
+        return []
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception as exc:  # hostile bytes fail in open-ended ways: all mean "unreadable"
+        raise InputError(f"{path}: cannot read the weights file: {_brief(exc)}") from exc
+
+
+def _brief(exc: BaseException) -> str:
+    """The reason in one of torch's load errors, without its advice to load unsafely."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def load_checkpoint(path: Path, safe_globals: Sequence[tuple[Any, str]] = ()) -> Any:
+    """The content of a weights file, read so that no code in it can run.
+
+    The file is sniffed first (`weights_format`); safetensors are read by their library,
+    torch files by torch's weights-only unpickler, which rebuilds tensors and plain
+    containers only. `safe_globals` adds (object, "module.name") pairs to its allowlist
+    for this load (the HSEmotion whole-model pickles need inert module holders).
+    """
+    fmt = weights_format(path)
+    try:
+        if fmt == "safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        import torch
+
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # hostile bytes fail in open-ended ways: all mean "unreadable"
+        raise InputError(f"{path}: cannot read the weights file: {_brief(exc)}") from exc
 
 
 def state_dict_of(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -230,17 +398,4 @@ def state_dict_of(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file or of a torch checkpoint holding only plain data."""
-    import pickle
-
-    import torch
-
-    if is_safetensors(path):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    try:
-        # weights_only: torch's restricted unpickler, so a checkpoint cannot run code.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise InputError(f"{path}: cannot read the weights file: {exc}") from exc
-    return state_dict_of(checkpoint, path)
+    return state_dict_of(load_checkpoint(path), path)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
-from affectpipe.features import FeatureFile, read_feature_file
+from affectpipe.features import FeatureFile, IncompleteFeatureFile, corrupt, read_feature_file
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -176,6 +176,7 @@ def load_feature_set(
         data, handle = load_part(paths.features(backbone), part)
         if backbone not in joins:
             rows = manifest_rows_to_feature_rows(handle.images, manifest)
+            _check_rows_match(handle, rows)
             usable = rows >= 0  # in the file, and ok there
             usable[usable] &= handle.ok[rows[usable]]
             joins[backbone] = (np.maximum(rows, 0), usable)
@@ -184,6 +185,20 @@ def load_feature_set(
         parts.append(data)
         row_maps.append(row_map)
     return LoadedFeatures(feature_set=feature_set, ok=ok, parts=parts, row_maps=row_maps)
+
+
+def _check_rows_match(handle: FeatureFile, rows: np.ndarray) -> None:
+    """A feature file holds exactly the manifest's distinct images: a file lacking some, or
+    holding others, was made from another manifest or damaged."""
+    missing = int((rows < 0).sum())
+    used = int(np.count_nonzero(np.bincount(rows[rows >= 0], minlength=len(handle.images))))
+    if missing or used != len(handle.images):
+        raise corrupt(
+            handle.path,
+            f"its {len(handle.images)} rows do not match the manifest's images: {missing} "
+            f"manifest rows have no feature row, {len(handle.images) - used} feature rows "
+            "no manifest image",
+        )
 
 
 def _check_finite(data: np.ndarray, handle: FeatureFile, name: str) -> None:
@@ -201,7 +216,7 @@ def available_backbones(paths: DatasetPaths) -> dict[str, list[str]]:
     for path in sorted(paths.features_dir.glob("*.h5")):
         try:
             handle, _ = _open(path)
-        except InputError:
+        except IncompleteFeatureFile:
             continue  # incomplete extraction: not a candidate until it finishes
         if handle.attrs.get("shard"):
             continue  # one shard of a sharded extraction: `pipeline extract --merge` joins them

@@ -1,25 +1,35 @@
 """A trained head as saved on disk: everything needed to predict, nothing from training.
 
-``heads/<task>/<candidate>.joblib`` holds a `FittedHead`: the feature-set spec, the fitted
-`FeatureScaler` (standardiser / PCA, fitted on train rows), the model (torch weights kept as
-numpy arrays, rebuilt on CPU), the output column order and provenance.
+A `FittedHead` (the feature-set spec, the fitted `FeatureScaler`, the model, the output
+column order and provenance) is stored without pickle, so that loading a head (say, from a
+run someone shared) cannot run code:
+
+* ``heads/<task>/<candidate>.safetensors``: every array (scaler means and projection,
+  linear coefficients, MLP weights), written first;
+* ``heads/<task>/<candidate>.json``: the rest (`affectpipe.heads.storage` encoding: class
+  names from a fixed registry, parameters, scalars, LightGBM text models) plus the sha256
+  of the arrays file, written last, so a head is complete exactly when its JSON exists and
+  its arrays match.
+
+Heads from older versions (``.joblib``, a pickle) are refused, never unpickled.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import pandas as pd
 
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
-from affectpipe.fsutil import atomic_path
+from affectpipe.fsutil import atomic_path, sha256_file, write_text_atomic
 from affectpipe.heads.featuresets import load_feature_set, parse_feature_set
 from affectpipe.heads.preprocess import FeatureScaler
+from affectpipe.heads.storage import Decoder, Encoder
 
 
 @dataclass
@@ -54,15 +64,88 @@ class FittedHead:
         return pd.DataFrame(out, columns=list(self.output_columns), index=manifest.index)
 
     def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            joblib.dump(self, tmp)
+        """Write ``path`` (the JSON, see the module docstring) and its arrays file."""
+        from safetensors.numpy import save_file
+
+        encoder = Encoder()
+        document = {
+            "format": FORMAT,
+            "task": self.task,
+            "candidate": self.candidate,
+            "feature_set": self.feature_set,
+            "output_columns": list(self.output_columns),
+            "provenance": self.provenance,
+            "scaler": encoder.encode(self.scaler),
+            "model": encoder.encode(self.model),
+        }
+        arrays = arrays_path(path)
+        with atomic_path(arrays) as tmp:
+            save_file(encoder.tensors, str(tmp))
+        document["arrays"] = {"file": arrays.name, "sha256": sha256_file(arrays)}
+        write_text_atomic(path, json.dumps(document, indent=1, allow_nan=True) + "\n")
+
+
+FORMAT = "affectpipe-head/1"
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+
+
+def arrays_path(path: Path) -> Path:
+    """The safetensors file beside a head's JSON file."""
+    return Path(path).with_suffix(".safetensors")
+
+
+def _retrain_hint(path: Path) -> str:
+    parents = Path(path).absolute().parents
+    if len(parents) > 4 and parents[3].name == "runs":  # <dataset>/runs/<run>/heads/<task>/
+        dataset, run = parents[4].name, parents[2].name
+        return f"retrain it with `pipeline heads --dataset {dataset} --run {run}`"
+    return "retrain it with `pipeline heads`"
 
 
 def load_head(path: str | Path) -> FittedHead:
+    """Load a head saved by `FittedHead.save`; never unpickles (old joblib heads are refused)."""
+    from safetensors.numpy import load_file
+
     path = Path(path)
+    pickled = [path] if path.suffix in PICKLE_SUFFIXES else []
+    pickled += [path.with_suffix(s) for s in PICKLE_SUFFIXES if path.with_suffix(s).exists()]
+    if pickled and (path.suffix in PICKLE_SUFFIXES or not path.exists()):
+        raise InputError(
+            f"{pickled[0]} is a pickled head (joblib, from an older affectpipe): loading it "
+            f"could run code, so it is refused; {_retrain_hint(pickled[0])}"
+        )
     if not path.exists():
         raise InputError(f"no trained head at {path}: run `pipeline heads` first")
-    head = joblib.load(path)
-    if not isinstance(head, FittedHead):
-        raise InputError(f"{path} is not an affectpipe head")
+
+    def bad(why: str) -> InputError:
+        return InputError(f"{path}: not a valid affectpipe head ({why}); {_retrain_hint(path)}")
+
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise bad(f"unreadable JSON: {exc}") from exc
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise bad(f"format is not {FORMAT}")
+    arrays = arrays_path(path)
+    expected = (document.get("arrays") or {}).get("sha256")
+    if not arrays.exists() or sha256_file(arrays) != expected:
+        raise bad(f"{arrays.name} is missing or does not match the sha256 the head records")
+    try:
+        tensors = load_file(str(arrays))
+        decoder = Decoder(tensors, str(path))
+        head = FittedHead(
+            task=str(document["task"]),
+            candidate=str(document["candidate"]),
+            feature_set=str(document["feature_set"]),
+            scaler=decoder.decode(document["scaler"]),
+            model=decoder.decode(document["model"]),
+            output_columns=tuple(str(c) for c in document["output_columns"]),
+            provenance=dict(document.get("provenance") or {}),
+        )
+    except InputError:
+        raise
+    except Exception as exc:  # a malformed file fails in open-ended ways: all mean "invalid"
+        raise bad(f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(head.scaler, FeatureScaler) or not hasattr(head.model, "predict_outputs"):
+        raise bad("no scaler or model")
     return head

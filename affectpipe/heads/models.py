@@ -6,8 +6,8 @@ must already be dropped (see `tasks.Task.valid_rows`); AU entries of -1 are mask
 
 `fit(X, y, eval_set=(X_val, y_val))` follows the LightGBM convention for early stopping.
 `model.predict_outputs(X)` gives what a prediction file stores: VA values, or class / AU
-probabilities. Torch weights are kept as numpy arrays (plus the params), so a pickled head
-loads on any machine without torch state.
+probabilities. Torch weights are kept as numpy arrays (plus the params), so a saved head
+(`affectpipe.heads.storage`) loads on any machine without torch state.
 """
 
 from __future__ import annotations

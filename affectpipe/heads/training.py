@@ -416,7 +416,7 @@ def _save_candidate(
     folds: int,
     strict_labels: bool,
 ) -> CandidateResult:
-    """Write the head (joblib) and its predictions (Parquet), both atomically."""
+    """Write the head (JSON + safetensors) and its predictions (Parquet), both atomically."""
     task = get_task(candidate.task)
     head_path = paths.head(run, candidate.task, candidate.name)
     preds_path = paths.preds(run, candidate.task, candidate.name)

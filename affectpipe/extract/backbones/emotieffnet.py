@@ -3,19 +3,17 @@
 The official files are whole pickled timm models (``torch.save(model)``) written under
 timm 0.9. Unpickling them for real needs a matching timm, and the resulting modules fail in
 timm 1.0's forward; it would also execute whatever the pickle names. So the file is read
-with a restricted unpickler instead:
-
-* tensors and storages are rebuilt by torch as usual;
-* classes from ``torch.nn.modules.*`` and ``timm.*`` become inert `PickledModule` holders
-  that only keep the attribute dict the pickle sets (no module code runs, nothing from
-  timm is imported);
-* ``collections.OrderedDict`` and ``builtins.set`` are allowed (module bookkeeping);
-* any other global (``os.system``, ``builtins.eval``, ...) aborts the load.
+by torch's weights-only unpickler (`affectpipe.extract.weights.load_checkpoint`: the file is
+sniffed first, TorchScript and other non-plain archives are refused) with one addition to
+its allowlist: the classes the pickle names from ``torch.nn.modules.*`` and ``timm.*``
+become inert `PickledModule` holders that only keep the attribute dict the pickle sets (no
+module code runs, nothing from timm is imported). Any other global (``os.system``,
+``builtins.eval``, ...) aborts the load.
 
 The state_dict is then rebuilt by walking the holders' ``_parameters``, ``_buffers`` and
 ``_modules`` in torch's own order and loaded strictly into a freshly built timm 1.x model,
 which gives the official outputs bit-exactly. The same reader accepts a plain state_dict
-(``.pt``/``.pth``), and safetensors files are read with the safetensors library.
+(``.pt``/``.pth``) and safetensors files.
 
 Outputs: the embedding is the pooled feature vector (the official ``extract_features``,
 i.e. the model with ``classifier = Identity``), the logits are the classifier's outputs.
@@ -23,9 +21,6 @@ i.e. the model with ``classifier = Identity``), the logits are the classifier's 
 
 from __future__ import annotations
 
-import pickle
-import types
-from collections import OrderedDict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,7 +31,7 @@ from torch import nn
 
 from affectpipe.errors import InputError
 from affectpipe.extract.backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, register
-from affectpipe.extract.weights import is_safetensors, read_state_dict, state_dict_of
+from affectpipe.extract.weights import checkpoint_globals, load_checkpoint, state_dict_of
 
 # EmotiEffLib's 8-class order (alphabetical ImageFolder order of the training folders).
 HSEMOTION_CLASSES_8 = (
@@ -56,51 +51,34 @@ HSEMOTION_TO_ABAW = (5, 0, 2, 3, 4, 6, 7, 1)
 class PickledModule:
     """Inert stand-in for a pickled module: keeps the attribute dict, runs no module code."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.state: dict[str, Any] = {}
+    state: Any = None  # set by __setstate__ (the unpickler creates holders without __init__)
 
     def __setstate__(self, state: Any) -> None:
         # Objects with __slots__ pickle (dict, slots); modules only have the dict part.
         self.state = state[0] if isinstance(state, tuple) else state
 
 
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): OrderedDict,
-    ("builtins", "set"): set,
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-}
 _MODULE_PREFIXES = ("torch.nn.modules.", "timm.")
+# Far beyond any real network; they bound what a hostile file can make the walk do.
+MAX_MODULE_DEPTH = 64
+MAX_MODULES = 100_000
 _placeholders: dict[str, type[PickledModule]] = {}
 
 
-def _placeholder(module: str, name: str) -> type[PickledModule]:
-    qualname = f"{module}.{name}"
+def _placeholder(qualname: str) -> type[PickledModule]:
     if qualname not in _placeholders:
+        name = qualname.rsplit(".", 1)[-1]
         _placeholders[qualname] = type(name, (PickledModule,), {"pickled_class": qualname})
     return _placeholders[qualname]
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only tensor rebuilders, container types and (inert) module classes."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        module = "builtins" if module == "__builtin__" else module  # protocol-2 spelling
-        if (module, name) in _ALLOWED_GLOBALS:
-            return _ALLOWED_GLOBALS[module, name]
-        if module.startswith(_MODULE_PREFIXES) and name.isidentifier():
-            return _placeholder(module, name)
-        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
-
-
-def _restricted_load(file: Any, **kwargs: Any) -> Any:
-    return RestrictedUnpickler(file, **kwargs).load()
-
-
-# The `pickle_module` interface torch.load expects: an Unpickler class and a load function.
-restricted_pickle = types.SimpleNamespace(
-    __name__="affectpipe_restricted_pickle", Unpickler=RestrictedUnpickler, load=_restricted_load
-)
+def module_holders(path: Path) -> list[tuple[type[PickledModule], str]]:
+    """Allowlist entries mapping the module classes a checkpoint names to inert holders."""
+    return [
+        (_placeholder(name), name)
+        for name in checkpoint_globals(path)
+        if name.startswith(_MODULE_PREFIXES) and name.rsplit(".", 1)[-1].isidentifier()
+    ]
 
 
 def module_state_dict(root: PickledModule, path: Path) -> dict[str, torch.Tensor]:
@@ -111,11 +89,24 @@ def module_state_dict(root: PickledModule, path: Path) -> dict[str, torch.Tensor
         value = state.get(attr, {})
         if not isinstance(value, dict):
             raise InputError(f"{path}: pickled module has a malformed {attr}")
-        return [(name, item) for name, item in value.items() if item is not None]
+        return [(str(name), item) for name, item in value.items() if item is not None]
 
-    def walk(node: PickledModule, prefix: str) -> None:
+    # An explicit stack, not recursion: a hostile file may nest, loop or fan out its modules.
+    stack: list[tuple[PickledModule, str, tuple[int, ...]]] = [(root, "", ())]
+    visited = 0
+    while stack:
+        node, prefix, ancestors = stack.pop()
+        if id(node) in ancestors:
+            raise InputError(f"{path}: pickled module tree has a cycle at {prefix[:-1]}")
+        visited += 1
+        if len(ancestors) > MAX_MODULE_DEPTH or visited > MAX_MODULES:
+            raise InputError(
+                f"{path}: pickled module tree is too deep or too large for a network "
+                f"(over {MAX_MODULE_DEPTH} levels or {MAX_MODULES} modules)"
+            )
         state = node.state if isinstance(node.state, dict) else {}
-        skip = state.get("_non_persistent_buffers_set", set())
+        skip = state.get("_non_persistent_buffers_set")
+        skip = skip if isinstance(skip, set) else set()
         tensors = entries(state, "_parameters") + [
             (name, item) for name, item in entries(state, "_buffers") if name not in skip
         ]
@@ -123,24 +114,18 @@ def module_state_dict(root: PickledModule, path: Path) -> dict[str, torch.Tensor
             if not isinstance(tensor, torch.Tensor):
                 raise InputError(f"{path}: {prefix}{name} is not a tensor")
             out[prefix + name] = tensor.detach()
-        for name, child in entries(state, "_modules"):
-            if isinstance(child, PickledModule):
-                walk(child, f"{prefix}{name}.")
-
-    walk(root, "")
+        children = [
+            (child, f"{prefix}{name}.", (*ancestors, id(node)))
+            for name, child in entries(state, "_modules")
+            if isinstance(child, PickledModule)
+        ]
+        stack.extend(reversed(children))  # depth-first, in torch's order
     return out
 
 
 def read_hsemotion_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of an official whole-model pickle, a plain state_dict or a safetensors file."""
-    if is_safetensors(path):
-        return read_state_dict(path)
-    try:
-        loaded = torch.load(
-            path, map_location="cpu", pickle_module=restricted_pickle, weights_only=False
-        )
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as exc:
-        raise InputError(f"{path}: cannot read the weights file safely: {exc}") from exc
+    loaded = load_checkpoint(path, module_holders(path))
     if isinstance(loaded, PickledModule):
         return module_state_dict(loaded, path)
     return state_dict_of(loaded, path)
