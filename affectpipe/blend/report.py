@@ -168,6 +168,7 @@ def _trace_plot(task: str, outcome) -> str:
             ax.plot(frames, values, color=colour, linewidth=1, label=f"{kind}: {names[index]}")
         ax.set(xlabel="frame", ylabel=axis_name)
         ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
     return (
         "<h3>Time series on validation videos: label, best frame head, best temporal head</h3>"
         + _png(fig)

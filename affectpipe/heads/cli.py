@@ -69,7 +69,9 @@ def heads(
       va   BACKBONE:logits and BACKBONE:embedding+logits
       expr BACKBONE:embedding+logits (openface: openface:embedding)
       au   BACKBONE:embedding+logits (openface: openface:embedding)
-    each with the `linear` and `mlp` models (`lightgbm` on request).
+    each with the `linear` and `mlp` models (`lightgbm` on request), plus one `temporal`
+    candidate per task (a sequence model over each video's frames) on the first CNN
+    backbone's embedding+logits (`temporal = false` in the config turns it off).
     Writes runs/RUN/heads/TASK/CANDIDATE.joblib, runs/RUN/preds/TASK/CANDIDATE.parquet
     and runs/RUN/heads/metrics.json, then prints the validation metrics.
     """
