@@ -183,3 +183,20 @@ def test_temporal_candidate_through_heads_train(tmp_path):
         columns = [c for c in preds.columns if c not in ("row", "image", "split")]
         np.testing.assert_allclose(again, preds[columns].to_numpy(), atol=1e-5)
         assert np.isfinite(preds[columns].to_numpy()).mean() > 0.99  # a few rows not ok
+
+
+def test_one_default_temporal_candidate_per_task_unless_turned_off(tmp_path):
+    from affectpipe.heads.candidates import HeadsConfig, load_config, select_candidates
+
+    backbones = {"ddamfn": ["embedding", "logits"], "openface": ["embedding"]}
+    chosen = [str(c) for c in select_candidates(HeadsConfig(), backbones)]
+    temporal = [c for c in chosen if c.endswith("__temporal")]
+    assert temporal == [
+        "va/ddamfn.embedding+logits__temporal",
+        "expr/ddamfn.embedding+logits__temporal",
+        "au/ddamfn.embedding+logits__temporal",
+    ]
+    config = tmp_path / "pipeline.toml"
+    config.write_text("[heads]\ntemporal = false\n")
+    off = select_candidates(load_config(config), backbones)
+    assert not [c for c in off if c.model == "temporal"]
