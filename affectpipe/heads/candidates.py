@@ -164,9 +164,10 @@ def load_config(path: Path | None) -> HeadsConfig:
 def temporal_candidates(
     config: HeadsConfig, backbones: dict[str, list[str]], tasks: list[str]
 ) -> list[Candidate]:
-    """One `temporal` candidate per task, on the widest default feature set of the first CNN
-    backbone (its embedding and logits): sequence models cost more than frame heads, so
-    they are not trained on every feature set (ask for more with --candidate)."""
+    """One `temporal` candidate per task, on the widest default feature set (embedding and
+    logits) of the first CNN backbone by feature-file name: sequence models cost more than
+    frame heads, so they are not trained on every feature set (ask for more with
+    --candidate)."""
     sets = default_feature_sets(backbones)
     chosen = []
     for task in tasks:
