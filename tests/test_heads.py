@@ -86,7 +86,7 @@ def test_candidate_refs_both_forms() -> None:
         parse_candidate_ref("ddamfn:embedding/xgboost")
 
 
-def test_default_feature_sets_follow_the_papers() -> None:
+def test_default_feature_sets_follow_the_papers_and_cover_every_task() -> None:
     sets = default_feature_sets(
         {
             "mt-emotieffnet": ["embedding", "logits"],
@@ -95,13 +95,17 @@ def test_default_feature_sets_follow_the_papers() -> None:
         }
     )
     specs = {task: [s.spec for s in found] for task, found in sets.items()}
+    # The papers' choices where their backbones are present; a backbone without logits
+    # (the OpenFace-style descriptor included) serves every task with its embedding.
     assert specs["va"] == [
         "mt-emotieffnet:logits",
         "mt-emotieffnet:embedding+logits",
+        "openface:embedding",
         "x:embedding",
     ]
     assert specs["expr"] == ["mt-emotieffnet:embedding+logits", "openface:embedding", "x:embedding"]
     assert specs["au"] == specs["expr"]
+    assert default_feature_sets({"only-logits": ["logits"]})["va"][0].spec == "only-logits:logits"
 
 
 # --- label weights and masking ------------------------------------------------------------

@@ -84,12 +84,13 @@ def _tune_task(
     run: str,
     options: BlendOptions,
     warnings: list[str],
+    candidates: Sequence[str] | None = None,
 ) -> TaskOutcome:
     frames = manifest["frame"].to_numpy(np.int64)
     split = manifest["split"].to_numpy(str)
     labels_all = rules.labels(manifest)
     prior = rules.prior(labels_all[split == "train"])
-    cands = load_candidates(paths, run, rules.name, manifest)
+    cands = load_candidates(paths, run, rules.name, manifest, candidates)
     rows = cands.rows
     filled_values, filled = [], {"interpolated": 0, "prior_rows": 0}
     for name, values in zip(cands.names, cands.values, strict=True):
@@ -314,12 +315,14 @@ def run(
     options: BlendOptions | None = None,
     notes: Sequence[str] = (),
     report: bool = True,
+    candidates: Sequence[str] | None = None,
 ) -> BlendResult:
     """Tune blends for the run's tasks on validation; write submissions, blend.json, report.
 
     Submission files go to `out_dir` (default `runs/<run>/blend/submission`); `notes` are
     shown prominently at the top of the report (e.g. that features come from random weights).
-    `report=False` skips report.html (plots take a few seconds).
+    `report=False` skips report.html (plots take a few seconds). `candidates` (``NAME`` or
+    ``TASK/NAME``) picks prediction files by hand, from any heads invocation of the run.
     """
     options = options or BlendOptions()
     detected = random_init_note(paths)
@@ -339,7 +342,7 @@ def run(
         for task in tqdm(tasks, desc="blend", unit="task", disable=not progress):
             try:
                 outcomes[task] = _tune_task(
-                    rules_for(task), manifest, groups, paths, run, options, warnings
+                    rules_for(task), manifest, groups, paths, run, options, warnings, candidates
                 )
             except NoValidationLabels as exc:
                 if requested:
