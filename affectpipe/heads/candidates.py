@@ -215,4 +215,3 @@ def select_candidates(
             "no candidates to train for tasks " + ", ".join(tasks) + " (the config lists none)"
         )
     return chosen
-

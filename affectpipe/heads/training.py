@@ -2,8 +2,9 @@
 
 Candidates sharing a feature set share its loading and its scaler, so a feature set is
 read, gathered and projected once per run. Each candidate: fit on the train rows that have
-ok features and a valid label for its task (early stopping on the valid val rows), predict
-every val and test row (NaN where the features are not ok), score on val. With
+ok features and a valid label for its task (MLP and LightGBM early-stop on ~10 % of the
+train videos, held out: the val split stays unseen, its score honest), predict every val
+and test row (NaN where the features are not ok), score on val. With
 ``folds=K`` the train and val rows get out-of-fold predictions instead, from K refits on
 train+val grouped by video, so a blend can be tuned on honest predictions.
 
@@ -46,6 +47,8 @@ from affectpipe.schema import TASKS
 SCALER_SAMPLE_ROWS = 20000  # train rows the scaler / PCA is estimated on
 CHUNK_ROWS = 16384
 PARALLEL_MIN_VALUES = 1 << 22  # scaled feature values (rows x columns) worth worker processes
+EARLY_STOPPING_SHARE = 0.1  # share of train videos held out to early-stop MLP / LightGBM fits
+EARLY_STOPPING_MIN_ROWS = 100  # fewer train rows: the whole budget, no early stopping
 
 
 @dataclass
@@ -75,15 +78,18 @@ class HeadsResult:
     skipped_candidates: dict[str, str] = field(default_factory=dict)  # "task/name" -> why
     record_path: Path | None = None  # runs/<run>/heads/run.json
     invocation: str = ""
+    notes: list[str] = field(default_factory=list)  # e.g. fewer components than configured
 
     def table(self) -> str:
         return format_table(self.results)
 
     def skipped_lines(self) -> list[str]:
         """One line per skipped task or candidate, with the reason."""
-        return [f"skipped task {task}: {why}" for task, why in self.skipped.items()] + [
-            f"skipped candidate {name}: {why}" for name, why in self.skipped_candidates.items()
-        ]
+        return (
+            [f"skipped task {task}: {why}" for task, why in self.skipped.items()]
+            + [f"skipped candidate {name}: {why}" for name, why in self.skipped_candidates.items()]
+            + [f"note: {note}" for note in self.notes]
+        )
 
 
 def format_table(results: Sequence[CandidateResult]) -> str:
@@ -166,9 +172,12 @@ def fit_candidate(
     if len(train_rows) < 2:
         raise InputError(f"{candidate}: fewer than 2 train rows with ok features and a label")
     model = make_model(candidate.model, candidate.task, candidate.params, seeds, seed)
-    eval_set = (Z[val_rows], y[val_rows]) if len(val_rows) else None
+    fit_rows, stop_rows = train_rows, train_rows[:0]
+    if getattr(model, "stops_early", False):
+        fit_rows, stop_rows = early_stopping_split(train_rows, rows.video, seed)
+    eval_set = (Z[stop_rows], y[stop_rows]) if len(stop_rows) else None
     start, cpu_start = time.perf_counter(), time.process_time()
-    model.fit(Z[train_rows], y[train_rows], eval_set=eval_set)
+    model.fit(Z[fit_rows], y[fit_rows], eval_set=eval_set)
     fit_seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
 
     outputs = np.full((len(ok), task.n_outputs), np.nan, dtype=np.float32)
@@ -178,6 +187,7 @@ def fit_candidate(
         "fit_seconds": fit_seconds,
         "cpu_seconds": cpu_seconds,
         "n_train": len(train_rows),
+        "n_early_stopping": len(stop_rows),
         "n_val": len(val_rows),
         "scores": task.score(y[val_rows], outputs[val_rows]) if len(val_rows) else {},
     }
@@ -188,6 +198,23 @@ def fit_candidate(
         info["cpu_seconds"] += time.process_time() - cpu_start
         info["oof_scores"] = task.score(y[val_rows], outputs[val_rows]) if len(val_rows) else {}
     return model, outputs, info
+
+
+def early_stopping_split(
+    train_rows: np.ndarray, video: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, early-stopping rows): about EARLY_STOPPING_SHARE of the train videos held out,
+    so that the validation split stays unseen and its score honest. Too little data (under
+    EARLY_STOPPING_MIN_ROWS train rows, or one video): no early stopping."""
+    videos = np.unique(video[train_rows])
+    if len(train_rows) < EARLY_STOPPING_MIN_ROWS or len(videos) < 2:
+        return train_rows, train_rows[:0]
+    rng = np.random.default_rng(seed)
+    n_held = max(1, round(EARLY_STOPPING_SHARE * len(videos)))
+    held = np.isin(video[train_rows], rng.choice(videos, n_held, replace=False))
+    if held.all() or not held.any():
+        return train_rows, train_rows[:0]
+    return train_rows[~held], train_rows[held]
 
 
 def _cross_fit(
@@ -384,6 +411,7 @@ def train(
         jobs: list[tuple[int, Candidate, np.ndarray, np.ndarray]] = []
         scalers: dict[str, FeatureScaler] = {}
         skipped_candidates: dict[str, str] = {}
+        notes: list[str] = []
         largest, warm_up = 0, None
         joins: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for spec, members in groups.items():
@@ -404,6 +432,8 @@ def train(
                 continue
             fit_rows = np.flatnonzero(loaded.ok & (rows.split == "train"))
             Z, scalers[spec] = scale_features(loaded, fit_rows, config.n_components)
+            if scalers[spec].note_:
+                notes.append(f"{features}: {scalers[spec].note_}")
             jobs += [(i, chosen[i], Z, loaded.ok) for i in members]
             stages["scale"] += time.perf_counter() - tick
             largest = max(largest, Z.size)
@@ -502,6 +532,7 @@ def train(
                 "candidates": trained,
                 "skipped": {t: explained[t] for t in TASKS if t in explained},
                 "skipped_candidates": skipped_candidates,
+                "notes": notes,
             },
         )
     return HeadsResult(
@@ -514,6 +545,7 @@ def train(
         skipped_candidates=skipped_candidates,
         record_path=record_path,
         invocation=invocation,
+        notes=notes,
     )
 
 
