@@ -48,7 +48,7 @@ SCALER_SAMPLE_ROWS = 20000  # train rows the scaler / PCA is estimated on
 CHUNK_ROWS = 16384
 PARALLEL_MIN_VALUES = 1 << 22  # scaled feature values (rows x columns) worth worker processes
 EARLY_STOPPING_SHARE = 0.1  # share of train videos held out to early-stop MLP / LightGBM fits
-EARLY_STOPPING_MIN_ROWS = 100  # fewer train rows: the whole budget, no early stopping
+EARLY_STOPPING_MIN_ROWS = 1000  # fewer train rows: too few held out to early-stop on (noise)
 
 
 @dataclass
