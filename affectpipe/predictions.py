@@ -289,6 +289,37 @@ def _recorded(
     return [paths.preds(run, task, name) for name in listed]
 
 
+def write_prediction_run(
+    paths: DatasetPaths,
+    run: str,
+    base: pd.DataFrame,
+    outputs: dict[str, dict[str, np.ndarray]],
+    **record: Any,
+) -> str:
+    """A complete run written at once, without heads (synthetic runs, imported predictions):
+    `outputs` is {task: {candidate: values for the rows of `base`}}; the inputs are the
+    current manifest alone. Returns the invocation id."""
+    invocation = new_invocation_id()
+    inputs = input_fingerprints(paths, [])
+    clear_run_record(paths, run)
+    names: dict[str, list[str]] = {}
+    for task, candidates in outputs.items():
+        for name, values in candidates.items():
+            meta = {"task": task, "candidate": name, "invocation": invocation, "inputs": inputs}
+            write_predictions(paths.preds(run, task, name), base, values, task, meta)
+            names.setdefault(task, []).append(name)
+    record = {
+        "run": run,
+        "invocation": invocation,
+        "inputs": inputs,
+        "candidates": names,
+        "skipped": {},
+        **record,
+    }
+    write_run_record(paths, run, record)
+    return invocation
+
+
 def check_inputs(
     path: Path, paths: DatasetPaths, run: str, current: dict[str, str] | None = None
 ) -> None:

@@ -170,6 +170,8 @@ def test_early_stopping_never_sees_validation_rows(tmp_path: Path, monkeypatch) 
 
     def spying_fit(self, X, y, eval_set=None):
         seen["fit"], seen["eval"] = len(X), None if eval_set is None else len(eval_set[0])
+        assert (np.asarray(y) >= 0).all()  # labelled rows only, for fitting and for stopping
+        assert eval_set is None or (np.asarray(eval_set[1]) >= 0).all()
         return original(self, X, y, eval_set=eval_set)
 
     monkeypatch.setattr(MLPHead, "fit", spying_fit)

@@ -6,6 +6,8 @@ and per-frame noise, so mixing candidates and smoothing along a video both pay o
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,23 +164,19 @@ def write_synthetic_run(
         "package_version": "synthetic",
         "test_list": test_list,
     }
+    # What went into the manifest, as `pipeline index` records it: predictions check it.
+    identity = [n_rows, n_videos, n_candidates, seed, nan_every]
+    metadata["fingerprint"] = hashlib.sha256(json.dumps(identity).encode()).hexdigest()
     write_manifest(frame, paths.manifest, metadata)
     rows = np.flatnonzero(split != "train")
     base = pd.DataFrame(
         {"row": rows, "image": frame["image"].to_numpy()[rows], "split": split[rows]}
     )
-    invocation = predictions.new_invocation_id()
-    inputs = predictions.input_fingerprints(paths, [])
-    predictions.clear_run_record(paths, run)
-    names: dict[str, list[str]] = {}
+    outputs: dict[str, dict[str, np.ndarray]] = {}
     for task, task_data in data.items():
         for m in range(n_candidates):
             values = task_data.candidates[m][rows].copy()
             values[::nan_every] = np.nan
-            name = f"cand{m}"
-            meta = {"task": task, "candidate": name, "invocation": invocation, "inputs": inputs}
-            predictions.write_predictions(paths.preds(run, task, name), base, values, task, meta)
-            names.setdefault(task, []).append(name)
-    record = {"run": run, "invocation": invocation, "inputs": inputs, "candidates": names}
-    predictions.write_run_record(paths, run, {**record, "skipped": {}, "synthetic_seed": seed})
+            outputs.setdefault(task, {})[f"cand{m}"] = values
+    predictions.write_prediction_run(paths, run, base, outputs, synthetic_seed=seed)
     return paths
