@@ -94,6 +94,21 @@ def test_expression_only_labels_train_expr_and_name_the_skipped_tasks(tmp_path: 
     assert "--task va: no labelled train rows" in asked.stderr
 
 
+def test_per_task_rows_train_every_task_on_its_own_rows(tmp_path: Path) -> None:
+    """Per-task Aff-Wild2 in one manifest: each train row labelled for one task only."""
+    paths = tiny_cache(tmp_path / "tasks", n_train=120)
+    manifest = read_manifest(paths.manifest)
+    train_rows = np.flatnonzero(manifest["split"].to_numpy() == "train")
+    va_rows, expr_rows, au_rows = np.array_split(train_rows, 3)
+    manifest.loc[np.r_[expr_rows, au_rows], ["valence", "arousal"]] = np.nan
+    manifest.loc[np.r_[va_rows, au_rows], "expression"] = -1
+    manifest.loc[np.r_[va_rows, expr_rows], list(AU_COLUMNS)] = -1
+    write_manifest(manifest, paths.manifest, {"dataset": "tasks"})
+    result = train(paths, config_path=linear_config(tmp_path), progress=False)
+    assert {r.task: r.n_train for r in result.results} == {"va": 40, "expr": 40, "au": 40}
+    assert result.skipped == {}
+
+
 def test_openface_only_cache_trains_va_candidates(tmp_path: Path) -> None:
     paths = tiny_cache(tmp_path / "of")
     result = train(paths, tasks=["va"], progress=False)
