@@ -324,7 +324,7 @@ def check_inputs(
     path: Path, paths: DatasetPaths, run: str, current: dict[str, str] | None = None
 ) -> None:
     """Raise StaleRunError unless the file's recorded inputs are the current manifest and
-    feature files. `current` caches fingerprints across calls ("manifest", backbone names)."""
+    feature files. `current` caches fingerprints across calls (keys: "manifest", file paths)."""
     current = {} if current is None else current
     rerun = rerun_command(paths, run)
     inputs = read_prediction_metadata(path).get("inputs")
@@ -341,16 +341,15 @@ def check_inputs(
         )
     for backbone, recorded in sorted((inputs.get("features") or {}).items()):
         feature_path = paths.features(backbone)
-        if backbone not in current:
-            current[backbone] = (
-                feature_fingerprint(feature_path) if feature_path.exists() else "missing"
-            )
-        if current[backbone] == "missing":
+        key = str(feature_path)
+        if key not in current:
+            current[key] = feature_fingerprint(feature_path) if feature_path.exists() else ""
+        if not current[key]:
             raise StaleRunError(
                 f"{path} was computed from {feature_path}, which is gone: "
                 f"re-extract {backbone} or rerun {rerun}"
             )
-        if recorded != current[backbone]:
+        if recorded != current[key]:
             raise StaleRunError(
                 f"{path} is stale: {feature_path} changed since it was computed (re-extracted, "
                 f"other weights or manifest); rerun {rerun}"
