@@ -204,7 +204,7 @@ class MLPHead(_HeadBase):
         weight_decay: float = 1e-2,
         batch_size: int = 4096,
         max_epochs: int = 3,
-        min_steps: int = 300,
+        min_steps: int = 100,
         patience: int = 4,
         class_weighting: bool = True,
         focal_gamma: float = 0.0,
