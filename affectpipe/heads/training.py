@@ -187,7 +187,6 @@ def fit_candidate(
         "fit_seconds": fit_seconds,
         "cpu_seconds": cpu_seconds,
         "n_train": len(train_rows),
-        "n_early_stopping": len(stop_rows),
         "n_val": len(val_rows),
         "scores": task.score(y[val_rows], outputs[val_rows]) if len(val_rows) else {},
     }
