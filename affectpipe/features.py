@@ -24,6 +24,7 @@ refuse it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -47,6 +48,8 @@ JSON_ATTRS = (
 )
 STRING_DTYPE = h5py.string_dtype(encoding="utf-8")
 MAX_COMPRESSION = 1000  # declared/stored size ratio a compressed array may have
+# Attrs that say nothing about the rows' values: left out of `feature_fingerprint`.
+UNFINGERPRINTED_ATTRS = ("complete", "committed_rows")
 
 
 def decode_attrs(raw: h5py.AttributeManager) -> dict[str, Any]:
@@ -251,3 +254,30 @@ def write_feature_file(
             else:
                 scalars[key] = value
         encode_attrs(handle.attrs, {**scalars, "committed_rows": n, "complete": True})
+
+
+def feature_fingerprint(path: str | Path) -> str:
+    """sha256 over a complete feature file's identity: every attr (weights sha256,
+    preprocessing, descriptor parameters, manifest fingerprint, package version, ...) and the
+    shape of each array. Reads no feature data, so it is cheap enough to check on every load.
+
+    Re-extracting with other weights, another manifest or another descriptor changes it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"no feature file at {path}: run `pipeline extract` first")
+    try:
+        with h5py.File(path, "r") as handle:
+            attrs = decode_attrs(handle.attrs)
+            shapes = {
+                name: list(handle[name].shape)
+                for name in ("image", "embedding", "logits", "ok")
+                if name in handle
+            }
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"{path}: not a readable feature file ({exc}); rerun `pipeline extract`"
+        ) from None
+    identity = {k: v for k, v in attrs.items() if k not in UNFINGERPRINTED_ATTRS}
+    payload = json.dumps({"attrs": identity, "shapes": shapes}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 
@@ -93,10 +95,12 @@ def test_stale_or_missing_predictions_are_input_errors(tmp_path):
     pred = paths.preds("default", "va", "cand0")
     frame = pd.read_parquet(pred)
     frame.loc[0, "image"] = "other/00001.jpg"
-    frame.to_parquet(pred)
+    metadata = pq.read_schema(pred).metadata  # keep the contract's metadata: only rows change
+    pq.write_table(pa.Table.from_pandas(frame).replace_schema_metadata(metadata), pred)
     with pytest.raises(InputError, match="stale"):
         blend_run(paths, tasks=["va"], progress=False, report=False)
-    frame.drop(columns=["valence"]).to_parquet(pred)
+    table = pa.Table.from_pandas(frame.drop(columns=["valence"]))
+    pq.write_table(table.replace_schema_metadata(metadata), pred)
     with pytest.raises(InputError, match=r"lacks columns \['valence'\]"):
         blend_run(paths, tasks=["va"], progress=False, report=False)
     with pytest.raises(InputError, match="run `pipeline heads`"):

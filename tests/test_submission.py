@@ -15,7 +15,8 @@ from affectpipe.blend.validate import validate_file, validate_video_folder
 from affectpipe.config import DatasetPaths
 from affectpipe.manifest import empty_manifest, write_manifest
 from affectpipe.pipeline import cli
-from affectpipe.schema import AU_COLUMNS, MTL_SUBMISSION_HEADER, PRED_COLUMNS
+from affectpipe.predictions import write_prediction_run
+from affectpipe.schema import AU_COLUMNS, MTL_SUBMISSION_HEADER
 
 EXACT = BlendOptions(correction=False, smoothing=False)  # one candidate: outputs = its values
 
@@ -80,21 +81,19 @@ def write_toy(
         ),
     ]
     au = np.r_[val_au * 0.8 + 0.1, np.array([[r[6]] * 12 for r in test])]
+    base = pd.DataFrame(
+        {
+            "row": rows,
+            "image": frame["image"].to_numpy()[rows],
+            "split": frame["split"].to_numpy()[rows],
+        }
+    )
+    outputs = {}
     for task, values in (("va", va), ("expr", expr), ("au", au)):
         values = values.astype(np.float32)
         values[n_val:][nan_rows] = np.nan
-        preds = pd.DataFrame(
-            {
-                "row": rows,
-                "image": frame["image"].to_numpy()[rows],
-                "split": frame["split"].to_numpy()[rows],
-            }
-        )
-        for k, column in enumerate(PRED_COLUMNS[task]):
-            preds[column] = values[:, k]
-        path = paths.preds("default", task, "only")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        preds.to_parquet(path)
+        outputs[task] = {"only": values}
+    write_prediction_run(paths, "default", base, outputs)
     return paths
 
 

@@ -1,17 +1,20 @@
-"""Read the heads' prediction files of a run and align them on manifest rows."""
+"""Load a run's checked prediction files (`affectpipe.predictions`) aligned on manifest rows."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
-from affectpipe.schema import PRED_COLUMNS, TASKS
+from affectpipe.predictions import available_tasks, read_predictions, resolve_candidates
+from affectpipe.schema import PRED_COLUMNS
+
+__all__ = ["BLEND_SPLITS", "CandidateSet", "available_tasks", "load_candidates", "read_candidate"]
 
 BLEND_SPLITS = ("val", "test")
 
@@ -26,29 +29,12 @@ class CandidateSet:
     values: np.ndarray  # [M, len(rows), K] float32; NaN where a candidate has no prediction
 
 
-def candidate_files(paths: DatasetPaths, run: str, task: str) -> list[Path]:
-    folder = paths.run(run) / "preds" / task
-    return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-
-
-def available_tasks(paths: DatasetPaths, run: str) -> list[str]:
-    return [task for task in TASKS if candidate_files(paths, run, task)]
-
-
 def read_candidate(path: Path, task: str, images: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """One prediction file as [len(rows), K] aligned on `rows` (NaN for rows it lacks).
 
     `images` is the manifest's image column, to check that the file's rows still match it.
     """
-    columns = ["row", "image", *PRED_COLUMNS[task]]
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for unreadable files
-        raise InputError(f"{path}: cannot read predictions ({exc})") from exc
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise InputError(f"{path}: prediction file lacks columns {missing}")
-    frame = table.select(columns).to_pandas()
+    frame = read_predictions(path, task)
     manifest_rows = frame["row"].to_numpy(np.int64)
     if len(manifest_rows) and (manifest_rows.min() < 0 or manifest_rows.max() >= len(images)):
         raise InputError(f"{path}: row index outside the manifest ({len(images)} rows)")
@@ -67,15 +53,16 @@ def read_candidate(path: Path, task: str, images: np.ndarray, rows: np.ndarray) 
 
 
 def load_candidates(
-    paths: DatasetPaths, run: str, task: str, manifest: pd.DataFrame
+    paths: DatasetPaths,
+    run: str,
+    task: str,
+    manifest: pd.DataFrame,
+    names: Sequence[str] | None = None,
 ) -> CandidateSet:
-    """All candidates of `task` in the run; raises InputError when there are none."""
-    files = candidate_files(paths, run, task)
-    if not files:
-        raise InputError(
-            f"no predictions for task {task!r} under {paths.run(run) / 'preds' / task}: "
-            "run `pipeline heads` first"
-        )
+    """The run's candidates of `task` (or those `names`d), checked by
+    `affectpipe.predictions.resolve_candidates`: a finished heads run, one invocation, inputs
+    unchanged. Raises its errors (exit 1 for stale or partial runs, 2 when there is none)."""
+    files = resolve_candidates(paths, run, task, names)
     rows = np.flatnonzero(manifest["split"].isin(BLEND_SPLITS).to_numpy())
     images = manifest["image"].to_numpy(str)
     values = np.stack([read_candidate(path, task, images, rows) for path in files])

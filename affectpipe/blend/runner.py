@@ -213,12 +213,13 @@ def _tune_task(
     run: str,
     options: BlendOptions,
     warnings: list[str],
+    candidates: Sequence[str] | None = None,
 ) -> TaskOutcome:
     frames = manifest["frame"].to_numpy(np.int64)
     split = manifest["split"].to_numpy(str)
     labels_all = rules.labels(manifest)
     prior = rules.prior(labels_all[split == "train"])
-    cands = load_candidates(paths, run, rules.name, manifest)
+    cands = load_candidates(paths, run, rules.name, manifest, candidates)
     # Validation rows and this task's test-list rows (per-task lists share one manifest).
     keep = (split[cands.rows] == "val") | np.isin(
         cands.rows, task_test_rows(manifest, metadata, rules.name)
@@ -617,6 +618,7 @@ def run(
     notes: Sequence[str] = (),
     report: bool = True,
     max_filled: float = DEFAULT_MAX_FILLED,
+    candidates: Sequence[str] | None = None,
 ) -> BlendResult:
     """Tune blends for the run's tasks on validation; write submissions, blend.json, report.
 
@@ -626,6 +628,8 @@ def run(
     that cannot be written (a task without predictions or validation labels, or more than
     `max_filled` of its listed test rows without a real prediction) is named with the
     reason in `BlendResult.missing`; the per-task files of the other tasks are written.
+    `candidates` (``NAME`` or ``TASK/NAME``) picks prediction files by hand, from any heads
+    invocation of the run.
     """
     options = options or BlendOptions()
     if options.prefer not in BLEND_PREFER:
@@ -650,7 +654,8 @@ def run(
         for task in tqdm(tasks, desc="blend", unit="task", disable=not progress):
             try:
                 outcomes[task] = _tune_task(
-                    rules_for(task), manifest, metadata, groups, paths, run, options, warnings
+                    rules_for(task), manifest, metadata, groups, paths, run, options, warnings,
+                    candidates,
                 )
             except NoValidationLabels as exc:
                 if explicit:

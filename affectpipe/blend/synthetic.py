@@ -6,16 +6,19 @@ and per-frame noise, so mixing candidates and smoothing along a video both pay o
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from affectpipe import predictions
 from affectpipe.blend.smoothing import VideoOrder
 from affectpipe.config import DEFAULT_RUN, DatasetPaths
 from affectpipe.manifest import empty_manifest, write_manifest
 from affectpipe.metrics import N_AU, N_EXPR
-from affectpipe.schema import AU_COLUMNS, MTL_SUBMISSION_HEADER, PRED_COLUMNS
+from affectpipe.schema import AU_COLUMNS, MTL_SUBMISSION_HEADER
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,8 @@ def write_synthetic_run(
     seed: int = 4,
     nan_every: int = 37,
 ) -> DatasetPaths:
-    """A manifest and heads-style prediction files for all three tasks, without images.
+    """A manifest, prediction files for all three tasks and the run record (as `pipeline heads`
+    writes them, through `affectpipe.predictions`), without images or feature files.
 
     The first fifth of the videos are train, the last fifth test (an MTL test list), the rest
     validation; every `nan_every`-th val/test row has NaN predictions (features not ok).
@@ -160,18 +164,19 @@ def write_synthetic_run(
         "package_version": "synthetic",
         "test_list": test_list,
     }
+    # What went into the manifest, as `pipeline index` records it: predictions check it.
+    identity = [n_rows, n_videos, n_candidates, seed, nan_every]
+    metadata["fingerprint"] = hashlib.sha256(json.dumps(identity).encode()).hexdigest()
     write_manifest(frame, paths.manifest, metadata)
     rows = np.flatnonzero(split != "train")
+    base = pd.DataFrame(
+        {"row": rows, "image": frame["image"].to_numpy()[rows], "split": split[rows]}
+    )
+    outputs: dict[str, dict[str, np.ndarray]] = {}
     for task, task_data in data.items():
         for m in range(n_candidates):
-            preds = pd.DataFrame(
-                {"row": rows, "image": frame["image"].to_numpy()[rows], "split": split[rows]}
-            )
             values = task_data.candidates[m][rows].copy()
             values[::nan_every] = np.nan
-            for k, column in enumerate(PRED_COLUMNS[task]):
-                preds[column] = values[:, k]
-            path = paths.preds(run, task, f"cand{m}")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            preds.to_parquet(path, index=False)
+            outputs.setdefault(task, {})[f"cand{m}"] = values
+    predictions.write_prediction_run(paths, run, base, outputs, synthetic_seed=seed)
     return paths

@@ -72,27 +72,27 @@ def parse_candidate_ref(text: str) -> tuple[FeatureSet, str]:
     return parse_feature_set(spec), model
 
 
-def is_descriptor_backbone(name: str) -> bool:
-    """OpenFace-style descriptors: candidates for EXPR and AU only (no VA, as in the papers)."""
-    return name.startswith("openface")
+# The papers' feature sets per task, best first, as parts of one backbone. Every rule whose
+# parts a backbone has gives a default candidate; a backbone that has none of them (no
+# logits, e.g. the OpenFace-style descriptors) serves every task with FALLBACK_PARTS.
+DEFAULT_PARTS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "va": (("logits",), ("embedding", "logits")),  # VA from MT-EmotiEffNet's logits
+    "expr": (("embedding", "logits"),),
+    "au": (("embedding", "logits"),),
+}
+FALLBACK_PARTS: tuple[str, ...] = ("embedding",)
 
 
 def default_feature_sets(backbones: dict[str, list[str]]) -> dict[str, list[FeatureSet]]:
-    """The papers' feature sets per task for the backbones present in the cache."""
+    """Default feature sets per task for the backbones present (backbone -> its parts):
+    every backbone serves every task."""
     sets: dict[str, list[FeatureSet]] = {task: [] for task in TASKS}
     for backbone, parts in backbones.items():
-        if is_descriptor_backbone(backbone):
-            for task in ("expr", "au"):
-                sets[task].append(FeatureSet(((backbone, "embedding"),)))
-            continue
-        if "logits" in parts:
-            both = FeatureSet(((backbone, "embedding"), (backbone, "logits")))
-            sets["va"] += [FeatureSet(((backbone, "logits"),)), both]
-            sets["expr"].append(both)
-            sets["au"].append(both)
-        else:
-            for task in TASKS:
-                sets[task].append(FeatureSet(((backbone, "embedding"),)))
+        for task in TASKS:
+            rules = [r for r in DEFAULT_PARTS[task] if set(r) <= set(parts)]
+            if not rules and set(FALLBACK_PARTS) <= set(parts):
+                rules = [FALLBACK_PARTS]
+            sets[task] += [FeatureSet(tuple((backbone, part) for part in r)) for r in rules]
     return sets
 
 
@@ -186,11 +186,16 @@ def select_candidates(
     backbones: dict[str, list[str]],
     tasks: list[str] | None = None,
     refs: list[str] | None = None,
+    *,
+    features_dir: Path | None = None,
+    problems: list[str] | None = None,
 ) -> list[Candidate]:
     """Candidates to train: explicit refs, else the config's list, else the defaults.
 
-    A ref (``SPEC/MODEL``) applies to every selected task.
+    A ref (``SPEC/MODEL``) applies to every selected task. `features_dir` and `problems`
+    (feature files that are present but unusable, with why) make the errors precise.
     """
+    problems = problems or []
     tasks = list(tasks or TASKS)
     for task in tasks:
         get_task(task)
@@ -219,12 +224,20 @@ def select_candidates(
         ]
         if config.temporal and "temporal" not in config.models:
             chosen += temporal_candidates(config, backbones, tasks)
+    if not backbones and not refs:
+        raise InputError(
+            f"no complete feature file in {features_dir or 'the cache'}: run `pipeline extract` "
+            "first" + (f" ({'; '.join(problems)})" if problems else "")
+        )
     missing = sorted({b for c in chosen for b in c.features.backbones} - set(backbones))
     if missing:
         raise InputError(
             f"no complete feature file for {', '.join(missing)}: run `pipeline extract` "
             f"(available: {', '.join(backbones) or 'none'})"
+            + (f"; {'; '.join(problems)}" if problems else "")
         )
     if not chosen:
-        raise InputError("no candidates to train: the cache has no feature files for these tasks")
+        raise InputError(
+            "no candidates to train for tasks " + ", ".join(tasks) + " (the config lists none)"
+        )
     return chosen

@@ -19,7 +19,8 @@ TASK_CHOICES = ("va", "expr", "au")
     "tasks",
     multiple=True,
     type=click.Choice(TASK_CHOICES),
-    help="Train only this task (repeatable). Default: va, expr and au.",
+    help="Train only this task (repeatable); exit 2 if it has no labelled train rows. "
+    "Default: every task with labelled train rows (the others are skipped, with the reason).",
 )
 @click.option(
     "--candidate",
@@ -67,13 +68,15 @@ def heads(
     \b
     Default candidates, for every backbone with a feature file in the cache:
       va   BACKBONE:logits and BACKBONE:embedding+logits
-      expr BACKBONE:embedding+logits (openface: openface:embedding)
-      au   BACKBONE:embedding+logits (openface: openface:embedding)
+      expr BACKBONE:embedding+logits
+      au   BACKBONE:embedding+logits
+    and BACKBONE:embedding for every task where a backbone has no logits (openface),
     each with the `linear` and `mlp` models (`lightgbm` on request), plus one `temporal`
     candidate per task (a sequence model over each video's frames) on the first CNN
     backbone's embedding+logits (`temporal = false` in the config turns it off).
-    Writes runs/RUN/heads/TASK/CANDIDATE.joblib, runs/RUN/preds/TASK/CANDIDATE.parquet
-    and runs/RUN/heads/metrics.json, then prints the validation metrics.
+    Writes runs/RUN/heads/TASK/CANDIDATE.joblib, runs/RUN/preds/TASK/CANDIDATE.parquet,
+    runs/RUN/heads/metrics.json and, last, runs/RUN/heads/run.json (what `blend` checks:
+    a run without it is unfinished), then prints the validation metrics.
     """
     from affectpipe.heads.training import train
 
@@ -89,9 +92,11 @@ def heads(
         progress=progress,
     )
     click.echo(result.table())
+    for line in result.skipped_lines():
+        click.echo(line)
     click.echo(
         f"{len(result.results)} candidates in {result.seconds:.1f} s; "
-        f"metrics: {result.metrics_path}"
+        f"metrics: {result.metrics_path}; run record: {result.record_path}"
     )
 
 

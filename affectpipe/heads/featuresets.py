@@ -210,15 +210,24 @@ def _check_finite(data: np.ndarray, handle: FeatureFile, name: str) -> None:
         raise InputError(f"{handle.path}: {bad} ok rows of {name} hold NaN or inf values")
 
 
-def available_backbones(paths: DatasetPaths) -> dict[str, list[str]]:
-    """Backbones with a complete feature file in the cache -> their selectable parts."""
+def available_backbones(
+    paths: DatasetPaths, problems: list[str] | None = None
+) -> dict[str, list[str]]:
+    """Backbones with a complete feature file in the cache -> their selectable parts.
+
+    Files that are there but not usable are appended to `problems` (file and why).
+    """
     found: dict[str, list[str]] = {}
+    problems = [] if problems is None else problems
     for path in sorted(paths.features_dir.glob("*.h5")):
         try:
             handle, _ = _open(path)
-        except IncompleteFeatureFile:
-            continue  # incomplete extraction: not a candidate until it finishes
+        except IncompleteFeatureFile as exc:
+            problems.append(str(exc))  # an unfinished extraction: not a candidate until it ends
+            continue
         if handle.attrs.get("shard"):
-            continue  # one shard of a sharded extraction: `pipeline extract --merge` joins them
+            # One shard of a sharded extraction: `pipeline extract --merge` joins them.
+            problems.append(f"{path.name} is one shard: run `pipeline extract --merge`")
+            continue
         found[path.stem] = handle.parts()
     return found

@@ -181,12 +181,19 @@ class MLPHead(_HeadBase):
     """PyTorch MLP with 0 or 1 hidden layer, dropout, AdamW, early stopping on the task metric.
 
     hidden: hidden width (0 = a linear model trained by AdamW); dropout: on the input of the
-    output layer; lr, weight_decay: AdamW (lr is the peak of a cosine decay over max_epochs);
-    batch_size: rows per step (less on small data, see fit); max_epochs, patience: early
-    stopping on `eval_set` (the task's validation metric,
-    from affectpipe.metrics); without an eval set it trains `max_epochs` epochs.
+    output layer; lr, weight_decay: AdamW (lr is the peak of a cosine decay over the budget);
+    batch_size: rows per step (less on small data, see fit). The budget is `max_epochs`
+    passes over the data, extended to at least `min_steps` optimiser steps: at Aff-Wild2
+    scale a few epochs of 4096-row batches suffice, while a few hundred rows need many
+    epochs of small batches (3 epochs were ~20 steps, and the MLPs lost to linear heads).
+    Early stopping on `eval_set` (the task's validation metric, from affectpipe.metrics),
+    checked `EVALUATIONS` times over the budget, stopping after `patience` checks without a
+    better score and keeping the best weights; without an eval set the whole budget runs.
     focal_gamma, class_weighting: as in LinearHead. random_state: seeds init and shuffling.
     """
+
+    EVALUATIONS = 20  # early-stopping checks over the budget (at most one per epoch)
+    stops_early = True  # uses `eval_set`: training gives it held-out train rows
 
     def __init__(
         self,
@@ -197,7 +204,8 @@ class MLPHead(_HeadBase):
         weight_decay: float = 1e-2,
         batch_size: int = 4096,
         max_epochs: int = 3,
-        patience: int = 2,
+        min_steps: int = 100,
+        patience: int = 4,
         class_weighting: bool = True,
         focal_gamma: float = 0.0,
         random_state: int = 0,
@@ -209,6 +217,7 @@ class MLPHead(_HeadBase):
         self.weight_decay = weight_decay
         self.batch_size = batch_size
         self.max_epochs = max_epochs
+        self.min_steps = min_steps
         self.patience = patience
         self.class_weighting = class_weighting
         self.focal_gamma = focal_gamma
@@ -243,19 +252,22 @@ class MLPHead(_HeadBase):
         xs = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
         ts = _target_tensor(self.task, np.asarray(y))
         loss_fn = _loss_fn(self.task, np.asarray(y), self.focal_gamma, self.class_weighting)
-        # Small data still gets ~32 steps per epoch (as many as 128k rows in 4096-row batches);
-        # a batch keeps >= 64 rows for a stable batch CCC (a smaller last batch is skipped).
+        # A batch keeps >= 64 rows for a stable batch CCC (a smaller last batch is skipped).
         batch_size = min(self.batch_size, max(64, len(xs) // 32))
         min_batch = min(len(xs), 64)
+        steps_per_epoch = max(1, len(xs) // batch_size)
+        epochs = max(self.max_epochs, -(-self.min_steps // steps_per_epoch))
         # Cosine decay over the whole budget: a few epochs at a higher peak LR reach the score
         # of ~3x as many epochs at a constant one.
-        total_steps = self.max_epochs * max(1, len(xs) // batch_size)
+        total_steps = epochs * steps_per_epoch
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: 0.5 * (1.0 + np.cos(np.pi * min(step / total_steps, 1.0)))
         )
+        check_every = max(1, epochs // self.EVALUATIONS)
         best_score, best_state, best_epoch, stale = -np.inf, None, 0, 0
         self.history_: list[float] = []
-        for epoch in range(1, self.max_epochs + 1):
+        self.n_steps_ = 0
+        for epoch in range(1, epochs + 1):
             module.train()
             order = torch.randperm(len(xs), generator=generator)
             for start in range(0, len(xs), batch_size):
@@ -266,8 +278,11 @@ class MLPHead(_HeadBase):
                 loss_fn(module(xs[idx]), ts[idx]).backward()
                 optimizer.step()
                 schedule.step()
+                self.n_steps_ += 1
             if eval_set is None:
                 best_state, best_epoch = _to_numpy_state(module), epoch
+                continue
+            if epoch % check_every and epoch != epochs:
                 continue
             self.weights_ = _to_numpy_state(module)
             self.n_features_in_ = X.shape[1]
@@ -293,7 +308,7 @@ class MLPHead(_HeadBase):
 
     def refit_params(self) -> dict[str, int]:
         """Params for a refit without an eval set (cross-fitting): the early-stopped epochs."""
-        return {"max_epochs": max(1, self.best_epoch_)}
+        return {"max_epochs": max(1, self.best_epoch_), "min_steps": 0}
 
 
 class LightGBMHead(_HeadBase):
@@ -303,6 +318,8 @@ class LightGBMHead(_HeadBase):
     AU classifiers with missing AUs weighted 0); expr is one multiclass model with class
     weights as sample weights. Early stopping on `eval_set` (the task's LightGBM loss).
     """
+
+    stops_early = True
 
     def __init__(
         self,
@@ -412,6 +429,10 @@ class SeedBag(BaseEstimator):
     @property
     def task(self) -> str:
         return self.estimator.task
+
+    @property
+    def stops_early(self) -> bool:
+        return getattr(self.estimator, "stops_early", False)
 
     def fit(self, X: np.ndarray, y: np.ndarray, eval_set: object = None) -> SeedBag:
         base_seed = int(self.estimator.get_params()["random_state"])

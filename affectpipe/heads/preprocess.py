@@ -2,70 +2,88 @@
 
 Fitted on train rows only (a sample of them suffices for means, scales and the leading
 principal components). Wide inputs (e.g. a 1290-dim embedding+logits) are projected on
-their top principal components and whitened: this is what makes the iterative heads fast
-(they see ~100 well-conditioned columns instead of ~1,300 raw ones). Narrow inputs are
-only standardised.
+their top principal components and whitened (scikit-learn's PCA): this is what makes the
+iterative heads fast (they see ~100 well-conditioned columns instead of ~1,300 raw ones).
+Narrow inputs are only standardised.
+
+Small data: n train rows span at most n - 1 directions. The projection keeps no more
+components than that, and drops components whose variance is negligible next to the
+largest's: whitening such a component divides by ~0, which blew val/test features up by
+~10^6 when they were kept (with the variance floored at 1e-6).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_limits
 
 
 class FeatureScaler(TransformerMixin, BaseEstimator):
-    """Standardise columns; if the input is wider than `n_components`, keep that many PCs.
+    """Standardise columns; if the input is wider than `n_components` (or than the train rows
+    support), project on the top principal components.
 
-    n_components: PCs kept for wide inputs (0 or None: standardise only).
+    n_components: PCs kept at most for wide inputs (0 or None: standardise only).
     whiten: scale each kept PC to unit variance.
+    min_variance_ratio: drop PCs whose variance is below this share of the largest one's.
     """
 
-    def __init__(self, n_components: int | None = 128, whiten: bool = True):
+    def __init__(
+        self,
+        n_components: int | None = 128,
+        whiten: bool = True,
+        min_variance_ratio: float = 1e-4,
+    ):
         self.n_components = n_components
         self.whiten = whiten
+        self.min_variance_ratio = min_variance_ratio
 
     def fit(self, X: np.ndarray, y: object = None) -> FeatureScaler:
         """Fit on train rows X (a few ten thousand rows suffice: see `training`)."""
         X = np.asarray(X, dtype=np.float32)
-        if len(X) < 2:
+        n_rows, width = X.shape
+        if n_rows < 2:
             raise ValueError("FeatureScaler needs at least 2 training rows")
         mean = X.mean(axis=0, dtype=np.float64)
-        centred = X - mean.astype(np.float32)
-        width = X.shape[1]
-        reduce = bool(self.n_components) and width > self.n_components
-        if reduce:
-            gram = (centred.T @ centred).astype(np.float64) / len(X)
-            var = np.diag(gram).copy()
-        else:
-            var = np.einsum("ij,ij->j", centred, centred, dtype=np.float64) / len(X)
-        scale = np.sqrt(var)
+        scale = X.std(axis=0, dtype=np.float64)
         scale[scale < 1e-8] = 1.0  # constant columns stay constant (zero after centring)
         self.mean_ = mean.astype(np.float32)
         self.scale_ = scale.astype(np.float32)
         self.projection_ = None
         self.offset_ = None
-        if reduce:
-            corr = gram / np.outer(scale, scale)
-            # Only the top eigenpairs (cheaper than all), on one BLAS thread: the reduction to
-            # tridiagonal form is memory-bound and threads only wait on each other.
-            with threadpool_limits(1):
-                eigval, eigvec = scipy.linalg.eigh(
-                    corr, subset_by_index=[width - self.n_components, width - 1], driver="evr"
-                )
-            eigval, eigvec = eigval[::-1], eigvec[:, ::-1]
-            # A sign convention makes the projection deterministic across BLAS builds.
-            eigvec *= np.sign(eigvec[np.abs(eigvec).argmax(axis=0), range(eigvec.shape[1])])
-            if self.whiten:
-                eigvec = eigvec / np.sqrt(np.maximum(eigval, 1e-6))
-            self.explained_variance_ratio_ = float(eigval.sum() / np.trace(corr))
-            # Fold the standardisation into the projection: z = x @ W - b.
-            weights = eigvec / scale[:, None]
-            self.projection_ = weights.astype(np.float32)
-            self.offset_ = (mean @ weights).astype(np.float32)
+        self.note_ = ""
         self.n_features_in_ = width
+        supported = n_rows - 1  # directions n centred rows can span
+        if not self.n_components or width <= min(self.n_components, supported):
+            return self
+        self._fit_projection(X, mean, scale, min(self.n_components, supported))
         return self
+
+    def _fit_projection(
+        self, X: np.ndarray, mean: np.ndarray, scale: np.ndarray, n_keep: int
+    ) -> None:
+        standardised = (X - mean.astype(np.float32)) / scale.astype(np.float32)
+        # Many rows: eigendecomposition of the covariance (one pass over the rows); few rows:
+        # a plain SVD. One BLAS thread: the decomposition is memory-bound and threads only
+        # wait on each other.
+        solver = "covariance_eigh" if len(X) >= X.shape[1] else "full"
+        with threadpool_limits(1):
+            pca = PCA(n_components=n_keep, whiten=False, svd_solver=solver).fit(standardised)
+        variance = pca.explained_variance_.astype(np.float64)
+        kept = int((variance > self.min_variance_ratio * variance[0]).sum())
+        weights = pca.components_[:kept].T.astype(np.float64)  # [width, kept]
+        if self.whiten:
+            weights = weights / np.sqrt(variance[:kept])
+        # Fold standardisation and centring into one affine map: z = x @ W - b.
+        self.projection_ = (weights / scale[:, None]).astype(np.float32)
+        self.offset_ = ((mean / scale + pca.mean_) @ weights).astype(np.float32)
+        self.explained_variance_ratio_ = float(pca.explained_variance_ratio_[:kept].sum())
+        if kept < self.n_components:
+            self.note_ = (
+                f"kept {kept} of {self.n_components} principal components: {len(X)} train rows "
+                f"of {X.shape[1]} columns support no more"
+            )
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         if X.shape[1] != self.n_features_in_:

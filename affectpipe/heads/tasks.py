@@ -19,8 +19,11 @@ from affectpipe.schema import AU_COLUMNS, PRED_COLUMNS, TASKS, VA_COLUMNS, VA_MI
 
 @dataclass(frozen=True)
 class Task:
+    """A task's labels and scores; one subclass per task (no `if task == ...` chains)."""
+
     name: str
     n_outputs: int
+    main_metric: str
 
     @property
     def pred_columns(self) -> tuple[str, ...]:
@@ -28,37 +31,54 @@ class Task:
 
     def targets(self, manifest: pd.DataFrame) -> np.ndarray:
         """The task's labels for every manifest row (missing entries kept as such)."""
-        if self.name == "va":
-            return manifest[list(VA_COLUMNS)].to_numpy(dtype=np.float32)
-        if self.name == "expr":
-            return manifest["expression"].to_numpy(dtype=np.int64)
-        return manifest[list(AU_COLUMNS)].to_numpy(dtype=np.int64)
+        raise NotImplementedError
 
     def valid_rows(self, y: np.ndarray) -> np.ndarray:
         """Rows that carry a usable label for this task."""
-        if self.name == "va":
-            return (np.isfinite(y) & (y > VA_MISSING_SENTINEL)).all(axis=1)
-        if self.name == "expr":
-            return y >= 0
-        return (y >= 0).any(axis=1)
+        raise NotImplementedError
 
     def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
         """Validation metrics of predictions (VA values or probabilities) via affectpipe.metrics."""
-        if self.name == "va":
-            return metrics.va_scores(y_true, y_pred)
-        if self.name == "expr":
-            return {"p_expr": metrics.expr_f1(y_true, y_pred.argmax(axis=1))}
-        return {"p_au": metrics.au_f1(y_true, (y_pred >= 0.5).astype(np.int64))}
+        raise NotImplementedError
 
-    @property
-    def main_metric(self) -> str:
-        return {"va": "p_va", "expr": "p_expr", "au": "p_au"}[self.name]
+
+class VATask(Task):
+    def targets(self, manifest: pd.DataFrame) -> np.ndarray:
+        return manifest[list(VA_COLUMNS)].to_numpy(dtype=np.float32)
+
+    def valid_rows(self, y: np.ndarray) -> np.ndarray:
+        return (np.isfinite(y) & (y > VA_MISSING_SENTINEL)).all(axis=1)
+
+    def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+        return metrics.va_scores(y_true, y_pred)
+
+
+class ExprTask(Task):
+    def targets(self, manifest: pd.DataFrame) -> np.ndarray:
+        return manifest["expression"].to_numpy(dtype=np.int64)
+
+    def valid_rows(self, y: np.ndarray) -> np.ndarray:
+        return y >= 0
+
+    def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+        return {"p_expr": metrics.expr_f1(y_true, y_pred.argmax(axis=1))}
+
+
+class AUTask(Task):
+    def targets(self, manifest: pd.DataFrame) -> np.ndarray:
+        return manifest[list(AU_COLUMNS)].to_numpy(dtype=np.int64)
+
+    def valid_rows(self, y: np.ndarray) -> np.ndarray:
+        return (y >= 0).any(axis=1)
+
+    def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+        return {"p_au": metrics.au_f1(y_true, (y_pred >= 0.5).astype(np.int64))}
 
 
 TASK_DEFS: dict[str, Task] = {
-    "va": Task("va", 2),
-    "expr": Task("expr", metrics.N_EXPR),
-    "au": Task("au", metrics.N_AU),
+    "va": VATask("va", 2, "p_va"),
+    "expr": ExprTask("expr", metrics.N_EXPR, "p_expr"),
+    "au": AUTask("au", metrics.N_AU, "p_au"),
 }
 
 

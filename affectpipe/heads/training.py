@@ -2,8 +2,9 @@
 
 Candidates sharing a feature set share its loading and its scaler, so a feature set is
 read, gathered and projected once per run. Each candidate: fit on the train rows that have
-ok features and a valid label for its task (early stopping on the valid val rows), predict
-every val and test row (NaN where the features are not ok), score on val. With
+ok features and a valid label for its task (MLP and LightGBM early-stop on ~10 % of the
+train videos, held out: the val split stays unseen, its score honest), predict every val
+and test row (NaN where the features are not ok), score on val. With
 ``folds=K`` the train and val rows get out-of-fold predictions instead, from K refits on
 train+val grouped by video, so a blend can be tuned on honest predictions.
 
@@ -18,23 +19,22 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.model_selection import GroupKFold
 from tqdm.auto import tqdm
 
-from affectpipe import __version__
+from affectpipe import __version__, predictions
 from affectpipe.config import DEFAULT_RUN, DatasetPaths
 from affectpipe.errors import InputError
-from affectpipe.fsutil import atomic_path, file_lock, write_text_atomic
+from affectpipe.fsutil import file_lock, write_text_atomic
 from affectpipe.heads.candidates import Candidate, load_config, select_candidates
 from affectpipe.heads.featuresets import LoadedFeatures, available_backbones, load_feature_set
 from affectpipe.heads.fitted import FittedHead
@@ -45,10 +45,11 @@ from affectpipe.heads.temporal import fit_temporal_candidate, sequence_groups
 from affectpipe.manifest import read_manifest
 from affectpipe.schema import TASKS
 
-METADATA_KEY = b"affectpipe"
 SCALER_SAMPLE_ROWS = 20000  # train rows the scaler / PCA is estimated on
 CHUNK_ROWS = 16384
 PARALLEL_MIN_VALUES = 1 << 22  # scaled feature values (rows x columns) worth worker processes
+EARLY_STOPPING_SHARE = 0.1  # share of train videos held out to early-stop MLP / LightGBM fits
+EARLY_STOPPING_MIN_ROWS = 1000  # fewer train rows: too few held out to early-stop on (noise)
 
 
 @dataclass
@@ -74,9 +75,22 @@ class HeadsResult:
     seconds: float
     metrics_path: Path
     stage_seconds: dict[str, float]  # load (read + gather), scale (fit + transform), fit, write
+    skipped: dict[str, str] = field(default_factory=dict)  # task -> why it was not trained
+    skipped_candidates: dict[str, str] = field(default_factory=dict)  # "task/name" -> why
+    record_path: Path | None = None  # runs/<run>/heads/run.json
+    invocation: str = ""
+    notes: list[str] = field(default_factory=list)  # e.g. fewer components than configured
 
     def table(self) -> str:
         return format_table(self.results)
+
+    def skipped_lines(self) -> list[str]:
+        """One line per skipped task or candidate, with the reason."""
+        return (
+            [f"skipped task {task}: {why}" for task, why in self.skipped.items()]
+            + [f"skipped candidate {name}: {why}" for name, why in self.skipped_candidates.items()]
+            + [f"note: {note}" for note in self.notes]
+        )
 
 
 def format_table(results: Sequence[CandidateResult]) -> str:
@@ -167,9 +181,12 @@ def fit_candidate(
     if len(train_rows) < 2:
         raise InputError(f"{candidate}: fewer than 2 train rows with ok features and a label")
     model = make_model(candidate.model, candidate.task, candidate.params, seeds, seed)
-    eval_set = (Z[val_rows], y[val_rows]) if len(val_rows) else None
+    fit_rows, stop_rows = train_rows, train_rows[:0]
+    if getattr(model, "stops_early", False):
+        fit_rows, stop_rows = early_stopping_split(train_rows, rows.video, seed)
+    eval_set = (Z[stop_rows], y[stop_rows]) if len(stop_rows) else None
     start, cpu_start = time.perf_counter(), time.process_time()
-    model.fit(Z[train_rows], y[train_rows], eval_set=eval_set)
+    model.fit(Z[fit_rows], y[fit_rows], eval_set=eval_set)
     fit_seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
 
     outputs = np.full((len(ok), task.n_outputs), np.nan, dtype=np.float32)
@@ -189,6 +206,23 @@ def fit_candidate(
         info["cpu_seconds"] += time.process_time() - cpu_start
         info["oof_scores"] = task.score(y[val_rows], outputs[val_rows]) if len(val_rows) else {}
     return model, outputs, info
+
+
+def early_stopping_split(
+    train_rows: np.ndarray, video: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, early-stopping rows): about EARLY_STOPPING_SHARE of the train videos held out,
+    so that the validation split stays unseen and its score honest. Too little data (under
+    EARLY_STOPPING_MIN_ROWS train rows, or one video): no early stopping."""
+    videos = np.unique(video[train_rows])
+    if len(train_rows) < EARLY_STOPPING_MIN_ROWS or len(videos) < 2:
+        return train_rows, train_rows[:0]
+    rng = np.random.default_rng(seed)
+    n_held = max(1, round(EARLY_STOPPING_SHARE * len(videos)))
+    held = np.isin(video[train_rows], rng.choice(videos, n_held, replace=False))
+    if held.all() or not held.any():
+        return train_rows, train_rows[:0]
+    return train_rows[~held], train_rows[held]
 
 
 def _cross_fit(
@@ -276,19 +310,6 @@ def _preds_frame(manifest: pd.DataFrame, folds: int) -> pd.DataFrame:
     )
 
 
-def _write_preds(
-    path: Path, base: pd.DataFrame, outputs: np.ndarray, columns: Sequence[str], meta: dict
-) -> None:
-    rows = base["row"].to_numpy()
-    frame = base.assign(**{column: outputs[rows, j] for j, column in enumerate(columns)})
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata(
-        {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(meta).encode()}
-    )
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-
 def _merge_metrics(path: Path, results: Sequence[CandidateResult], run: str) -> None:
     """Update metrics.json: this run's candidates replace their earlier entries."""
     entries: list[dict] = []
@@ -305,6 +326,35 @@ def _merge_metrics(path: Path, results: Sequence[CandidateResult], run: str) -> 
     write_text_atomic(path, json.dumps(payload, indent=2, allow_nan=True) + "\n")
 
 
+def trainable_tasks(
+    rows: Rows, requested: Sequence[str] | None, strict: bool
+) -> tuple[list[str], dict[str, str]]:
+    """Tasks with labelled train rows, and the reason each other task is skipped.
+
+    A task asked for by name (`requested`) that has no labels is an InputError: the user
+    asked for something the data cannot give.
+    """
+    tasks, skipped = [], {}
+    train_split = rows.split == "train"
+    for name in requested or TASKS:
+        n_labelled = int((rows.labels[name][1] & train_split).sum())
+        if n_labelled >= 2:
+            tasks.append(name)
+            continue
+        reason = "no labelled train rows" if n_labelled == 0 else "only 1 labelled train row"
+        if strict:
+            reason += " with all three tasks labelled (--strict-labels)"
+        if requested:
+            raise InputError(f"--task {name}: {reason} in the manifest, nothing to train")
+        skipped[name] = reason
+    if not tasks:
+        raise InputError(
+            "nothing to train: "
+            + "; ".join(f"{task}: {reason}" for task, reason in skipped.items())
+        )
+    return tasks, skipped
+
+
 def train(
     paths: DatasetPaths,
     *,
@@ -317,30 +367,59 @@ def train(
     strict_labels: bool = False,
     progress: bool = True,
 ) -> HeadsResult:
-    """Train the selected candidates on cached features and write heads, preds, metrics.json."""
+    """Train the selected candidates on cached features; write heads, preds, metrics.json and,
+    last, the run record (`affectpipe.predictions`).
+
+    Every task with labelled train rows is trained (all three unless `tasks` names some);
+    the others, and candidates without two usable train rows, are skipped with the reason
+    (in the result and the run record).
+    """
     if folds == 1 or folds < 0:
         raise InputError("--folds must be 0 (off) or at least 2")
     if seeds < 1:
         raise InputError("--seeds must be at least 1")
+    for task in tasks or ():
+        get_task(task)
     start = time.perf_counter()
     manifest = read_manifest(paths.manifest)
     config = load_config(config_path)
+    rows = Rows.of(manifest, TASKS, strict_labels)
+    task_names, skipped = trainable_tasks(rows, list(tasks) if tasks else None, strict_labels)
+    problems: list[str] = []
+    backbones = available_backbones(paths, problems)
     chosen = select_candidates(
-        config, available_backbones(paths), list(tasks) if tasks else None, list(candidates or [])
+        config,
+        backbones,
+        task_names,
+        list(candidates or []),
+        features_dir=paths.features_dir,
+        problems=problems,
     )
+    explained = dict(skipped)
+    for task in task_names:
+        if not any(c.task == task for c in chosen):
+            explained[task] = "no candidate for it in the config"
     groups: dict[str, list[int]] = {}  # feature set -> indices of its candidates in `chosen`
     for i, candidate in enumerate(chosen):
         groups.setdefault(candidate.features.spec, []).append(i)
-    rows = Rows.of(manifest, sorted({c.task for c in chosen}), strict_labels)
     workers = config.workers or len(os.sched_getaffinity(0))
     stages = dict.fromkeys(("load", "scale", "fit", "write"), 0.0)
     run_dir = paths.run(run)
+    invocation = predictions.new_invocation_id()
     with file_lock(run_dir / ".lock"):
+        # From here until the new record is written the run is incomplete: a kill leaves no
+        # record, and blend refuses the run instead of mixing old and new predictions.
+        predictions.clear_run_record(paths, run)
+        inputs = predictions.input_fingerprints(
+            paths, sorted({b for c in chosen for b in c.features.backbones})
+        )
         bar = tqdm(total=len(chosen), desc="heads", unit="cand", disable=not progress)
         # Scale every feature set first, then fit all candidates in one pool, slowest first:
         # per-feature-set pools left a core idle at the end of each set.
         jobs: list[tuple[int, Candidate, np.ndarray, np.ndarray]] = []
         scalers: dict[str, FeatureScaler] = {}
+        skipped_candidates: dict[str, str] = {}
+        notes: list[str] = []
         largest, warm_up = 0, None
         joins: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for spec, members in groups.items():
@@ -349,10 +428,20 @@ def train(
             loaded = load_feature_set(paths, features, manifest, joins)
             stages["load"] += time.perf_counter() - tick
             tick = time.perf_counter()
+            usable = {i: _usable_train_rows(chosen[i], loaded.ok, rows) for i in members}
+            for i in [i for i in members if usable[i] < 2]:
+                skipped_candidates[str(chosen[i])] = (
+                    f"{usable[i]} train rows with ok {features} features and a "
+                    f"{chosen[i].task} label (needs 2)"
+                )
+                bar.update()
+            members = [i for i in members if usable[i] >= 2]
+            if not members:
+                continue
             fit_rows = np.flatnonzero(loaded.ok & (rows.split == "train"))
-            if len(fit_rows) < 2:
-                raise InputError(f"{features}: fewer than 2 train rows with ok features")
             Z, scalers[spec] = scale_features(loaded, fit_rows, config.n_components)
+            if scalers[spec].note_:
+                notes.append(f"{features}: {scalers[spec].note_}")
             jobs += [(i, chosen[i], Z, loaded.ok) for i in members]
             stages["scale"] += time.perf_counter() - tick
             largest = max(largest, Z.size)
@@ -361,6 +450,18 @@ def train(
                 warm_up = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")(
                     delayed(_warm_up)() for _ in range(n_jobs)
                 )
+        for task in task_names:
+            if task not in explained and not any(c.task == task for _, c, _, _ in jobs):
+                explained[task] = "no train rows with both ok features and a label"
+        if not jobs:
+            raise InputError(
+                "nothing to train: "
+                + "; ".join(f"{k}: {v}" for k, v in {**explained, **skipped_candidates}.items())
+            )
+        if tasks:
+            for task in tasks:
+                if task in explained:
+                    raise InputError(f"--task {task}: {explained[task]}")
         tick = time.perf_counter()
         for _ in warm_up or ():
             pass
@@ -371,14 +472,36 @@ def train(
             seed=config.seed,
             seeds=seeds,
             folds=folds,
-            n_jobs=worker_count(workers, len(chosen), largest),
+            n_jobs=worker_count(workers, len(jobs), largest),
         )
-        results: list[CandidateResult | None] = [None] * len(chosen)
+        results: dict[int, CandidateResult] = {}
         base = _preds_frame(manifest, folds)
+        options = {
+            "seed": config.seed,
+            "seeds": seeds,
+            "folds": folds,
+            "strict_labels": strict_labels,
+            "n_components": config.n_components,
+        }
         for (i, candidate, _, _), (model, outputs, info) in zip(jobs, fits, strict=True):
             stages["fit"] += time.perf_counter() - tick
             tick = time.perf_counter()
             bar.set_postfix_str(str(candidate))
+            provenance = {
+                "invocation": invocation,
+                "inputs": {
+                    "manifest": inputs["manifest"],
+                    "features": {b: inputs["features"][b] for b in candidate.features.backbones},
+                },
+                "head_fingerprint": predictions.head_fingerprint(
+                    {
+                        "features": candidate.features.spec,
+                        "model": candidate.model,
+                        "params": candidate.params,
+                        **options,
+                    }
+                ),
+            }
             results[i] = _save_candidate(
                 paths,
                 run,
@@ -392,14 +515,51 @@ def train(
                 seeds,
                 folds,
                 strict_labels,
+                provenance,
             )
             stages["write"] += time.perf_counter() - tick
             tick = time.perf_counter()
             bar.update()
         bar.close()
+        ordered = [results[i] for i in sorted(results)]
         metrics_path = run_dir / "heads" / "metrics.json"
-        _merge_metrics(metrics_path, results, run)
-    return HeadsResult(run, results, time.perf_counter() - start, metrics_path, stages)
+        _merge_metrics(metrics_path, ordered, run)
+        trained: dict[str, list[str]] = {}
+        for r in ordered:
+            trained.setdefault(r.task, []).append(r.candidate)
+        record_path = predictions.write_run_record(
+            paths,
+            run,
+            {
+                "run": run,
+                "invocation": invocation,
+                "package_version": __version__,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "inputs": inputs,
+                "options": options,
+                "candidates": trained,
+                "skipped": {t: explained[t] for t in TASKS if t in explained},
+                "skipped_candidates": skipped_candidates,
+                "notes": notes,
+            },
+        )
+    return HeadsResult(
+        run,
+        ordered,
+        time.perf_counter() - start,
+        metrics_path,
+        stages,
+        skipped={t: explained[t] for t in TASKS if t in explained},
+        skipped_candidates=skipped_candidates,
+        record_path=record_path,
+        invocation=invocation,
+        notes=notes,
+    )
+
+
+def _usable_train_rows(candidate: Candidate, ok: np.ndarray, rows: Rows) -> int:
+    """Train rows with ok features and a label for the candidate's task."""
+    return int((rows.labels[candidate.task][1] & ok & (rows.split == "train")).sum())
 
 
 def _save_candidate(
@@ -415,8 +575,10 @@ def _save_candidate(
     seeds: int,
     folds: int,
     strict_labels: bool,
+    provenance: dict[str, Any],
 ) -> CandidateResult:
-    """Write the head (JSON + safetensors) and its predictions (Parquet), both atomically."""
+    """Write the head (JSON + safetensors) and its predictions (Parquet), both atomically;
+    `provenance` (invocation id, input fingerprints) goes into both."""
     task = get_task(candidate.task)
     head_path = paths.head(run, candidate.task, candidate.name)
     preds_path = paths.preds(run, candidate.task, candidate.name)
@@ -433,6 +595,7 @@ def _save_candidate(
         "scores": info["scores"],
         "oof_scores": info.get("oof_scores"),
         "package_version": __version__,
+        **provenance,
     }
     FittedHead(
         task=candidate.task,
@@ -443,7 +606,7 @@ def _save_candidate(
         output_columns=task.pred_columns,
         provenance=meta,
     ).save(head_path)
-    _write_preds(preds_path, base, outputs, task.pred_columns, meta)
+    predictions.write_predictions(preds_path, base, outputs, candidate.task, meta)
     return CandidateResult(
         task=candidate.task,
         candidate=candidate.name,

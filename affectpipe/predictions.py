@@ -1,0 +1,361 @@
+"""The prediction-file contract and the heads run record, written and read in one place.
+
+Prediction file ``runs/<run>/preds/<task>/<candidate>.parquet``: one row per predicted
+manifest row (val and test rows; train rows too when cross-fitted)::
+
+    row    int64    manifest row index (image keys may repeat, rows do not)
+    image  string   the row's image key, to detect a manifest that changed underneath
+    split  string   train / val / test
+    <PRED_COLUMNS[task]>  float32: VA values or class / AU probabilities; NaN where the
+                          row's features are not ok (no prediction)
+
+Its Parquet key-value metadata holds, under the key ``affectpipe``, a JSON object with the
+candidate's description (task, candidate, features, model, params, seed, ...) and:
+
+    invocation        id of the `pipeline heads` invocation that wrote it
+    inputs            {"manifest": manifest fingerprint,
+                       "features": {backbone: `features.feature_fingerprint` of its file}}
+    head_fingerprint  sha256 of the head's parameters (model, params, seeds, folds, scaling)
+
+Run record ``runs/<run>/heads/run.json``: removed when a `heads` invocation starts and
+written (atomically) as its very last step, so it exists only for a run whose invocation
+finished. It lists the invocation id, the input fingerprints, the candidates per task and
+the tasks and candidates skipped with the reason. `resolve_candidates` is the one place that
+decides which prediction files a later stage may use: it refuses an unfinished run, files
+from another invocation and files whose inputs changed since (exit 1, naming the file and
+the command that rebuilds it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from affectpipe.config import DatasetPaths
+from affectpipe.errors import AffectpipeError, InputError
+from affectpipe.features import feature_fingerprint
+from affectpipe.fsutil import atomic_path, sha256_file, write_text_atomic
+from affectpipe.manifest import read_manifest_metadata
+from affectpipe.schema import PRED_COLUMNS, TASKS
+
+METADATA_KEY = b"affectpipe"
+BASE_COLUMNS = ("row", "image", "split")
+RUN_RECORD = "run.json"
+
+
+class StaleRunError(AffectpipeError):
+    """Prediction files that must not be used as they are (exit 1): rerun `pipeline heads`."""
+
+
+# --- fingerprints --------------------------------------------------------------------------
+
+
+def manifest_fingerprint(path: str | Path) -> str:
+    """The manifest's fingerprint: the one `pipeline index` records in its metadata (what went
+    into it), else the sha256 of the file (manifests written by other tools and tests)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"no manifest at {path}: run `pipeline index` first")
+    recorded = read_manifest_metadata(path).get("fingerprint")
+    return str(recorded) if recorded else sha256_file(path)
+
+
+def input_fingerprints(paths: DatasetPaths, backbones: Sequence[str]) -> dict[str, Any]:
+    """{"manifest": ..., "features": {backbone: ...}}: what a prediction was computed from."""
+    return {
+        "manifest": manifest_fingerprint(paths.manifest),
+        "features": {b: feature_fingerprint(paths.features(b)) for b in sorted(set(backbones))},
+    }
+
+
+def head_fingerprint(description: dict[str, Any]) -> str:
+    """sha256 of a head's parameters (any JSON-serialisable description)."""
+    text = json.dumps(description, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def new_invocation_id() -> str:
+    return uuid.uuid4().hex
+
+
+def rerun_command(paths: DatasetPaths, run: str) -> str:
+    return f"`pipeline heads --dataset {paths.root.name} --run {run}`"
+
+
+# --- prediction files ----------------------------------------------------------------------
+
+
+def write_predictions(
+    path: str | Path,
+    base: pd.DataFrame,
+    outputs: np.ndarray,
+    task: str,
+    metadata: dict[str, Any],
+) -> None:
+    """Write one prediction file atomically.
+
+    base: the ``row``, ``image`` and ``split`` columns of the rows to write; outputs: one row
+    per manifest row (indexed by ``base["row"]``) or one per row of `base`.
+    """
+    columns = PRED_COLUMNS[task]
+    rows = base["row"].to_numpy(np.int64)
+    values = np.asarray(outputs, dtype=np.float32)
+    if len(values) != len(base):
+        values = values[rows]
+    if values.shape[1:] != (len(columns),):
+        raise ValueError(f"{task} predictions need {len(columns)} columns, got {values.shape}")
+    frame = pd.DataFrame(
+        {
+            "row": rows,
+            "image": base["image"].to_numpy(),
+            "split": base["split"].to_numpy(),
+            **{column: values[:, j] for j, column in enumerate(columns)},
+        }
+    )
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(metadata).encode()}
+    )
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_prediction_metadata(path: str | Path) -> dict[str, Any]:
+    """The file's ``affectpipe`` metadata ({} when it has none); InputError if unreadable."""
+    path = Path(path)
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(METADATA_KEY)
+        return json.loads(raw) if raw else {}
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: cannot read predictions ({exc})") from None
+
+
+def read_predictions(path: str | Path, task: str) -> pd.DataFrame:
+    """The file's ``row``, ``image`` and prediction columns; InputError naming a bad file."""
+    path = Path(path)
+    columns = ["row", "image", *PRED_COLUMNS[task]]
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: cannot read predictions ({exc})") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise InputError(f"{path}: prediction file lacks columns {missing}")
+    return table.select(columns).to_pandas()
+
+
+def prediction_files(paths: DatasetPaths, run: str, task: str) -> list[Path]:
+    folder = paths.run(run) / "preds" / task
+    return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+
+
+# --- the run record ------------------------------------------------------------------------
+
+
+def run_record_path(paths: DatasetPaths, run: str) -> Path:
+    return paths.run(run) / "heads" / RUN_RECORD
+
+
+def clear_run_record(paths: DatasetPaths, run: str) -> None:
+    """Mark the run as being rewritten: until the new record exists, it is not usable."""
+    run_record_path(paths, run).unlink(missing_ok=True)
+
+
+def write_run_record(paths: DatasetPaths, run: str, record: dict[str, Any]) -> Path:
+    path = run_record_path(paths, run)
+    write_text_atomic(path, json.dumps(record, indent=2, allow_nan=True) + "\n")
+    return path
+
+
+def read_run_record(paths: DatasetPaths, run: str) -> dict[str, Any] | None:
+    """The run record, None when there is none; InputError naming a damaged one."""
+    path = run_record_path(paths, run)
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record.get("candidates"), dict) or "invocation" not in record:
+            raise ValueError("lacks candidates or invocation")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise InputError(
+            f"{path}: not a valid heads run record ({exc}); rerun {rerun_command(paths, run)}"
+        ) from None
+    return record
+
+
+def _explicit(paths: DatasetPaths, run: str, task: str, names: Sequence[str]) -> list[Path]:
+    """Files of the candidates named for `task` (``NAME`` or ``TASK/NAME``)."""
+    chosen = []
+    for ref in names:
+        ref_task, _, name = ref.rpartition("/")
+        if ref_task and ref_task != task:
+            continue
+        path = paths.preds(run, task, name)
+        if path.exists():
+            chosen.append(path)
+        elif ref_task:
+            raise InputError(f"candidate {ref}: no prediction file at {path}")
+    return chosen
+
+
+def resolve_candidates(
+    paths: DatasetPaths, run: str, task: str, names: Sequence[str] | None = None
+) -> list[Path]:
+    """The prediction files of `task` that a later stage may use, checked.
+
+    Without `names`: the candidates the run record lists for `task`, all written by the
+    record's invocation. With `names` (``NAME`` or ``TASK/NAME``): those files, whichever
+    invocation wrote them. Either way every file's recorded input fingerprints must match
+    the current manifest and feature files. Raises StaleRunError (exit 1) naming the file
+    and the command to rerun, InputError (exit 2) when there is nothing to load.
+    """
+    rerun = rerun_command(paths, run)
+    present = prediction_files(paths, run, task)
+    if names:
+        chosen = _explicit(paths, run, task, names)
+        if not chosen:
+            raise InputError(
+                f"none of the candidates {', '.join(names)} has predictions for task {task} "
+                f"in run {run!r} (available: {', '.join(p.stem for p in present) or 'none'})"
+            )
+    else:
+        record = read_run_record(paths, run)
+        if record is None:
+            if not present:
+                raise InputError(
+                    f"no predictions for task {task!r} under {paths.run(run) / 'preds' / task}: "
+                    f"run {rerun} first"
+                )
+            raise StaleRunError(
+                f"{run_record_path(paths, run)} is missing: the heads run {run!r} did not "
+                f"finish (interrupted, or still running), so its predictions may be partial; "
+                f"rerun {rerun}"
+            )
+        chosen = _recorded(paths, run, task, record, present, rerun)
+    current: dict[str, str] = {}
+    for path in chosen:
+        check_inputs(path, paths, run, current)
+    return chosen
+
+
+def _recorded(
+    paths: DatasetPaths,
+    run: str,
+    task: str,
+    record: dict[str, Any],
+    present: list[Path],
+    rerun: str,
+) -> list[Path]:
+    listed = list(record["candidates"].get(task, []))
+    invocation = record["invocation"]
+    if not listed:
+        reason = record.get("skipped", {}).get(task)
+        if present:
+            raise StaleRunError(
+                f"{present[0]} comes from an earlier heads invocation: the run's last one "
+                f"({run_record_path(paths, run)}) did not train task {task}"
+                + (f" ({reason})" if reason else "")
+                + f"; rerun {rerun} for every task, leave {task} out (--task), or name the "
+                "candidates to use"
+            )
+        raise InputError(
+            f"run {run!r} has no {task} candidates" + (f": {reason}" if reason else "")
+        )
+    for path in present:
+        meta = read_prediction_metadata(path)
+        if path.stem not in listed or meta.get("invocation") != invocation:
+            raise StaleRunError(
+                f"{path} was written by another heads invocation "
+                f"({meta.get('invocation') or 'unrecorded'}) than the run's last one "
+                f"({invocation}, {run_record_path(paths, run)}): mixing them would blend "
+                f"heads trained differently; rerun {rerun}, delete the file, or name the "
+                "candidates to use"
+            )
+    missing = [name for name in listed if paths.preds(run, task, name) not in present]
+    if missing:
+        raise StaleRunError(
+            f"{paths.preds(run, task, missing[0])} is listed in {run_record_path(paths, run)} "
+            f"but missing; rerun {rerun}"
+        )
+    return [paths.preds(run, task, name) for name in listed]
+
+
+def write_prediction_run(
+    paths: DatasetPaths,
+    run: str,
+    base: pd.DataFrame,
+    outputs: dict[str, dict[str, np.ndarray]],
+    **record: Any,
+) -> str:
+    """A complete run written at once, without heads (synthetic runs, imported predictions):
+    `outputs` is {task: {candidate: values for the rows of `base`}}; the inputs are the
+    current manifest alone. Returns the invocation id."""
+    invocation = new_invocation_id()
+    inputs = input_fingerprints(paths, [])
+    clear_run_record(paths, run)
+    names: dict[str, list[str]] = {}
+    for task, candidates in outputs.items():
+        for name, values in candidates.items():
+            meta = {"task": task, "candidate": name, "invocation": invocation, "inputs": inputs}
+            write_predictions(paths.preds(run, task, name), base, values, task, meta)
+            names.setdefault(task, []).append(name)
+    record = {
+        "run": run,
+        "invocation": invocation,
+        "inputs": inputs,
+        "candidates": names,
+        "skipped": {},
+        **record,
+    }
+    write_run_record(paths, run, record)
+    return invocation
+
+
+def check_inputs(
+    path: Path, paths: DatasetPaths, run: str, current: dict[str, str] | None = None
+) -> None:
+    """Raise StaleRunError unless the file's recorded inputs are the current manifest and
+    feature files. `current` caches fingerprints across calls (keys: "manifest", file paths)."""
+    current = {} if current is None else current
+    rerun = rerun_command(paths, run)
+    inputs = read_prediction_metadata(path).get("inputs")
+    if not isinstance(inputs, dict) or "manifest" not in inputs:
+        raise StaleRunError(
+            f"{path} records no input fingerprints (written by an older version): rerun {rerun}"
+        )
+    if "manifest" not in current:
+        current["manifest"] = manifest_fingerprint(paths.manifest)
+    if inputs["manifest"] != current["manifest"]:
+        raise StaleRunError(
+            f"{path} was computed from another manifest than {paths.manifest} (re-indexed "
+            f"since): rerun {rerun}"
+        )
+    for backbone, recorded in sorted((inputs.get("features") or {}).items()):
+        feature_path = paths.features(backbone)
+        key = str(feature_path)
+        if key not in current:
+            current[key] = feature_fingerprint(feature_path) if feature_path.exists() else ""
+        if not current[key]:
+            raise StaleRunError(
+                f"{path} was computed from {feature_path}, which is gone: "
+                f"re-extract {backbone} or rerun {rerun}"
+            )
+        if recorded != current[key]:
+            raise StaleRunError(
+                f"{path} is stale: {feature_path} changed since it was computed (re-extracted, "
+                f"other weights or manifest); rerun {rerun}"
+            )
+
+
+def available_tasks(paths: DatasetPaths, run: str) -> list[str]:
+    """Tasks with prediction files in the run, in the usual order."""
+    return [task for task in TASKS if prediction_files(paths, run, task)]
