@@ -165,15 +165,15 @@ def temporal_candidates(
     config: HeadsConfig, backbones: dict[str, list[str]], tasks: list[str]
 ) -> list[Candidate]:
     """One `temporal` candidate per task, on the widest default feature set (embedding and
-    logits) of the first CNN backbone by feature-file name: sequence models cost more than
-    frame heads, so they are not trained on every feature set (ask for more with
-    --candidate)."""
+    logits) of the first backbone with logits (a CNN) by feature-file name: sequence models
+    cost more than frame heads, so they are not trained on every feature set (ask for more
+    with --candidate)."""
     sets = default_feature_sets(backbones)
+    cnn = [name for name, parts in backbones.items() if "logits" in parts]
     chosen = []
     for task in tasks:
-        cnn = [fs for fs in sets[task] if not is_descriptor_backbone(fs.backbones[0])]
-        if cnn:
-            own = [fs for fs in cnn if fs.backbones == cnn[0].backbones]
+        own = [fs for fs in sets[task] if cnn and fs.backbones == (cnn[0],)]
+        if own:
             features = max(own, key=lambda fs: len(fs.parts))
             chosen.append(
                 Candidate(task, features, "temporal", config.model_params("temporal", task))
