@@ -141,13 +141,24 @@ def test_gate_sources_are_read_from_feature_files_joined_to_manifest_rows(tmp_pa
 
 @pytest.mark.slow
 def test_report_has_stage_table_and_time_series_of_temporal_candidates(tmp_path):
+    from affectpipe import predictions
     from affectpipe.blend import synthetic
     from affectpipe.blend.runner import run as blend_run
+    from affectpipe.schema import PRED_COLUMNS
 
     paths = synthetic.write_synthetic_run(DatasetPaths.of(tmp_path, "synth"), n_candidates=2)
-    for task in ("va", "expr", "au"):
-        source = paths.preds("default", task, "cand1")
-        source.rename(source.with_name("feats__temporal.parquet"))
+    outputs, base = {}, None
+    for task in ("va", "expr", "au"):  # the same run, its second candidate named temporal
+        frames = {m: pd.read_parquet(paths.preds("default", task, m)) for m in ("cand0", "cand1")}
+        base = frames["cand0"][["row", "image", "split"]]
+        columns = list(PRED_COLUMNS[task])
+        outputs[task] = {
+            "cand0": frames["cand0"][columns].to_numpy(np.float32),
+            "feats__temporal": frames["cand1"][columns].to_numpy(np.float32),
+        }
+    for task in outputs:
+        paths.preds("default", task, "cand1").unlink()
+    predictions.write_prediction_run(paths, "default", base, outputs)
     result = blend_run(paths, progress=False)
     text = result.report.read_text()
     assert text.count("Time series on validation videos") == 3
