@@ -200,3 +200,20 @@ def test_one_default_temporal_candidate_per_task_unless_turned_off(tmp_path):
     config.write_text("[heads]\ntemporal = false\n")
     off = select_candidates(load_config(config), backbones)
     assert not [c for c in off if c.model == "temporal"]
+
+
+def test_folds_give_out_of_fold_predictions_for_train_and_val_videos():
+    from affectpipe.heads.temporal import fit_temporal_candidate
+
+    rng = np.random.default_rng(5)
+    X, groups, frames = _videos(12, 30, 3, rng)
+    y = _va_from_past(X, groups)
+    split = np.where(groups < 8, "train", np.where(groups < 10, "val", "test"))
+    ok = np.ones(len(X), dtype=bool)
+    model = TemporalHead(task="va", arch="tcn", **{**FAST, "max_epochs": 1})
+    _, outputs, info = fit_temporal_candidate(model, "va", X, ok, split, groups, frames, y, 2)
+    assert np.isfinite(outputs).all()  # train rows too: out of fold
+    assert set(info["oof_scores"]) >= {"p_va"} and info["arch"] == "tcn"
+    _, plain, _ = fit_temporal_candidate(model, "va", X, ok, split, groups, frames, y, 0)
+    assert np.isnan(plain[split == "train"]).all()
+    np.testing.assert_array_equal(plain[split == "test"], outputs[split == "test"])
