@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from affectpipe.features import STRING_DTYPE, encode_attrs
-from affectpipe.fsutil import atomic_path
+from affectpipe.fsutil import atomic_path, disk_full_as_error
 
 FAILED_LIST_CAP = 100  # failed images listed by name in the file's attrs; all are counted
 H5_CHUNK_ROWS = 1024
@@ -69,9 +69,8 @@ class PartStore:
                 self.chunk_rows = int(state["chunk_rows"])  # boundaries of the run we resume
                 return self.committed_rows()
         self.discard()
-        self.dir.mkdir(parents=True)
         state = {"header": self.header, "n_rows": self.n_rows, "chunk_rows": self.chunk_rows}
-        with atomic_path(state_path) as tmp:
+        with disk_full_as_error(state_path, lambda: 0), atomic_path(state_path) as tmp:
             tmp.write_text(json.dumps(state, indent=1))
         return 0
 
@@ -105,7 +104,12 @@ class PartStore:
             if len(array) != rows:
                 raise ValueError(f"chunk {start}: {name} has {len(array)} rows, expected {rows}")
         failed = failed or {}
-        with atomic_path(self._chunk_path(start)) as tmp, open(tmp, "wb") as handle:
+        path = self._chunk_path(start)
+        with (
+            disk_full_as_error(path, self.committed_rows),
+            atomic_path(path) as tmp,
+            open(tmp, "wb") as handle,
+        ):
             np.savez(
                 handle,
                 **arrays,
@@ -140,8 +144,27 @@ class PartStore:
             out.update(zip(rows.tolist(), reasons.tolist(), strict=True))
         return out
 
+    def drop_chunks_with_failures(self, retry: Callable[[int], bool]) -> int:
+        """Remove committed chunks holding a failed row `retry(row)` accepts (to redo them)."""
+        dropped = 0
+        for start in self.chunk_starts():
+            if not self.has_chunk(start):
+                continue
+            with np.load(self._chunk_path(start), allow_pickle=False) as data:
+                rows = data["failed_rows"].tolist()
+            if any(retry(row) for row in rows):
+                self._chunk_path(start).unlink()
+                dropped += self.chunk_stop(start) - start
+        return dropped
+
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def estimated_file_bytes(images: np.ndarray, columns: int) -> int:
+    """A generous size of a feature file: float32 columns, ok, image keys and HDF5 overhead."""
+    keys = sum(len(str(image).encode()) + 16 for image in images)
+    return len(images) * (4 * columns + 1) + keys + (4 << 20)
 
 
 def failure_attrs(images: np.ndarray, failed: dict[int, str]) -> dict[str, Any]:
