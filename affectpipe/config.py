@@ -32,8 +32,7 @@ def checked_name(kind: str, name: str) -> str:
         raise InputError(f"bad {kind} name {name!r}: use a plain name such as 'default'")
     if any(sep in name for sep in seps) or Path(name).is_absolute():
         raise InputError(
-            f"bad {kind} name {name!r}: names are folders inside the cache, without path "
-            "separators"
+            f"bad {kind} name {name!r}: names are folders inside the cache, without path separators"
         )
     return name
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -121,9 +122,7 @@ def file_lock(path: str | Path) -> Iterator[None]:
             handle.seek(0)
             owner = handle.read().strip()
             if owner.isdigit() and int(owner) != os.getpid():
-                logger.warning(
-                    "%s: taking over the lock of process %s, which is gone", path, owner
-                )
+                logger.warning("%s: taking over the lock of process %s, which is gone", path, owner)
             handle.seek(0)
             handle.truncate()
             handle.write(f"{os.getpid()}\n")
@@ -159,6 +158,7 @@ class DiskFullError(AffectpipeError):
     def __init__(self, path: str | Path, committed_rows: int | None = None, detail: str = ""):
         self.path = Path(path)
         self.committed_rows = committed_rows
+        self.detail = detail
         rows = "" if committed_rows is None else f"; {committed_rows} rows committed"
         detail = f" ({detail})" if detail else ""
         super().__init__(f"no space left on device at {self.path}{detail}{rows}; {RERUN_HINT}")
@@ -166,25 +166,58 @@ class DiskFullError(AffectpipeError):
 
 @contextlib.contextmanager
 def disk_full_as_error(path: str | Path, committed_rows: Callable[[], int]) -> Iterator[None]:
-    """Turn a disk-full failure while writing `path` into a `DiskFullError`."""
+    """Turn a disk-full failure while writing `path` into a `DiskFullError` with the rows
+    committed so far."""
     try:
         yield
-    except DiskFullError:
-        raise
+    except DiskFullError as exc:
+        if exc.committed_rows is not None:
+            raise
+        error = DiskFullError(exc.path, committed_rows(), exc.detail)
     except (OSError, RuntimeError) as exc:
         if not is_disk_full(exc):
             raise
-        raise DiskFullError(path, committed_rows()) from None
+        error = DiskFullError(path, committed_rows())
+    else:
+        return
+    # Raised outside the handler, so the traceback does not keep the failed writer's objects.
+    raise error
 
 
-def ensure_free_space(path: str | Path, needed: int, committed_rows: int) -> None:
+def ensure_free_space(path: str | Path, needed: int) -> None:
     """Refuse (DiskFullError) to start writing about `needed` bytes at `path` without room."""
     path = Path(path)
     free = shutil.disk_usage(path.parent).free
     if free < needed:
-        mib = 1 << 20
-        detail = f"needs about {needed / mib:.0f} MiB, {free / mib:.0f} MiB free"
-        raise DiskFullError(path, committed_rows, detail)
+        raise DiskFullError(path, detail=f"needs about {_size(needed)}, {_size(free)} free")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / (1 << 20):.1f} MiB" if nbytes >= 1 << 20 else f"{nbytes >> 10} KiB"
+
+
+_FALLOC_FL_KEEP_SIZE = 1
+
+
+def reserve_space(fd: int, nbytes: int) -> bool:
+    """Allocate `nbytes` of disk blocks for the open file `fd` without changing its size.
+
+    Later writes up to that size then cannot fail for lack of space; truncating the file
+    (HDF5 does so on close) frees what was not used. Raises OSError(ENOSPC) when the space
+    is not there; returns False where the system or file system cannot reserve (Linux only).
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fallocate = libc.fallocate
+    except (OSError, AttributeError):
+        return False
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, nbytes) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        raise OSError(code, os.strerror(code))
+    return False
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:

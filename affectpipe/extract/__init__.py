@@ -26,12 +26,7 @@ import numpy as np
 from affectpipe import __version__
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError
-from affectpipe.fsutil import (
-    disk_full_as_error,
-    ensure_free_space,
-    file_lock,
-    remove_stale_temps,
-)
+from affectpipe.fsutil import disk_full_as_error, file_lock, remove_stale_temps
 
 if TYPE_CHECKING:
     from affectpipe.extract.images import Descriptor
@@ -347,15 +342,10 @@ def _build_model(target: _Target) -> Any:
 def _finish(target: _Target, view: ManifestView, rows: tuple[int, int]) -> dict[str, Any]:
     """Assemble the target's complete file from its store; returns the attrs written.
 
-    Checks the free space first and turns a disk-full write into one clear error (the
-    store is kept, so a rerun resumes); the parts are removed only once the file is in place.
+    A full disk becomes one clear error (the store is kept, so a rerun resumes); the parts
+    are removed only once the file is in place.
     """
-    from affectpipe.extract.store import (
-        estimated_file_bytes,
-        failure_attrs,
-        write_feature_file_streamed,
-    )
-    from affectpipe.features import write_feature_file
+    from affectpipe.extract.store import failure_attrs, write_feature_file_streamed
 
     store = target.store
     if target.retry_rows is not None:
@@ -371,11 +361,9 @@ def _finish(target: _Target, view: ManifestView, rows: tuple[int, int]) -> dict[
             raw, ok = store.load_rows("embedding"), store.load_rows("ok")
             train = view.train_mask[start:stop]
             embedding, groups, extra = target.descriptor.finalize(raw, ok, train)
-            arrays = sum(v.nbytes for v in extra.values() if isinstance(v, np.ndarray))
-            needed = estimated_file_bytes(images, embedding.shape[1]) + arrays
-            ensure_free_space(target.path, needed, store.committed_rows())
             attrs = {**attrs, **extra, "groups": groups}
-            write_feature_file(target.path, images, embedding, ok, attrs)
+            chunks = iter([(0, {"embedding": embedding, "ok": ok})])
+            dims = {"embedding_dim": embedding.shape[1], "logits_dim": None}
         else:
             if target.kind == "descriptor":
                 attrs["descriptor_stage"] = "raw"  # finalized by `merge` once all shards exist
@@ -386,11 +374,8 @@ def _finish(target: _Target, view: ManifestView, rows: tuple[int, int]) -> dict[
                 }
             else:
                 dims = {"embedding_dim": target.descriptor.raw_dim, "logits_dim": None}
-            columns = dims["embedding_dim"] + (dims["logits_dim"] or 0)
-            ensure_free_space(
-                target.path, estimated_file_bytes(images, columns), store.committed_rows()
-            )
-            write_feature_file_streamed(target.path, images, store.iter_chunks(), attrs, **dims)
+            chunks = store.iter_chunks()
+        write_feature_file_streamed(target.path, images, chunks, attrs, **dims)
     store.discard()
     return attrs
 
@@ -413,12 +398,7 @@ def _finish_retry(target: _Target, view: ManifestView, rows: tuple[int, int]) ->
     """Rewrite the complete file with its re-attempted rows replaced; other rows are copied."""
     import h5py
 
-    from affectpipe.extract.store import (
-        H5_CHUNK_ROWS,
-        estimated_file_bytes,
-        failure_attrs,
-        write_feature_file_streamed,
-    )
+    from affectpipe.extract.store import H5_CHUNK_ROWS, failure_attrs, write_feature_file_streamed
     from affectpipe.features import decode_attrs
 
     store, redo = target.store, target.retry_rows
@@ -448,9 +428,7 @@ def _finish_retry(target: _Target, view: ManifestView, rows: tuple[int, int]) ->
                     arrays[name][redo[inside] - start] = new[name][inside]
                 yield start, arrays
 
-    with disk_full_as_error(target.path, store.committed_rows):
-        columns = dims["embedding_dim"] + (dims["logits_dim"] or 0)
-        ensure_free_space(target.path, estimated_file_bytes(images, columns), len(images))
+    with disk_full_as_error(target.path, lambda: len(images)):
         write_feature_file_streamed(target.path, images, chunks(), attrs, **dims)
     store.discard()
     return attrs
@@ -764,12 +742,8 @@ def _merge_one(
 ) -> BackboneReport:
     import h5py
 
-    from affectpipe.extract.store import (
-        FAILED_LIST_CAP,
-        estimated_file_bytes,
-        write_feature_file_streamed,
-    )
-    from affectpipe.features import decode_attrs, write_feature_file
+    from affectpipe.extract.store import FAILED_LIST_CAP, write_feature_file_streamed
+    from affectpipe.features import decode_attrs
 
     shards = _shard_files(paths, backbone)
     metas = []
@@ -831,20 +805,17 @@ def _merge_one(
             raw = np.concatenate([a["embedding"] for _, a in parts])
             ok = np.concatenate([a["ok"] for _, a in parts])
             embedding, groups, extra = descriptor.finalize(raw, ok, view.train_mask)
-            arrays = sum(v.nbytes for v in extra.values() if isinstance(v, np.ndarray))
-            needed = estimated_file_bytes(view.images, embedding.shape[1]) + arrays
-            ensure_free_space(final, needed, n_rows)
-            attrs = {**merged, **extra, "groups": groups}
-            write_feature_file(final, view.images, embedding, ok, attrs)
+            merged = {**merged, **extra, "groups": groups}
+            blocks = iter([(0, {"embedding": embedding, "ok": ok})])
+            dims = {"embedding_dim": embedding.shape[1], "logits_dim": None}
         else:
             with h5py.File(shards[0], "r") as handle:
                 dims = {
                     "embedding_dim": handle["embedding"].shape[1],
                     "logits_dim": handle["logits"].shape[1] if "logits" in handle else None,
                 }
-            columns = dims["embedding_dim"] + (dims["logits_dim"] or 0)
-            ensure_free_space(final, estimated_file_bytes(view.images, columns), n_rows)
-            write_feature_file_streamed(final, view.images, chunks(), merged, **dims)
+            blocks = chunks()
+        write_feature_file_streamed(final, view.images, blocks, merged, **dims)
     with h5py.File(final, "r") as handle:
         written = decode_attrs(handle.attrs)
     return BackboneReport(
