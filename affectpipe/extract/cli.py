@@ -164,6 +164,7 @@ def extract(
       pipeline extract --dataset abaw7 --weights ddamfn=~/Downloads/ddamfn.pth
       pipeline extract --dataset abaw7 --gpu 0 --shard 1/4     # on four machines ...
       pipeline extract --dataset abaw7 --merge                  # ... then join
+      pipeline extract --dataset abaw7 --retry-failed           # after fixing bad files
     """
     from affectpipe import extract as stage
 
