@@ -34,6 +34,7 @@ from affectpipe.config import DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError
 from affectpipe.extract import images as decode
 from affectpipe.extract import store as store_module
+from affectpipe.features import read_feature_file
 from affectpipe.fsutil import file_lock, is_disk_full, pid_alive, write_text_atomic
 from affectpipe.manifest import empty_manifest, write_manifest
 
@@ -701,3 +702,45 @@ def test_decompression_bombs_are_refused_as_failed_rows(tmp_path: Path) -> None:
     image, reason = decode.load_rgb(bomb)
     assert image is None
     assert reason.startswith("too large to decode: 9000x8000 pixels")
+
+
+@pytest.mark.slow
+def test_kill_of_the_openface_cli_with_workers_then_immediate_rerun(
+    realfaces_dir: Path, tmp_path: Path
+) -> None:
+    """The user's way: `pipeline extract --backbones openface --workers 2` on real faces,
+    SIGKILLed while its decode workers describe a batch, then run again at once."""
+    import csv
+
+    with open(realfaces_dir / "labels.csv") as handle:
+        keys = [row["image"] for row in csv.DictReader(handle)][:128]
+    frame = empty_manifest(len(keys))
+    frame["image"] = keys
+    frame["video"] = "v"
+    frame["frame"] = np.arange(len(keys))
+    frame["split"] = ["train"] * 96 + ["val"] * 32
+    frame["has_image"] = True
+    paths = DatasetPaths.of(tmp_path / "cache", "faces")
+    roots = {split: str(realfaces_dir / "images") for split in ("train", "val", "test")}
+    write_manifest(frame, paths.manifest, {"dataset": "faces", "image_roots": roots})
+    command = [sys.executable, "-m", "affectpipe.pipeline", "--cache-dir", str(tmp_path / "cache")]
+    command += ["extract", "--dataset", "faces", "--backbones", "openface"]
+    command += ["--workers", "2", "--batch-size", "64"]
+    child = subprocess.Popen(command, env=child_env(), cwd=REPO, stderr=subprocess.DEVNULL)
+    children = Path(f"/proc/{child.pid}/task/{child.pid}/children")
+    deadline = time.monotonic() + 120
+    while len(children.read_text().split()) < 2 and time.monotonic() < deadline:
+        assert child.poll() is None, "the run finished before it could be killed"
+        time.sleep(0.05)
+    time.sleep(3)  # the workers are describing their first batches
+    workers = [int(pid) for pid in children.read_text().split()]
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    rerun = subprocess.run(
+        command, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"taking over the lock of process {child.pid}" in rerun.stderr
+    assert not any(pid_alive(pid) for pid in workers)
+    features = read_feature_file(paths.features("openface"))
+    assert len(features.images) == 128 and features.ok.mean() > 0.9
