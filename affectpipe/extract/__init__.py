@@ -626,7 +626,8 @@ def _extract(
         report = _report(target, action, attrs, rows[1] - rows[0], speeds.get(target.backbone))
         reports.append(dataclasses.replace(report, detail=detail))
     for target in (t for t in targets if t.kind == "csv"):
-        reports.append(_import_csv(target, view))
+        with disk_full_as_error(target.path, lambda: 0):  # an import: nothing to resume
+            reports.append(_import_csv(target, view))
     return reports
 
 
