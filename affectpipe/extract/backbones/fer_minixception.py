@@ -242,7 +242,8 @@ def fer_face_input(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     (rounded half to even); the crop of that padded image is resized with OpenCV's
     bilinear filter, computed here straight from the image (no padded copy).
     """
-    fill = int(np.rint(image[-2:].mean()))
+    bottom = image[-2:]
+    fill = int(np.rint(bottom.sum(dtype=np.int64) / bottom.size))  # the mean, half to even
     x1, y1, x2, y2 = fer_crop_box(*image.shape)
     box = (x1 - PAD, y1 - PAD, x2 - PAD, y2 - PAD)  # in image coordinates
     return resize_linear(image, size, size, box=box, fill=fill)
