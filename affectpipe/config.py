@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from affectpipe.errors import InputError
+
 DEFAULT_CACHE_DIR = "cache"
 DEFAULT_RUN = "default"
 # Blend: the largest share of a task's listed test rows that may lack a real prediction,
@@ -25,6 +27,18 @@ BLEND_PREFER = ("best", "blend")
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("AFFECTPIPE_CACHE", DEFAULT_CACHE_DIR))
+
+
+def checked_name(kind: str, name: str) -> str:
+    """A dataset or run name is one plain folder name inside the cache (exit 2 otherwise)."""
+    seps = {"/", "\\", os.sep, *((os.altsep,) if os.altsep else ())}
+    if not name or name.strip() != name or name in (".", "..") or "\0" in name:
+        raise InputError(f"bad {kind} name {name!r}: use a plain name such as 'default'")
+    if any(sep in name for sep in seps) or Path(name).is_absolute():
+        raise InputError(
+            f"bad {kind} name {name!r}: names are folders inside the cache, without path separators"
+        )
+    return name
 
 
 def weights_dir() -> Path:
@@ -41,7 +55,7 @@ class DatasetPaths:
 
     @classmethod
     def of(cls, cache_dir: str | Path, dataset: str) -> DatasetPaths:
-        return cls(Path(cache_dir) / dataset)
+        return cls(Path(cache_dir) / checked_name("dataset", dataset))
 
     @property
     def manifest(self) -> Path:
@@ -55,7 +69,7 @@ class DatasetPaths:
         return self.features_dir / f"{backbone}.h5"
 
     def run(self, run: str = DEFAULT_RUN) -> Path:
-        return self.root / "runs" / run
+        return self.root / "runs" / checked_name("run", run)
 
     def head(self, run: str, task: str, candidate: str) -> Path:
         return self.run(run) / "heads" / task / f"{candidate}.json"

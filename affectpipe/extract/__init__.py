@@ -9,10 +9,12 @@ inside the functions so that importing this package, e.g. for the CLI, stays che
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import re
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ import numpy as np
 from affectpipe import __version__
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError
-from affectpipe.fsutil import file_lock
+from affectpipe.fsutil import disk_full_as_error, file_lock, remove_stale_temps
 
 if TYPE_CHECKING:
     from affectpipe.extract.images import Descriptor
@@ -71,7 +73,7 @@ class BackboneReport:
 
     backbone: str
     path: Path
-    action: str  # extracted | resumed | skipped | merged | imported
+    action: str  # extracted | resumed | retried | skipped | merged | imported
     rows: int
     failed_count: int = 0
     failed_images: tuple[dict[str, str], ...] = ()
@@ -186,6 +188,7 @@ class _Target:
     weights_path: Path | None = None
     descriptor: Any = None
     store: Any = None  # PartStore once opened
+    retry_rows: np.ndarray | None = None  # --retry-failed: failed rows of the complete file
 
 
 def _existing_identity(path: Path) -> dict[str, Any] | None:
@@ -199,21 +202,49 @@ def _existing_identity(path: Path) -> dict[str, Any] | None:
     try:
         with h5py.File(path, "r") as handle:
             attrs = decode_attrs(handle.attrs)
-    except OSError:
+    except Exception as exc:  # a damaged file of any kind is rebuilt, never trusted
+        logger.warning("%s is unreadable (%s): rebuilding it", path, exc)
         return None
     return attrs if attrs.get("complete") else None
 
 
+def _non_finite_ok_rows(path: Path) -> int:
+    """Rows marked ok whose features hold NaN or inf (never written so: the file is damaged)."""
+    import h5py
+
+    from affectpipe.extract.store import H5_CHUNK_ROWS
+
+    bad = 0
+    with h5py.File(path, "r") as handle:
+        ok = handle["ok"][...].astype(bool)
+        for start in range(0, len(ok), H5_CHUNK_ROWS):
+            block = slice(start, start + H5_CHUNK_ROWS)
+            finite = np.ones(len(ok[block]), dtype=bool)
+            for name in ("embedding", "logits"):
+                if name in handle:
+                    finite &= np.isfinite(handle[name][block]).all(axis=1)
+            bad += int((ok[block] & ~finite).sum())
+    return bad
+
+
 def _is_current(target: _Target) -> dict[str, Any] | None:
-    """The existing file's attrs when it is complete and computed from the same inputs."""
+    """The existing file's attrs when it is complete, sound and computed from the same inputs."""
     attrs = _existing_identity(target.path)
     if attrs is None:
         return None
-    if all(attrs.get(key) == target.identity.get(key) for key in IDENTITY_KEYS):
-        return attrs
     changed = [k for k in IDENTITY_KEYS if attrs.get(k) != target.identity.get(k)]
-    logger.warning("%s is stale (changed: %s): recomputing", target.path, ", ".join(changed))
-    return None
+    if changed:
+        logger.warning("%s is stale (changed: %s): recomputing", target.path, ", ".join(changed))
+        return None
+    try:
+        bad = _non_finite_ok_rows(target.path)
+    except Exception as exc:
+        logger.warning("%s is unreadable (%s): rebuilding it", target.path, exc)
+        return None
+    if bad:
+        logger.warning("%s has %d rows of NaN/inf features: rebuilding it", target.path, bad)
+        return None
+    return attrs
 
 
 def _plan(
@@ -309,33 +340,96 @@ def _build_model(target: _Target) -> Any:
 
 
 def _finish(target: _Target, view: ManifestView, rows: tuple[int, int]) -> dict[str, Any]:
-    """Assemble the target's complete file from its store; returns the attrs written."""
+    """Assemble the target's complete file from its store; returns the attrs written.
+
+    A full disk becomes one clear error (the store is kept, so a rerun resumes); the parts
+    are removed only once the file is in place.
+    """
     from affectpipe.extract.store import failure_attrs, write_feature_file_streamed
-    from affectpipe.features import write_feature_file
 
     store = target.store
+    if target.retry_rows is not None:
+        return _finish_retry(target, view, rows)
     start, stop = rows
     images = view.images[start:stop]
-    failed = store.failures()
-    attrs = {**target.identity, **target.attrs, **failure_attrs(images, failed)}
-    if target.identity.get("shard"):
-        attrs["total_rows"] = len(view.images)
-    if target.kind == "descriptor" and not target.identity.get("shard"):
-        raw, ok = store.load_rows("embedding"), store.load_rows("ok")
-        embedding, groups, extra = target.descriptor.finalize(raw, ok, view.train_mask[start:stop])
-        attrs = {**attrs, **extra, "groups": groups}
-        write_feature_file(target.path, images, embedding, ok, attrs)
-    else:
-        if target.kind == "descriptor":
-            attrs["descriptor_stage"] = "raw"  # finalized by `merge` once all shards exist
-        if target.kind == "model":
-            dims = {
-                "embedding_dim": target.spec.embedding_dim,
-                "logits_dim": len(target.spec.logit_names),
-            }
+    with disk_full_as_error(target.path, store.committed_rows):
+        failed = store.failures()
+        attrs = {**target.identity, **target.attrs, **failure_attrs(images, failed)}
+        if target.identity.get("shard"):
+            attrs["total_rows"] = len(view.images)
+        if target.kind == "descriptor" and not target.identity.get("shard"):
+            raw, ok = store.load_rows("embedding"), store.load_rows("ok")
+            train = view.train_mask[start:stop]
+            embedding, groups, extra = target.descriptor.finalize(raw, ok, train)
+            attrs = {**attrs, **extra, "groups": groups}
+            chunks = iter([(0, {"embedding": embedding, "ok": ok})])
+            dims = {"embedding_dim": embedding.shape[1], "logits_dim": None}
         else:
-            dims = {"embedding_dim": target.descriptor.raw_dim, "logits_dim": None}
-        write_feature_file_streamed(target.path, images, store.iter_chunks(), attrs, **dims)
+            if target.kind == "descriptor":
+                attrs["descriptor_stage"] = "raw"  # finalized by `merge` once all shards exist
+            if target.kind == "model":
+                dims = {
+                    "embedding_dim": target.spec.embedding_dim,
+                    "logits_dim": len(target.spec.logit_names),
+                }
+            else:
+                dims = {"embedding_dim": target.descriptor.raw_dim, "logits_dim": None}
+            chunks = store.iter_chunks()
+        write_feature_file_streamed(target.path, images, chunks, attrs, **dims)
+    store.discard()
+    return attrs
+
+
+def _retry_rows(target: _Target, view: ManifestView, rows: tuple[int, int]) -> np.ndarray:
+    """Rows of the complete file to re-attempt: ok false, and an image file to read."""
+    import h5py
+
+    with h5py.File(target.path, "r") as handle:
+        failed = np.flatnonzero(~handle["ok"][...].astype(bool))
+    return np.array([r for r in failed if view.paths[rows[0] + r] is not None], dtype=np.int64)
+
+
+def _retry_store_target(path: Path) -> Path:
+    """Where the re-attempted rows are committed (its own resumable part store)."""
+    return path.with_name(f"{path.name}.retry")
+
+
+def _finish_retry(target: _Target, view: ManifestView, rows: tuple[int, int]) -> dict[str, Any]:
+    """Rewrite the complete file with its re-attempted rows replaced; other rows are copied."""
+    import h5py
+
+    from affectpipe.extract.store import H5_CHUNK_ROWS, failure_attrs, write_feature_file_streamed
+    from affectpipe.features import decode_attrs
+
+    store, redo = target.store, target.retry_rows
+    images = view.images[rows[0] : rows[1]]
+    with h5py.File(target.path, "r") as handle:
+        attrs = decode_attrs(handle.attrs)
+        still_failed = ~handle["ok"][...].astype(bool)
+        names = [name for name in ("embedding", "logits", "ok") if name in handle]
+        dims = {
+            "embedding_dim": handle["embedding"].shape[1],
+            "logits_dim": handle["logits"].shape[1] if "logits" in handle else None,
+        }
+    still_failed[redo] = False
+    failed = {int(r): "no image file (has_image is false)" for r in np.flatnonzero(still_failed)}
+    failed.update({int(redo[i]): reason for i, reason in store.failures().items()})
+    for key in ("committed_rows", "complete"):
+        attrs.pop(key, None)
+    attrs.update(failure_attrs(images, failed))
+    new = {name: store.load_rows(name) for name in names}
+
+    def chunks():
+        with h5py.File(target.path, "r") as handle:
+            for start in range(0, len(images), H5_CHUNK_ROWS):
+                arrays = {name: handle[name][start : start + H5_CHUNK_ROWS] for name in names}
+                inside = np.flatnonzero((redo >= start) & (redo < start + H5_CHUNK_ROWS))
+                for name in names:
+                    arrays[name][redo[inside] - start] = new[name][inside]
+                yield start, arrays
+
+    with disk_full_as_error(target.path, lambda: len(images)):
+        write_feature_file_streamed(target.path, images, chunks(), attrs, **dims)
     store.discard()
     return attrs
 
@@ -370,12 +464,15 @@ def run(
     progress: bool = True,
     channels_last: bool = True,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    retry_failed: bool = False,
 ) -> ExtractSummary:
     """Extract features of every distinct manifest image with each backbone.
 
     Empty `backbones` means `default_backbones(weights)`. Complete files computed from the
     same inputs are skipped unless `force`; interrupted runs resume from their committed
-    chunks. `shard=(i, n)` (1-based) computes rows block i of n into
+    chunks. `retry_failed` re-attempts the ok=false rows (those with an image file) of
+    complete files and of committed chunks, leaving the other rows as they are.
+    `shard=(i, n)` (1-based) computes rows block i of n into
     ``features/<backbone>.shard-i-of-n.h5`` (join them with `merge`). `amp` is None/"off",
     "bf16" or "fp16" (changes the features slightly: recorded as the file's precision).
     """
@@ -407,11 +504,29 @@ def run(
         todo = []
         for target in targets:
             stack.enter_context(file_lock(target.path.with_name(f".{target.path.name}.lock")))
+            remove_stale_temps(target.path)  # left by a run killed while writing the file
             current = None if force else _is_current(target)
-            if current is not None:
-                reports.append(_report(target, "skipped", current, rows[1] - rows[0]))
-            else:
+            if current is None:
                 todo.append(target)
+                continue
+            if retry_failed and target.kind != "csv":
+                retry = _retry_rows(target, view, rows)
+                if len(retry) and target.kind == "descriptor" and not shard:
+                    logger.warning(
+                        "%s: its projection is fitted on all train rows, so retrying %d failed "
+                        "rows rebuilds the whole file",
+                        target.path,
+                        len(retry),
+                    )
+                    todo.append(target)
+                    continue
+                if len(retry):
+                    _remove_parts(target.path, keep_retry=True)
+                    target.retry_rows = retry
+                    todo.append(target)
+                    continue
+            _remove_parts(target.path)  # a kill between the final rename and the cleanup
+            reports.append(_report(target, "skipped", current, rows[1] - rows[0]))
         reports += _extract(
             todo,
             view,
@@ -424,10 +539,22 @@ def run(
             fresh=force,
             chunk_rows=chunk_rows,
             progress=progress,
+            retry_failed=retry_failed,
         )
     order = {name: i for i, name in enumerate(backbones)}
     reports.sort(key=lambda r: order[r.backbone])
     return ExtractSummary(tuple(reports), str(torch_device), random_init)
+
+
+def _remove_parts(path: Path, keep_retry: bool = False) -> None:
+    """Remove the part stores of `path`, whose complete file is current (they are leftovers)."""
+    from affectpipe.extract.store import parts_dir
+
+    for target in (path, *(() if keep_retry else (_retry_store_target(path),))):
+        folder = parts_dir(target)
+        if folder.exists():
+            logger.warning("%s is complete and current: removing leftover %s", path, folder)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _extract(
@@ -443,7 +570,80 @@ def _extract(
     fresh: bool,
     chunk_rows: int,
     progress: bool,
+    retry_failed: bool = False,
 ) -> list[BackboneReport]:
+    from affectpipe.extract.store import PartStore
+
+    reports = []
+    computed = [t for t in targets if t.kind != "csv"]
+    resumed = set()
+    for target in computed:
+        header = {**target.identity, "rows": list(rows)}
+        if target.retry_rows is not None:
+            header["retry_rows"] = hashlib.sha256(target.retry_rows.tobytes()).hexdigest()
+            store_path, n_rows = _retry_store_target(target.path), len(target.retry_rows)
+        else:
+            store_path, n_rows = target.path, rows[1] - rows[0]
+        target.store = PartStore(store_path, header, n_rows, chunk_rows)
+        if target.store.open(fresh=fresh):
+            resumed.add(target.backbone)
+            logger.warning(
+                "%s: resuming after %d committed rows", target.path, target.store.committed_rows()
+            )
+        if retry_failed and target.retry_rows is None:
+            dropped = target.store.drop_chunks_with_failures(
+                lambda row: view.paths[rows[0] + row] is not None
+            )
+            if dropped:
+                logger.warning("%s: redoing %d committed rows with failures", target.path, dropped)
+    pass_options = {
+        "device": device,
+        "batch_size": batch_size,
+        "workers": workers,
+        "channels_last": channels_last,
+        "precision": precision,
+        "progress": progress,
+    }
+    speeds: dict[str, float] = {}
+    # One pass per chunk layout (a resumed store keeps the boundaries it was started with).
+    full = [t for t in computed if t.retry_rows is None]
+    for layout in sorted({t.store.chunk_rows for t in full}):
+        group = [t for t in full if t.store.chunk_rows == layout and not t.store.is_done()]
+        speeds.update(_pass(group, view.paths, rows[0], **pass_options))
+    for target in (t for t in computed if t.retry_rows is not None):
+        subset = [view.paths[rows[0] + r] for r in target.retry_rows]
+        if not target.store.is_done():
+            speeds.update(_pass([target], subset, 0, **pass_options))
+    for target in computed:
+        detail = ""
+        if target.retry_rows is not None:
+            recovered = len(target.retry_rows) - len(target.store.failures())
+            detail = f"({len(target.retry_rows)} failed rows re-attempted, {recovered} recovered)"
+        attrs = _finish(target, view, rows)
+        action = "resumed" if target.backbone in resumed else "extracted"
+        if target.retry_rows is not None:
+            action = "retried"
+        report = _report(target, action, attrs, rows[1] - rows[0], speeds.get(target.backbone))
+        reports.append(dataclasses.replace(report, detail=detail))
+    for target in (t for t in targets if t.kind == "csv"):
+        with disk_full_as_error(target.path, lambda: 0):  # an import: nothing to resume
+            reports.append(_import_csv(target, view))
+    return reports
+
+
+def _pass(
+    group: list[_Target],
+    paths: Sequence[str | None],
+    offset: int,
+    *,
+    device: Any,
+    batch_size: int,
+    workers: int,
+    channels_last: bool,
+    precision: str,
+    progress: bool,
+) -> dict[str, float]:
+    """One shared decode/inference pass over `group`'s missing chunks; returns img/s each."""
     from affectpipe.extract.engine import (
         AMP_DTYPES,
         DescriptorJob,
@@ -452,59 +652,34 @@ def _extract(
         prepare_model,
         probe_batch,
     )
-    from affectpipe.extract.store import PartStore
 
-    reports = []
-    computed = [t for t in targets if t.kind != "csv"]
-    resumed = set()
-    for target in computed:
-        header = {**target.identity, "rows": list(rows)}
-        target.store = PartStore(target.path, header, rows[1] - rows[0], chunk_rows)
-        if target.store.open(fresh=fresh):
-            resumed.add(target.backbone)
-            logger.warning(
-                "%s: resuming after %d committed rows", target.path, target.store.committed_rows()
-            )
-    # One pass per chunk layout (a resumed store keeps the boundaries it was started with).
-    speeds: dict[str, float] = {}
-    for layout in sorted({t.store.chunk_rows for t in computed}):
-        group = [t for t in computed if t.store.chunk_rows == layout and not t.store.is_done()]
-        if not group:
-            continue
-        model_jobs = [
-            ModelJob(
-                t.spec,
-                prepare_model(
-                    _build_model(t), device, channels_last=channels_last, probe=probe_batch(t.spec)
-                ),
-                t.store,
-            )
-            for t in group
-            if t.kind == "model"
-        ]
-        descriptor_jobs = [DescriptorJob(t.descriptor, t.store) for t in group if t.kind != "model"]
-        stats = extract_pass(
-            view.paths,
-            rows[0],
-            model_jobs,
-            descriptor_jobs,
-            device=device,
-            batch_size=batch_size,
-            workers=workers,
-            channels_last=channels_last,
-            amp_dtype=AMP_DTYPES.get(precision),
-            progress=progress,
+    if not group:
+        return {}
+    model_jobs = [
+        ModelJob(
+            t.spec,
+            prepare_model(
+                _build_model(t), device, channels_last=channels_last, probe=probe_batch(t.spec)
+            ),
+            t.store,
         )
-        speeds.update({t.backbone: stats.images_per_s for t in group})
-    for target in computed:
-        attrs = _finish(target, view, rows)
-        action = "resumed" if target.backbone in resumed else "extracted"
-        reports.append(
-            _report(target, action, attrs, rows[1] - rows[0], speeds.get(target.backbone))
-        )
-    for target in (t for t in targets if t.kind == "csv"):
-        reports.append(_import_csv(target, view))
-    return reports
+        for t in group
+        if t.kind == "model"
+    ]
+    descriptor_jobs = [DescriptorJob(t.descriptor, t.store) for t in group if t.kind != "model"]
+    stats = extract_pass(
+        paths,
+        offset,
+        model_jobs,
+        descriptor_jobs,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        channels_last=channels_last,
+        amp_dtype=AMP_DTYPES.get(precision),
+        progress=progress,
+    )
+    return {t.backbone: stats.images_per_s for t in group}
 
 
 def _import_csv(target: _Target, view: ManifestView) -> BackboneReport:
@@ -569,7 +744,7 @@ def _merge_one(
     import h5py
 
     from affectpipe.extract.store import FAILED_LIST_CAP, write_feature_file_streamed
-    from affectpipe.features import decode_attrs, write_feature_file
+    from affectpipe.features import decode_attrs
 
     shards = _shard_files(paths, backbone)
     metas = []
@@ -623,20 +798,25 @@ def _merge_one(
         "failed_count": sum(int(a.get("failed_count", 0)) for a in metas),
         "failed_images": failed[:FAILED_LIST_CAP],
     }
-    if merged.pop("descriptor_stage", None) == "raw":
-        descriptor = DESCRIPTORS[backbone]()
-        parts = list(chunks())
-        raw = np.concatenate([a["embedding"] for _, a in parts])
-        ok = np.concatenate([a["ok"] for _, a in parts])
-        embedding, groups, extra = descriptor.finalize(raw, ok, view.train_mask)
-        write_feature_file(final, view.images, embedding, ok, {**merged, **extra, "groups": groups})
-    else:
-        with h5py.File(shards[0], "r") as handle:
-            dims = {
-                "embedding_dim": handle["embedding"].shape[1],
-                "logits_dim": handle["logits"].shape[1] if "logits" in handle else None,
-            }
-        write_feature_file_streamed(final, view.images, chunks(), merged, **dims)
+    n_rows = len(view.images)
+    with disk_full_as_error(final, lambda: n_rows):
+        if merged.pop("descriptor_stage", None) == "raw":
+            descriptor = DESCRIPTORS[backbone]()
+            parts = list(chunks())
+            raw = np.concatenate([a["embedding"] for _, a in parts])
+            ok = np.concatenate([a["ok"] for _, a in parts])
+            embedding, groups, extra = descriptor.finalize(raw, ok, view.train_mask)
+            merged = {**merged, **extra, "groups": groups}
+            blocks = iter([(0, {"embedding": embedding, "ok": ok})])
+            dims = {"embedding_dim": embedding.shape[1], "logits_dim": None}
+        else:
+            with h5py.File(shards[0], "r") as handle:
+                dims = {
+                    "embedding_dim": handle["embedding"].shape[1],
+                    "logits_dim": handle["logits"].shape[1] if "logits" in handle else None,
+                }
+            blocks = chunks()
+        write_feature_file_streamed(final, view.images, blocks, merged, **dims)
     with h5py.File(final, "r") as handle:
         written = decode_attrs(handle.attrs)
     return BackboneReport(

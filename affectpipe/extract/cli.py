@@ -119,6 +119,12 @@ def default_workers(device: str) -> int:
 @click.option("--merge", is_flag=True, help="Join finished --shard files into the final files.")
 @click.option("--force", is_flag=True, help="Recompute even if the features are up to date.")
 @click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Re-attempt the images recorded as failed (ok=false, e.g. unreadable at the time) in "
+    "complete files and interrupted runs; the other rows are kept as they are.",
+)
+@click.option(
     "--openface-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -140,6 +146,7 @@ def extract(
     shard: str | None,
     merge: bool,
     force: bool,
+    retry_failed: bool,
     openface_dir: Path | None,
 ) -> None:
     """Run frozen backbones over every distinct image and cache their features.
@@ -147,7 +154,9 @@ def extract(
     Writes cache/<dataset>/features/<backbone>.h5 (embedding, logits, ok per image). Files
     already computed from the same manifest, weights, preprocessing and package version are
     skipped (use --force to redo). An interrupted run (Ctrl-C, crash, kill) resumes from its
-    last committed chunk when rerun. Images that cannot be decoded get ok=false and are listed.
+    last committed chunk when rerun. Images that cannot be read or decoded get ok=false and
+    are listed (--retry-failed re-attempts them later). A full disk stops the run with exit 1;
+    free space and rerun to resume.
 
     \b
     Examples:
@@ -155,14 +164,17 @@ def extract(
       pipeline extract --dataset abaw7 --weights ddamfn=~/Downloads/ddamfn.pth
       pipeline extract --dataset abaw7 --gpu 0 --shard 1/4     # on four machines ...
       pipeline extract --dataset abaw7 --merge                  # ... then join
+      pipeline extract --dataset abaw7 --retry-failed           # after fixing bad files
     """
     from affectpipe import extract as stage
 
     paths = settings.dataset(dataset)
     names = _split_names(backbones)
     if merge:
-        if shard is not None:
-            raise InputError("--merge joins existing shards: do not combine it with --shard")
+        if shard is not None or retry_failed:
+            raise InputError(
+                "--merge joins existing shards: do not combine it with --shard or --retry-failed"
+            )
         shard_files = paths.features_dir.glob("*.shard-*-of-*.h5")
         names = names or sorted({p.name.split(".shard-")[0] for p in shard_files})
         if not names:
@@ -188,6 +200,7 @@ def extract(
             workers=default_workers(device_name) if workers is None else workers,
             shard=_parse_shard(shard),
             force=force,
+            retry_failed=retry_failed,
             amp=amp,
             openface_dir=openface_dir,
             channels_last=channels_last,

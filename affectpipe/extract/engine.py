@@ -10,6 +10,8 @@ so an interrupted and resumed run computes exactly the same batches as an uninte
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from affectpipe.extract.backbones import BackboneSpec
-from affectpipe.extract.images import Batch, DecodeDataset, Descriptor, collate
+from affectpipe.extract.images import Batch, DecodeDataset, Descriptor, collate, die_with_parent
 from affectpipe.extract.store import PartStore
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -238,8 +240,14 @@ def forward(
     return embedding.float().cpu().numpy(), logits.float().cpu().numpy()
 
 
-def _failures(batch: Batch, ok: np.ndarray, local_rows: np.ndarray) -> dict[int, str]:
-    return {int(local_rows[i]): batch.reasons[i] or "not processed" for i in np.flatnonzero(~ok)}
+def _failures(
+    batch: Batch, ok: np.ndarray, local_rows: np.ndarray, non_finite: np.ndarray
+) -> dict[int, str]:
+    reasons = [
+        "non-finite features" if bad else reason or "not processed"
+        for bad, reason in zip(non_finite, batch.reasons, strict=True)
+    ]
+    return {int(local_rows[i]): reasons[i] for i in np.flatnonzero(~ok)}
 
 
 def extract_pass(
@@ -289,6 +297,7 @@ def extract_pass(
         collate_fn=collate,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,
+        worker_init_fn=functools.partial(die_with_parent, os.getpid()),
     )
     buffers = [_ChunkBuffer() for _ in jobs]
     names = ", ".join(s.target.stem for s in stores)
@@ -315,10 +324,13 @@ def extract_pass(
                     arrays = {"embedding": embedding, "logits": logits}
                 else:
                     arrays = {"embedding": batch.raws[k - len(model_jobs)].copy()}
+                # A NaN/inf row is a failed row: a file with non-finite ok rows is never current.
+                non_finite = ok & ~np.all([np.isfinite(a).all(axis=1) for a in arrays.values()], 0)
+                ok = ok & ~non_finite
                 for array in arrays.values():
                     array[~ok] = 0.0  # the contract: zero features where ok is false
-                arrays["ok"] = ok.copy()
-                buffers[k].add(start, arrays, _failures(batch, ok, local))
+                arrays["ok"] = ok
+                buffers[k].add(start, arrays, _failures(batch, ok, local, non_finite))
                 buffers[k].commit_if_full(job.store)
             bar.update(len(local))
     return PassStats(rows, time.perf_counter() - started)

@@ -5,12 +5,19 @@ backbone of a run: the dataset returns one resized uint8 ``[S, S, 3]`` tensor pe
 (the backbone's official resize; normalisation happens batched on the model's device, which
 is bit-identical and moves 4x fewer bytes) and one raw descriptor row per descriptor backbone
 (descriptors see the RGB uint8 array).
-A file that cannot be decoded (missing, zero bytes, truncated, not an image) never stops
-the run: its rows come back zero-filled with ``ok = False`` and the reason.
+A file that cannot be decoded (missing, unreadable, zero bytes, truncated, not an image, not
+a regular file, too large) never stops the run: its rows come back zero-filled with
+``ok = False`` and the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
+import signal
+import stat
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +31,13 @@ Resize = Callable[[Image.Image], np.ndarray]  # RGB image -> uint8 [S, S, 3]
 
 # 16-bit and 32-bit integer / float modes that `Image.convert("RGB")` would clip instead of scale.
 _WIDE_MODES = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
+# Decoded pixels allowed per image (after any JPEG draft reduction): 8192 x 8192, 200 MB RGB.
+MAX_DECODE_PIXELS = 8192 * 8192
+# JPEG draft decoding keeps at least this many pixels on the shorter side, and at least
+# DRAFT_FACTOR times the largest model input, so normal face crops decode exactly as before.
+DRAFT_MIN_SIDE = 1024
+DRAFT_FACTOR = 4
+_PR_SET_PDEATHSIG = 1
 
 
 class Descriptor(Protocol):
@@ -56,20 +70,95 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(path: str | Path | None) -> tuple[Image.Image | None, str | None]:
-    """Decode one image file fully; returns (RGB image, None) or (None, reason)."""
+def die_with_parent(parent_pid: int, worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker is killed as soon as its parent dies.
+
+    Without it a worker of a killed run finishes its queued batches (minutes with a slow
+    descriptor) before noticing. Linux only (prctl); elsewhere torch's own check remains.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+_FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def _unreadable(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "missing file"
+    if isinstance(exc, PermissionError):
+        return "unreadable: permission denied"
+    return f"unreadable: {exc.strerror or exc}"
+
+
+def _not_regular(info: os.stat_result) -> str | None:
+    if stat.S_ISREG(info.st_mode):
+        return None
+    return f"not a regular file ({_FILE_KINDS.get(stat.S_IFMT(info.st_mode), 'special file')})"
+
+
+def load_rgb(
+    path: str | Path | None, draft_side: int | None = None
+) -> tuple[Image.Image | None, str | None]:
+    """Decode one image file fully; returns (RGB image, None) or (None, reason).
+
+    Only regular files are opened (a FIFO or device would block or never end), and without
+    blocking. A JPEG at least twice `draft_side` on its shorter side is decoded at a reduced
+    scale (1/2, 1/4 or 1/8, never below `draft_side`): the models need far fewer pixels.
+    Images above MAX_DECODE_PIXELS after that are refused (decompression bombs).
+    """
     if path is None:
         return None, "no image file (has_image is false)"
     try:
-        with Image.open(path) as handle:  # sniffs the content: PNG bytes named .jpg are fine
-            handle.load()  # force the full decode so truncated files fail here
-            return to_rgb(handle), None
-    except FileNotFoundError:
-        return None, "missing file"
-    except Exception as exc:  # any decoder error means this image is unusable, not the run
-        if Path(path).is_file() and Path(path).stat().st_size == 0:
+        why = _not_regular(os.stat(path))
+        if why:
+            return None, why
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return None, _unreadable(exc)
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        why = _not_regular(info)  # the path may have been swapped since the stat
+        if why:
+            return None, why
+        if info.st_size == 0:
             return None, "empty file"
-        return None, f"undecodable: {type(exc).__name__}: {exc}"
+        try:
+            return _decode(file, draft_side)
+        except PermissionError as exc:
+            return None, _unreadable(exc)
+        except Exception as exc:  # any decoder error means this image is unusable, not the run
+            return None, f"undecodable: {type(exc).__name__}: {exc}"
+
+
+def _decode(file: Any, draft_side: int | None) -> tuple[Image.Image | None, str | None]:
+    with warnings.catch_warnings():
+        # Our own limit below applies after the draft reduction.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            handle = Image.open(file)  # sniffs the content: PNG bytes named .jpg are fine
+        except Image.DecompressionBombError as exc:
+            return None, f"too large to decode (decompression bomb): {exc}"
+    with handle:
+        if draft_side and handle.format == "JPEG" and min(handle.size) >= 2 * draft_side:
+            handle.draft(handle.mode, (draft_side, draft_side))
+        width, height = handle.size
+        if width * height > MAX_DECODE_PIXELS:
+            return None, (
+                f"too large to decode: {width}x{height} pixels "
+                f"(limit {MAX_DECODE_PIXELS}; decompression bomb?)"
+            )
+        handle.load()  # force the full decode so truncated files fail here
+        return to_rgb(handle), None
 
 
 @dataclass(frozen=True)
@@ -118,12 +207,13 @@ class DecodeDataset(torch.utils.data.Dataset):
         self.resizes = list(resizes)
         self.input_sizes = list(input_sizes)
         self.descriptors = list(descriptors)
+        self.draft_side = max(DRAFT_MIN_SIDE, DRAFT_FACTOR * max(self.input_sizes, default=0))
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Sample:
-        image, reason = load_rgb(self.paths[index])
+        image, reason = load_rgb(self.paths[index], self.draft_side)
         inputs: list[torch.Tensor] = []
         raws: list[np.ndarray] = []
         ok: list[bool] = []

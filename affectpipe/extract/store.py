@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from affectpipe.features import STRING_DTYPE, encode_attrs
-from affectpipe.fsutil import atomic_path
+from affectpipe.fsutil import atomic_path, disk_full_as_error, ensure_free_space, reserve_space
 
 FAILED_LIST_CAP = 100  # failed images listed by name in the file's attrs; all are counted
 H5_CHUNK_ROWS = 1024
@@ -69,9 +69,8 @@ class PartStore:
                 self.chunk_rows = int(state["chunk_rows"])  # boundaries of the run we resume
                 return self.committed_rows()
         self.discard()
-        self.dir.mkdir(parents=True)
         state = {"header": self.header, "n_rows": self.n_rows, "chunk_rows": self.chunk_rows}
-        with atomic_path(state_path) as tmp:
+        with disk_full_as_error(state_path, lambda: 0), atomic_path(state_path) as tmp:
             tmp.write_text(json.dumps(state, indent=1))
         return 0
 
@@ -105,7 +104,12 @@ class PartStore:
             if len(array) != rows:
                 raise ValueError(f"chunk {start}: {name} has {len(array)} rows, expected {rows}")
         failed = failed or {}
-        with atomic_path(self._chunk_path(start)) as tmp, open(tmp, "wb") as handle:
+        path = self._chunk_path(start)
+        with (
+            disk_full_as_error(path, self.committed_rows),
+            atomic_path(path) as tmp,
+            open(tmp, "wb") as handle,
+        ):
             np.savez(
                 handle,
                 **arrays,
@@ -140,6 +144,19 @@ class PartStore:
             out.update(zip(rows.tolist(), reasons.tolist(), strict=True))
         return out
 
+    def drop_chunks_with_failures(self, retry: Callable[[int], bool]) -> int:
+        """Remove committed chunks holding a failed row `retry(row)` accepts (to redo them)."""
+        dropped = 0
+        for start in self.chunk_starts():
+            if not self.has_chunk(start):
+                continue
+            with np.load(self._chunk_path(start), allow_pickle=False) as data:
+                rows = data["failed_rows"].tolist()
+            if any(retry(row) for row in rows):
+                self._chunk_path(start).unlink()
+                dropped += self.chunk_stop(start) - start
+        return dropped
+
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -148,6 +165,13 @@ def failure_attrs(images: np.ndarray, failed: dict[int, str]) -> dict[str, Any]:
     """The `failed_count` / `failed_images` attrs: every failure counted, the first few listed."""
     listed = [{"image": str(images[row]), "reason": failed[row]} for row in sorted(failed)]
     return {"failed_count": len(failed), "failed_images": listed[:FAILED_LIST_CAP]}
+
+
+def estimated_file_bytes(images: np.ndarray, columns: int, extra_bytes: int = 0) -> int:
+    """A generous size of a feature file: float32 columns, ok, image keys and HDF5 overhead."""
+    keys = sum(len(str(image).encode()) + 48 for image in images)  # + heap ids and headers
+    data = len(images) * (4 * columns + 1) + keys + extra_bytes
+    return data + data // 20 + (256 << 10)
 
 
 def write_feature_file_streamed(
@@ -163,30 +187,46 @@ def write_feature_file_streamed(
 
     `chunks` yields (first row, {"embedding", "ok"[, "logits"]}) covering every row once, in
     order; the file becomes visible only after the last chunk and the attrs are written.
+    Array-valued attrs go under ``extra/``, as `features.write_feature_file` does.
+
+    The file's estimated size is checked and reserved on disk (fallocate) before HDF5
+    writes anything: HDF5 cannot recover from a failed write (the process segfaults when the
+    broken file is released), so running out of space must happen before it starts.
     """
     n = len(images)
+    scalars = {k: v for k, v in attrs.items() if not isinstance(v, np.ndarray)}
+    arrays = {k: v for k, v in attrs.items() if isinstance(v, np.ndarray)}
+    columns = embedding_dim + (logits_dim or 0)
+    needed = estimated_file_bytes(images, columns, sum(a.nbytes for a in arrays.values()))
+    ensure_free_space(path, needed)
     chunk_shape = max(1, min(n, H5_CHUNK_ROWS))
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
-        handle.create_dataset("image", data=np.asarray(images, dtype=object), dtype=STRING_DTYPE)
-        embedding = handle.create_dataset(
-            "embedding", (n, embedding_dim), "float32", chunks=(chunk_shape, embedding_dim)
-        )
-        logits = None
-        if logits_dim is not None:
-            logits = handle.create_dataset(
-                "logits", (n, logits_dim), "float32", chunks=(chunk_shape, logits_dim)
+    with atomic_path(path) as tmp, open(tmp, "w+b") as file:
+        reserve_space(file.fileno(), needed)
+        with h5py.File(file, "w") as handle:
+            handle.create_dataset(
+                "image", data=np.asarray(images, dtype=object), dtype=STRING_DTYPE
             )
-        ok = handle.create_dataset("ok", (n,), "bool")
-        covered = 0
-        for start, arrays in chunks:
-            if start != covered:
-                raise ValueError(f"{path}: rows {covered}..{start} are missing")
-            stop = start + len(arrays["ok"])
-            embedding[start:stop] = arrays["embedding"]
-            ok[start:stop] = arrays["ok"]
-            if logits is not None:
-                logits[start:stop] = arrays["logits"]
-            covered = stop
-        if covered != n:
-            raise ValueError(f"{path}: {covered} of {n} rows written")
-        encode_attrs(handle.attrs, {**attrs, "committed_rows": n, "complete": True})
+            embedding = handle.create_dataset(
+                "embedding", (n, embedding_dim), "float32", chunks=(chunk_shape, embedding_dim)
+            )
+            logits = None
+            if logits_dim is not None:
+                logits = handle.create_dataset(
+                    "logits", (n, logits_dim), "float32", chunks=(chunk_shape, logits_dim)
+                )
+            ok = handle.create_dataset("ok", (n,), "bool")
+            covered = 0
+            for start, block in chunks:
+                if start != covered:
+                    raise ValueError(f"{path}: rows {covered}..{start} are missing")
+                stop = start + len(block["ok"])
+                embedding[start:stop] = block["embedding"]
+                ok[start:stop] = block["ok"]
+                if logits is not None:
+                    logits[start:stop] = block["logits"]
+                covered = stop
+            if covered != n:
+                raise ValueError(f"{path}: {covered} of {n} rows written")
+            for key, value in arrays.items():
+                handle.create_dataset(f"extra/{key}", data=value)
+            encode_attrs(handle.attrs, {**scalars, "committed_rows": n, "complete": True})
