@@ -116,7 +116,7 @@ def test_mapped_probabilities_follow_the_abaw_index_and_a_missing_class():
     index = [1, 2, 0, 3, 4, 5, 6, 7]  # ABAW code 0 is logit 1, code 1 is logit 2, ...
     probs = mapped_probabilities(logits, index)
     assert probs.argmax() == 0 and probs.sum() == pytest.approx(1.0)  # column 8 not mapped
-    seven = mapped_probabilities(logits[:, :7], [0, 1, 2, 3, 4, 5, 6, -1])
+    seven = mapped_probabilities(logits[:, :7], [0, 1, 2, 3, 4, 5, 6, None])  # FER2013: no Other
     assert seven[0, 7] == 0 and seven.sum() == pytest.approx(1.0)
 
 
