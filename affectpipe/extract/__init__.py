@@ -370,6 +370,7 @@ def run(
     progress: bool = True,
     channels_last: bool = True,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    engine: Any = None,
 ) -> ExtractSummary:
     """Extract features of every distinct manifest image with each backbone.
 
@@ -378,6 +379,7 @@ def run(
     chunks. `shard=(i, n)` (1-based) computes rows block i of n into
     ``features/<backbone>.shard-i-of-n.h5`` (join them with `merge`). `amp` is None/"off",
     "bf16" or "fp16" (changes the features slightly: recorded as the file's precision).
+    `engine` runs the passes elsewhere (e.g. `ray_engine.RayEngine`); None: in this process.
     """
     if batch_size < 1 or workers < 0 or chunk_rows < 1:
         raise InputError("batch size and chunk rows must be >= 1, workers >= 0")
@@ -400,7 +402,7 @@ def run(
         logger.warning("--random-init: CNN backbones use fixed-seed RANDOM weights, not official")
     from affectpipe.extract.engine import resolve_device
 
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device) if engine is None else engine.connect(device)
     rows = shard_range(len(view.images), shard)
     reports: list[BackboneReport] = []
     with ExitStack() as stack:
@@ -424,10 +426,12 @@ def run(
             fresh=force,
             chunk_rows=chunk_rows,
             progress=progress,
+            engine=engine,
         )
     order = {name: i for i, name in enumerate(backbones)}
     reports.sort(key=lambda r: order[r.backbone])
-    return ExtractSummary(tuple(reports), str(torch_device), random_init)
+    where = str(torch_device) if engine is None else engine.describe()
+    return ExtractSummary(tuple(reports), where, random_init)
 
 
 def _extract(
@@ -443,6 +447,7 @@ def _extract(
     fresh: bool,
     chunk_rows: int,
     progress: bool,
+    engine: Any = None,
 ) -> list[BackboneReport]:
     from affectpipe.extract.engine import (
         AMP_DTYPES,
@@ -476,14 +481,16 @@ def _extract(
                 t.spec,
                 prepare_model(
                     _build_model(t), device, channels_last=channels_last, probe=probe_batch(t.spec)
-                ),
+                )
+                if engine is None
+                else _build_model(t),  # another engine prepares models where they run
                 t.store,
             )
             for t in group
             if t.kind == "model"
         ]
         descriptor_jobs = [DescriptorJob(t.descriptor, t.store) for t in group if t.kind != "model"]
-        stats = extract_pass(
+        stats = (extract_pass if engine is None else engine.extract_pass)(
             view.paths,
             rows[0],
             model_jobs,
