@@ -97,7 +97,13 @@ class RayEngine:
                 wanted = 0 if gpu else (self.actors or 1) * CPU_ACTOR_CPUS + DECODE_CPUS
                 ray.init(num_cpus=max(cores, wanted), include_dashboard=False)
             else:
-                ray.init(address=self.address)
+                try:
+                    ray.init(address=self.address)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise InputError(
+                        f"cannot join the Ray cluster at --address {self.address}: {exc} "
+                        "(start one with `ray start --head`, see docs/ray.md)"
+                    ) from None
         resources = ray.cluster_resources()
         cpus, gpus = float(resources.get("CPU", 0)), int(resources.get("GPU", 0))
         if gpu:
