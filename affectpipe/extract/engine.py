@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from affectpipe.extract.backbones import BackboneSpec
-from affectpipe.extract.images import Batch, DecodeDataset, Descriptor, collate, die_with_parent
+from affectpipe.extract.images import DecodeDataset, Descriptor, collate, die_with_parent
 from affectpipe.extract.store import PartStore
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -240,14 +240,22 @@ def forward(
     return embedding.float().cpu().numpy(), logits.float().cpu().numpy()
 
 
-def _failures(
-    batch: Batch, ok: np.ndarray, local_rows: np.ndarray, non_finite: np.ndarray
+def checked_rows(
+    arrays: dict[str, np.ndarray], ok: np.ndarray, reasons: Sequence[str], local_rows: np.ndarray
 ) -> dict[int, str]:
-    reasons = [
+    """Apply the feature contract to one batch's `arrays` in place (a NaN/inf row is a failed
+    row, so a file with non-finite ok rows is never current; failed rows hold zeros; `ok` is
+    added) and return the failed rows' reasons by store row. Both engines commit through it."""
+    non_finite = ok & ~np.all([np.isfinite(a).all(axis=1) for a in arrays.values()], 0)
+    ok = ok & ~non_finite
+    for array in arrays.values():
+        array[~ok] = 0.0
+    arrays["ok"] = ok
+    why = [
         "non-finite features" if bad else reason or "not processed"
-        for bad, reason in zip(non_finite, batch.reasons, strict=True)
+        for bad, reason in zip(non_finite, reasons, strict=True)
     ]
-    return {int(local_rows[i]): reasons[i] for i in np.flatnonzero(~ok)}
+    return {int(local_rows[i]): why[i] for i in np.flatnonzero(~ok)}
 
 
 def pass_layout(stores: Sequence[PartStore]) -> tuple[PartStore, list[set[int]]]:
@@ -329,13 +337,8 @@ def extract_pass(
                     arrays = {"embedding": embedding, "logits": logits}
                 else:
                     arrays = {"embedding": batch.raws[k - len(model_jobs)].copy()}
-                # A NaN/inf row is a failed row: a file with non-finite ok rows is never current.
-                non_finite = ok & ~np.all([np.isfinite(a).all(axis=1) for a in arrays.values()], 0)
-                ok = ok & ~non_finite
-                for array in arrays.values():
-                    array[~ok] = 0.0  # the contract: zero features where ok is false
-                arrays["ok"] = ok
-                buffers[k].add(start, arrays, _failures(batch, ok, local, non_finite))
+                failures = checked_rows(arrays, ok, batch.reasons, local)
+                buffers[k].add(start, arrays, failures)
                 buffers[k].commit_if_full(job.store)
             bar.update(len(local))
     return PassStats(rows, time.perf_counter() - started)

@@ -36,14 +36,14 @@ from affectpipe.extract.engine import (
     ModelJob,
     PassStats,
     _ChunkBuffer,
-    _failures,
+    checked_rows,
     forward,
     pass_layout,
     prepare_model,
     probe_batch,
     resolve_device,
 )
-from affectpipe.extract.images import Batch, DecodeDataset, collate
+from affectpipe.extract.images import DecodeDataset, collate
 
 INSTALL_HINT = "pip install 'affectpipe[ray]'  (or: pip install 'ray[data]>=2.50')"
 DECODE_CPUS = 1  # one decode task per core
@@ -305,10 +305,7 @@ class _Chunks:
                 else:
                     arrays = {"embedding": np.array(row[f"raws_{k - n_models}"])}
                 arrays = {name: np.array(a, dtype=np.float32) for name, a in arrays.items()}
-                for array in arrays.values():
-                    array[~ok] = 0.0  # the contract: zero features where ok is false
-                arrays["ok"] = ok
                 local = np.arange(int(row["first"]), int(row["first"]) + len(ok))
-                batch = Batch(local, json.loads(row["reasons"]), (), (), ok_all)
-                buffer.add(start, arrays, _failures(batch, ok, local))
+                failures = checked_rows(arrays, ok, json.loads(row["reasons"]), local)
+                buffer.add(start, arrays, failures)
             buffer.commit_if_full(job.store)
