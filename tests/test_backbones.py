@@ -96,7 +96,7 @@ def test_every_kind_registers_once_with_its_defaults():
     assert callable(registry.get("openface").load())
     assert callable(registry.get("openface-csv").load())
     for name in registry.names():
-        assert set(registry.default_parts(name)) == {"va", "expr", "au"}, name
+        assert set(registry.default_parts(name, ["embedding"])) == {"va", "expr", "au"}, name
     assert {"mt-emotieffnet", "ddamfn", "fer-minixception", "openface"} <= set(
         registry.default_names()
     )
@@ -104,7 +104,8 @@ def test_every_kind_registers_once_with_its_defaults():
 
 def test_the_registry_imports_without_torch():
     code = (
-        "import sys, affectpipe.extract.registry as r; r.default_parts('fer-minixception'); "
+        "import sys, affectpipe.extract.registry as r; "
+        "r.default_parts('fer-minixception', ['logits']); "
         "import affectpipe.extract.weights; assert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -15,7 +15,7 @@ parts serve which task by default. The implementation is
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,12 +119,17 @@ def default_names() -> list[str]:
     return [n for n, b in _REGISTRY.items() if b.default]
 
 
-def default_parts(name: str) -> Mapping[str, Parts]:
-    """Default head feature sets per task of `name`: what its registration says; a backbone
-    unknown here (a feature file of a backbone registered at run time) serves every task
-    with its embedding."""
+def default_parts(name: str, parts: Collection[str]) -> dict[str, list[tuple[str, ...]]]:
+    """Default head feature sets per task of backbone `name` whose file has `parts`: what its
+    registration lists, those its file has. A backbone unknown here (a feature file of a
+    backbone registered at run time) is served like a CNN when it has logits, else with
+    its embedding."""
     backbone = _REGISTRY.get(name)
-    return backbone.heads if backbone is not None else EMBEDDING_HEADS
+    if backbone is not None:
+        rules = backbone.heads
+    else:
+        rules = CNN_HEADS if "logits" in parts else EMBEDDING_HEADS
+    return {task: [r for r in found if set(r) <= set(parts)] for task, found in rules.items()}
 
 
 # --- the built-in backbones --------------------------------------------------------------

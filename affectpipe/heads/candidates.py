@@ -77,10 +77,10 @@ def default_feature_sets(backbones: dict[str, list[str]]) -> dict[str, list[Feat
     torch-free), those whose parts its file has."""
     sets: dict[str, list[FeatureSet]] = {task: [] for task in TASKS}
     for backbone, parts in backbones.items():
-        rules = registry.default_parts(backbone)
+        rules = registry.default_parts(backbone, parts)
         for task in TASKS:
-            usable = [r for r in rules.get(task, ()) if set(r) <= set(parts)]
-            sets[task] += [FeatureSet(tuple((backbone, part) for part in r)) for r in usable]
+            found = rules.get(task, [])
+            sets[task] += [FeatureSet(tuple((backbone, part) for part in r)) for r in found]
     return sets
 
 
