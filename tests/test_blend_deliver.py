@@ -1,6 +1,6 @@
 """What `pipeline blend` delivers: the requested submission or exit 1 naming what is
 missing (issue 9.3/9.4), the best single candidate when the blend cross-fits worse (9.6),
-per-task test lists of one dataset (contract 1), and blend.json committed with the files
+per-task test lists of one dataset (`test_lists`), and blend.json committed with the files
 it describes (issue 15.9)."""
 
 from __future__ import annotations
