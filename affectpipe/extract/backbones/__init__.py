@@ -55,6 +55,9 @@ class BackboneSpec:
     builder: Callable[[], torch.nn.Module]
     loader: Callable[[Path], torch.nn.Module]
     description: str = ""
+    # Intra-op CPU threads for the forward (None: torch's setting). A tiny network spends
+    # more time synchronising threads than computing: see docs/benchmarks.md (fer).
+    max_threads: int | None = None
 
     def build(self) -> torch.nn.Module:
         """The network with random weights, frozen (eval mode, no gradients)."""

