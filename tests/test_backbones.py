@@ -265,3 +265,19 @@ def test_wrong_checkpoint_is_a_clear_error(tmp_path):
         get_backbone("ddamfn").load(path)
     with pytest.raises(InputError, match="other.pth"):
         get_backbone("mt-emotieffnet").load(path)
+
+
+def test_fer_forward_runs_on_one_thread_and_the_setting_is_restored():
+    from affectpipe.extract.engine import torch_threads
+
+    assert get_backbone("fer-minixception").max_threads == 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with torch_threads(None):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
