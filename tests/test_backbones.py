@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,8 @@ import torch
 from PIL import Image
 
 from affectpipe.errors import InputError
-from affectpipe.extract.backbones import backbone_names, get_backbone, register
+from affectpipe.extract import registry
+from affectpipe.extract.backbones import backbone_names, get_backbone
 from affectpipe.extract.weights import get_weights_entry, resolve_weights
 from affectpipe.schema import EXPR_NAMES
 
@@ -42,7 +45,7 @@ def loaded(fixtures_dir: Path) -> dict:
     out = {}
     for name, (weights_file, _, _) in FIXTURES.items():
         spec = get_backbone(name)
-        resolved = resolve_weights(spec.weights, override=fixtures_dir / weights_file)
+        resolved = resolve_weights(name, override=fixtures_dir / weights_file)
         out[name] = (spec, spec.load(resolved.path))
     return out
 
@@ -65,21 +68,47 @@ def test_registry_lists_the_builtin_backbones():
 
 def test_every_backbone_names_a_weights_entry():
     for name in backbone_names():
-        entry = get_weights_entry(get_backbone(name).weights)
-        assert entry.backbone == name
+        entry = get_weights_entry(registry.get(name).weights.name)
+        assert entry.backbone == name and get_weights_entry(name) is entry
         # A file comes from https URLs or from a pinned wheel on the package index.
         assert entry.urls or (entry.package and entry.sha256 and entry.package.wheel_sha256)
         assert all(url.startswith("https://") for url in entry.urls)
 
 
 def test_register_refuses_duplicates_and_bad_expression_maps():
-    spec = get_backbone("ddamfn")
+    ddamfn = registry.get("ddamfn")
     with pytest.raises(ValueError, match="already registered"):
-        register(spec)
-    bad = dataclasses.replace(spec, name="ddamfn-bad", abaw_expr_index=(0, 0, 1, 2, 3, 4, 5, 6))
+        registry.register(ddamfn)
+    with pytest.raises(ValueError, match="kind must be"):
+        registry.register(registry.Backbone("odd", "plugin", "x:y"))
     with pytest.raises(ValueError, match="8 distinct"):
-        register(bad)
-    assert "ddamfn-bad" not in backbone_names()
+        dataclasses.replace(
+            get_backbone("ddamfn"), name="ddamfn-bad", abaw_expr_index=(0, 0, 1, 2, 3, 4, 5, 6)
+        )
+    assert "odd" not in registry.names()
+
+
+def test_every_kind_registers_once_with_its_defaults():
+    """One registration per backbone: kind, implementation, weights and default candidates."""
+    kinds = {name: registry.get(name).kind for name in registry.names()}
+    assert kinds["fer-minixception"] == kinds["dan"] == "model"
+    assert kinds["openface"] == "descriptor" and kinds["openface-csv"] == "importer"
+    assert callable(registry.get("openface").load())
+    assert callable(registry.get("openface-csv").load())
+    for name in registry.names():
+        assert set(registry.default_parts(name, ["embedding"])) == {"va", "expr", "au"}, name
+    assert {"mt-emotieffnet", "ddamfn", "fer-minixception", "openface"} <= set(
+        registry.default_names()
+    )
+
+
+def test_the_registry_imports_without_torch():
+    code = (
+        "import sys, affectpipe.extract.registry as r; "
+        "r.default_parts('fer-minixception', ['logits']); "
+        "import affectpipe.extract.weights; assert 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.parametrize(
@@ -236,3 +265,19 @@ def test_wrong_checkpoint_is_a_clear_error(tmp_path):
         get_backbone("ddamfn").load(path)
     with pytest.raises(InputError, match="other.pth"):
         get_backbone("mt-emotieffnet").load(path)
+
+
+def test_fer_forward_runs_on_one_thread_and_the_setting_is_restored():
+    from affectpipe.extract.engine import torch_threads
+
+    assert get_backbone("fer-minixception").max_threads == 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with torch_threads(None):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

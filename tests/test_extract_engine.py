@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -22,13 +23,8 @@ from affectpipe import extract
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
 from affectpipe.extract import images as decode
-from affectpipe.extract.backbones import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    BackboneSpec,
-    backbone_names,
-    register,
-)
+from affectpipe.extract import registry
+from affectpipe.extract.backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
 from affectpipe.features import decode_attrs, read_feature_file
 from affectpipe.manifest import empty_manifest, write_manifest
 from affectpipe.pipeline import cli
@@ -59,21 +55,19 @@ def _load_tiny(path: Path) -> torch.nn.Module:
 
 
 def register_tiny() -> BackboneSpec:
-    if TINY not in backbone_names():
-        register(
-            BackboneSpec(
-                name=TINY,
-                input_size=16,
-                mean=IMAGENET_MEAN,
-                std=IMAGENET_STD,
-                embedding_dim=6,
-                logit_names=("a", "b", "c"),
-                abaw_expr_index=None,
-                weights="tiny-test",
-                builder=TinyNet,
-                loader=_load_tiny,
-            )
+    if TINY not in registry.names():
+        spec = BackboneSpec(
+            name=TINY,
+            input_size=16,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            embedding_dim=6,
+            logit_names=("a", "b", "c"),
+            abaw_expr_index=None,
+            builder=TinyNet,
+            loader=_load_tiny,
         )
+        registry.register(registry.Backbone(TINY, "model", spec, registry.CNN_HEADS))
     from affectpipe.extract.backbones import get_backbone
 
     return get_backbone(TINY)
@@ -388,9 +382,10 @@ def test_bad_shard_is_refused(toy: DatasetPaths, tiny: BackboneSpec) -> None:
 
 
 @pytest.fixture()
-def toy_descriptor(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setitem(extract.DESCRIPTORS, "toy-descriptor", MeanColour)
-    return "toy-descriptor"
+def toy_descriptor() -> Iterator[str]:
+    registry.register(registry.Backbone("toy-descriptor", "descriptor", MeanColour))
+    yield "toy-descriptor"
+    registry.unregister("toy-descriptor")
 
 
 def test_descriptor_rows_are_finalized_on_train_rows(

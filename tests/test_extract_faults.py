@@ -33,6 +33,7 @@ from affectpipe import extract
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError
 from affectpipe.extract import images as decode
+from affectpipe.extract import registry
 from affectpipe.extract import store as store_module
 from affectpipe.features import read_feature_file
 from affectpipe.fsutil import file_lock, is_disk_full, pid_alive, write_text_atomic
@@ -73,7 +74,7 @@ class SlowColour:
 def run_with_workers(root: str, workers: int) -> None:
     """What the killed subprocess runs: a CNN and a descriptor sharing decode workers."""
     register_tiny()
-    extract.DESCRIPTORS[SlowColour.name] = SlowColour
+    registry.register(registry.Backbone(SlowColour.name, "descriptor", SlowColour))
     extract.run(
         DatasetPaths(Path(root)),
         [TINY, SlowColour.name],
@@ -195,7 +196,7 @@ def test_sigkill_with_decode_workers_then_immediate_rerun(tiny, tmp_path: Path) 
     assert not any(pid_alive(pid) for pid in workers), "orphaned decode workers live on"
 
     reference = make_dataset(tmp_path / "reference")
-    extract.DESCRIPTORS[SlowColour.name] = SlowColour
+    registry.register(registry.Backbone(SlowColour.name, "descriptor", SlowColour))
     try:
         extract.run(
             reference,
@@ -207,7 +208,7 @@ def test_sigkill_with_decode_workers_then_immediate_rerun(tiny, tmp_path: Path) 
             progress=False,
         )
     finally:
-        del extract.DESCRIPTORS[SlowColour.name]
+        registry.unregister(SlowColour.name)
     for name in (TINY, SlowColour.name):
         got, want = arrays_of(paths.features(name)), arrays_of(reference.features(name))
         assert got.keys() == want.keys()

@@ -18,13 +18,8 @@ from conftest import run_cli
 from affectpipe import extract
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
-from affectpipe.extract.backbones import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    BackboneSpec,
-    backbone_names,
-    register,
-)
+from affectpipe.extract import registry
+from affectpipe.extract.backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
 from affectpipe.features import decode_attrs
 from affectpipe.pipeline import cli
 
@@ -142,21 +137,19 @@ def _load_crashy(path: Path) -> CrashNet:
 
 @pytest.fixture(scope="module")
 def crashy() -> str:
-    if CRASHY not in backbone_names():
-        register(
-            BackboneSpec(
-                name=CRASHY,
-                input_size=24,
-                mean=IMAGENET_MEAN,
-                std=IMAGENET_STD,
-                embedding_dim=4,
-                logit_names=("a", "b"),
-                abaw_expr_index=None,
-                weights=CRASHY,
-                builder=_build_crashy,
-                loader=_load_crashy,
-            )
+    if CRASHY not in registry.names():
+        spec = BackboneSpec(
+            name=CRASHY,
+            input_size=24,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            embedding_dim=4,
+            logit_names=("a", "b"),
+            abaw_expr_index=None,
+            builder=_build_crashy,
+            loader=_load_crashy,
         )
+        registry.register(registry.Backbone(CRASHY, "model", spec, registry.CNN_HEADS))
     return CRASHY
 
 

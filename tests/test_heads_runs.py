@@ -164,6 +164,21 @@ def test_projection_of_few_rows_keeps_val_on_the_training_scale(tmp_path: Path) 
     assert any("principal components" in note for note in result.notes)
 
 
+def test_projection_whitens_only_with_many_rows_per_column() -> None:
+    """Few rows per column: the trailing components are mostly noise, and whitening would
+    blow it up to the size of the signal; they keep their relative size instead."""
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((4000, 8)) @ rng.standard_normal((8, 135))).astype(np.float32)
+    X += 0.1 * rng.standard_normal(X.shape).astype(np.float32)
+    few = FeatureScaler(n_components=128).fit(X[:300])
+    variance = few.transform(X[:300]).var(axis=0)
+    assert not few.whitened_ and variance[:8].min() > 10 * variance[8:].max()
+    assert 0.5 < variance.mean() < 2.0
+    many = FeatureScaler(n_components=128).fit(X)  # 4000 rows >= 10 x 135 columns
+    assert many.whitened_
+    np.testing.assert_allclose(many.transform(X).var(axis=0), 1.0, rtol=0.05)
+
+
 # --- MLP training -------------------------------------------------------------------------
 
 

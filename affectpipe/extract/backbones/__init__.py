@@ -8,14 +8,12 @@ name) plus three functions: `build` (random init), `load` (an official weight fi
 ``(embedding [N, D], logits [N, K])``.
 
 The built-in specs live in one module per family (`emotieffnet`, `ddamfn`, `dan`,
-`fer_minixception`) and register themselves on import; they are imported on the first
-lookup so that importing this package stays cheap. A new backbone is one
-`register(BackboneSpec(...))` call.
+`fer_minixception`); each is registered, with its weights and default head candidates, by
+one line in `affectpipe.extract.registry`, which imports the module on first use.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from affectpipe.errors import InputError
+from affectpipe.extract import registry
 
 if TYPE_CHECKING:
     import torch
@@ -31,14 +29,6 @@ if TYPE_CHECKING:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# Modules whose import registers the built-in backbones.
-BUILTIN_MODULES = (
-    "affectpipe.extract.backbones.emotieffnet",
-    "affectpipe.extract.backbones.ddamfn",
-    "affectpipe.extract.backbones.dan",
-    "affectpipe.extract.backbones.fer_minixception",
-)
 
 
 @dataclass(frozen=True)
@@ -62,10 +52,12 @@ class BackboneSpec:
     embedding_dim: int
     logit_names: tuple[str, ...]
     abaw_expr_index: tuple[int | None, ...] | None
-    weights: str
     builder: Callable[[], torch.nn.Module]
     loader: Callable[[Path], torch.nn.Module]
     description: str = ""
+    # Intra-op CPU threads for the forward (None: torch's setting). A tiny network spends
+    # more time synchronising threads than computing: see docs/benchmarks.md (fer).
+    max_threads: int | None = None
 
     def build(self) -> torch.nn.Module:
         """The network with random weights, frozen (eval mode, no gradients)."""
@@ -114,48 +106,27 @@ class BackboneSpec:
             "std": list(self.std),
         }
 
-
-_REGISTRY: dict[str, BackboneSpec] = {}
-_builtins_loaded = False
-
-
-def register(spec: BackboneSpec) -> BackboneSpec:
-    """Add a backbone; a name can be registered only once."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"backbone {spec.name!r} is already registered")
-    index = spec.abaw_expr_index
-    picked = [i for i in index or () if i is not None]
-    if index is not None and (
-        len(index) != 8
-        or len(set(picked)) != len(picked)
-        or not set(picked) <= set(range(len(spec.logit_names)))
-    ):
-        raise ValueError(
-            f"backbone {spec.name!r}: abaw_expr_index must pick 8 distinct logits (or None)"
-        )
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def _load_builtins() -> None:
-    global _builtins_loaded
-    if not _builtins_loaded:
-        for module in BUILTIN_MODULES:
-            importlib.import_module(module)
-        _builtins_loaded = True
+    def __post_init__(self) -> None:
+        index = self.abaw_expr_index
+        picked = [i for i in index or () if i is not None]
+        if index is not None and (
+            len(index) != 8
+            or len(set(picked)) != len(picked)
+            or not set(picked) <= set(range(len(self.logit_names)))
+        ):
+            raise ValueError(
+                f"backbone {self.name!r}: abaw_expr_index must pick 8 distinct logits (or None)"
+            )
 
 
 def backbone_names() -> list[str]:
-    """Names of all registered backbones, in registration order."""
-    _load_builtins()
-    return list(_REGISTRY)
+    """Names of all registered model backbones (torch networks), in registration order."""
+    return registry.names("model")
 
 
 def get_backbone(name: str) -> BackboneSpec:
-    """The spec registered under `name`; InputError listing the known names otherwise."""
-    _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(_REGISTRY)
-        raise InputError(f"unknown backbone {name!r}; known backbones: {known}") from None
+    """The spec of the model backbone `name`; InputError listing the known names otherwise."""
+    spec = registry.get(name, "model").load()
+    if spec.name != name:
+        raise ValueError(f"backbone {name!r} is registered with the spec of {spec.name!r}")
+    return spec

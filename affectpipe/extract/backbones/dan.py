@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from affectpipe.extract.backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, register
+from affectpipe.extract.backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
 from affectpipe.extract.backbones.ddamfn import AFFECTNET_CLASSES_8, AFFECTNET_TO_ABAW
 from affectpipe.extract.weights import load_strict
 
@@ -141,18 +141,15 @@ def load_dan(path: Path) -> DAN:
     return load_strict(DAN(), path, "a DAN AffectNet-8 checkpoint")
 
 
-register(
-    BackboneSpec(
-        name="dan",
-        input_size=INPUT_SIZE,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        embedding_dim=EMBEDDING_DIM,
-        logit_names=AFFECTNET_CLASSES_8,
-        abaw_expr_index=AFFECTNET_TO_ABAW,
-        weights="dan_affectnet8",
-        builder=DAN,
-        loader=load_dan,
-        description="DAN (4 cross-attention heads) trained on AffectNet-8 (AffectNet order)",
-    )
+SPEC = BackboneSpec(
+    name="dan",
+    input_size=INPUT_SIZE,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    embedding_dim=EMBEDDING_DIM,
+    logit_names=AFFECTNET_CLASSES_8,
+    abaw_expr_index=AFFECTNET_TO_ABAW,
+    builder=DAN,
+    loader=load_dan,
+    description="DAN (4 cross-attention heads) trained on AffectNet-8 (AffectNet order)",
 )

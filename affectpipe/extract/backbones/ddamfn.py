@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from affectpipe.extract.backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, register
+from affectpipe.extract.backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
 from affectpipe.extract.weights import load_strict
 
 # AffectNet's native expression ids 0..7.
@@ -267,18 +267,15 @@ def load_ddamfn(path: Path) -> DDAMFN:
     return load_strict(DDAMFN(), path, "a DDAMFN AffectNet-8 checkpoint")
 
 
-register(
-    BackboneSpec(
-        name="ddamfn",
-        input_size=INPUT_SIZE,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        embedding_dim=EMBEDDING_DIM,
-        logit_names=AFFECTNET_CLASSES_8,
-        abaw_expr_index=AFFECTNET_TO_ABAW,
-        weights="ddamfn_affectnet8",
-        builder=DDAMFN,
-        loader=load_ddamfn,
-        description="DDAMFN++ trained on AffectNet-8 (logits in AffectNet order)",
-    )
+SPEC = BackboneSpec(
+    name="ddamfn",
+    input_size=INPUT_SIZE,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    embedding_dim=EMBEDDING_DIM,
+    logit_names=AFFECTNET_CLASSES_8,
+    abaw_expr_index=AFFECTNET_TO_ABAW,
+    builder=DDAMFN,
+    loader=load_ddamfn,
+    description="DDAMFN++ trained on AffectNet-8 (logits in AffectNet order)",
 )

