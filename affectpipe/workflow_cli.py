@@ -73,7 +73,7 @@ def run(
     Every stage reuses valid cached results, so re-running after a change is cheap.
     Exits 0 only when the submission the test list asks for was written (see `blend`).
     """
-    from affectpipe.extract.cli import parse_weights_option
+    from affectpipe.cli_options import parse_weights_option
     from affectpipe.workflow import run_pipeline
 
     names = [b.strip() for b in (backbones or "").split(",") if b.strip()]

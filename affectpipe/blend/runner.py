@@ -41,7 +41,7 @@ from affectpipe.blend.tuning import (
     TOL,
     BlendOptions,
     TaskBlend,
-    continuous_outputs,
+    apply_tuned,
     tune_task,
 )
 from affectpipe.config import BLEND_PREFER, DEFAULT_MAX_FILLED, DatasetPaths
@@ -266,10 +266,9 @@ def _tune_task(
         name: rules.score(val_labels[labelled], rules.decide(v[labelled], identity))
         for name, v in zip(cands.names, val_values, strict=True)
     }
-    val_continuous = continuous_outputs(rules, fitted, val_values, val_order)
-    val_outputs = rules.decide(val_continuous, fitted.post)
+    _, val_outputs = apply_tuned(rules, fitted, val_values, val_order)
     test_order = VideoOrder.of(groups[test_rows], frames[test_rows])
-    test_continuous = continuous_outputs(rules, fitted, values[:, is_test], test_order)
+    test_continuous, test_outputs = apply_tuned(rules, fitted, values[:, is_test], test_order)
     used = (fitted.weights > 0).any(axis=0)
     has_image = manifest["has_image"].to_numpy(bool)[test_rows]
     return TaskOutcome(
@@ -295,7 +294,7 @@ def _tune_task(
         val_outputs=val_outputs,
         test_rows=test_rows,
         test_continuous=test_continuous,
-        test_outputs=rules.decide(test_continuous, fitted.post),
+        test_outputs=test_outputs,
         n_val=len(val_rows),
         n_val_labelled=int(labelled.sum()),
         n_val_videos=len(np.unique(groups[val_rows])),
@@ -598,6 +597,9 @@ def run(
     `candidates` (``NAME`` or ``TASK/NAME``) picks prediction files by hand, from any heads
     invocation of the run.
     """
+    from affectpipe.heads.fitted import refuse_pickles
+
+    refuse_pickles(paths.run(run))
     options = options or BlendOptions()
     if options.prefer not in BLEND_PREFER:
         raise InputError(f"prefer must be one of {BLEND_PREFER}, not {options.prefer!r}")

@@ -60,6 +60,29 @@ class TaskBlend:
             rules.post_name: self.post,
         }
 
+    @classmethod
+    def from_json(cls, entry: dict[str, Any], rules: TaskRules) -> tuple[TaskBlend, list[str]]:
+        """The blend a task's `blend.json` entry records (the one its submission used: the
+        blend or the best single candidate), over the candidates it weights; and their names.
+
+        Raises ValueError on a malformed entry.
+        """
+        weights = entry["weights"]
+        groups = [weights[group.name] for group in rules.groups]
+        names = [n for n in entry["candidates"] if any(n in g for g in groups)]
+        matrix = np.array([[float(g.get(n, 0.0)) for n in names] for g in groups])
+        if not names or not np.isfinite(matrix).all() or (matrix < 0).any():
+            raise ValueError(f"{rules.name}: no usable blend weights")
+        smoothing = entry["smoothing"]
+        blend = cls(
+            rules.name,
+            matrix,
+            str(smoothing["kernel"]),
+            int(smoothing["half_width"]),
+            dict(entry[rules.post_name]),
+        )
+        return blend, names
+
 
 def blend_values(rules: TaskRules, candidates: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Mix candidates [M, N, K] with per-group weights -> [N, K] continuous outputs."""
@@ -69,18 +92,21 @@ def blend_values(rules: TaskRules, candidates: np.ndarray, weights: np.ndarray) 
     return out
 
 
-def continuous_outputs(
-    rules: TaskRules, fitted: TaskBlend, candidates: np.ndarray, order: VideoOrder
-) -> np.ndarray:
-    """Blended and smoothed outputs before the task's correction and decision."""
-    blended = blend_values(rules, candidates, fitted.weights)
-    return smooth(blended, order, fitted.kernel, fitted.half_width)
+def apply_tuned(
+    rules: TaskRules, fitted: TaskBlend, candidates: np.ndarray, order: VideoOrder | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply a tuned blend to candidate outputs [M, N, K]: (continuous [N, K], decided).
 
-
-def apply_blend(
-    rules: TaskRules, fitted: TaskBlend, candidates: np.ndarray, order: VideoOrder
-) -> np.ndarray:
-    return rules.decide(continuous_outputs(rules, fitted, candidates, order), fitted.post)
+    The one place where tuned parameters meet new rows, used by `blend` (validation and
+    submission rows) and `predict` alike: the weighted mix, the smoothing along each video
+    (skipped when `order` is None: rows that are not frames of a video), then the task's
+    correction and decision (VA calibration, EXPR offsets, AU thresholds). Continuous outputs
+    are what comes before the correction (blended, smoothed values or probabilities).
+    """
+    continuous = blend_values(rules, candidates, fitted.weights)
+    if order is not None:
+        continuous = smooth(continuous, order, fitted.kernel, fitted.half_width)
+    return continuous, rules.decide(continuous, fitted.post)
 
 
 def fit_task(
@@ -180,7 +206,7 @@ def _crossfit_fold(
     """Outputs of the held-out rows from a blend tuned on all the other rows."""
     fitted = _fit_on(rules, candidates, labels, groups, frames, ~held, options)
     order = VideoOrder.of(groups[held], frames[held])
-    return apply_blend(rules, fitted, candidates[:, held], order)
+    return apply_tuned(rules, fitted, candidates[:, held], order)[1]
 
 
 def tune_task(

@@ -286,7 +286,7 @@ def _plan(
             targets.append(_Target(name, "csv", path, identity))
         elif name in DESCRIPTORS:
             descriptor = DESCRIPTORS[name]()
-            identity = {**common, "backbone": name, "descriptor": _describe_descriptor(descriptor)}
+            identity = {**common, "backbone": name, "descriptor": describe_descriptor(descriptor)}
             targets.append(_Target(name, "descriptor", path, identity, descriptor=descriptor))
         else:
             if name not in backbone_names():
@@ -322,21 +322,27 @@ def _plan(
     return targets
 
 
-def _describe_descriptor(descriptor: Descriptor) -> str:
+def describe_descriptor(descriptor: Descriptor) -> str:
     """Class, raw size and simple parameters: what decides a descriptor's rows."""
     params = {k: v for k, v in vars(descriptor).items() if isinstance(v, int | float | str)}
     kind = f"{type(descriptor).__module__}.{type(descriptor).__qualname__}"
     return json.dumps({"class": kind, "raw_dim": descriptor.raw_dim, **params}, sort_keys=True)
 
 
-def _build_model(target: _Target) -> Any:
+def build_model(spec: Any, weights_path: Path | None) -> Any:
+    """A backbone's frozen network: from its weights file, or (None) the fixed-seed random
+    init that feature files record as `random-init`."""
     import torch
 
-    if target.weights_path is not None:
-        return target.spec.load(target.weights_path)
+    if weights_path is not None:
+        return spec.load(weights_path)
     with torch.random.fork_rng(devices=[]):  # fixed-seed random init, global RNG untouched
         torch.manual_seed(RANDOM_INIT_SEED)
-        return target.spec.build()
+        return spec.build()
+
+
+def _build_model(target: _Target) -> Any:
+    return build_model(target.spec, target.weights_path)
 
 
 def _finish(target: _Target, view: ManifestView, rows: tuple[int, int]) -> dict[str, Any]:
