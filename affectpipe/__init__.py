@@ -1,12 +1,13 @@
 """affectpipe: frozen face backbones -> cached features -> shallow heads -> tuned blends.
 
-The public API, loaded lazily so that ``import affectpipe`` (and the CLI's help) stays light:
+The public API, loaded lazily so that ``import affectpipe`` (and the CLI's help) stays light
+(names differ from the subpackages `extract` and `blend`, which importing sets as attributes):
 
 * `Predictor` - a trained run applied to new images, folders and videos (`predict.api`);
 * `index_dataset` - build a dataset's manifest (`data.index.index_dataset`);
-* `extract` - frozen backbones -> cached feature files (`extract.run`);
+* `extract_features` - frozen backbones -> cached feature files (`extract.run`);
 * `train_heads` - train the heads of a run (`heads.training.train`);
-* `blend` - tune the blend, write submissions (`blend.runner.run`);
+* `tune_blend` - tune the blend, write submissions and blend.json (`blend.runner.run`);
 * `load_features` - a feature set of a dataset as arrays beside its manifest
   (`heads.featuresets.feature_arrays`);
 * `DatasetPaths` - where a dataset's files live in a cache.
@@ -25,9 +26,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Predictor": ("affectpipe.predict.api", "Predictor"),
     "index_dataset": ("affectpipe.data.index", "index_dataset"),
-    "extract": ("affectpipe.extract", "run"),
+    "extract_features": ("affectpipe.extract", "run"),
     "train_heads": ("affectpipe.heads.training", "train"),
-    "blend": ("affectpipe.blend.runner", "run"),
+    "tune_blend": ("affectpipe.blend.runner", "run"),
     "load_features": ("affectpipe.heads.featuresets", "feature_arrays"),
     "DatasetPaths": ("affectpipe.config", "DatasetPaths"),
 }

@@ -44,7 +44,8 @@ def test_no_torch_for_help_and_a_missing_dataset(args: list[str], tmp_path: Path
 
 def test_the_package_exports_its_api_lazily():
     code = ("import sys, affectpipe; assert 'torch' not in sys.modules; "
-            "print(sorted(affectpipe.__all__)); affectpipe.Predictor; affectpipe.blend; "
+            "print(sorted(affectpipe.__all__)); affectpipe.Predictor; affectpipe.tune_blend; "
+            "affectpipe.extract_features; "
             "print(affectpipe.train_heads.__doc__ is not None)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={"PYTHONPATH": str(REPO)})

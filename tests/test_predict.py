@@ -30,7 +30,8 @@ P_EXPR = [f"p_{name}" for name in EXPR_NAMES]
 def trained(realfaces_dir: Path, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("predict")
     labels = pd.read_csv(realfaces_dir / "labels.csv")
-    people = np.array(sorted(labels["person"].unique()))
+    people = np.array(sorted(labels["person"].unique()))[::2]  # about half: a quicker test
+    labels = labels[labels["person"].isin(people)]
     role = {p: ("val" if i % 4 == 1 else "test" if i % 4 == 3 else "train")
             for i, p in enumerate(people)}
     # One "video" per image: the run's own test outputs are then unsmoothed, like photos.
