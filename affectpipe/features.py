@@ -7,7 +7,8 @@ Layout:
     ok         [N]    bool: the image was decoded and processed (else zero features)
 attrs:
     backbone, package_version, weights_sha256, preprocessing (JSON), logit_names (JSON list),
-    abaw_expr_index (JSON list of 8 logit indices giving ABAW codes 0..7, or absent),
+    abaw_expr_index (JSON list of 8 logit indices giving ABAW codes 0..7, null for a class the
+    backbone does not predict; or absent),
     groups (JSON {name: [start, stop]}: named column ranges of `embedding`),
     committed_rows (int), complete (bool), plus any provenance the writer adds; the extraction
     engine adds failed_count and failed_images (JSON list of {image, reason}, capped), and

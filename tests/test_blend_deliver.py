@@ -1,6 +1,6 @@
 """What `pipeline blend` delivers: the requested submission or exit 1 naming what is
 missing (issue 9.3/9.4), the best single candidate when the blend cross-fits worse (9.6),
-per-task test lists of one dataset (contract 1), and blend.json committed with the files
+per-task test lists of one dataset (`test_lists`), and blend.json committed with the files
 it describes (issue 15.9)."""
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 from test_submission import EXACT, NAN, write_toy
 
+from affectpipe import predictions
 from affectpipe.blend import runner, synthetic
 from affectpipe.blend.runner import run as blend_run
 from affectpipe.blend.tuning import BlendOptions
@@ -222,7 +225,8 @@ def test_blend_json_is_committed_with_the_submission_it_describes(tmp_path, monk
     pred = paths.preds("default", "va", "cand0")
     frame = pd.read_parquet(pred)
     frame.loc[frame["split"] == "test", ["valence", "arousal"]] *= 0.5
-    frame.to_parquet(pred)
+    metadata = pq.read_schema(pred).metadata  # keep the contract's metadata: only rows change
+    pq.write_table(pa.Table.from_pandas(frame).replace_schema_metadata(metadata), pred)
 
     def killed(*_args, **_kwargs):
         raise KeyboardInterrupt
@@ -245,9 +249,12 @@ def test_blend_json_is_committed_with_the_submission_it_describes(tmp_path, monk
 
 
 def _with_test_lists(paths: DatasetPaths, lists: dict[str, tuple[str, str | None, int]]) -> None:
-    """Turn write_toy's single test list into per-task lists over consecutive test rows."""
+    """Turn write_toy's single test list into per-task lists over consecutive test rows, as if
+    the dataset had been indexed that way (the recorded fingerprint, which the predictions
+    were made from, stays)."""
     manifest = pd.read_parquet(paths.manifest)
     metadata = read_manifest_metadata(paths.manifest)
+    metadata["fingerprint"] = predictions.manifest_fingerprint(paths.manifest)
     start = int(np.flatnonzero(manifest["split"] == "test")[0])
     metadata["format"] = "abaw-tasks"
     metadata["test_list"] = None

@@ -360,3 +360,19 @@ def test_mlps_no_longer_lose_every_pair_on_demo_sized_data(tmp_path: Path) -> No
             spreads.append(outputs[0] / outputs[1])
     assert wins >= 2, wins
     assert min(spreads) > 0.5, spreads  # outputs as spread out as the linear heads', roughly
+
+
+def test_blend_cli_takes_named_candidates_of_a_mixed_run(tmp_path: Path) -> None:
+    paths = tiny_cache(tmp_path / "mix", backbones={"openface": False, "cnn": True})
+    train(paths, config_path=linear_config(tmp_path), progress=False)
+    train(paths, tasks=["expr"], candidates=["cnn:embedding+logits/linear"],
+          config_path=linear_config(tmp_path, seed=3), progress=False)
+    base = ("--cache-dir", tmp_path, "blend", "--dataset", "mix", "--task", "expr", "--partial",
+            "--no-report", "--out", tmp_path / "out")
+    mixed = run_cli(*base)
+    assert mixed.returncode == 1, mixed.stdout + mixed.stderr
+    assert "another heads invocation" in mixed.stderr
+    named = run_cli(*base, "--candidate", "expr/cnn.embedding+logits__linear",
+                    "--candidate", "openface.embedding__linear")
+    assert named.returncode == 0, named.stdout + named.stderr
+    assert (tmp_path / "out").is_dir() and any((tmp_path / "out").iterdir())

@@ -85,6 +85,14 @@ max_filled_option = click.option(
     type=click.Choice(TASKS),
     help="Blend only these tasks (repeatable) [default: every task with predictions].",
 )
+@click.option(
+    "--candidate",
+    "candidates",
+    multiple=True,
+    metavar="[TASK/]NAME",
+    help="Blend only these prediction files (repeatable), from any heads invocation of the "
+    "run [default: every candidate of the last complete heads run].",
+)
 @click.option("--no-correction", is_flag=True, help="No VA calibration / EXPR class offsets.")
 @click.option("--no-smoothing", is_flag=True, help="No temporal smoothing.")
 @click.option(
@@ -115,6 +123,7 @@ def blend(
     run_name: str,
     out_dir: Path | None,
     tasks: tuple[str, ...],
+    candidates: tuple[str, ...],
     no_correction: bool,
     no_smoothing: bool,
     folds: int,
@@ -154,6 +163,7 @@ def blend(
         options=options,
         report=not no_report,
         max_filled=max_filled,
+        candidates=candidates or None,
     )
     echo_scores(result)
     echo_outcome(result, partial)

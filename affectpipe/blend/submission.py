@@ -102,7 +102,7 @@ class Request:
 
 
 def task_test_rows(manifest: pd.DataFrame, metadata: Mapping[str, Any], task: str) -> np.ndarray:
-    """Manifest rows of `task`'s test list, in list order (contract 1 for `test_lists`)."""
+    """Manifest rows of `task`'s test list, in list order (its own block with `test_lists`)."""
     test_lists = metadata.get("test_lists")
     if test_lists:
         entry = test_lists.get(task)

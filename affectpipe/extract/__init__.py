@@ -471,6 +471,7 @@ def run(
     channels_last: bool = True,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     retry_failed: bool = False,
+    engine: Any = None,
 ) -> ExtractSummary:
     """Extract features of every distinct manifest image with each backbone.
 
@@ -481,6 +482,7 @@ def run(
     `shard=(i, n)` (1-based) computes rows block i of n into
     ``features/<backbone>.shard-i-of-n.h5`` (join them with `merge`). `amp` is None/"off",
     "bf16" or "fp16" (changes the features slightly: recorded as the file's precision).
+    `engine` runs the passes elsewhere (e.g. `ray_engine.RayEngine`); None: in this process.
     """
     if batch_size < 1 or workers < 0 or chunk_rows < 1:
         raise InputError("batch size and chunk rows must be >= 1, workers >= 0")
@@ -503,7 +505,7 @@ def run(
         logger.warning("--random-init: CNN backbones use fixed-seed RANDOM weights, not official")
     from affectpipe.extract.engine import resolve_device
 
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device) if engine is None else engine.connect(device)
     rows = shard_range(len(view.images), shard)
     reports: list[BackboneReport] = []
     with ExitStack() as stack:
@@ -546,10 +548,12 @@ def run(
             chunk_rows=chunk_rows,
             progress=progress,
             retry_failed=retry_failed,
+            engine=engine,
         )
     order = {name: i for i, name in enumerate(backbones)}
     reports.sort(key=lambda r: order[r.backbone])
-    return ExtractSummary(tuple(reports), str(torch_device), random_init)
+    where = str(torch_device) if engine is None else engine.describe()
+    return ExtractSummary(tuple(reports), where, random_init)
 
 
 def _remove_parts(path: Path, keep_retry: bool = False) -> None:
@@ -577,6 +581,7 @@ def _extract(
     chunk_rows: int,
     progress: bool,
     retry_failed: bool = False,
+    engine: Any = None,
 ) -> list[BackboneReport]:
     from affectpipe.extract.store import PartStore
 
@@ -609,6 +614,7 @@ def _extract(
         "channels_last": channels_last,
         "precision": precision,
         "progress": progress,
+        "engine": engine,
     }
     speeds: dict[str, float] = {}
     # One pass per chunk layout (a resumed store keeps the boundaries it was started with).
@@ -648,8 +654,11 @@ def _pass(
     channels_last: bool,
     precision: str,
     progress: bool,
+    engine: Any = None,
 ) -> dict[str, float]:
-    """One shared decode/inference pass over `group`'s missing chunks; returns img/s each."""
+    """One shared decode/inference pass over `group`'s missing chunks; returns img/s each.
+
+    `engine` (e.g. the Ray engine) runs the pass elsewhere; None runs it in this process."""
     from affectpipe.extract.engine import (
         AMP_DTYPES,
         DescriptorJob,
@@ -666,14 +675,16 @@ def _pass(
             t.spec,
             prepare_model(
                 _build_model(t), device, channels_last=channels_last, probe=probe_batch(t.spec)
-            ),
+            )
+            if engine is None
+            else _build_model(t),  # another engine prepares models where they run
             t.store,
         )
         for t in group
         if t.kind == "model"
     ]
     descriptor_jobs = [DescriptorJob(t.descriptor, t.store) for t in group if t.kind != "model"]
-    stats = extract_pass(
+    stats = (extract_pass if engine is None else engine.extract_pass)(
         paths,
         offset,
         model_jobs,

@@ -1,10 +1,14 @@
-"""`pipeline bench extract`: images/s per backbone, whole path and forward only.
+"""`pipeline bench extract`: images/s per backbone, whole path, forward only and decode.
 
 The whole path is what `pipeline extract` does (decode in workers -> resize -> normalise ->
 forward -> committed chunks -> final file) on a temporary dataset made of a folder of face
-crops repeated (symlinked) to a few thousand images. Forward only times the prepared model
-on a ready batch. Speed does not depend on weight values, so without official weights the
-bench uses the fixed-seed random initialisation and says so.
+crops repeated (symlinked) to a few thousand images; on a GPU it is also timed under AMP.
+Forward only times the prepared model on a ready batch in three set-ups (fp32 NCHW, fp32
+channels-last, AMP channels-last). Decode times the input path alone: the CPU decode workers
+(decode + official resize) and, on a GPU, torchvision's batched nvJPEG decode with a GPU
+resize (with its largest pixel difference from the official PIL resize). Whichever of decode
+and forward is slower bounds the whole path. Speed does not depend on weight values, so
+without official weights the bench uses the fixed-seed random initialisation and says so.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +34,7 @@ from affectpipe.manifest import empty_manifest, write_manifest
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 FORWARD_BATCHES = 5
+AMP_BENCH_DTYPE = "bf16"  # the AMP set-up timed (bf16: no overflow risk, native on A100/H100)
 
 
 def default_images_dir() -> Path:
@@ -46,6 +53,13 @@ class BenchRow:
     whole_path_images_per_s: float  # decode -> forward -> committed chunks
     end_to_end_images_per_s: float  # the same plus model loading and the final file
     forward_images_per_s: float  # descriptors: per-image work in one process
+    # CNNs only (None for descriptors / where not measured):
+    forward_fp32_nchw_images_per_s: float | None = None
+    forward_amp_images_per_s: float | None = None  # AMP_BENCH_DTYPE, channels-last
+    whole_path_amp_images_per_s: float | None = None  # GPU only
+    decode_images_per_s: float | None = None  # CPU decode workers: decode + official resize
+    gpu_decode_images_per_s: float | None = None  # nvJPEG batch decode + GPU resize
+    gpu_resize_max_abs_diff: float | None = None  # vs the official resize, 0-255 scale
 
 
 @dataclass(frozen=True)
@@ -61,15 +75,28 @@ class BenchResult:
             ", ".join(f"{k}: {v}" for k, v in self.machine.items()),
             "",
             "| backbone | device | batch | workers | images | weights | whole path img/s "
-            "| incl. load + file img/s | forward only img/s |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| incl. load + file img/s | forward only img/s | forward fp32 NCHW "
+            f"| forward {AMP_BENCH_DTYPE} | whole path {AMP_BENCH_DTYPE} | decode (CPU workers) "
+            "| decode (GPU nvJPEG) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in self.rows:
+            gpu_decode = _rate(r.gpu_decode_images_per_s)
+            if r.gpu_resize_max_abs_diff is not None:
+                gpu_decode += f" (max px diff {r.gpu_resize_max_abs_diff:.0f})"
             lines.append(
                 f"| {r.backbone} | {r.device} | {r.batch_size} | {r.workers} | {r.images} "
                 f"| {r.weights} | {r.whole_path_images_per_s:.1f} "
-                f"| {r.end_to_end_images_per_s:.1f} | {r.forward_images_per_s:.1f} |"
+                f"| {r.end_to_end_images_per_s:.1f} | {r.forward_images_per_s:.1f} "
+                f"| {_rate(r.forward_fp32_nchw_images_per_s)} "
+                f"| {_rate(r.forward_amp_images_per_s)} | {_rate(r.whole_path_amp_images_per_s)} "
+                f"| {_rate(r.decode_images_per_s)} | {gpu_decode} |"
             )
+        lines += [
+            "",
+            "forward only: fp32 with the run's memory layout; NCHW: fp32 without channels-last; "
+            f"{AMP_BENCH_DTYPE}: autocast + channels-last. whole path {AMP_BENCH_DTYPE}: GPU only.",
+        ]
         if any(r.weights == "random-init" for r in self.rows):
             lines += ["", "Weights: fixed-seed random init (speed does not depend on values)."]
         return "\n".join(lines)
@@ -83,6 +110,10 @@ class BenchResult:
             },
             indent=1,
         )
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def machine_info(device: str) -> dict[str, str]:
@@ -136,12 +167,22 @@ def make_bench_dataset(images_dir: Path, repeat: int, cache_dir: Path) -> Datase
     return paths
 
 
-def forward_only(backbone: str, device: str, batch_size: int, *, channels_last: bool) -> float:
-    """Images/s of the prepared model on a ready, normalised batch (no decode, no copy)."""
+def forward_only(
+    backbone: str,
+    device: str,
+    batch_size: int,
+    *,
+    channels_last: bool,
+    amp: str | None = None,
+) -> float:
+    """Images/s of the prepared model on a ready, normalised batch (no decode, no copy),
+    in fp32 or under autocast to `amp` ("bf16", "fp16")."""
+    import contextlib
+
     import torch
 
     from affectpipe.extract.backbones import get_backbone
-    from affectpipe.extract.engine import prepare_model, probe_batch, resolve_device
+    from affectpipe.extract.engine import AMP_DTYPES, prepare_model, probe_batch, resolve_device
 
     spec = get_backbone(backbone)
     torch_device = resolve_device(device)
@@ -157,7 +198,12 @@ def forward_only(backbone: str, device: str, batch_size: int, *, channels_last: 
         if torch_device.type == "cuda":
             torch.cuda.synchronize(torch_device)
 
-    with torch.inference_mode():
+    autocast = (
+        torch.autocast(torch_device.type, dtype=AMP_DTYPES[amp])
+        if amp
+        else contextlib.nullcontext()
+    )
+    with torch.inference_mode(), autocast:
         model(x)  # warm-up (oneDNN / cuDNN kernel selection)
         sync()
         started = time.perf_counter()
@@ -165,6 +211,74 @@ def forward_only(backbone: str, device: str, batch_size: int, *, channels_last: 
             model(x)
         sync()
     return FORWARD_BATCHES * batch_size / (time.perf_counter() - started)
+
+
+def decode_rate(files: Sequence[Path], backbone: str, batch_size: int, workers: int) -> float:
+    """Images/s of the CPU input path alone: decode + official resize in `workers` processes
+    (the extraction's `DecodeDataset` and DataLoader set-up, no model)."""
+    import torch
+
+    from affectpipe.extract.backbones import get_backbone
+    from affectpipe.extract.images import DecodeDataset, collate
+
+    spec = get_backbone(backbone)
+    dataset = DecodeDataset([str(f) for f in files], [spec.resize], [spec.input_size])
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        prefetch_factor=4 if workers else None,
+    )
+    started = time.perf_counter()
+    for _ in loader:
+        pass
+    return len(dataset) / (time.perf_counter() - started)
+
+
+def gpu_decode_rate(
+    files: Sequence[Path], backbone: str, device: str, batch_size: int
+) -> tuple[float, float] | None:
+    """(images/s, largest pixel difference from the official decode + resize) of batched
+    nvJPEG decoding (`torchvision.io.decode_jpeg(device="cuda")`) with an antialiased
+    bilinear GPU resize; None on CPU or when this torchvision cannot decode on the GPU."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    from affectpipe.extract.backbones import get_backbone
+    from affectpipe.extract.engine import resolve_device
+    from affectpipe.extract.images import load_rgb
+
+    torch_device = resolve_device(device)
+    if torch_device.type != "cuda":
+        return None
+    spec = get_backbone(backbone)
+    size = (spec.input_size, spec.input_size)
+    data = [read_file(str(f)) for f in files]  # bytes in memory: this times decoding only
+
+    def decode(chunk: list[torch.Tensor]) -> torch.Tensor:
+        images = decode_jpeg(chunk, mode=ImageReadMode.RGB, device=torch_device)
+        resized = [
+            torch.nn.functional.interpolate(
+                image[None].float(), size=size, mode="bilinear", antialias=True
+            )
+            for image in images
+        ]
+        return torch.cat(resized).round().clamp(0, 255).to(torch.uint8)  # [B, 3, S, S]
+
+    try:
+        first = decode(data[:batch_size])
+    except Exception as exc:  # no nvJPEG in this build, a PNG among the files, ...: not timed
+        print(f"GPU decode not timed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    official = np.stack([spec.resize(load_rgb(f)[0]) for f in files[:batch_size]])
+    diff = np.abs(first.permute(0, 2, 3, 1).cpu().numpy().astype(int) - official.astype(int))
+    torch.cuda.synchronize(torch_device)
+    started = time.perf_counter()
+    for start in range(0, len(data), batch_size):
+        decode(data[start : start + batch_size])
+    torch.cuda.synchronize(torch_device)
+    return len(data) / (time.perf_counter() - started), float(diff.max())
 
 
 def describe_only(backbone: str, images_dir: Path) -> float:
@@ -181,6 +295,33 @@ def describe_only(backbone: str, images_dir: Path) -> float:
     return len(images) / (time.perf_counter() - started)
 
 
+def _cnn_extras(
+    backbone: str,
+    whole_path: Callable[..., Any],
+    files: Sequence[Path],
+    *,
+    device: str,
+    batch_size: int,
+    workers: int,
+) -> dict[str, float | None]:
+    """The CNN-only columns: forward set-ups, AMP whole path (GPU), decode rates."""
+    gpu = device.startswith("cuda")
+    amp_report = whole_path(amp=AMP_BENCH_DTYPE).reports[0] if gpu else None
+    gpu_decode = gpu_decode_rate(files, backbone, device, batch_size)
+    return {
+        "forward_fp32_nchw_images_per_s": forward_only(
+            backbone, device, batch_size, channels_last=False
+        ),
+        "forward_amp_images_per_s": forward_only(
+            backbone, device, batch_size, channels_last=True, amp=AMP_BENCH_DTYPE
+        ),
+        "whole_path_amp_images_per_s": amp_report and amp_report.images_per_s,
+        "decode_images_per_s": decode_rate(files, backbone, batch_size, workers),
+        "gpu_decode_images_per_s": gpu_decode and gpu_decode[0],
+        "gpu_resize_max_abs_diff": gpu_decode and gpu_decode[1],
+    }
+
+
 def run_bench(
     *,
     images_dir: Path | None = None,
@@ -193,7 +334,7 @@ def run_bench(
     channels_last: bool = True,
 ) -> BenchResult:
     """Measure each backbone alone on `images_dir` repeated `repeat` times (default: a few
-    thousand images on a GPU, 1,024 on a CPU)."""
+    thousand images on a GPU, 1,024 on a CPU): see the module docstring."""
     from affectpipe import extract
     from affectpipe.extract.backbones import get_backbone
     from affectpipe.extract.weights import resolve_weights
@@ -217,8 +358,8 @@ def run_bench(
                     resolve_weights(spec.weights, (weights or {}).get(backbone))
                 except AffectpipeError:
                     random_init = True  # speed does not depend on the weight values
-            started = time.perf_counter()
-            summary = extract.run(
+            whole_path = partial(
+                extract.run,
                 paths,
                 [backbone],
                 device=device,
@@ -230,8 +371,22 @@ def run_bench(
                 channels_last=channels_last,
                 progress=False,
             )
+            started = time.perf_counter()
+            summary = whole_path()
             seconds = time.perf_counter() - started
             (report,) = summary.reports
+            extra = (
+                {}
+                if descriptor
+                else _cnn_extras(
+                    backbone,
+                    whole_path,
+                    bench_images(images_dir) * repeat,
+                    device=device,
+                    batch_size=batch_size,
+                    workers=workers,
+                )
+            )
             rows.append(
                 BenchRow(
                     backbone=backbone,
@@ -249,6 +404,7 @@ def run_bench(
                     forward_images_per_s=describe_only(backbone, images_dir)
                     if descriptor
                     else forward_only(backbone, device, batch_size, channels_last=channels_last),
+                    **extra,
                 )
             )
     command = shlex.join(["pipeline", *sys.argv[1:]]) if sys.argv else "run_bench()"

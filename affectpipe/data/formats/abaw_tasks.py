@@ -10,7 +10,7 @@ the per-task reader (`abaw_task.AbawTask`), then:
   labels leak into another split (the image key repeats; features are still extracted once
   per distinct key);
 - test rows follow, task by task (VA, EXPR, AU), each task's test list as its own contiguous
-  block; `Table.test_lists` records each block's manifest rows (CONTRACTS.md, contract 1).
+  block; `Table.test_lists` records each block's manifest rows (see docs/design-notes.md).
 """
 
 from __future__ import annotations

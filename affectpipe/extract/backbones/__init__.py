@@ -3,12 +3,14 @@
 A spec is uniform data (input size, normalisation, output layout, class order, weights
 name) plus three functions: `build` (random init), `load` (an official weight file) and
 `preprocess` (the official test-time transform). Every model a spec returns is frozen
-(eval mode, parameters without gradients) and maps a float batch ``[N, 3, S, S]`` to
+(eval mode, parameters without gradients) and maps the batch its spec's `normalize` makes
+(float ``[N, 3, S, S]``; ``[N, 1, S, S]`` for grey networks) to
 ``(embedding [N, D], logits [N, K])``.
 
-The built-in specs live in one module per family (`emotieffnet`, `ddamfn`) and register
-themselves on import; they are imported on the first lookup so that importing this
-package stays cheap. A new backbone is one `register(BackboneSpec(...))` call.
+The built-in specs live in one module per family (`emotieffnet`, `ddamfn`, `dan`,
+`fer_minixception`) and register themselves on import; they are imported on the first
+lookup so that importing this package stays cheap. A new backbone is one
+`register(BackboneSpec(...))` call.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BUILTIN_MODULES = (
     "affectpipe.extract.backbones.emotieffnet",
     "affectpipe.extract.backbones.ddamfn",
+    "affectpipe.extract.backbones.dan",
+    "affectpipe.extract.backbones.fer_minixception",
 )
 
 
@@ -46,8 +50,9 @@ class BackboneSpec:
     do), and `preprocess` refuses any other mode rather than guess.
 
     `abaw_expr_index` lists, for ABAW expression codes 0..7, the logit column holding
-    that class, so ``logits[:, abaw_expr_index]`` is in ABAW order; None when the logits
-    have no expression classes.
+    that class, so ``logits[:, abaw_expr_index]`` is in ABAW order; an entry is None for a
+    class the backbone does not predict (FER2013 has no Other), and the whole field is None
+    when the logits have no expression classes.
     """
 
     name: str
@@ -56,7 +61,7 @@ class BackboneSpec:
     std: tuple[float, float, float]
     embedding_dim: int
     logit_names: tuple[str, ...]
-    abaw_expr_index: tuple[int, ...] | None
+    abaw_expr_index: tuple[int | None, ...] | None
     weights: str
     builder: Callable[[], torch.nn.Module]
     loader: Callable[[Path], torch.nn.Module]
@@ -119,12 +124,15 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     if spec.name in _REGISTRY:
         raise ValueError(f"backbone {spec.name!r} is already registered")
     index = spec.abaw_expr_index
+    picked = [i for i in index or () if i is not None]
     if index is not None and (
         len(index) != 8
-        or len(set(index)) != 8
-        or not set(index) <= set(range(len(spec.logit_names)))
+        or len(set(picked)) != len(picked)
+        or not set(picked) <= set(range(len(spec.logit_names)))
     ):
-        raise ValueError(f"backbone {spec.name!r}: abaw_expr_index must pick 8 distinct logits")
+        raise ValueError(
+            f"backbone {spec.name!r}: abaw_expr_index must pick 8 distinct logits (or None)"
+        )
     _REGISTRY[spec.name] = spec
     return spec
 
