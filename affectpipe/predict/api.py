@@ -26,8 +26,14 @@ import pandas as pd
 from affectpipe.config import DEFAULT_RUN, DatasetPaths
 from affectpipe.errors import InputError
 from affectpipe.predict.inputs import Frame, expand, frames
-from affectpipe.predict.runfiles import BackboneRecord, RunBundle, load_export, load_from_cache
-from affectpipe.schema import AU_COLUMNS, PRED_COLUMNS, VA_COLUMNS
+from affectpipe.predict.runfiles import (
+    BackboneRecord,
+    RunBundle,
+    TaskPlan,
+    load_export,
+    load_from_cache,
+)
+from affectpipe.schema import PRED_COLUMNS
 
 
 @dataclass
@@ -251,7 +257,7 @@ def _part(record: BackboneRecord, arrays: dict[str, np.ndarray], part: str) -> n
 
 
 def _task_columns(
-    plan, features: _Features, records: dict[str, BackboneRecord], sources: list[str],
+    plan: TaskPlan, features: _Features, records: dict[str, BackboneRecord], sources: list[str],
     frame_numbers: np.ndarray,
 ) -> dict[str, np.ndarray]:
     from affectpipe.blend.smoothing import VideoOrder, group_codes
@@ -272,32 +278,16 @@ def _task_columns(
     decided: np.ndarray | None = None
     frame_rows = frame_numbers[rows] >= 0  # video frames are smoothed per video
     for subset, ordered in ((~frame_rows, False), (frame_rows, True)):
-        if not subset.any():
+        if ordered and not subset.any():
             continue
         order = None
         if ordered:
             chosen = rows[subset]
             order = VideoOrder.of(group_codes(np.asarray(sources)[chosen]), frame_numbers[chosen])
         values, outputs = apply_tuned(plan.rules, plan.blend, candidates[:, subset], order)
+        if decided is None:  # rows without a face: NaN values, code -1
+            missing = np.nan if outputs.dtype.kind == "f" else -1
+            decided = np.full((len(ok),) + outputs.shape[1:], missing, dtype=outputs.dtype)
         continuous[rows[subset]] = values
-        if decided is None:
-            decided = np.full((len(ok),) + outputs.shape[1:], -1, dtype=outputs.dtype)
-            if outputs.dtype.kind == "f":
-                decided[:] = np.nan
         decided[rows[subset]] = outputs
-    return _columns(plan.rules.name, continuous, decided, len(ok))
-
-
-def _columns(task: str, continuous: np.ndarray, decided: np.ndarray | None, n: int
-             ) -> dict[str, np.ndarray]:
-    pred = PRED_COLUMNS[task]
-    if task == "va":
-        values = decided if decided is not None else np.full((n, 2), np.nan, np.float32)
-        return {c: values[:, i] for i, c in enumerate(VA_COLUMNS)}
-    probabilities = {c: continuous[:, i] for i, c in enumerate(pred)}
-    if task == "expr":
-        codes = decided if decided is not None else np.full(n, -1, np.int8)
-        return {"expression": codes.astype(np.int8), **probabilities}
-    flags = decided if decided is not None else np.full((n, len(AU_COLUMNS)), -1, np.int8)
-    flags = np.where(np.isfinite(continuous), flags, -1).astype(np.int8)
-    return {**{c: flags[:, i] for i, c in enumerate(AU_COLUMNS)}, **probabilities}
+    return plan.rules.table(continuous, decided)
