@@ -53,7 +53,9 @@ def trained(realfaces_dir: Path, tmp_path_factory) -> dict:
     (plain / "nested").mkdir(parents=True)
     for i, name in enumerate(test["image"]):
         shutil.copyfile(realfaces_dir / "images" / name, plain / "nested" / f"photo_{i:03d}.jpg")
-    return {"root": root, "cache": cache, "test": test, "plain": plain}
+    archive = root / "shared-run.tar.gz"
+    run_cli(*common, "export-run", "--dataset", "faces", "--out", archive, check=True)
+    return {"root": root, "cache": cache, "test": test, "plain": plain, "archive": archive}
 
 
 def _expected_probabilities(cache: Path, images: list[str]) -> np.ndarray:
@@ -92,11 +94,9 @@ def test_predict_reproduces_the_runs_own_test_predictions(trained: dict):
     pd.testing.assert_frame_equal(api, table, check_dtype=False)
 
     # An exported archive predicts the same on "another machine" (no cache there).
-    archive = trained["root"] / "shared-run.tar.gz"
-    run_cli("--cache-dir", cache, "export-run", "--dataset", "faces", "--out", archive,
-            check=True)
     out2 = trained["root"] / "exported.parquet"
-    run_cli("--cache-dir", trained["root"] / "elsewhere", "predict", "--from-run", archive,
+    run_cli("--cache-dir", trained["root"] / "elsewhere", "predict", "--from-run",
+            trained["archive"],
             "--out", out2, trained["plain"], check=True)
     pd.testing.assert_frame_equal(pd.read_parquet(out2), table)
 
@@ -187,8 +187,8 @@ def test_planted_pickles_are_refused_never_loaded(trained: dict, tmp_path: Path)
     planted.unlink()
 
     exported = tmp_path / "exported"
-    run_cli("--cache-dir", cache, "export-run", "--dataset", "faces", "--out", exported,
-            check=True)
+    with tarfile.open(trained["archive"]) as tar:
+        tar.extractall(exported, filter="data")
     (exported / "heads" / "expr" / "model.pkl").write_bytes(payload)
     result = run_cli("predict", "--from-run", exported, "--out", tmp_path / "q.csv",
                      trained["plain"])
