@@ -249,9 +249,9 @@ def test_interrupted_heads_run_is_refused_until_rerun(tmp_path: Path, monkeypatc
 
 
 def linear_config(tmp_path: Path, seed: int = 0) -> Path:
-    """Default candidates with the linear model only (fast), base seed `seed`."""
+    """Default candidates with the linear model only (fast, no temporal), base seed `seed`."""
     path = tmp_path / f"linear{seed}.toml"
-    path.write_text(f'[heads]\nseed = {seed}\nmodels = ["linear"]\n')
+    path.write_text(f'[heads]\nseed = {seed}\nmodels = ["linear"]\ntemporal = false\n')
     return path
 
 

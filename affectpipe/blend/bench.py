@@ -60,7 +60,7 @@ def bench_blend(
                 seconds,
                 cpu,
                 single,
-                fitted.stage_scores["smoothing"],
+                fitted.final_score,
                 rules.score(data.labels, outputs),
             )
         )

@@ -96,6 +96,12 @@ max_filled_option = click.option(
 @click.option("--no-correction", is_flag=True, help="No VA calibration / EXPR class offsets.")
 @click.option("--no-smoothing", is_flag=True, help="No temporal smoothing.")
 @click.option(
+    "--no-logit-adjustment", is_flag=True, help="No EXPR tau * log(prior) class correction."
+)
+@click.option(
+    "--no-gating", is_flag=True, help="No EXPR gating by a confident backbone's own prediction."
+)
+@click.option(
     "--folds", default=3, show_default=True, type=click.IntRange(2), help="Cross-fit folds."
 )
 @click.option(
@@ -126,6 +132,8 @@ def blend(
     candidates: tuple[str, ...],
     no_correction: bool,
     no_smoothing: bool,
+    no_logit_adjustment: bool,
+    no_gating: bool,
     folds: int,
     jobs: int,
     prefer: str,
@@ -137,7 +145,9 @@ def blend(
 
     Per task, non-negative candidate weights are tuned on the validation rows (CCC per
     dimension for VA, macro F1 for EXPR, mean F1 for AU), then VA calibration or EXPR class
-    offsets, per-AU thresholds and a per-video smoothing window. Besides the (optimistic)
+    offsets, per-AU thresholds and a per-video smoothing window; for EXPR optionally a
+    logit adjustment (tau * log prior) and gating by a confident backbone's own expression
+    prediction, each kept only when it raises the cross-fitted score. Besides the (optimistic)
     tuned score, a cross-fitted score tunes on some validation videos and scores the others;
     when the best single candidate cross-fits better than the blend, the submission uses it.
     Writes the submission files the dataset's test list calls for, report.html and, last,
@@ -150,6 +160,8 @@ def blend(
     options = BlendOptions(
         correction=not no_correction,
         smoothing=not no_smoothing,
+        logit_adjustment=not no_logit_adjustment,
+        gating=not no_gating,
         crossfit_folds=folds,
         n_jobs=jobs,
         prefer=prefer,

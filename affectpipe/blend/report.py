@@ -32,7 +32,9 @@ STAGE_LABELS = {
     "calibration": "+ VA affine calibration",
     "offsets": "+ EXPR class offsets",
     "thresholds": "+ per-AU thresholds",
-    "smoothing": "+ temporal smoothing (final)",
+    "smoothing": "+ temporal smoothing",
+    "logit_adjustment": "+ logit adjustment (tau * log prior)",
+    "gating": "+ confidence gating by a backbone",
 }
 
 
@@ -111,6 +113,66 @@ def _au_plot(outcome) -> str:
 
 
 PLOTS = {"va": _va_plot, "expr": _expr_plots, "au": _au_plot}
+TEMPORAL_MODEL = "__temporal"  # candidate names end in __<model>
+TRACE_VIDEOS = 3
+
+
+def _au_traced(outcome) -> int:
+    """The AU with the most validation positives (the one the time series shows)."""
+    return int(np.argmax((outcome.val_labels == 1).sum(axis=0)))
+
+
+# Per task: (label series, candidate values -> series, y-axis name) of validation rows.
+TRACES = {
+    "va": lambda o: (o.val_labels[:, 0], lambda v: v[:, 0], "valence"),
+    "expr": lambda o: (
+        np.where(o.val_labels >= 0, o.val_labels, np.nan),
+        lambda v: v.argmax(axis=1),
+        "expression code (arg-max)",
+    ),
+    "au": lambda o: (
+        np.where(o.val_labels[:, _au_traced(o)] >= 0, o.val_labels[:, _au_traced(o)], np.nan),
+        lambda v: v[:, _au_traced(o)],
+        f"{AU_COLUMNS[_au_traced(o)].upper()} (label / probability)",
+    ),
+}
+
+
+def _trace_plot(task: str, outcome) -> str:
+    """Label, best frame head and best temporal head along a few validation videos."""
+    names = outcome.candidates
+    temporal = [i for i, n in enumerate(names) if n.endswith(TEMPORAL_MODEL)]
+    frame = [i for i, n in enumerate(names) if not n.endswith(TEMPORAL_MODEL)]
+    if outcome.val_candidates is None or not temporal or not frame:
+        return ""
+
+    def best(indices: list[int]) -> int:
+        return max(indices, key=lambda i: outcome.candidate_scores[names[i]])
+
+    labels, series, axis_name = TRACES[task](outcome)
+    labelled = np.isfinite(labels)
+    counts = np.bincount(outcome.val_videos[labelled], minlength=outcome.val_videos.max() + 1)
+    videos = np.argsort(-counts, kind="stable")[:TRACE_VIDEOS]
+    videos = videos[counts[videos] > 0]
+    fig, axes = plt.subplots(len(videos), 1, figsize=(11, 2.6 * len(videos)), squeeze=False)
+    for ax, video in zip(axes[:, 0], videos, strict=True):
+        rows = np.flatnonzero(outcome.val_videos == video)
+        rows = rows[np.argsort(outcome.val_frames[rows], kind="stable")]
+        frames = outcome.val_frames[rows]
+        ax.plot(frames, labels[rows], color="black", linewidth=1.5, label="label")
+        for index, colour, kind in (
+            (best(frame), "tab:blue", "frame head"),
+            (best(temporal), "tab:orange", "temporal head"),
+        ):
+            values = series(outcome.val_candidates[index][rows])
+            ax.plot(frames, values, color=colour, linewidth=1, label=f"{kind}: {names[index]}")
+        ax.set(xlabel="frame", ylabel=axis_name)
+        ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return (
+        "<h3>Time series on validation videos: label, best frame head, best temporal head</h3>"
+        + _png(fig)
+    )
 
 
 def _item_table(rules, outcome, post: dict[str, list[float]]) -> tuple[str, list[str]]:
@@ -148,14 +210,43 @@ def _weights_table(outcome, weights: dict[str, dict[str, float]]) -> str:
     return _table(["candidate", *(f"weight ({g})" for g in groups)], rows)
 
 
-def _task_section(task: str, outcome, info: dict[str, Any]) -> str:
-    rules = rules_for(task)
-    rows = [[f"candidate {name}", _num(s)] for name, s in outcome.candidate_scores.items()]
-    for stage, value in outcome.blend.stage_scores.items():
+def _stage_note(stage: str, fitted) -> str:
+    """Whether a stage is in force, and its tuned parameter."""
+    if stage == "logit_adjustment":
+        return f"yes (tau {fitted.tau:+.2f})" if fitted.tau else "no"
+    if stage == "gating":
+        gate = fitted.gate
+        return f"yes ({gate['source']} >= {gate['threshold']:.2f})" if gate else "no"
+    if stage == "smoothing":
+        return "yes" if fitted.half_width else "no (window 0)"
+    return "yes"
+
+
+def _stage_table(task: str, outcome) -> str:
+    """Stage -> tuned score, cross-fitted score, whether the submission applies it."""
+    fitted = outcome.blend
+    rows = []
+    for stage, tuned in fitted.stage_scores.items():
         label = STAGE_LABELS[stage]
         if task == "au" and stage == "blend":
             label += ", global threshold 0.5"
-        rows.append([label, _num(value)])
+        crossfit = fitted.crossfit_stage_scores.get(stage, float("nan"))
+        rows.append([label, _num(tuned), _num(crossfit), _stage_note(stage, fitted)])
+    note = (
+        "<p><i>Each row adds its stage to the rows above it. Logit adjustment and gating are "
+        "tuned inside every fold and kept only when they raise the cross-fitted score over "
+        "the rows above; the gating row is measured on top of the logit adjustment only "
+        "when that is kept.</i></p>"
+        if fitted.kept
+        else ""
+    )
+    header = ["stage", "tuned (val)", "cross-fitted", "kept"]
+    return _table(header, rows) + note
+
+
+def _task_section(task: str, outcome, info: dict[str, Any]) -> str:
+    rules = rules_for(task)
+    rows = [[f"candidate {name}", _num(s)] for name, s in outcome.candidate_scores.items()]
     rows.append(
         [f"cross-fitted final ({outcome.crossfit_folds} video folds)", _num(outcome.crossfit_score)]
     )
@@ -175,6 +266,8 @@ def _task_section(task: str, outcome, info: dict[str, Any]) -> str:
         f"<h2>{task.upper()}</h2>"
         + f'<p class="{note_class}">Submission uses {used}. {html.escape(outcome.choice_note)}</p>'
         + _table(["validation score", "value"], rows)
+        + "<h3>Stages</h3>"
+        + _stage_table(task, outcome)
         + f"<h3>Per {'dimension' if task == 'va' else 'class' if task == 'expr' else 'AU'}: "
         f"support, scores and tuned {html.escape(rules.post_name)}</h3>"
         + items
@@ -201,7 +294,9 @@ def _task_section(task: str, outcome, info: dict[str, Any]) -> str:
             ],
         )
         + f"<p><i>Data: {html.escape(info['data']['tuned'])}. Cross-fitted: "
-        f"{html.escape(info['data']['crossfit'])}.</i></p>" + PLOTS[task](outcome)
+        f"{html.escape(info['data']['crossfit'])}.</i></p>"
+        + PLOTS[task](outcome)
+        + _trace_plot(task, outcome)
     )
 
 

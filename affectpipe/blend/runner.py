@@ -35,6 +35,7 @@ from affectpipe import __version__
 from affectpipe.blend.interpolate import fill_missing, interpolate_at
 from affectpipe.blend.predictions import available_tasks, load_candidates
 from affectpipe.blend.smoothing import VideoOrder, group_codes
+from affectpipe.blend.stages import load_gate_sources, log_prior
 from affectpipe.blend.submission import STYLES, Request, requested_submissions, task_test_rows
 from affectpipe.blend.tasks import TaskRules, rules_for
 from affectpipe.blend.tuning import (
@@ -108,10 +109,15 @@ class TaskOutcome:
     n_val_videos: int
     fill: FillCounts
     filled: dict[str, int] = field(default_factory=dict)  # over val and test, all candidates
+    # Candidates' (filled) validation values [M, n_val, K] with each row's video and frame,
+    # for the report's per-video time series.
+    val_candidates: np.ndarray | None = None
+    val_videos: np.ndarray | None = None
+    val_frames: np.ndarray | None = None
 
     @property
     def final_score(self) -> float:
-        return self.blend.stage_scores["smoothing"]
+        return self.blend.final_score
 
 
 @dataclass
@@ -241,9 +247,25 @@ def _tune_task(
         )
     val_values = values[:, is_val]
     val_order = VideoOrder.of(groups[val_rows], frames[val_rows])
+    stages = set(rules.optional_stages)
+    sources = (
+        load_gate_sources(paths, manifest, rows) if "gating" in stages and options.gating else None
+    )
+    val_sources = sources.take(is_val) if sources is not None else None
+    test_sources = sources.take(is_test) if sources is not None else None
+    extra = {
+        "log_prior": log_prior(prior) if "logit_adjustment" in stages else None,
+        "sources": val_sources,
+    }
     tuned = {
         kind: tune_task(
-            rules, val_values, val_labels, groups[val_rows], frames[val_rows], kind_options
+            rules,
+            val_values,
+            val_labels,
+            groups[val_rows],
+            frames[val_rows],
+            kind_options,
+            **extra,
         )
         for kind, kind_options in (
             ("blend", options),
@@ -266,9 +288,11 @@ def _tune_task(
         name: rules.score(val_labels[labelled], rules.decide(v[labelled], identity))
         for name, v in zip(cands.names, val_values, strict=True)
     }
-    _, val_outputs = apply_tuned(rules, fitted, val_values, val_order)
+    _, val_outputs = apply_tuned(rules, fitted, val_values, val_order, val_sources)
     test_order = VideoOrder.of(groups[test_rows], frames[test_rows])
-    test_continuous, test_outputs = apply_tuned(rules, fitted, values[:, is_test], test_order)
+    test_continuous, test_outputs = apply_tuned(
+        rules, fitted, values[:, is_test], test_order, test_sources
+    )
     used = (fitted.weights > 0).any(axis=0)
     has_image = manifest["has_image"].to_numpy(bool)[test_rows]
     return TaskOutcome(
@@ -278,7 +302,7 @@ def _tune_task(
         choice=choice,
         choice_note=note,
         alternatives={
-            kind: {"tuned": fit.stage_scores["smoothing"], "crossfit": crossfit_scores[kind]}
+            kind: {"tuned": fit.final_score, "crossfit": crossfit_scores[kind]}
             for kind, (fit, _) in tuned.items()
         },
         candidate_scores=candidate_scores,
@@ -300,20 +324,26 @@ def _tune_task(
         n_val_videos=len(np.unique(groups[val_rows])),
         fill=_test_fill(reports, used, is_test, has_image),
         filled=filled,
+        val_candidates=val_values,
+        val_videos=groups[val_rows],
+        val_frames=frames[val_rows],
     )
 
 
 def _per_video_outputs(
     rules: TaskRules, outcome: TaskOutcome, manifest: pd.DataFrame
 ) -> dict[str, np.ndarray]:
-    """Outputs for frames 1..last of each test video, interpolated where a frame is unlisted."""
+    """Outputs for frames 1..last of each test video, interpolated where a frame is unlisted
+    (listed frames keep their decisions, which may come from the confidence gate)."""
     sub = manifest.iloc[outcome.test_rows]
     out = {}
     for video, positions in sub.groupby("video", sort=False).indices.items():
         frames = sub["frame"].to_numpy(np.int64)[positions]
         every_frame = np.arange(1, frames.max() + 1)
         values = interpolate_at(frames, outcome.test_continuous[positions], every_frame)
-        out[str(video)] = rules.decide(values, outcome.blend.post)
+        decided = rules.decide(values, outcome.blend.post)
+        decided[frames - 1] = outcome.test_outputs[positions]
+        out[str(video)] = decided
     return out
 
 
@@ -459,6 +489,7 @@ def provenance(
 ) -> dict[str, Any]:
     """When, how and from what this blend was made: command, versions, input fingerprints."""
     used = {b for o in outcomes.values() for n in o.candidates for b in _candidate_backbones(n)}
+    used |= {o.blend.gate["source"] for o in outcomes.values() if o.blend.gate}
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": shlex.join(sys.argv),
@@ -496,6 +527,7 @@ def blend_json(
             "alternatives": o.alternatives,
             **o.blend.to_json(o.candidates, rules),
             "stage_scores": o.blend.stage_scores,
+            "crossfit_stage_scores": o.blend.crossfit_stage_scores,
             "crossfit_score": o.crossfit_score,
             "crossfit_folds": o.crossfit_folds,
             "validation": o.val_details,
@@ -526,6 +558,8 @@ def blend_json(
             "crossfit_folds": options.crossfit_folds,
             "seed": options.seed,
             "prefer": options.prefer,
+            "logit_adjustment": options.logit_adjustment,
+            "gating": options.gating,
         },
         "tasks": tasks,
         "scores": scores,

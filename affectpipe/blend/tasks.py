@@ -14,6 +14,7 @@ import pandas as pd
 
 from affectpipe import metrics
 from affectpipe.blend import calibration, thresholds
+from affectpipe.blend.stages import OPTIONAL_STAGES
 from affectpipe.schema import AU_COLUMNS, EXPR_NAMES, VA_COLUMNS
 
 
@@ -28,6 +29,7 @@ class WeightGroup:
 class VaRules:
     name = "va"
     post_name = "calibration"
+    optional_stages: tuple[str, ...] = ()
     groups = (WeightGroup("valence", slice(0, 1)), WeightGroup("arousal", slice(1, 2)))
     windows = (0, 3, 6, 12, 25, 50, 100)
 
@@ -78,6 +80,7 @@ class VaRules:
 class ExprRules:
     name = "expr"
     post_name = "offsets"
+    optional_stages = OPTIONAL_STAGES  # logit adjustment and confidence gating
     groups = (WeightGroup("expression", slice(0, len(EXPR_NAMES))),)
     windows = (0, 3, 6, 12, 25, 50, 100)
 
@@ -133,6 +136,7 @@ class ExprRules:
 class AuRules:
     name = "au"
     post_name = "thresholds"
+    optional_stages: tuple[str, ...] = ()
     groups = (WeightGroup("aus", slice(0, len(AU_COLUMNS))),)
     windows = (0, 1, 2, 4, 8, 16)
 

@@ -1,21 +1,24 @@
 """Tune one task's blend on validation rows and apply it: weights, correction, smoothing.
 
 Stages, in the order they are applied: weighted mix of candidates -> smoothing along each
-video -> the task's correction (VA calibration, EXPR offsets or AU thresholds) -> decision.
-They are tuned in the order of the report's table: weights, then the correction on the
-unsmoothed mix, then the smoothing window, re-tuning the correction for each window (EXPR
-keeps its offsets during the window search and re-tunes them once for the chosen window,
-as its offset search is the costliest).
+video -> (EXPR) logit adjustment -> the task's correction (VA calibration, EXPR offsets or AU
+thresholds) -> decision -> (EXPR) confidence gating. They are tuned in the order of the
+report's table: weights, then the correction on the unsmoothed mix, then the smoothing
+window, re-tuning the correction for each window (EXPR keeps its offsets during the window
+search and re-tunes them once for the chosen window, as its offset search is the costliest),
+then the optional EXPR stages of `blend.stages`, each kept only when the cross-fit says it
+helps.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from affectpipe.blend.smoothing import KERNELS, VideoOrder, smooth
+from affectpipe.blend.stages import TAU_GRID, GateSources, adjust, apply_gate, fit_gate
 from affectpipe.blend.tasks import TaskRules
 from affectpipe.blend.weights import greedy_weights, mix
 
@@ -35,6 +38,14 @@ class BlendOptions:
     n_jobs: int = 1  # processes for the full fit and the cross-fit folds (1: in-process)
     # "best": the blend unless the cross-fitted best single candidate beats it; "blend": always
     prefer: str = "best"
+    logit_adjustment: bool = True  # EXPR: tau * log prior correction (blend.stages)
+    gating: bool = True  # EXPR: a confident backbone's own prediction replaces the blend's
+
+
+def variant_key(adjusted: bool, gated: bool) -> str:
+    """Name of a combination of the optional stages (the stage table's row names)."""
+    names = [n for n, on in (("logit_adjustment", adjusted), ("gating", gated)) if on]
+    return "+".join(names) or "smoothing"
 
 
 @dataclass
@@ -46,9 +57,48 @@ class TaskBlend:
     kernel: str
     half_width: int  # 0 = no smoothing
     post: dict[str, Any]
-    stage_scores: dict[str, float] = field(default_factory=dict)
+    stage_scores: dict[str, float] = field(default_factory=dict)  # tuned, per table stage
+    # The correction in force after each stage, so that a prefix of the stages can be applied.
+    stage_posts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    log_prior: np.ndarray | None = None  # training label prior (EXPR logit adjustment)
+    tuned_tau: float = 0.0  # the tuned logit adjustment (0: it did not help when tuned)
+    tau: float = 0.0  # the one in force
+    gates: dict[bool, dict[str, Any] | None] = field(default_factory=dict)  # by `adjusted`
+    gate: dict[str, Any] | None = None  # the one in force
+    variant_scores: dict[str, float] = field(default_factory=dict)  # tuned, by variant_key
+    kept: dict[str, bool] = field(default_factory=dict)  # optional stage -> in force
+    crossfit_stage_scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def final_score(self) -> float:
+        """Tuned score of the stages in force."""
+        key = variant_key(self.tau != 0, self.gate is not None)
+        return self.variant_scores.get(key, self.stage_scores["smoothing"])
+
+    def variant(self, adjusted: bool, gated: bool) -> TaskBlend:
+        """This blend with the optional stages switched on or off (on only where tuned)."""
+        adjusted = adjusted and self.tuned_tau != 0
+        gate = self.gates.get(adjusted) if gated else None
+        return replace(
+            self,
+            tau=self.tuned_tau if adjusted else 0.0,
+            post=self.stage_posts["logit_adjustment" if adjusted else "smoothing"],
+            gate=gate,
+            kept={"logit_adjustment": adjusted, "gating": gate is not None},
+        )
 
     def to_json(self, candidates: list[str], rules: TaskRules) -> dict[str, Any]:
+        optional = {}
+        if rules.optional_stages:
+            optional = {
+                "logit_adjustment": {
+                    "tau": self.tau,
+                    "tuned_tau": self.tuned_tau,
+                    "log_prior": None if self.log_prior is None else self.log_prior.tolist(),
+                },
+                "gating": self.gate,
+                "kept": self.kept,
+            }
         return {
             "weights": {
                 group.name: {
@@ -58,14 +108,14 @@ class TaskBlend:
             },
             "smoothing": {"kernel": self.kernel, "half_width": self.half_width},
             rules.post_name: self.post,
+            **optional,
         }
 
     @classmethod
     def from_json(cls, entry: dict[str, Any], rules: TaskRules) -> tuple[TaskBlend, list[str]]:
         """The blend a task's `blend.json` entry records (the one its submission used: the
-        blend or the best single candidate), over the candidates it weights; and their names.
-
-        Raises ValueError on a malformed entry.
+        blend or the best single candidate, with the optional stages in force), over the
+        candidates it weights; and their names. Raises ValueError on a malformed entry.
         """
         weights = entry["weights"]
         groups = [weights[group.name] for group in rules.groups]
@@ -74,12 +124,21 @@ class TaskBlend:
         if not names or not np.isfinite(matrix).all() or (matrix < 0).any():
             raise ValueError(f"{rules.name}: no usable blend weights")
         smoothing = entry["smoothing"]
+        adjustment = entry.get("logit_adjustment") or {}
+        tau = float(adjustment.get("tau", 0.0))
+        log_prior = adjustment.get("log_prior")
+        if tau != 0 and log_prior is None:
+            raise ValueError(f"{rules.name}: logit adjustment without its log prior")
         blend = cls(
             rules.name,
             matrix,
             str(smoothing["kernel"]),
             int(smoothing["half_width"]),
             dict(entry[rules.post_name]),
+            log_prior=None if log_prior is None else np.asarray(log_prior, dtype=np.float64),
+            tuned_tau=float(adjustment.get("tuned_tau", tau)),
+            tau=tau,
+            gate=entry.get("gating"),
         )
         return blend, names
 
@@ -92,21 +151,68 @@ def blend_values(rules: TaskRules, candidates: np.ndarray, weights: np.ndarray) 
     return out
 
 
-def apply_tuned(
+def continuous_outputs(
     rules: TaskRules, fitted: TaskBlend, candidates: np.ndarray, order: VideoOrder | None
+) -> np.ndarray:
+    """Blended, smoothed (and logit-adjusted) outputs before the correction and decision.
+    `order` None: rows that are not frames of a video, never smoothed."""
+    blended = blend_values(rules, candidates, fitted.weights)
+    if order is not None:
+        blended = smooth(blended, order, fitted.kernel, fitted.half_width)
+    return adjust(blended, fitted.log_prior, fitted.tau)
+
+
+def decide(
+    rules: TaskRules,
+    fitted: TaskBlend,
+    continuous: np.ndarray,
+    sources: GateSources | None = None,
+) -> np.ndarray:
+    """The task's decision on continuous outputs, then the confidence gate (if in force)."""
+    return apply_gate(rules.decide(continuous, fitted.post), sources, fitted.gate)
+
+
+def apply_tuned(
+    rules: TaskRules,
+    fitted: TaskBlend,
+    candidates: np.ndarray,
+    order: VideoOrder | None,
+    sources: GateSources | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply a tuned blend to candidate outputs [M, N, K]: (continuous [N, K], decided).
 
-    The one place where tuned parameters meet new rows, used by `blend` (validation and
-    submission rows) and `predict` alike: the weighted mix, the smoothing along each video
-    (skipped when `order` is None: rows that are not frames of a video), then the task's
-    correction and decision (VA calibration, EXPR offsets, AU thresholds). Continuous outputs
-    are what comes before the correction (blended, smoothed values or probabilities).
+    The one place where every tuned stage in force meets new rows, used by `blend`
+    (validation, cross-fit and submission rows) and `predict` alike: mix, smoothing along
+    each video (none when `order` is None), logit adjustment, the task's correction and
+    decision, confidence gating (with `sources`).
     """
-    continuous = blend_values(rules, candidates, fitted.weights)
-    if order is not None:
-        continuous = smooth(continuous, order, fitted.kernel, fitted.half_width)
-    return continuous, rules.decide(continuous, fitted.post)
+    continuous = continuous_outputs(rules, fitted, candidates, order)
+    return continuous, decide(rules, fitted, continuous, sources)
+
+
+def stage_decisions(
+    rules: TaskRules,
+    fitted: TaskBlend,
+    candidates: np.ndarray,
+    order: VideoOrder,
+    sources: GateSources | None = None,
+) -> dict[str, np.ndarray]:
+    """Decisions after each stage of the table (and each combination of the optional ones)."""
+    blended = blend_values(rules, candidates, fitted.weights)
+    smoothed = smooth(blended, order, fitted.kernel, fitted.half_width)
+    posts = fitted.stage_posts
+    out = {
+        "blend": rules.decide(blended, rules.identity_post()),
+        rules.post_name: rules.decide(blended, posts[rules.post_name]),
+        "smoothing": rules.decide(smoothed, posts["smoothing"]),
+    }
+    if rules.optional_stages:
+        adjusted = adjust(smoothed, fitted.log_prior, fitted.tuned_tau)
+        out["logit_adjustment"] = rules.decide(adjusted, posts["logit_adjustment"])
+        for on in (False, True):
+            base = out[variant_key(on, False)]
+            out[variant_key(on, True)] = apply_gate(base, sources, fitted.gates.get(on))
+    return out
 
 
 def fit_task(
@@ -115,8 +221,12 @@ def fit_task(
     labels: np.ndarray,
     order: VideoOrder,
     options: BlendOptions,
+    *,
+    log_prior: np.ndarray | None = None,
+    sources: GateSources | None = None,
 ) -> TaskBlend:
-    """Tune weights, correction and smoothing on these rows (all of them: tuned = scored)."""
+    """Tune weights, correction, smoothing and the optional stages on these rows (all of
+    them: tuned = scored). `log_prior` enables logit adjustment, `sources` gating (EXPR)."""
     labelled = rules.labelled(labels)
     lab_labels = labels[labelled]
     lab_cands = candidates[:, labelled]
@@ -164,13 +274,72 @@ def fit_task(
             refit, refit_score = tuned_post(smooth(blended, order, kernel, half_width))
             if refit_score > best_score:
                 post = refit
+    smoothed = smooth(blended, order, kernel, half_width)
     # Stage scores for the report, all from `affectpipe.metrics` on these rows.
     stages = {
         "blend": score(blended, identity),
         rules.post_name: score(blended, unsmoothed_post),
+        "smoothing": score(smoothed, post),
     }
-    stages["smoothing"] = score(smooth(blended, order, kernel, half_width), post)
-    return TaskBlend(rules.name, weights, kernel, half_width, post, stages)
+    fitted = TaskBlend(
+        rules.name,
+        weights,
+        kernel,
+        half_width,
+        post,
+        stages,
+        stage_posts={rules.post_name: unsmoothed_post, "smoothing": post},
+        log_prior=log_prior,
+        variant_scores={"smoothing": stages["smoothing"]},
+    )
+    if not rules.optional_stages:
+        return fitted
+    tau, adjusted_post, adjusted_score = 0.0, post, stages["smoothing"]
+    if options.logit_adjustment and log_prior is not None:
+        tau, adjusted_post, adjusted_score = _fit_adjustment(
+            smoothed, log_prior, post, stages["smoothing"], score, tuned_post
+        )
+    fitted.tuned_tau = tau
+    fitted.stage_posts["logit_adjustment"] = adjusted_post
+    fitted.variant_scores["logit_adjustment"] = adjusted_score
+    lab_sources = sources.take(labelled) if sources is not None and options.gating else None
+    for on in (False, True):
+        base = rules.decide(
+            adjust(smoothed, log_prior, tau if on else 0.0)[labelled],
+            fitted.stage_posts[variant_key(on, False)],
+        )
+        fitted.gates[on], fitted.variant_scores[variant_key(on, True)] = fit_gate(
+            lab_labels, base, lab_sources
+        )
+    fitted = fitted.variant(True, True)  # each stage in force where tuning kept it
+    stages["logit_adjustment"] = adjusted_score
+    stages["gating"] = fitted.variant_scores[variant_key(fitted.tau != 0, True)]
+    return fitted
+
+
+def _fit_adjustment(
+    smoothed: np.ndarray,
+    log_prior: np.ndarray,
+    post: dict[str, Any],
+    base_score: float,
+    score,
+    tuned_post,
+) -> tuple[float, dict[str, Any], float]:
+    """(tau, correction re-tuned on the adjusted scores, score); tau 0 when no tau helps.
+
+    Taus are tried nearest 0 first, taking only strict improvements, so ties keep the
+    smaller correction."""
+    best_tau, best = 0.0, base_score
+    for tau in sorted(TAU_GRID, key=abs):
+        if tau == 0:
+            continue
+        trial = score(adjust(smoothed, log_prior, tau), post)
+        if trial > best + TOL:
+            best_tau, best = float(tau), trial
+    if best_tau == 0:
+        return 0.0, post, base_score
+    refit, refit_score = tuned_post(adjust(smoothed, log_prior, best_tau))
+    return (best_tau, refit, refit_score) if refit_score > best else (best_tau, post, best)
 
 
 def video_folds(video_codes: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
@@ -187,11 +356,21 @@ def _fit_on(
     labels: np.ndarray,
     groups: np.ndarray,
     frames: np.ndarray,
+    log_prior: np.ndarray | None,
+    sources: GateSources | None,
     tune: np.ndarray,
     options: BlendOptions,
 ) -> TaskBlend:
     order = VideoOrder.of(groups[tune], frames[tune])
-    return fit_task(rules, candidates[:, tune], labels[tune], order, options)
+    return fit_task(
+        rules,
+        candidates[:, tune],
+        labels[tune],
+        order,
+        options,
+        log_prior=log_prior,
+        sources=sources.take(tune) if sources is not None else None,
+    )
 
 
 def _crossfit_fold(
@@ -200,13 +379,27 @@ def _crossfit_fold(
     labels: np.ndarray,
     groups: np.ndarray,
     frames: np.ndarray,
+    log_prior: np.ndarray | None,
+    sources: GateSources | None,
     held: np.ndarray,
     options: BlendOptions,
-) -> np.ndarray:
-    """Outputs of the held-out rows from a blend tuned on all the other rows."""
-    fitted = _fit_on(rules, candidates, labels, groups, frames, ~held, options)
+) -> dict[str, np.ndarray]:
+    """Decisions after each stage for the held-out rows, from a blend tuned on the others."""
+    shared = (rules, candidates, labels, groups, frames, log_prior, sources)
+    fitted = _fit_on(*shared, ~held, options)
     order = VideoOrder.of(groups[held], frames[held])
-    return apply_tuned(rules, fitted, candidates[:, held], order)[1]
+    held_sources = sources.take(held) if sources is not None else None
+    return stage_decisions(rules, fitted, candidates[:, held], order, held_sources)
+
+
+def _keep_by_crossfit(fitted: TaskBlend, scores: dict[str, float]) -> TaskBlend:
+    """The blend with each optional stage in force only where it raised the cross-fitted
+    score over the stages before it (logit adjustment first, then gating on top)."""
+    adjusted = fitted.tuned_tau != 0 and (scores["logit_adjustment"] > scores["smoothing"] + TOL)
+    gated = fitted.gates.get(adjusted) is not None and (
+        scores[variant_key(adjusted, True)] > scores[variant_key(adjusted, False)] + TOL
+    )
+    return fitted.variant(adjusted, gated)
 
 
 def tune_task(
@@ -216,12 +409,17 @@ def tune_task(
     groups: np.ndarray,
     frames: np.ndarray,
     options: BlendOptions,
+    *,
+    log_prior: np.ndarray | None = None,
+    sources: GateSources | None = None,
 ) -> tuple[TaskBlend, tuple[np.ndarray, int] | None]:
     """The blend tuned on all rows, and the cross-fitted outputs with their fold count.
 
     Cross-fitting: videos are dealt into folds; each fold's rows are decided by a blend tuned
     on the other folds. None when there are fewer than two videos or a tuning part has no
-    label. The full fit and the folds run in `options.n_jobs` processes.
+    label. The optional stages stay in force only where they raise the cross-fitted score
+    (without a cross-fit, where tuning kept them). The full fit and the folds run in
+    `options.n_jobs` processes.
     """
     from joblib import Parallel, delayed
 
@@ -231,7 +429,7 @@ def tune_task(
     if any(not rules.labelled(labels[~held]).any() for held in held_out):
         held_out = []
     everything = np.ones(len(labels), dtype=bool)
-    shared = (rules, candidates, labels, groups, frames)
+    shared = (rules, candidates, labels, groups, frames, log_prior, sources)
     calls = [(_fit_on, (*shared, everything, options))]
     calls += [(_crossfit_fold, (*shared, held, options)) for held in held_out]
     n_jobs = min(options.n_jobs, len(calls))
@@ -242,7 +440,17 @@ def tune_task(
     fitted, fold_outputs = results[0], results[1:]
     if not fold_outputs:
         return fitted, None
-    outputs = np.empty((len(labels),) + fold_outputs[0].shape[1:], dtype=fold_outputs[0].dtype)
-    for held, decided in zip(held_out, fold_outputs, strict=True):
-        outputs[held] = decided
-    return fitted, (outputs, len(held_out))
+    outputs = {}
+    for key, first in fold_outputs[0].items():
+        outputs[key] = np.empty((len(labels),) + first.shape[1:], dtype=first.dtype)
+        for held, decided in zip(held_out, fold_outputs, strict=True):
+            outputs[key][held] = decided[key]
+    scores = {key: rules.score(labels, out) for key, out in outputs.items()}
+    if rules.optional_stages:
+        fitted = _keep_by_crossfit(fitted, scores)
+        gate_key = variant_key(fitted.kept["logit_adjustment"], True)
+        scores["gating"] = scores[gate_key]
+        fitted.stage_scores["gating"] = fitted.variant_scores[gate_key]
+    fitted.crossfit_stage_scores = {key: scores[key] for key in fitted.stage_scores}
+    final = variant_key(fitted.tau != 0, fitted.gate is not None)
+    return fitted, (outputs[final], len(held_out))

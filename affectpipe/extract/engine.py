@@ -250,6 +250,14 @@ def _failures(
     return {int(local_rows[i]): reasons[i] for i in np.flatnonzero(~ok)}
 
 
+def pass_layout(stores: Sequence[PartStore]) -> tuple[PartStore, list[set[int]]]:
+    """The chunk layout one pass shares (rows and chunk boundaries), and each store's
+    missing chunks; any engine's pass starts here."""
+    if len({(s.n_rows, s.chunk_rows) for s in stores}) != 1:
+        raise ValueError("the stores of one pass must share rows and chunk boundaries")
+    return stores[0], [set(s.missing_chunks()) for s in stores]
+
+
 def extract_pass(
     paths: Sequence[str | None],
     offset: int,
@@ -269,10 +277,7 @@ def extract_pass(
     """
     jobs = [*model_jobs, *descriptor_jobs]
     stores = [job.store for job in jobs]
-    if len({(s.n_rows, s.chunk_rows) for s in stores}) != 1:
-        raise ValueError("the stores of one pass must share rows and chunk boundaries")
-    store = stores[0]
-    missing = [set(s.missing_chunks()) for s in stores]
+    store, missing = pass_layout(stores)
     chunk_starts = sorted(set().union(*missing))
     batches = [
         list(range(offset + first, offset + min(first + batch_size, store.chunk_stop(start))))

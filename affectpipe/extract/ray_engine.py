@@ -38,6 +38,7 @@ from affectpipe.extract.engine import (
     _ChunkBuffer,
     _failures,
     forward,
+    pass_layout,
     prepare_model,
     probe_batch,
     resolve_device,
@@ -150,10 +151,7 @@ class RayEngine:
         ray = import_ray()
         jobs = [*model_jobs, *descriptor_jobs]
         stores = [job.store for job in jobs]
-        if len({(s.n_rows, s.chunk_rows) for s in stores}) != 1:
-            raise ValueError("the stores of one pass must share rows and chunk boundaries")
-        store = stores[0]
-        missing = [set(s.missing_chunks()) for s in stores]
+        store, missing = pass_layout(stores)
         plan = []  # the local engine's batches: chunk-aligned, `batch_size` rows
         for start in sorted(set().union(*missing)):
             need = np.array([start in m for m in missing])

@@ -439,3 +439,13 @@ def state_dict_of(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file or of a torch checkpoint holding only plain data."""
     return state_dict_of(load_checkpoint(path), path)
+
+
+def load_strict(model: torch.nn.Module, path: Path, what: str) -> torch.nn.Module:
+    """`model` with the weights of `path` (an official checkpoint's `model_state_dict` or a
+    state_dict), every key matching; otherwise an InputError saying the file is not `what`."""
+    try:
+        model.load_state_dict(read_state_dict(path), strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"{path}: not {what}: {exc}") from exc
+    return model

@@ -11,6 +11,7 @@ Config file (``pipeline.toml``; every key optional, see ``pipeline.example.toml`
     n_components = 128    # wide feature sets are PCA-whitened to this many columns (0 = off)
     workers = 0           # processes fitting candidates in parallel (0 = one per usable core)
     models = ["linear", "mlp"]   # models of the default candidates
+    temporal = true       # plus one `temporal` candidate per task (see temporal_candidates)
 
     [heads.params.mlp]    # hyper-parameters of a model, for every task
     hidden = 128
@@ -38,6 +39,7 @@ from affectpipe.heads.tasks import get_task
 from affectpipe.schema import TASKS
 
 DEFAULT_MODELS: tuple[str, ...] = ("linear", "mlp")
+DEFAULT_TEMPORAL = True  # measured on the demo: docs/benchmarks.md, "Temporal heads"
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class HeadsConfig:
     models: tuple[str, ...] = DEFAULT_MODELS
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     candidates: list[Candidate] | None = None
+    temporal: bool = DEFAULT_TEMPORAL  # one `temporal` candidate per task among the defaults
 
     def model_params(self, model: str, task: str) -> dict[str, Any]:
         """Params of `model` for `task`: model-wide keys, then the task's own table."""
@@ -121,7 +124,7 @@ def load_config(path: Path | None) -> HeadsConfig:
         raise InputError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML: {exc}") from None
-    known = {"seed", "n_components", "workers", "models", "params", "candidates"}
+    known = {"seed", "n_components", "workers", "models", "params", "candidates", "temporal"}
     unknown = set(raw) - known
     if unknown:
         raise InputError(f"{path}: unknown keys in [heads]: {', '.join(sorted(unknown))}")
@@ -154,7 +157,28 @@ def load_config(path: Path | None) -> HeadsConfig:
         models=models,
         params={k: dict(v) for k, v in raw.get("params", {}).items()},
         candidates=candidates,
+        temporal=bool(raw.get("temporal", DEFAULT_TEMPORAL)),
     )
+
+
+def temporal_candidates(
+    config: HeadsConfig, backbones: dict[str, list[str]], tasks: list[str]
+) -> list[Candidate]:
+    """One `temporal` candidate per task, on the widest default feature set (embedding and
+    logits) of the first backbone with logits (a CNN) by feature-file name: sequence models
+    cost more than frame heads, so they are not trained on every feature set (ask for more
+    with --candidate)."""
+    sets = default_feature_sets(backbones)
+    cnn = [name for name, parts in backbones.items() if "logits" in parts]
+    chosen = []
+    for task in tasks:
+        own = [fs for fs in sets[task] if cnn and fs.backbones == (cnn[0],)]
+        if own:
+            features = max(own, key=lambda fs: len(fs.parts))
+            chosen.append(
+                Candidate(task, features, "temporal", config.model_params("temporal", task))
+            )
+    return chosen
 
 
 def select_candidates(
@@ -198,6 +222,8 @@ def select_candidates(
             for features in sets[task]
             for model in config.models
         ]
+        if config.temporal and "temporal" not in config.models:
+            chosen += temporal_candidates(config, backbones, tasks)
     if not backbones and not refs:
         raise InputError(
             f"no complete feature file in {features_dir or 'the cache'}: run `pipeline extract` "

@@ -71,7 +71,9 @@ def heads(
       expr BACKBONE:embedding+logits
       au   BACKBONE:embedding+logits
     and BACKBONE:embedding for every task where a backbone has no logits (openface),
-    each with the `linear` and `mlp` models (`lightgbm` on request).
+    each with the `linear` and `mlp` models (`lightgbm` on request), plus one `temporal`
+    candidate per task (a sequence model over each video's frames) on the first CNN
+    backbone's embedding+logits (`temporal = false` in the config turns it off).
     Writes runs/RUN/heads/TASK/CANDIDATE.joblib, runs/RUN/preds/TASK/CANDIDATE.parquet,
     runs/RUN/heads/metrics.json and, last, runs/RUN/heads/run.json (what `blend` checks:
     a run without it is unfinished), then prints the validation metrics.

@@ -450,10 +450,14 @@ class SeedBag(BaseEstimator):
         return {f"estimator__{k}": v for k, v in getattr(inner, "refit_params", dict)().items()}
 
 
-MODELS: dict[str, type[_HeadBase]] = {
+# The temporal head builds on the loss and output helpers above, so it is imported here.
+from affectpipe.heads.temporal import TemporalHead  # noqa: E402
+
+MODELS: dict[str, type[BaseEstimator]] = {
     "linear": LinearHead,
     "mlp": MLPHead,
     "lightgbm": LightGBMHead,
+    "temporal": TemporalHead,  # sequences of frames per video (`heads.temporal`)
 }
 
 

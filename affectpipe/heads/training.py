@@ -38,9 +38,10 @@ from affectpipe.fsutil import file_lock, write_text_atomic
 from affectpipe.heads.candidates import Candidate, load_config, select_candidates
 from affectpipe.heads.featuresets import LoadedFeatures, available_backbones, load_feature_set
 from affectpipe.heads.fitted import FittedHead
-from affectpipe.heads.models import make_model
+from affectpipe.heads.models import MODELS, make_model
 from affectpipe.heads.preprocess import FeatureScaler
 from affectpipe.heads.tasks import TASK_DEFS, get_task
+from affectpipe.heads.temporal import fit_temporal_candidate, sequence_groups
 from affectpipe.manifest import read_manifest
 from affectpipe.schema import TASKS
 
@@ -143,6 +144,7 @@ class Rows:
     split: np.ndarray  # "train" / "val" / "test" per row
     video: np.ndarray  # integer video code per row
     labels: dict[str, tuple[np.ndarray, np.ndarray]]  # task -> (labels, valid rows)
+    frame: np.ndarray  # frame number per row (sequence heads)
 
     @classmethod
     def of(cls, manifest: pd.DataFrame, tasks: Sequence[str], strict: bool) -> Rows:
@@ -150,6 +152,7 @@ class Rows:
             split=manifest["split"].to_numpy(dtype="U5"),
             video=pd.factorize(manifest["video"])[0].astype(np.int64),
             labels={task: label_rows(manifest, task, strict) for task in tasks},
+            frame=manifest["frame"].to_numpy(dtype=np.int64),
         )
 
 
@@ -166,6 +169,12 @@ def fit_candidate(
     where none) and info (scores, timings, row counts). Runs in a worker process as well."""
     task = get_task(candidate.task)
     y, valid = rows.labels[candidate.task]
+    if getattr(MODELS[candidate.model], "sequence_input", False):
+        model = make_model(candidate.model, candidate.task, candidate.params, 1, seed)
+        groups = sequence_groups(rows.split, rows.video)
+        return fit_temporal_candidate(
+            model, candidate.task, Z, ok, rows.split, groups, rows.frame, y, folds
+        )
     usable = valid & ok
     train_rows = np.flatnonzero(usable & (rows.split == "train"))
     val_rows = np.flatnonzero(usable & (rows.split == "val"))

@@ -256,6 +256,23 @@ def _part(record: BackboneRecord, arrays: dict[str, np.ndarray], part: str) -> n
     raise InputError(f"{record.name}: no feature part {part!r}")
 
 
+def _gate_sources(
+    plan: TaskPlan, features: _Features, records: dict[str, BackboneRecord], rows: np.ndarray
+) -> Any:
+    """The gating backbone's own expression probabilities on `rows` (None without a gate)."""
+    from affectpipe.blend.stages import GateSources, mapped_probabilities
+
+    gate = plan.blend.gate
+    if not gate:
+        return None
+    name = gate["source"]
+    index = records[name].identity.get("abaw_expr_index")
+    if not index:
+        raise InputError(f"{name}: the gating backbone's class mapping is not recorded")
+    probs = mapped_probabilities(features.arrays[name]["logits"][rows], list(index))
+    return GateSources([name], probs[None])
+
+
 def _task_columns(
     plan: TaskPlan, features: _Features, records: dict[str, BackboneRecord], sources: list[str],
     frame_numbers: np.ndarray,
@@ -274,6 +291,7 @@ def _task_columns(
         X = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
         if len(rows):
             candidates[m] = head.predict_features(X)
+    sources = _gate_sources(plan, features, records, rows)
     continuous = np.full((len(ok), width), np.nan, dtype=np.float32)
     decided: np.ndarray | None = None
     frame_rows = frame_numbers[rows] >= 0  # video frames are smoothed per video
@@ -284,7 +302,10 @@ def _task_columns(
         if ordered:
             chosen = rows[subset]
             order = VideoOrder.of(group_codes(np.asarray(sources)[chosen]), frame_numbers[chosen])
-        values, outputs = apply_tuned(plan.rules, plan.blend, candidates[:, subset], order)
+        values, outputs = apply_tuned(
+            plan.rules, plan.blend, candidates[:, subset], order,
+            sources.take(subset) if sources is not None else None,
+        )
         if decided is None:  # rows without a face: NaN values, code -1
             missing = np.nan if outputs.dtype.kind == "f" else -1
             decided = np.full((len(ok),) + outputs.shape[1:], missing, dtype=outputs.dtype)

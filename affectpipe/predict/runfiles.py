@@ -100,8 +100,10 @@ def _task_plans(document: dict[str, Any], head_path, where: Path) -> dict[str, T
 
 
 def _backbones_of(plans: dict[str, TaskPlan]) -> list[str]:
-    names = (b for p in plans.values() for h in p.heads
-             for b in parse_feature_set(h.feature_set).backbones)
+    """Backbones the heads read, and those whose own predictions gate a blend."""
+    names = [b for p in plans.values() for h in p.heads
+             for b in parse_feature_set(h.feature_set).backbones]
+    names += [p.blend.gate["source"] for p in plans.values() if p.blend.gate]
     return list(dict.fromkeys(names))
 
 

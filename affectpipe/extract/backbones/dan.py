@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from affectpipe.errors import InputError
 from affectpipe.extract.backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, register
 from affectpipe.extract.backbones.ddamfn import AFFECTNET_CLASSES_8, AFFECTNET_TO_ABAW
-from affectpipe.extract.weights import read_state_dict
+from affectpipe.extract.weights import load_strict
 
 INPUT_SIZE = 224
 EMBEDDING_DIM = 512
@@ -139,12 +138,7 @@ class DAN(nn.Module):
 
 def load_dan(path: Path) -> DAN:
     """DAN with the weights of an official checkpoint (`model_state_dict`) or a state_dict."""
-    model = DAN()
-    try:
-        model.load_state_dict(read_state_dict(path), strict=True)
-    except RuntimeError as exc:
-        raise InputError(f"{path}: not a DAN AffectNet-8 checkpoint: {exc}") from exc
-    return model
+    return load_strict(DAN(), path, "a DAN AffectNet-8 checkpoint")
 
 
 register(

@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from affectpipe.errors import InputError
 from affectpipe.extract.backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, register
-from affectpipe.extract.weights import read_state_dict
+from affectpipe.extract.weights import load_strict
 
 # AffectNet's native expression ids 0..7.
 AFFECTNET_CLASSES_8 = (
@@ -265,12 +264,7 @@ class DDAMFN(nn.Module):
 
 def load_ddamfn(path: Path) -> DDAMFN:
     """DDAMFN with the weights of an official checkpoint (`model_state_dict`) or a state_dict."""
-    model = DDAMFN()
-    try:
-        model.load_state_dict(read_state_dict(path), strict=True)
-    except RuntimeError as exc:
-        raise InputError(f"{path}: not a DDAMFN AffectNet-8 checkpoint: {exc}") from exc
-    return model
+    return load_strict(DDAMFN(), path, "a DDAMFN AffectNet-8 checkpoint")
 
 
 register(
