@@ -291,7 +291,7 @@ def _task_columns(
         X = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
         if len(rows):
             candidates[m] = head.predict_features(X)
-    sources = _gate_sources(plan, features, records, rows)
+    gating = _gate_sources(plan, features, records, rows)
     continuous = np.full((len(ok), width), np.nan, dtype=np.float32)
     decided: np.ndarray | None = None
     frame_rows = frame_numbers[rows] >= 0  # video frames are smoothed per video
@@ -304,7 +304,7 @@ def _task_columns(
             order = VideoOrder.of(group_codes(np.asarray(sources)[chosen]), frame_numbers[chosen])
         values, outputs = apply_tuned(
             plan.rules, plan.blend, candidates[:, subset], order,
-            sources.take(subset) if sources is not None else None,
+            gating.take(subset) if gating is not None else None,
         )
         if decided is None:  # rows without a face: NaN values, code -1
             missing = np.nan if outputs.dtype.kind == "f" else -1
