@@ -20,6 +20,7 @@ from affectpipe.errors import AffectpipeError
 from affectpipe.extract.cli import extract, extract_bench
 from affectpipe.extract.weights_cli import weights
 from affectpipe.heads.cli import heads, heads_bench
+from affectpipe.predict.cli import export_run, predict
 from affectpipe.workflow_cli import demo, run
 
 
@@ -56,7 +57,9 @@ def bench() -> None:
     """Measure throughput of a stage (results belong in docs/benchmarks.md)."""
 
 
-for command in (index, extract, weights, heads, blend, validate_submission, run, demo):
+for command in (
+    index, extract, weights, heads, blend, validate_submission, predict, export_run, run, demo
+):
     cli.add_command(command)
 bench.add_command(extract_bench, "extract")
 bench.add_command(heads_bench, "heads")

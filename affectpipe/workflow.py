@@ -56,6 +56,65 @@ class Stages:
         )
 
 
+@dataclass(frozen=True)
+class StageOptions:
+    """Options `run_pipeline` passes on to the stages; None or empty: the stage's default."""
+
+    batch_size: int | None = None  # extract
+    workers: int | None = None  # extract: decode workers
+    tasks: tuple[str, ...] = ()  # heads and blend
+    candidates: tuple[str, ...] = ()  # heads: FEATURES/MODEL
+    config: Path | None = None  # heads: the file's [heads] table
+
+    def extract_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in (("batch_size", self.batch_size), ("workers", self.workers))
+                if v is not None}
+
+    def heads_kwargs(self) -> dict[str, Any]:
+        return {
+            **({"tasks": list(self.tasks)} if self.tasks else {}),
+            **({"candidates": list(self.candidates)} if self.candidates else {}),
+            **({"config_path": self.config} if self.config else {}),
+        }
+
+    def blend_kwargs(self) -> dict[str, Any]:
+        return {"tasks": list(self.tasks)} if self.tasks else {}
+
+
+# Keys of the [run] table of a pipeline TOML file, with their types (see docs/pipeline.toml).
+RUN_CONFIG_KEYS: dict[str, type | tuple[type, ...]] = {
+    "dataset": str, "data": str, "format": str, "backbones": list, "weights": dict,
+    "random_init": bool, "device": str, "batch_size": int, "workers": int, "run": str,
+    "tasks": list, "candidates": list, "out": str, "partial": bool,
+    "max_filled": (int, float),
+}
+
+
+def load_run_config(path: Path) -> dict[str, Any]:
+    """The [run] table of a pipeline TOML file, checked (the [heads] table is read by heads)."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise InputError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML: {exc}") from None
+    unknown_tables = set(raw) - {"run", "heads"}
+    if unknown_tables:
+        raise InputError(f"{path}: unknown tables {sorted(unknown_tables)} (use [run], [heads])")
+    table = raw.get("run", {})
+    for key, value in table.items():
+        if key not in RUN_CONFIG_KEYS:
+            raise InputError(f"{path}: unknown key {key!r} in [run]")
+        if not isinstance(value, RUN_CONFIG_KEYS[key]) or isinstance(value, bool) != (
+            RUN_CONFIG_KEYS[key] is bool
+        ):
+            raise InputError(f"{path}: [run] {key} has the wrong type ({type(value).__name__})")
+    return table
+
+
 @dataclass
 class WorkflowResult:
     paths: DatasetPaths
@@ -82,9 +141,11 @@ def run_pipeline(
     progress: bool = True,
     stages: Stages | None = None,
     echo: Callable[[str], None] = print,
+    options: StageOptions | None = None,
 ) -> WorkflowResult:
     """Index `data_root` (if given), extract `backbones` (empty: the defaults), train the heads
-    and blend. Each stage reuses what is cached and still valid. Whether the blend wrote
+    and blend, passing `options` on to the stages. Each stage reuses what is cached and still
+    valid. Whether the blend wrote
     the submission the test list asks for is in `result.blend.missing` (the CLI exits 1)."""
     paths = DatasetPaths.of(cache_dir, dataset)
     if data_root is not None and fmt is None:
@@ -94,6 +155,7 @@ def run_pipeline(
             f"no manifest at {paths.manifest}: pass --data ROOT --format FMT to index a dataset"
         )
     stages = stages or Stages.default()
+    options = options or StageOptions()
     indexed = None
     if data_root is not None:
         echo(f"[1/4] index {data_root} ({fmt}) -> {paths.manifest}")
@@ -112,14 +174,21 @@ def run_pipeline(
         weights=dict(weights or {}),
         random_init=random_init,
         progress=progress,
+        **options.extract_kwargs(),
     )
     echo(extracted.text())
     echo("[3/4] train heads")
-    trained = stages.heads(paths, run=run, progress=progress)
+    trained = stages.heads(paths, run=run, progress=progress, **options.heads_kwargs())
     echo(trained.table())
     echo("[4/4] blend")
     blended = stages.blend(
-        paths, run=run, out_dir=out_dir, progress=progress, notes=notes, max_filled=max_filled
+        paths,
+        run=run,
+        out_dir=out_dir,
+        progress=progress,
+        notes=notes,
+        max_filled=max_filled,
+        **options.blend_kwargs(),
     )
     return WorkflowResult(paths, indexed, extracted, trained, blended, notes)
 

@@ -5,9 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from affectpipe.blend.cli import echo_outcome, echo_scores, max_filled_option, partial_option
-from affectpipe.config import DEFAULT_RUN, Settings
+from affectpipe.cli_options import (
+    device_of,
+    parse_weights_option,
+    run_option,
+    weights_option,
+    with_device_options,
+    workers_option,
+)
+from affectpipe.config import Settings
+from affectpipe.errors import InputError
+from affectpipe.schema import TASKS
 
 
 def _echo_outcome(result, partial: bool) -> None:
@@ -20,7 +31,15 @@ def _echo_outcome(result, partial: bool) -> None:
 
 
 @click.command()
-@click.option("--dataset", "-d", required=True, help="Dataset name (folder under the cache).")
+@click.option("--dataset", "-d", help="Dataset name (folder under the cache) [required, or in "
+              "the config's [run] table].")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML file covering all stages: a [run] table (any option of this command) and a "
+    "[heads] table (see docs/pipeline.example.toml); options given here win.",
+)
 @click.option(
     "--data",
     "data_root",
@@ -32,16 +51,15 @@ def _echo_outcome(result, partial: bool) -> None:
     "--backbones",
     help="Comma-separated backbones [default: CNNs whose weights are available, plus openface].",
 )
-@click.option(
-    "--weights",
-    "weights_items",
-    multiple=True,
-    metavar="NAME=PATH",
-    help="Local weights file for a backbone (repeatable).",
-)
+@weights_option
 @click.option("--random-init", is_flag=True, help="RANDOM CNN weights (testing only).")
-@click.option("--device", default="cpu", show_default=True, help="Torch device for extraction.")
-@click.option("--run", "run_name", default=DEFAULT_RUN, show_default=True, help="Run name.")
+@with_device_options
+@workers_option
+@click.option("--task", "tasks", multiple=True, type=click.Choice(TASKS),
+              help="Train and blend only this task (repeatable).")
+@click.option("--candidate", "candidates", multiple=True, metavar="FEATURES/MODEL",
+              help="Train only this heads candidate (repeatable; see `pipeline heads`).")
+@run_option
 @click.option(
     "--out",
     "out_dir",
@@ -50,48 +68,60 @@ def _echo_outcome(result, partial: bool) -> None:
 )
 @partial_option
 @max_filled_option
-@click.pass_obj
-def run(
-    settings: Settings,
-    dataset: str,
-    data_root: Path | None,
-    fmt: str | None,
-    backbones: str | None,
-    weights_items: tuple[str, ...],
-    random_init: bool,
-    device: str,
-    run_name: str,
-    out_dir: Path | None,
-    partial: bool,
-    max_filled: float,
-) -> None:
+@click.pass_context
+def run(ctx: click.Context, config_path: Path | None, **given) -> None:
     """Chain index (if --data is given), extract, heads and blend.
 
     \b
-    Example:
-      pipeline run --dataset abaw7 --data data/abaw7 --format abaw-mtl --device cuda:0
+    Examples:
+      pipeline run --dataset abaw7 --data data/abaw7 --format abaw-mtl --gpu 0
+      pipeline run --config pipeline.toml --task expr
     Every stage reuses valid cached results, so re-running after a change is cheap.
     Exits 0 only when the submission the test list asks for was written (see `blend`).
     """
-    from affectpipe.extract.cli import parse_weights_option
-    from affectpipe.workflow import run_pipeline
+    from affectpipe.workflow import StageOptions, load_run_config, run_pipeline
 
-    names = [b.strip() for b in (backbones or "").split(",") if b.strip()]
+    settings: Settings = ctx.obj
+    config = load_run_config(config_path) if config_path else {}
+    # The config fills in what the command line leaves at its default.
+    names = {"data_root": "data", "fmt": "format", "weights_items": "weights", "tasks": "tasks",
+             "candidates": "candidates", "run_name": "run", "out_dir": "out"}
+    values = dict(given)
+    for param in given:
+        key = names.get(param, param)
+        source = ctx.get_parameter_source(param)
+        if key in config and source in (ParameterSource.DEFAULT, None):
+            values[param] = config[key]
+    if not values["dataset"]:
+        raise InputError("give --dataset (or `dataset` in the config's [run] table)")
+    weights = values["weights_items"]
+    weights = (parse_weights_option(weights) if not isinstance(weights, dict)
+               else {k: Path(v).expanduser() for k, v in weights.items()})
+    backbones = values["backbones"] or []
+    if isinstance(backbones, str):
+        backbones = backbones.split(",")
     result = run_pipeline(
-        dataset,
+        values["dataset"],
         settings.cache_dir,
-        data_root=data_root,
-        fmt=fmt,
-        backbones=names,
-        weights=parse_weights_option(weights_items),
-        random_init=random_init,
-        device=device,
-        run=run_name,
-        out_dir=out_dir,
-        max_filled=max_filled,
+        data_root=Path(values["data_root"]) if values["data_root"] else None,
+        fmt=values["fmt"],
+        backbones=[b.strip() for b in backbones if b.strip()],
+        weights=weights,
+        random_init=values["random_init"],
+        device=device_of(values["gpu"], values["device"]),
+        run=values["run_name"],
+        out_dir=Path(values["out_dir"]) if values["out_dir"] else None,
+        max_filled=values["max_filled"],
         echo=click.echo,
+        options=StageOptions(
+            batch_size=values["batch_size"],
+            workers=values["workers"],
+            tasks=tuple(values["tasks"]),
+            candidates=tuple(values["candidates"]),
+            config=config_path,
+        ),
     )
-    _echo_outcome(result, partial)
+    _echo_outcome(result, values["partial"])
 
 
 @click.command()

@@ -171,3 +171,28 @@ def test_demo_command_exits_0_with_the_mtl_file(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["demo", "--workdir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert f"submission:  {tmp_path / 'submission' / 'MTL_predictions.txt'}" in result.output
+
+
+def test_run_takes_stage_options_from_the_command_line_and_a_toml(tmp_path, monkeypatch):
+    """`pipeline run` passes batch size, workers, tasks, candidates and the config on; a
+    [run] table fills what the command line leaves at its default."""
+    recorder = Recorder()
+    monkeypatch.setattr(Stages, "default", classmethod(lambda cls: recorder.stages()))
+    synthetic.write_synthetic_run(DatasetPaths.of(tmp_path, "toy"), n_rows=800)
+    config = tmp_path / "pipeline.toml"
+    config.write_text('[run]\ndataset = "toy"\nbatch_size = 7\nworkers = 0\n'
+                      'tasks = ["va", "expr"]\ndevice = "cpu"\n[heads]\nseed = 3\n')
+    result = CliRunner().invoke(cli, [
+        "--cache-dir", str(tmp_path), "run", "--config", str(config), "--batch-size", "9",
+        "--candidate", "x:embedding/linear", "--partial",
+    ])
+    assert result.exit_code == 0, result.output
+    extract, heads, blend = (c[2] for c in recorder.calls)
+    assert extract["batch_size"] == 9 and extract["workers"] == 0  # command line wins
+    assert heads["tasks"] == ["va", "expr"] and heads["candidates"] == ["x:embedding/linear"]
+    assert heads["config_path"] == config and blend["tasks"] == ["va", "expr"]
+
+    config.write_text("[run]\nbatch_size = 'many'\n")
+    bad = CliRunner().invoke(cli, ["--cache-dir", str(tmp_path), "run", "--config", str(config),
+                                   "--dataset", "toy"])
+    assert isinstance(bad.exception, InputError) and "batch_size" in str(bad.exception)

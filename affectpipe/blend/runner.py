@@ -42,8 +42,7 @@ from affectpipe.blend.tuning import (
     TOL,
     BlendOptions,
     TaskBlend,
-    continuous_outputs,
-    decide,
+    apply_tuned,
     tune_task,
 )
 from affectpipe.config import BLEND_PREFER, DEFAULT_MAX_FILLED, DatasetPaths
@@ -289,10 +288,11 @@ def _tune_task(
         name: rules.score(val_labels[labelled], rules.decide(v[labelled], identity))
         for name, v in zip(cands.names, val_values, strict=True)
     }
-    val_continuous = continuous_outputs(rules, fitted, val_values, val_order)
-    val_outputs = decide(rules, fitted, val_continuous, val_sources)
+    _, val_outputs = apply_tuned(rules, fitted, val_values, val_order, val_sources)
     test_order = VideoOrder.of(groups[test_rows], frames[test_rows])
-    test_continuous = continuous_outputs(rules, fitted, values[:, is_test], test_order)
+    test_continuous, test_outputs = apply_tuned(
+        rules, fitted, values[:, is_test], test_order, test_sources
+    )
     used = (fitted.weights > 0).any(axis=0)
     has_image = manifest["has_image"].to_numpy(bool)[test_rows]
     return TaskOutcome(
@@ -318,7 +318,7 @@ def _tune_task(
         val_outputs=val_outputs,
         test_rows=test_rows,
         test_continuous=test_continuous,
-        test_outputs=decide(rules, fitted, test_continuous, test_sources),
+        test_outputs=test_outputs,
         n_val=len(val_rows),
         n_val_labelled=int(labelled.sum()),
         n_val_videos=len(np.unique(groups[val_rows])),
@@ -631,6 +631,9 @@ def run(
     `candidates` (``NAME`` or ``TASK/NAME``) picks prediction files by hand, from any heads
     invocation of the run.
     """
+    from affectpipe.heads.fitted import refuse_pickles
+
+    refuse_pickles(paths.run(run))
     options = options or BlendOptions()
     if options.prefer not in BLEND_PREFER:
         raise InputError(f"prefer must be one of {BLEND_PREFER}, not {options.prefer!r}")

@@ -58,6 +58,10 @@ class VaRules:
     def decide(self, values: np.ndarray, post: dict[str, Any]) -> np.ndarray:
         return calibration.apply_affine(values, np.array(post["scale"]), np.array(post["shift"]))
 
+    def table(self, continuous: np.ndarray, decided: np.ndarray) -> dict[str, np.ndarray]:
+        """Named output columns (`pipeline predict`): the calibrated values."""
+        return {c: decided[:, i] for i, c in enumerate(VA_COLUMNS)}
+
     def details(self, labels: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
         return metrics.va_scores(labels, outputs)
 
@@ -104,6 +108,11 @@ class ExprRules:
 
     def decide(self, probs: np.ndarray, post: dict[str, Any]) -> np.ndarray:
         return calibration.apply_expr_offsets(probs, np.array(post["offsets"]))
+
+    def table(self, continuous: np.ndarray, decided: np.ndarray) -> dict[str, np.ndarray]:
+        """Named output columns (`pipeline predict`): the ABAW code and the probabilities."""
+        probs = {f"p_{name}": continuous[:, i] for i, name in enumerate(EXPR_NAMES)}
+        return {"expression": decided, **probs}
 
     def details(self, labels: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
         per_class = metrics.expr_f1_per_class(labels, outputs)
@@ -156,6 +165,11 @@ class AuRules:
 
     def decide(self, probs: np.ndarray, post: dict[str, Any]) -> np.ndarray:
         return thresholds.apply_thresholds(probs, np.array(post["thresholds"]))
+
+    def table(self, continuous: np.ndarray, decided: np.ndarray) -> dict[str, np.ndarray]:
+        """Named output columns (`pipeline predict`): 0/1 per AU, then the probabilities."""
+        flags = {c: decided[:, i] for i, c in enumerate(AU_COLUMNS)}
+        return {**flags, **{f"p_{c}": continuous[:, i] for i, c in enumerate(AU_COLUMNS)}}
 
     def details(self, labels: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
         per_au = metrics.au_f1_per_au(labels, outputs)

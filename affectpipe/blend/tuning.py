@@ -91,7 +91,11 @@ class TaskBlend:
         optional = {}
         if rules.optional_stages:
             optional = {
-                "logit_adjustment": {"tau": self.tau, "tuned_tau": self.tuned_tau},
+                "logit_adjustment": {
+                    "tau": self.tau,
+                    "tuned_tau": self.tuned_tau,
+                    "log_prior": None if self.log_prior is None else self.log_prior.tolist(),
+                },
                 "gating": self.gate,
                 "kept": self.kept,
             }
@@ -107,6 +111,37 @@ class TaskBlend:
             **optional,
         }
 
+    @classmethod
+    def from_json(cls, entry: dict[str, Any], rules: TaskRules) -> tuple[TaskBlend, list[str]]:
+        """The blend a task's `blend.json` entry records (the one its submission used: the
+        blend or the best single candidate, with the optional stages in force), over the
+        candidates it weights; and their names. Raises ValueError on a malformed entry.
+        """
+        weights = entry["weights"]
+        groups = [weights[group.name] for group in rules.groups]
+        names = [n for n in entry["candidates"] if any(n in g for g in groups)]
+        matrix = np.array([[float(g.get(n, 0.0)) for n in names] for g in groups])
+        if not names or not np.isfinite(matrix).all() or (matrix < 0).any():
+            raise ValueError(f"{rules.name}: no usable blend weights")
+        smoothing = entry["smoothing"]
+        adjustment = entry.get("logit_adjustment") or {}
+        tau = float(adjustment.get("tau", 0.0))
+        log_prior = adjustment.get("log_prior")
+        if tau != 0 and log_prior is None:
+            raise ValueError(f"{rules.name}: logit adjustment without its log prior")
+        blend = cls(
+            rules.name,
+            matrix,
+            str(smoothing["kernel"]),
+            int(smoothing["half_width"]),
+            dict(entry[rules.post_name]),
+            log_prior=None if log_prior is None else np.asarray(log_prior, dtype=np.float64),
+            tuned_tau=float(adjustment.get("tuned_tau", tau)),
+            tau=tau,
+            gate=entry.get("gating"),
+        )
+        return blend, names
+
 
 def blend_values(rules: TaskRules, candidates: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Mix candidates [M, N, K] with per-group weights -> [N, K] continuous outputs."""
@@ -117,13 +152,14 @@ def blend_values(rules: TaskRules, candidates: np.ndarray, weights: np.ndarray) 
 
 
 def continuous_outputs(
-    rules: TaskRules, fitted: TaskBlend, candidates: np.ndarray, order: VideoOrder
+    rules: TaskRules, fitted: TaskBlend, candidates: np.ndarray, order: VideoOrder | None
 ) -> np.ndarray:
-    """Blended, smoothed (and logit-adjusted) outputs before the correction and decision."""
+    """Blended, smoothed (and logit-adjusted) outputs before the correction and decision.
+    `order` None: rows that are not frames of a video, never smoothed."""
     blended = blend_values(rules, candidates, fitted.weights)
-    return adjust(
-        smooth(blended, order, fitted.kernel, fitted.half_width), fitted.log_prior, fitted.tau
-    )
+    if order is not None:
+        blended = smooth(blended, order, fitted.kernel, fitted.half_width)
+    return adjust(blended, fitted.log_prior, fitted.tau)
 
 
 def decide(
@@ -136,14 +172,22 @@ def decide(
     return apply_gate(rules.decide(continuous, fitted.post), sources, fitted.gate)
 
 
-def apply_blend(
+def apply_tuned(
     rules: TaskRules,
     fitted: TaskBlend,
     candidates: np.ndarray,
-    order: VideoOrder,
+    order: VideoOrder | None,
     sources: GateSources | None = None,
-) -> np.ndarray:
-    return decide(rules, fitted, continuous_outputs(rules, fitted, candidates, order), sources)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply a tuned blend to candidate outputs [M, N, K]: (continuous [N, K], decided).
+
+    The one place where every tuned stage in force meets new rows, used by `blend`
+    (validation, cross-fit and submission rows) and `predict` alike: mix, smoothing along
+    each video (none when `order` is None), logit adjustment, the task's correction and
+    decision, confidence gating (with `sources`).
+    """
+    continuous = continuous_outputs(rules, fitted, candidates, order)
+    return continuous, decide(rules, fitted, continuous, sources)
 
 
 def stage_decisions(

@@ -63,14 +63,16 @@ RANDOM_INIT_SEED = 0
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def build_model(target: Target) -> Any:
+def build_model(spec: Any, weights_path: Path | None) -> Any:
+    """A backbone's frozen network: from its weights file, or (None) the fixed-seed random
+    init that feature files record as `random-init`. `predict` builds its models here too."""
     import torch
 
-    if target.weights_path is not None:
-        return target.spec.load(target.weights_path)
+    if weights_path is not None:
+        return spec.load(weights_path)
     with torch.random.fork_rng(devices=[]):  # fixed-seed random init, global RNG untouched
         torch.manual_seed(RANDOM_INIT_SEED)
-        return target.spec.build()
+        return spec.build()
 
 
 def run(
@@ -293,10 +295,14 @@ def _pass(
         ModelJob(
             t.spec,
             prepare_model(
-                build_model(t), device, channels_last=channels_last, probe=probe_batch(t.spec)
+                build_model(t.spec, t.weights_path),
+                device,
+                channels_last=channels_last,
+                probe=probe_batch(t.spec),
             )
             if engine is None
-            else build_model(t),  # another engine prepares models where they run
+            # another engine prepares models where they run
+            else build_model(t.spec, t.weights_path),
             t.store,
         )
         for t in group

@@ -7,23 +7,19 @@ from pathlib import Path
 
 import click
 
+from affectpipe.cli_options import (
+    device_of,
+    parse_weights_option,
+    weights_option,
+    with_device_options,
+    workers_option,
+)
 from affectpipe.config import Settings
 from affectpipe.errors import InputError
 
 
 def _split_names(value: str | None) -> list[str]:
     return [name.strip() for name in (value or "").split(",") if name.strip()]
-
-
-def parse_weights_option(items: tuple[str, ...]) -> dict[str, Path]:
-    """Repeated ``--weights NAME=PATH`` options -> {name: path} (shared with `pipeline run`)."""
-    weights = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise InputError(f"bad --weights {item!r}: use NAME=PATH, e.g. ddamfn=ddamfn.pth")
-        weights[name.strip()] = Path(path).expanduser()
-    return weights
 
 
 def _parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -33,42 +29,6 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
     if not match:
         raise InputError(f"bad --shard {value!r}: use i/n, e.g. 2/4 (1-based)")
     return int(match[1]), int(match[2])
-
-
-def _device(gpu: int | None, device: str | None) -> str:
-    if gpu is not None and device is not None:
-        raise InputError("give either --gpu N or --device, not both")
-    if gpu is not None:
-        return f"cuda:{gpu}"
-    return device or "cpu"
-
-
-device_options = [
-    click.option(
-        "--gpu", type=int, default=None, help="Run on CUDA GPU N (same as --device cuda:N)."
-    ),
-    click.option("--device", default=None, help="cpu, cuda or cuda:N  [default: cpu]"),
-    click.option(
-        "--batch-size",
-        type=click.IntRange(min=1),
-        default=64,
-        show_default=True,
-        help="Images per forward pass (try 256-512 on a GPU).",
-    ),
-    click.option(
-        "--workers",
-        type=click.IntRange(min=0),
-        default=None,
-        help="Decode worker processes (0 = decode in the main process). "
-        "[default: 1 on CPU, all cores on GPU]",
-    ),
-]
-
-
-def _with_device_options(func):
-    for option in reversed(device_options):
-        func = option(func)
-    return func
 
 
 def default_workers(device: str) -> int:
@@ -88,14 +48,9 @@ def default_workers(device: str) -> int:
     help="Comma-separated backbones, e.g. mt-emotieffnet,ddamfn,openface (or openface-csv). "
     "[default: the CNN backbones whose weights are available, plus openface]",
 )
-@_with_device_options
-@click.option(
-    "--weights",
-    "weights_items",
-    multiple=True,
-    metavar="NAME=PATH",
-    help="Use a local weights file for a backbone (repeatable), e.g. ddamfn=~/ddamfn.pth.",
-)
+@with_device_options
+@workers_option
+@weights_option
 @click.option(
     "--random-init",
     is_flag=True,
@@ -206,7 +161,7 @@ def extract(
         summary = stage.merge(paths, names, progress=True)
         click.echo(summary.text())
         return
-    device_name = _device(gpu, device)
+    device_name = device_of(gpu, device)
     ray_engine = None
     if engine == "ray":
         from affectpipe.extract.ray_engine import RayEngine
@@ -265,7 +220,8 @@ def extract(
     help="Comma-separated backbones to time, each alone (CNNs, or `openface`: its "
     "'forward only' column is then the per-image descriptor work in one process).",
 )
-@_with_device_options
+@with_device_options
+@workers_option
 @click.option(
     "--weights",
     "weights_items",
@@ -300,7 +256,7 @@ def extract_bench(
     from affectpipe.extract.bench import run_bench
     from affectpipe.fsutil import write_text_atomic
 
-    device_name = _device(gpu, device)
+    device_name = device_of(gpu, device)
     result = run_bench(
         images_dir=images_dir,
         repeat=repeat,

@@ -214,6 +214,11 @@ class DecodeDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         image, reason = load_rgb(self.paths[index], self.draft_side)
+        return self.sample(index, image, reason)
+
+    def sample(self, index: int, image: Image.Image | None, reason: str | None) -> Sample:
+        """Prepare one decoded RGB image (None: not decoded, for `reason`) for every backbone;
+        also used for in-memory images (video frames, detected faces) by `pipeline predict`."""
         inputs: list[torch.Tensor] = []
         raws: list[np.ndarray] = []
         ok: list[bool] = []

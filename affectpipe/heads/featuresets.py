@@ -187,6 +187,19 @@ def load_feature_set(
     return LoadedFeatures(feature_set=feature_set, ok=ok, parts=parts, row_maps=row_maps)
 
 
+def feature_arrays(
+    paths: DatasetPaths, spec: str
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """A feature set (e.g. ``"openface:embedding"``) as arrays for every manifest row:
+    (X [n_rows, width] float32, ok [n_rows] bool, the manifest). Rows with ok false hold
+    zeros-filled features that must not be used."""
+    from affectpipe.manifest import read_manifest
+
+    manifest = read_manifest(paths.manifest)
+    loaded = load_feature_set(paths, parse_feature_set(spec), manifest)
+    return loaded.take(np.arange(len(manifest))), loaded.ok, manifest
+
+
 def _check_rows_match(handle: FeatureFile, rows: np.ndarray) -> None:
     """A feature file holds exactly the manifest's distinct images: a file lacking some, or
     holding others, was made from another manifest or damaged."""

@@ -89,6 +89,23 @@ FORMAT = "affectpipe-head/1"
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 
 
+def refuse_pickles(folder: str | Path) -> None:
+    """InputError when a run (or exported run) folder holds a pickle file anywhere.
+
+    Nothing here ever unpickles, but a pickle in a run someone shared is either an old run
+    or a planted payload: either way the run is refused as a whole rather than half used.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+    if found:
+        raise InputError(
+            f"{found[0]} is a pickle file ({len(found)} in {folder}): loading pickles could run "
+            f"code, so this run is refused; {_retrain_hint(found[0])} or delete the file"
+        )
+
+
 def arrays_path(path: Path) -> Path:
     """The safetensors file beside a head's JSON file."""
     return Path(path).with_suffix(".safetensors")

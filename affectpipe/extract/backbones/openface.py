@@ -148,11 +148,12 @@ class OpenFaceDescriptor:
         pca = PCA(n_components=components, svd_solver=solver, random_state=self.seed)
         pca.fit(raw[fit_rows, SHAPE_DIM:])
 
+        mean = pca.mean_.astype(np.float32)
+        basis = pca.components_.astype(np.float32)
         embedding = np.zeros((len(raw), SHAPE_DIM + components), dtype=np.float32)
-        embedding[:, :SHAPE_DIM] = raw[:, :SHAPE_DIM]
         for start in range(0, len(raw), TRANSFORM_CHUNK):
-            block = raw[start : start + TRANSFORM_CHUNK, SHAPE_DIM:]
-            embedding[start : start + TRANSFORM_CHUNK, SHAPE_DIM:] = pca.transform(block)
+            block = slice(start, start + TRANSFORM_CHUNK)
+            embedding[block] = embed(raw[block], mean, basis)
         embedding[~ok] = 0.0
 
         au_start = GEOMETRY_DIM
@@ -176,7 +177,7 @@ class OpenFaceDescriptor:
             "svd_solver": solver,
             "explained_variance": float(pca.explained_variance_ratio_.sum()),
             "components_sha256": hashlib.sha256(
-                pca.components_.astype(np.float32).tobytes()
+                basis.tobytes()
             ).hexdigest(),
         }
         attrs = {
@@ -192,10 +193,21 @@ class OpenFaceDescriptor:
                 "hog": hog.HOG_PARAMS,
                 "hog_pca": hog_pca,
             },
-            "hog_pca_mean": pca.mean_.astype(np.float32),
-            "hog_pca_components": pca.components_.astype(np.float32),
+            "hog_pca_mean": mean,
+            "hog_pca_components": basis,
         }
         return embedding, groups, attrs
+
+
+def embed(raw: np.ndarray, hog_mean: np.ndarray, hog_components: np.ndarray) -> np.ndarray:
+    """Raw descriptors [N, raw_dim] -> embedding rows with the HOG projected on a fitted PCA.
+
+    Used by `finalize` and by `pipeline predict` (with the PCA stored in the feature file),
+    so new images get exactly the columns the heads were trained on.
+    """
+    raw = np.asarray(raw, dtype=np.float32)
+    hog_part = (raw[:, SHAPE_DIM:] - hog_mean) @ hog_components.T
+    return np.concatenate([raw[:, :SHAPE_DIM], hog_part.astype(np.float32)], axis=1)
 
 
 @functools.cache

@@ -1,0 +1,1 @@
+"""Apply a trained run to new face images, folders and videos (`pipeline predict`, `Predictor`)."""

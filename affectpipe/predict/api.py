@@ -1,0 +1,314 @@
+"""`Predictor`: a trained run applied to new face crops, folders and videos.
+
+    from affectpipe import Predictor
+    predictor = Predictor.load("cache", "faces")          # or Predictor.from_export("run.tar.gz")
+    table = predictor.predict(["photos/", "clip.mp4"])     # pandas DataFrame, one row per frame
+
+Each image goes through the run's backbones exactly as `pipeline extract` ran them (same
+weights, checked by sha256; same decoding and preprocessing; the OpenFace-style descriptor
+with its stored HOG PCA, never refitted), then the heads the run's blend weights, then the
+tuned blend through `affectpipe.blend.tuning.apply_tuned` (the function `pipeline blend` uses
+for its submission): weights, smoothing along the kept frames of each video, calibration /
+offsets / thresholds. Images are taken as aligned face crops unless `detect=True`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from affectpipe.config import DEFAULT_RUN, DatasetPaths
+from affectpipe.errors import InputError
+from affectpipe.predict.inputs import Frame, expand, frames
+from affectpipe.predict.runfiles import (
+    BackboneRecord,
+    RunBundle,
+    TaskPlan,
+    load_export,
+    load_from_cache,
+)
+from affectpipe.schema import PRED_COLUMNS
+
+
+@dataclass
+class _Features:
+    """Per backbone: embedding / logits rows of a batch of frames, and which rows are ok."""
+
+    arrays: dict[str, dict[str, np.ndarray]]
+    ok: np.ndarray  # [N] every backbone processed the frame
+
+
+class Predictor:
+    """Predictions of a trained run for new images and videos (see the module docstring).
+
+    Parameters: `device` ("cpu", "cuda", "cuda:1"), `batch_size`, `detect` (find and align
+    the largest face of each frame first), `every` (keep every N-th video frame), `weights`
+    (backbone or weights name -> local weights file), `progress` (a frames/s bar).
+    """
+
+    def __init__(
+        self,
+        bundle: RunBundle,
+        *,
+        device: str = "cpu",
+        batch_size: int = 32,
+        detect: bool = False,
+        every: int = 1,
+        weights: Mapping[str, Path] | None = None,
+        progress: bool = False,
+    ) -> None:
+        if every < 1 or batch_size < 1:
+            raise InputError("every and batch_size must be at least 1")
+        self.bundle = bundle
+        self.device = device
+        self.batch_size = batch_size
+        self.detect = detect
+        self.every = every
+        self.weights = dict(weights or {})
+        self.progress = progress
+        self._engine: _Engine | None = None
+
+    @classmethod
+    def load(
+        cls, cache_dir: str | Path, dataset: str, run: str = DEFAULT_RUN, **options: Any
+    ) -> Predictor:
+        """The run `run` of dataset `dataset` in `cache_dir` (after `pipeline blend`)."""
+        paths = DatasetPaths.of(cache_dir, dataset)
+        if not paths.manifest.exists():
+            raise InputError(f"no dataset {dataset!r} in {cache_dir}: run `pipeline index`")
+        return cls(load_from_cache(paths, run), **options)
+
+    @classmethod
+    def from_export(cls, path: str | Path, **options: Any) -> Predictor:
+        """A run written by `pipeline export-run` (folder or .tar.gz)."""
+        return cls(load_export(Path(path)), **options)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.bundle.tasks)
+
+    def predict(self, inputs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
+        """One row per image / kept video frame: `source`, `frame` (when videos are given),
+        `face_ok`, then the run's task columns (see `columns`)."""
+        if isinstance(inputs, str | Path):
+            inputs = [inputs]
+        files = expand(inputs)
+        engine = self._get_engine()
+        stream: Iterable[Frame] = frames(files, self.every, engine.draft_side)
+        if self.detect:
+            stream = _detected(stream)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="predict", unit="frame", disable=not self.progress)  # frames/s
+        sources, frame_numbers, blocks = [], [], []
+        with bar:
+            for batch in _batches(stream, self.batch_size):
+                sources += [f.source for f in batch]
+                frame_numbers += [-1 if f.frame is None else f.frame for f in batch]
+                blocks.append(engine.features(batch))
+                bar.update(len(batch))
+        features = _Features(
+            {b: {k: np.concatenate([x.arrays[b][k] for x in blocks]) for k in blocks[0].arrays[b]}
+             for b in blocks[0].arrays},
+            np.concatenate([x.ok for x in blocks]),
+        )
+        table = pd.DataFrame({"source": sources})
+        frame_numbers = np.asarray(frame_numbers, dtype=np.int64)
+        if any(f.suffix.lower() in _video_suffixes() for f in files):
+            table["frame"] = frame_numbers
+        table["face_ok"] = features.ok
+        for plan in self.bundle.tasks.values():
+            columns = _task_columns(plan, features, self.bundle.backbones, sources, frame_numbers)
+            for name, values in columns.items():
+                table[name] = values
+        return table
+
+    def _get_engine(self) -> _Engine:
+        if self._engine is None:
+            self._engine = _Engine(self.bundle.backbones, self.device, self.weights)
+        return self._engine
+
+
+def _video_suffixes() -> frozenset[str]:
+    from affectpipe.predict.inputs import VIDEO_SUFFIXES
+
+    return VIDEO_SUFFIXES
+
+
+def _detected(stream: Iterable[Frame]) -> Iterator[Frame]:
+    from affectpipe.predict.faces import detect_and_align
+
+    for frame in stream:
+        if frame.image is None:
+            yield frame
+            continue
+        crop, reason = detect_and_align(frame.image)
+        yield Frame(frame.source, frame.frame, crop, reason)
+
+
+def _batches(stream: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
+    iterator = iter(stream)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+class _Engine:
+    """The run's backbones, built once: CNNs with their verified weights, descriptors with
+    their stored fitted arrays."""
+
+    def __init__(
+        self, backbones: dict[str, BackboneRecord], device: str, weights: Mapping[str, Path]
+    ) -> None:
+        from affectpipe.extract.backbones import get_backbone
+        from affectpipe.extract.engine import resolve_device
+        from affectpipe.extract.images import DecodeDataset
+
+        self.device = resolve_device(device)
+        self.records = backbones
+        self.models = {n: self._model(r, weights) for n, r in backbones.items()
+                       if not r.is_descriptor}
+        self.descriptors = {n: self._descriptor(r) for n, r in backbones.items()
+                            if r.is_descriptor}
+        specs = [get_backbone(n) for n in self.models]
+        self.dataset = DecodeDataset(
+            [], [s.resize for s in specs], [s.input_size for s in specs],
+            list(self.descriptors.values()),
+        )
+        self.draft_side = self.dataset.draft_side
+
+    def _model(self, record: BackboneRecord, weights: Mapping[str, Path]) -> Any:
+        from affectpipe.extract import build_model
+        from affectpipe.extract.backbones import get_backbone
+        from affectpipe.extract.engine import ModelJob, prepare_model, probe_batch
+        from affectpipe.extract.plan import resolve_backbone_weights
+
+        spec = get_backbone(record.name)
+        recorded = record.identity.get("weights_sha256")
+        if record.identity.get("random_init"):
+            path = None
+        else:
+            resolved = resolve_backbone_weights(record.name, weights)
+            if resolved.sha256 != recorded:
+                raise InputError(
+                    f"{record.name}: the weights at {resolved.path} (sha256 {resolved.sha256}) "
+                    f"are not those the run's features were computed with ({recorded})"
+                )
+            path = resolved.path
+        if record.identity.get("preprocessing") not in (None, spec.preprocessing_attrs()):
+            raise InputError(f"{record.name}: the run's preprocessing differs from this version")
+        model = prepare_model(build_model(spec, path), self.device, channels_last=True,
+                              probe=probe_batch(spec))
+        return ModelJob(spec, model, None)
+
+    @staticmethod
+    def _descriptor(record: BackboneRecord) -> Any:
+        from affectpipe.extract import registry
+        from affectpipe.extract.plan import describe_descriptor
+
+        descriptor = registry.get(record.name, "descriptor").load()()
+        recorded = record.identity.get("descriptor")
+        if recorded is not None and recorded != describe_descriptor(descriptor):
+            raise InputError(f"{record.name}: the run's descriptor parameters differ ({recorded})")
+        return descriptor
+
+    def features(self, batch: list[Frame]) -> _Features:
+        import torch
+
+        from affectpipe.extract.backbones.openface import embed
+        from affectpipe.extract.engine import AMP_DTYPES, forward
+        from affectpipe.extract.images import collate
+
+        samples = collate([self.dataset.sample(i, f.image, f.reason) for i, f in enumerate(batch)])
+        arrays: dict[str, dict[str, np.ndarray]] = {}
+        with torch.inference_mode():
+            for k, (name, job) in enumerate(self.models.items()):
+                precision = str(self.records[name].identity.get("precision", "fp32"))
+                embedding, logits = forward(
+                    job, samples.inputs[k], self.device, channels_last=True,
+                    amp_dtype=AMP_DTYPES.get(precision) if self.device.type != "cpu" else None,
+                )
+                arrays[name] = {"embedding": embedding, "logits": logits}
+        for k, (name, _) in enumerate(self.descriptors.items()):
+            stored = self.records[name].arrays
+            arrays[name] = {
+                "embedding": embed(samples.raws[k], stored["hog_pca_mean"],
+                                   stored["hog_pca_components"]),
+            }
+        ok = samples.ok.all(axis=1) & np.array([f.image is not None for f in batch])
+        for parts in arrays.values():
+            for values in parts.values():
+                ok &= np.isfinite(values).all(axis=1)
+        return _Features(arrays, ok)
+
+
+def _part(record: BackboneRecord, arrays: dict[str, np.ndarray], part: str) -> np.ndarray:
+    if part in arrays:
+        return arrays[part]
+    if part in record.groups:
+        start, stop = record.groups[part]
+        return arrays["embedding"][:, start:stop]
+    raise InputError(f"{record.name}: no feature part {part!r}")
+
+
+def _gate_sources(
+    plan: TaskPlan, features: _Features, records: dict[str, BackboneRecord], rows: np.ndarray
+) -> Any:
+    """The gating backbone's own expression probabilities on `rows` (None without a gate)."""
+    from affectpipe.blend.stages import GateSources, mapped_probabilities
+
+    gate = plan.blend.gate
+    if not gate:
+        return None
+    name = gate["source"]
+    index = records[name].identity.get("abaw_expr_index")
+    if not index:
+        raise InputError(f"{name}: the gating backbone's class mapping is not recorded")
+    probs = mapped_probabilities(features.arrays[name]["logits"][rows], list(index))
+    return GateSources([name], probs[None])
+
+
+def _task_columns(
+    plan: TaskPlan, features: _Features, records: dict[str, BackboneRecord], sources: list[str],
+    frame_numbers: np.ndarray,
+) -> dict[str, np.ndarray]:
+    from affectpipe.blend.smoothing import VideoOrder, group_codes
+    from affectpipe.blend.tuning import apply_tuned
+    from affectpipe.heads.featuresets import parse_feature_set
+
+    ok = features.ok
+    rows = np.flatnonzero(ok)
+    width = len(PRED_COLUMNS[plan.rules.name])
+    candidates = np.zeros((len(plan.heads), len(rows), width), dtype=np.float32)
+    for m, head in enumerate(plan.heads):
+        blocks = [_part(records[b], features.arrays[b], p)[rows]
+                  for b, p in parse_feature_set(head.feature_set).parts]
+        X = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+        if len(rows):
+            candidates[m] = head.predict_features(X)
+    gating = _gate_sources(plan, features, records, rows)
+    continuous = np.full((len(ok), width), np.nan, dtype=np.float32)
+    decided: np.ndarray | None = None
+    frame_rows = frame_numbers[rows] >= 0  # video frames are smoothed per video
+    for subset, ordered in ((~frame_rows, False), (frame_rows, True)):
+        if ordered and not subset.any():
+            continue
+        order = None
+        if ordered:
+            chosen = rows[subset]
+            order = VideoOrder.of(group_codes(np.asarray(sources)[chosen]), frame_numbers[chosen])
+        values, outputs = apply_tuned(
+            plan.rules, plan.blend, candidates[:, subset], order,
+            gating.take(subset) if gating is not None else None,
+        )
+        if decided is None:  # rows without a face: NaN values, code -1
+            missing = np.nan if outputs.dtype.kind == "f" else -1
+            decided = np.full((len(ok),) + outputs.shape[1:], missing, dtype=outputs.dtype)
+        continuous[rows[subset]] = values
+        decided[rows[subset]] = outputs
+    return plan.rules.table(continuous, decided)

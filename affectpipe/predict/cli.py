@@ -1,0 +1,125 @@
+"""`pipeline predict` and `pipeline export-run`: thin wrappers around `affectpipe.predict`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from affectpipe.cli_options import (
+    device_of,
+    parse_weights_option,
+    run_option,
+    weights_option,
+    with_device_options,
+)
+from affectpipe.config import Settings
+from affectpipe.errors import InputError
+
+OUTPUT_SUFFIXES = (".csv", ".parquet")
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--dataset", "-d", default=None, help="Dataset whose run to apply.")
+@run_option
+@click.option(
+    "--from-run",
+    "from_run",
+    type=click.Path(exists=True, path_type=Path),
+    help="An exported run (folder or .tar.gz from `pipeline export-run`) instead of --dataset.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output table: FILE.csv or FILE.parquet.",
+)
+@click.option("--detect", is_flag=True, help="Find and align the largest face of each frame.")
+@click.option(
+    "--every", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Keep every N-th video frame.",
+)
+@with_device_options
+@weights_option
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.pass_obj
+def predict(
+    settings: Settings,
+    inputs: tuple[Path, ...],
+    dataset: str | None,
+    run_name: str,
+    from_run: Path | None,
+    out: Path,
+    detect: bool,
+    every: int,
+    gpu: int | None,
+    device: str | None,
+    batch_size: int,
+    weights_items: tuple[str, ...],
+    progress: bool,
+) -> None:
+    """Apply a trained run to face crops, folders (recursive) or videos: one row per frame.
+
+    \b
+    Examples:
+      pipeline predict --dataset faces --out preds.csv photos/
+      pipeline predict --from-run run.tar.gz --detect --every 5 --out clip.parquet clip.mp4
+    """
+    if (dataset is None) == (from_run is None):
+        raise InputError("give either --dataset (with --run) or --from-run")
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(f"--out must end in {' or '.join(OUTPUT_SUFFIXES)}: {out}")
+    if dataset is not None and not settings.dataset(dataset).manifest.exists():
+        raise InputError(f"no dataset {dataset!r} in {settings.cache_dir}: run `pipeline index`")
+    from affectpipe.predict.api import Predictor
+
+    options = {
+        "device": device_of(gpu, device),
+        "batch_size": batch_size,
+        "detect": detect,
+        "every": every,
+        "weights": parse_weights_option(weights_items),
+        "progress": progress,
+    }
+    if from_run is not None:
+        predictor = Predictor.from_export(from_run, **options)
+    else:
+        predictor = Predictor.load(settings.cache_dir, dataset, run_name, **options)
+    table = predictor.predict(list(inputs))
+    write_table(table, out)
+    failed = int((~table["face_ok"]).sum())
+    click.echo(f"{len(table)} rows ({failed} without a usable face) -> {out}")
+
+
+def write_table(table, out: Path) -> None:
+    """Write atomically as CSV or Parquet (by suffix)."""
+    from affectpipe.fsutil import atomic_path
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        if out.suffix.lower() == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False)
+
+
+@click.command("export-run")
+@click.option("--dataset", "-d", required=True, help="Dataset whose run to export.")
+@run_option
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A new folder, or FILE.tar.gz for one archive.",
+)
+@click.pass_obj
+def export_run(settings: Settings, dataset: str, run_name: str, out: Path) -> None:
+    """Write everything `predict` needs (heads, blend, backbone identities) to share a run."""
+    paths = settings.dataset(dataset)
+    if not paths.manifest.exists():
+        raise InputError(f"no dataset {dataset!r} in {settings.cache_dir}: run `pipeline index`")
+    from affectpipe.predict.runfiles import export, load_from_cache
+
+    written = export(load_from_cache(paths, run_name), out)
+    click.echo(f"exported run {run_name!r} of {dataset} -> {written}")

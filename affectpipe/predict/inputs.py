@@ -1,0 +1,82 @@
+"""What `predict` reads: image files, folders (recursive, sorted) and videos, as frames.
+
+Every input becomes a stream of `Frame`s: one per image file, one per kept video frame
+(`every` N-th, counted from the first). A file that cannot be decoded is a frame without an
+image (and a reason), never an exception: its row says `face_ok = false`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from affectpipe.errors import InputError
+from affectpipe.extract.images import load_rgb, to_rgb
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"})
+
+
+@dataclass(frozen=True)
+class Frame:
+    source: str
+    frame: int | None  # 0-based index in its video (None for an image file)
+    image: Image.Image | None
+    reason: str | None  # why `image` is None
+
+
+def expand(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files to read, in order: files as given, folders as their images and videos (sorted)."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES and not p.is_dir()
+            )
+            files += found
+        elif path.exists() or path.is_symlink():
+            files.append(path)
+        else:
+            raise InputError(f"no such file or folder: {path}")
+    if not files:
+        raise InputError("no image or video found in: " + ", ".join(map(str, inputs)))
+    return files
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def video_frames(path: Path, every: int = 1) -> Iterator[Frame]:
+    """Every `every`-th frame of a video, decoded with PyAV; one failed frame if unreadable."""
+    import av
+
+    try:
+        container = av.open(str(path))
+    except Exception as exc:  # any demuxer error: an unusable input, not a crash
+        yield Frame(str(path), 0, None, f"undecodable video: {type(exc).__name__}: {exc}")
+        return
+    with container:
+        index = 0
+        try:
+            for decoded in container.decode(video=0):
+                if index % every == 0:
+                    yield Frame(str(path), index, to_rgb(decoded.to_image()), None)
+                index += 1
+        except Exception as exc:  # a damaged stream ends this video with one failed row
+            yield Frame(str(path), index, None, f"undecodable frame: {type(exc).__name__}: {exc}")
+
+
+def frames(files: Sequence[Path], every: int, draft_side: int) -> Iterator[Frame]:
+    """The frames of all `files`, in order (JPEGs decoded as extraction does, `load_rgb`)."""
+    for path in files:
+        if is_video(path):
+            yield from video_frames(path, every)
+        else:
+            image, reason = load_rgb(path, draft_side)
+            yield Frame(str(path), None, image, reason)

@@ -1,0 +1,53 @@
+"""Help and early errors answer without importing torch (issue 11.5)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+CHECK = """
+import sys
+from affectpipe.pipeline import main
+sys.argv = ["pipeline", *{args!r}]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+heavy = sorted(m for m in ("torch", "torchvision", "timm", "sklearn", "h5py") if m in sys.modules)
+print("EXIT", code, "HEAVY", ",".join(heavy))
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"],
+    ["predict", "--help"],
+    ["run", "--help"],
+    ["predict", "--dataset", "nope", "--out", "x.csv", "."],
+    ["export-run", "--dataset", "nope", "--out", "x"],
+])
+def test_no_torch_for_help_and_a_missing_dataset(args: list[str], tmp_path: Path):
+    import affectpipe
+
+    assert not hasattr(affectpipe, "torch")
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK.format(args=["--cache-dir", str(tmp_path), *args])],
+        capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(REPO)},
+    )
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("EXIT 0" if "--help" in args else "EXIT 2"), result.stderr
+    assert last.split("HEAVY")[1].strip() == "", last
+
+
+def test_the_package_exports_its_api_lazily():
+    code = ("import sys, affectpipe; assert 'torch' not in sys.modules; "
+            "print(sorted(affectpipe.__all__)); affectpipe.Predictor; affectpipe.tune_blend; "
+            "affectpipe.extract_features; "
+            "print(affectpipe.train_heads.__doc__ is not None)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={"PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert "Predictor" in result.stdout and "True" in result.stdout

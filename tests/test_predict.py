@@ -1,0 +1,209 @@
+"""`pipeline predict`, `Predictor` and exported runs, on a run trained on real faces.
+
+One run is trained through the real CLI (index csv -> extract openface -> heads expr ->
+blend) on realfaces-smile with a quarter of the people held out as unlabelled test rows;
+its own test-row predictions (the heads' prediction files and the blend's submission) are
+what `predict` must reproduce from the same images copied under new names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run_cli
+
+from affectpipe.schema import EXPR_NAMES
+
+pytestmark = pytest.mark.slow
+P_EXPR = [f"p_{name}" for name in EXPR_NAMES]
+
+
+@pytest.fixture(scope="module")
+def trained(realfaces_dir: Path, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("predict")
+    labels = pd.read_csv(realfaces_dir / "labels.csv")
+    people = np.array(sorted(labels["person"].unique()))[::2]  # about half: a quicker test
+    labels = labels[labels["person"].isin(people)]
+    role = {p: ("val" if i % 4 == 1 else "test" if i % 4 == 3 else "train")
+            for i, p in enumerate(people)}
+    # One "video" per image: the run's own test outputs are then unsmoothed, like photos.
+    table = labels.assign(split=labels["person"].map(role), video=labels["image"])
+    table.loc[table["split"] == "test", "expression"] = -1
+    table[["image", "expression", "split", "video"]].to_csv(root / "labels.csv", index=False)
+    os.symlink(realfaces_dir / "images", root / "images")
+    cache = root / "cache"
+    common = ("--cache-dir", cache)
+    run_cli(*common, "index", root / "labels.csv", "--format", "csv", "--name", "faces",
+            check=True)
+    run_cli(*common, "extract", "--dataset", "faces", "--backbones", "openface",
+            "--workers", "0", check=True)
+    run_cli(*common, "heads", "--dataset", "faces", "--task", "expr", check=True)
+    run_cli(*common, "blend", "--dataset", "faces", "--out", root / "sub", "--no-report",
+            check=True)
+    test = table[table["split"] == "test"].reset_index(drop=True)
+    plain = root / "plain"  # held-out images under new names, in a nested folder
+    (plain / "nested").mkdir(parents=True)
+    for i, name in enumerate(test["image"]):
+        shutil.copyfile(realfaces_dir / "images" / name, plain / "nested" / f"photo_{i:03d}.jpg")
+    archive = root / "shared-run.tar.gz"
+    run_cli(*common, "export-run", "--dataset", "faces", "--out", archive, check=True)
+    return {"root": root, "cache": cache, "test": test, "plain": plain, "archive": archive}
+
+
+def _expected_probabilities(cache: Path, images: list[str]) -> np.ndarray:
+    """The run's own blended test probabilities: its prediction files mixed by blend.json."""
+    run = cache / "faces" / "runs" / "default"
+    blend = json.loads((run / "blend" / "blend.json").read_text())["tasks"]["expr"]
+    total = np.zeros((len(images), len(P_EXPR)))
+    for name, weight in blend["weights"]["expression"].items():
+        preds = pd.read_parquet(run / "preds" / "expr" / f"{name}.parquet")
+        preds = preds[preds["split"] == "test"].set_index("image")
+        total += weight * preds.loc[images, P_EXPR].to_numpy(np.float64)
+    return total
+
+
+def test_predict_reproduces_the_runs_own_test_predictions(trained: dict):
+    cache, test, out = trained["cache"], trained["test"], trained["root"] / "preds.parquet"
+    result = run_cli("--cache-dir", cache, "predict", "--dataset", "faces", "--out", out,
+                     trained["plain"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = pd.read_parquet(out)
+    assert list(table.columns) == ["source", "face_ok", "expression", *P_EXPR]
+    assert [Path(s).name for s in table["source"]] == [
+        f"photo_{i:03d}.jpg" for i in range(len(test))
+    ]
+    assert table["face_ok"].all()
+    expected = _expected_probabilities(cache, test["image"].tolist())
+    np.testing.assert_allclose(table[P_EXPR].to_numpy(np.float64), expected, atol=1e-5)
+    submitted = pd.read_csv(trained["root"] / "sub" / "EXPR_predictions.txt")
+    assert submitted.iloc[:, 0].tolist() == test["image"].tolist()
+    np.testing.assert_array_equal(table["expression"].to_numpy(), submitted.iloc[:, 1].to_numpy())
+
+    # The Python API gives the same table.
+    from affectpipe import Predictor
+
+    api = Predictor.load(cache, "faces").predict([trained["plain"]])
+    pd.testing.assert_frame_equal(api, table, check_dtype=False)
+
+    # An exported archive predicts the same on "another machine" (no cache there).
+    out2 = trained["root"] / "exported.parquet"
+    run_cli("--cache-dir", trained["root"] / "elsewhere", "predict", "--from-run",
+            trained["archive"],
+            "--out", out2, trained["plain"], check=True)
+    pd.testing.assert_frame_equal(pd.read_parquet(out2), table)
+
+
+def test_a_corrupt_image_gives_a_row_without_a_face(trained: dict, tmp_path: Path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    first = sorted((trained["plain"] / "nested").iterdir())[0]
+    shutil.copyfile(first, folder / "a.jpg")
+    (folder / "b.jpg").write_bytes(first.read_bytes()[:200])  # truncated
+    out = tmp_path / "out.csv"
+    result = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
+                     "--out", out, folder)
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = pd.read_csv(out)
+    assert table["face_ok"].tolist() == [True, False]
+    assert table["expression"].tolist()[1] == -1 and table.loc[1, P_EXPR].isna().all()
+
+
+def _write_video(path: Path, images: list[Path], fps: int = 10) -> int:
+    import av
+    from PIL import Image
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 112, 112, "yuv420p"
+        stream.options = {"qscale": "2"}
+        for image in images:
+            frame = av.VideoFrame.from_image(Image.open(image).convert("RGB"))
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return len(images)
+
+
+def test_video_frames_are_subsampled_and_smoothed(trained: dict, tmp_path: Path):
+    from affectpipe import Predictor
+    from affectpipe.blend.smoothing import VideoOrder, smooth
+
+    faces = sorted((trained["plain"] / "nested").iterdir())[:10]
+    n = _write_video(tmp_path / "clip.mp4", [f for f in faces for _ in range(3)])  # 3 s at 10 fps
+    out = tmp_path / "clip.csv"
+    result = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
+                     "--every", "2", "--out", out, tmp_path / "clip.mp4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = pd.read_csv(out)
+    assert table["frame"].tolist() == list(range(0, n, 2))
+    assert table["face_ok"].all()
+
+    # Smoothing: with a tuned window, each kept frame's probabilities are the mean over its
+    # kept neighbours within the window (box kernel), computed here from unsmoothed outputs.
+    predictor = Predictor.load(trained["cache"], "faces", every=2)
+    plan = predictor.bundle.tasks["expr"]
+    plan.blend.half_width = 0
+    raw = predictor.predict(tmp_path / "clip.mp4")
+    plan.blend.kernel, plan.blend.half_width = "box", 2
+    smoothed = predictor.predict(tmp_path / "clip.mp4")
+    values = raw[P_EXPR].to_numpy()
+    expected = np.stack([values[max(0, i - 2): i + 3].mean(axis=0) for i in range(len(values))])
+    np.testing.assert_allclose(smoothed[P_EXPR].to_numpy(), expected, atol=1e-6)
+    assert not np.allclose(expected, values)
+    order = VideoOrder.of(np.zeros(len(values), int), raw["frame"].to_numpy())
+    assert np.allclose(smooth(values, order, "box", 2), expected, atol=1e-6)
+
+
+class _Payload:
+    """Unpickling this runs a shell command that creates the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_planted_pickles_are_refused_never_loaded(trained: dict, tmp_path: Path):
+    marker = tmp_path / "PWNED"
+    payload = pickle.dumps(_Payload(marker))
+    cache = tmp_path / "cache"
+    shutil.copytree(trained["cache"], cache)
+    planted = cache / "faces" / "runs" / "default" / "heads" / "expr" / "evil.joblib"
+    planted.write_bytes(payload)
+    for args in (("predict", "--dataset", "faces", "--out", tmp_path / "p.csv",
+                  trained["plain"]),
+                 ("blend", "--dataset", "faces", "--no-report")):
+        result = run_cli("--cache-dir", cache, *args)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "evil.joblib" in result.stderr and "pickle" in result.stderr
+    planted.unlink()
+
+    exported = tmp_path / "exported"
+    with tarfile.open(trained["archive"]) as tar:
+        tar.extractall(exported, filter="data")
+    (exported / "heads" / "expr" / "model.pkl").write_bytes(payload)
+    result = run_cli("predict", "--from-run", exported, "--out", tmp_path / "q.csv",
+                     trained["plain"])
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "model.pkl" in result.stderr
+    (exported / "heads" / "expr" / "model.pkl").unlink()
+
+    # An archive with a member escaping its folder is refused before anything is extracted.
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        tar.add(exported / "export.json", arcname="export.json")
+        tar.add(exported / "blend.json", arcname="../escaped.json")
+    result = run_cli("predict", "--from-run", evil, "--out", tmp_path / "r.csv",
+                     trained["plain"])
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "escaped.json" in result.stderr
+    assert not marker.exists()
+    assert not (tmp_path.parent / "escaped.json").exists()
