@@ -15,6 +15,12 @@ dataset_option = click.option(
 run_option = click.option(
     "--run", "run_name", default=DEFAULT_RUN, show_default=True, help="Run name."
 )
+submission_out_option = click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for submission files [default: runs/<run>/blend/submission].",
+)
 weights_option = click.option(
     "--weights",
     "weights_items",

@@ -12,6 +12,7 @@ from affectpipe.cli_options import (
     device_of,
     parse_weights_option,
     run_option,
+    submission_out_option,
     weights_option,
     with_device_options,
     workers_option,
@@ -60,12 +61,7 @@ def _echo_outcome(result, partial: bool) -> None:
 @click.option("--candidate", "candidates", multiple=True, metavar="FEATURES/MODEL",
               help="Train only this heads candidate (repeatable; see `pipeline heads`).")
 @run_option
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for submission files [default: runs/<run>/blend/submission].",
-)
+@submission_out_option
 @partial_option
 @max_filled_option
 @click.pass_context

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from affectpipe.cli_options import submission_out_option
 from affectpipe.config import BLEND_PREFER, DEFAULT_MAX_FILLED, DEFAULT_RUN, Settings
 from affectpipe.errors import AffectpipeError, InputError
 from affectpipe.schema import TASKS
@@ -72,12 +73,7 @@ max_filled_option = click.option(
 @click.command()
 @click.option("--dataset", "-d", required=True, help="Dataset name (folder under the cache).")
 @click.option("--run", "run_name", default=DEFAULT_RUN, show_default=True, help="Heads run.")
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for submission files [default: runs/<run>/blend/submission].",
-)
+@submission_out_option
 @click.option(
     "--task",
     "tasks",
