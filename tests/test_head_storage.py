@@ -31,8 +31,9 @@ MODELS = [
     ("linear", "expr", {}, 1),
     ("mlp", "au", {"max_epochs": 2, "hidden": 8}, 1),
     ("mlp", "expr", {"max_epochs": 2, "hidden": 0}, 2),  # a seed bag
-    ("lightgbm", "au", {"n_estimators": 5, "max_columns": 8}, 1),
-    ("lightgbm", "expr", {"n_estimators": 5, "max_columns": 8}, 1),
+    ("lightgbm", "au", {"n_estimators": 5, "min_data_in_leaf": 5}, 1),
+    ("lightgbm", "expr", {"n_estimators": 5, "min_data_in_leaf": 5}, 1),
+    ("lightgbm", "va", {"n_estimators": 5, "min_data_in_leaf": 5}, 1),
 ]
 
 
@@ -136,6 +137,21 @@ def test_tampered_head_json_is_refused(head_path: Path, case, change, reason) ->
     with pytest.raises(InputError, match=reason) as error:
         load_head(head_path)
     assert str(head_path) in str(error.value)
+
+
+def test_tampered_lightgbm_model_is_refused(head_path: Path) -> None:
+    """LightGBM boosters are stored in LightGBM's text model format: one that does not parse
+    is an InputError when the head predicts, never code run."""
+    fitted_head("lightgbm", "expr", {"n_estimators": 3, "min_data_in_leaf": 5}, 1).save(head_path)
+    _tamper(
+        head_path,
+        lambda d: d["model"]["fitted"]["map"]["boosters_"]["list"].__setitem__(
+            0, "import os; os.system('touch MARKER')"
+        ),
+    )
+    head = load_head(head_path)
+    with pytest.raises(InputError, match="not a LightGBM text model"):
+        head.predict_features(X)
 
 
 def test_not_json_is_refused(head_path: Path) -> None:

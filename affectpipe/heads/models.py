@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +29,16 @@ SMALL_PROBLEM = 1 << 22  # input values (rows x columns) below which LightGBM us
 
 
 def lightgbm_threads(n_values: int) -> int:
-    """LightGBM threads for `n_values` inputs: one for small problems, else the usable cores."""
-    return 1 if n_values < SMALL_PROBLEM else len(os.sched_getaffinity(0))
+    """LightGBM threads for `n_values` inputs: one for small problems, else the usable cores,
+    capped by OMP_NUM_THREADS where it is set. joblib's worker processes (heads.training runs
+    fits in one per core) set it to cores // workers, so trees in two workers on two cores
+    take one thread each: measured at load ~6 on 2 cores, two threads per fit used 3x the CPU
+    time of one (42 vs 13 s for a VA fit), spinning while waiting for a core."""
+    if n_values < SMALL_PROBLEM:
+        return 1
+    cores = len(os.sched_getaffinity(0))
+    budget = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(cores, int(budget))) if budget.isdigit() else cores
 
 
 @contextlib.contextmanager
@@ -312,83 +321,118 @@ class MLPHead(_HeadBase):
 
 
 class LightGBMHead(_HeadBase):
-    """Gradient-boosted trees on the first `max_columns` input columns (the leading PCs).
+    """Gradient-boosted trees (LightGBM) on the projected input, set up for speed.
 
-    One binned Dataset is built per fit and shared by the outputs (2 VA regressors, or 12
-    AU classifiers with missing AUs weighted 0); expr is one multiclass model with class
-    weights as sample weights. Early stopping on `eval_set` (the task's LightGBM loss).
+    The input is binned once per fit (`max_bin` bins per column, bin edges from at most
+    BIN_SAMPLE_ROWS rows, raw data freed) into one Dataset that every output reuses through
+    its label and weights: 2 VA regressors, or 12 AU binary models (missing AUs weighted 0);
+    expr is one multiclass model with class weights as sample weights. The early-stopping
+    set is binned with the train bins (a reference Dataset). Each round fits trees of
+    `num_leaves` leaves (at least `min_data_in_leaf` rows each) on a `bagging_fraction`
+    sample of the rows and `feature_fraction` of the columns; fitting stops after
+    `early_stopping_rounds` rounds without a better loss on `eval_set` (the objective's own
+    loss) and keeps the best round. n_jobs: threads (0 = `lightgbm_threads`).
     """
 
     stops_early = True
+    BIN_SAMPLE_ROWS = 50000  # rows the bin edges are computed from (LightGBM's default: 200k)
 
     def __init__(
         self,
         task: str = "expr",
-        max_columns: int = 64,
         n_estimators: int = 300,
         learning_rate: float = 0.1,
-        num_leaves: int = 31,
-        early_stopping_rounds: int = 20,
+        num_leaves: int = 15,
+        min_data_in_leaf: int = 20,
+        feature_fraction: float = 0.5,
+        bagging_fraction: float = 0.5,
+        max_bin: int = 63,
+        early_stopping_rounds: int = 10,
         class_weighting: bool = True,
+        n_jobs: int = 0,
         random_state: int = 0,
     ):
         self.task = task
-        self.max_columns = max_columns
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
+        self.min_data_in_leaf = min_data_in_leaf
+        self.feature_fraction = feature_fraction
+        self.bagging_fraction = bagging_fraction
+        self.max_bin = max_bin
         self.early_stopping_rounds = early_stopping_rounds
         self.class_weighting = class_weighting
+        self.n_jobs = n_jobs
         self.random_state = random_state
+
+    def _targets(self, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(label, 1 where labelled else 0) of each booster: 2 VA, 1 expr or 12 AU."""
+        if self.task == "expr":
+            return [(y, (y >= 0).astype(np.float64))]
+        if self.task == "va":
+            return [(y[:, j], np.isfinite(y[:, j]).astype(np.float64)) for j in range(2)]
+        return [(np.maximum(col, 0), (col >= 0).astype(np.float64)) for col in y.T]
+
+    def _jobs(self, y: np.ndarray) -> list[tuple[dict, np.ndarray, np.ndarray | None]]:
+        """(objective, label, sample weight) of each booster, on the train labels."""
+        targets = self._targets(y)
+        if self.task == "expr":
+            weights = class_weights(y) if self.class_weighting else np.ones(8)
+            return [({"objective": "multiclass", "num_class": 8}, y, weights[y])]
+        if self.task == "va":
+            return [({"objective": "regression"}, label, None) for label, _ in targets]
+        pw = pos_weights(y) if self.class_weighting else np.ones(y.shape[1])
+        return [
+            ({"objective": "binary"}, label, labelled * np.where(label == 1, pw[j], 1.0))
+            for j, (label, labelled) in enumerate(targets)
+        ]
+
+    def lightgbm_params(self, n_values: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(Dataset params, training params) for an input of `n_values` values."""
+        binning = {
+            "max_bin": self.max_bin,
+            "bin_construct_sample_cnt": self.BIN_SAMPLE_ROWS,
+            "min_data_in_leaf": self.min_data_in_leaf,  # binning drops columns that cannot split
+            "num_threads": self.n_jobs or lightgbm_threads(n_values),
+            "verbose": -1,
+        }
+        params = {
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "feature_fraction": self.feature_fraction,
+            "bagging_fraction": self.bagging_fraction,
+            "bagging_freq": 1 if self.bagging_fraction < 1 else 0,
+            "force_col_wise": True,  # skips LightGBM's timing of both layouts on every fit
+            "seed": int(self.random_state),
+            "deterministic": True,
+            **binning,
+        }
+        return binning, params
 
     def fit(
         self, X: np.ndarray, y: np.ndarray, eval_set: tuple[np.ndarray, np.ndarray] | None = None
     ) -> LightGBMHead:
         import lightgbm as lgb
 
-        X = np.ascontiguousarray(np.asarray(X, dtype=np.float32)[:, : self.max_columns])
+        X = np.ascontiguousarray(X, dtype=np.float32)
         y = np.asarray(y)
-        params = {
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "seed": int(self.random_state),
-            "deterministic": True,
-            "num_threads": lightgbm_threads(X.size),
-            "verbose": -1,
-        }
-        binning = {"max_bin": 63, "verbose": -1}
-        train = lgb.Dataset(X, free_raw_data=False, params=binning)
+        binning, params = self.lightgbm_params(X.size)
+        train = lgb.Dataset(X, params=binning, free_raw_data=True).construct()
         valid = None
         if eval_set is not None:
-            X_val = np.asarray(eval_set[0], dtype=np.float32)[:, : self.max_columns]
-            valid = lgb.Dataset(np.ascontiguousarray(X_val), reference=train, params=binning)
-        if self.task == "expr":
-            weights = class_weights(y) if self.class_weighting else np.ones(8)
-            jobs = [({"objective": "multiclass", "num_class": 8}, y, weights[y])]
-            eval_jobs = [eval_set[1]] if eval_set is not None else [None]
-        elif self.task == "va":
-            jobs = [({"objective": "regression"}, y[:, j], None) for j in range(2)]
-            eval_jobs = [None] * 2 if eval_set is None else [eval_set[1][:, j] for j in range(2)]
-        else:
-            pw = pos_weights(y) if self.class_weighting else np.ones(y.shape[1])
-            jobs = []
-            for j in range(y.shape[1]):
-                w = np.where(y[:, j] < 0, 0.0, np.where(y[:, j] == 1, pw[j], 1.0))
-                jobs.append(({"objective": "binary"}, np.maximum(y[:, j], 0), w))
-            eval_jobs = (
-                [eval_set[1][:, j] for j in range(y.shape[1])]
-                if eval_set is not None
-                else [None] * len(jobs)
-            )
-        self.boosters_ = []
-        for (objective, label, weight), eval_label in zip(jobs, eval_jobs, strict=True):
+            X_val = np.ascontiguousarray(eval_set[0], dtype=np.float32)
+            valid = lgb.Dataset(X_val, reference=train, params=binning).construct()
+            eval_targets = self._targets(np.asarray(eval_set[1]))
+        self.boosters_: list[str] = []
+        self.n_rounds_: list[int] = []
+        for j, (objective, label, weight) in enumerate(self._jobs(y)):
             train.set_label(label)
-            train.set_weight(weight)
+            _set_weight(train, weight)
             valid_sets, callbacks = [], []
             if valid is not None:
-                keep = _valid_eval_weight(self.task, eval_label)
-                valid.set_label(np.where(keep > 0, np.maximum(eval_label, 0), 0))
-                valid.set_weight(keep)
+                label, labelled = eval_targets[j]
+                valid.set_label(np.where(labelled > 0, label, 0))
+                _set_weight(valid, labelled)
                 valid_sets = [valid]
                 callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
             booster = lgb.train(
@@ -398,25 +442,36 @@ class LightGBMHead(_HeadBase):
                 valid_sets=valid_sets,
                 callbacks=callbacks,
             )
+            # With early stopping, model_to_string keeps the rounds up to the best one.
             self.boosters_.append(booster.model_to_string())
+            self.n_rounds_.append(int(booster.best_iteration or booster.current_iteration()))
         return self
 
     def _raw_outputs(self, X: np.ndarray) -> np.ndarray:
         import lightgbm as lgb
 
-        X = np.ascontiguousarray(X[:, : self.max_columns])
-        outs = [lgb.Booster(model_str=s).predict(X) for s in self.boosters_]
+        X = np.ascontiguousarray(X)
+        outs = []
+        for text in self.boosters_:
+            try:
+                booster = lgb.Booster(model_str=text)
+            except lgb.basic.LightGBMError as exc:
+                raise InputError(f"not a LightGBM text model: {exc}") from None
+            outs.append(booster.predict(X, num_threads=lightgbm_threads(X.size)))
         if self.task == "expr":
             return outs[0].astype(np.float32)
         stacked = np.stack(outs, axis=1).astype(np.float32)
         return np.clip(stacked, -1.0, 1.0) if self.task == "va" else stacked
 
 
-def _valid_eval_weight(task: str, label: np.ndarray) -> np.ndarray:
-    """Eval-set weights: 1 for a labelled row, 0 for a missing one."""
-    if task == "va":
-        return np.isfinite(label).astype(np.float64)
-    return (label >= 0).astype(np.float64)
+def _set_weight(dataset: Any, weight: np.ndarray | None) -> None:
+    """Set a reused Dataset's weights. `Dataset.set_weight` ignores None and all-ones
+    weights, which would keep the previous booster's weights: those are cleared instead."""
+    if weight is None or np.all(weight == 1):
+        dataset.set_field("weight", None)
+        dataset.weight = None
+    else:
+        dataset.set_weight(weight)
 
 
 class SeedBag(BaseEstimator):
