@@ -339,6 +339,8 @@ def test_example_config_loads() -> None:
     config = load_config(example)
     assert config.model_params("mlp", "expr")["focal_gamma"] == 0.0
     assert config.model_params("mlp", "va")["hidden"] == 128
+    for model in ("mlp", "linear", "lightgbm"):  # every documented key is a real parameter
+        make_model(model, "au", config.model_params(model, "au"))
     assert [c.task for c in config.candidates] == ["va", "expr", "au"]
     assert config.candidates[1].features == FeatureSet(
         (("mt-emotieffnet", "embedding"), ("mt-emotieffnet", "logits"), ("ddamfn", "embedding"))
