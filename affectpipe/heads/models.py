@@ -370,7 +370,8 @@ class LightGBMHead(_HeadBase):
         if self.task == "expr":
             return [(y, (y >= 0).astype(np.float64))]
         if self.task == "va":
-            return [(y[:, j], np.isfinite(y[:, j]).astype(np.float64)) for j in range(2)]
+            columns = [np.ascontiguousarray(y[:, j]) for j in range(2)]  # LightGBM copies views
+            return [(col, np.isfinite(col).astype(np.float64)) for col in columns]
         return [(np.maximum(col, 0), (col >= 0).astype(np.float64)) for col in y.T]
 
     def _jobs(self, y: np.ndarray) -> list[tuple[dict, np.ndarray, np.ndarray | None]]:
