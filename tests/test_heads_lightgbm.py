@@ -60,6 +60,7 @@ def test_early_stopping_keeps_the_best_round() -> None:
     stopped.fit(X[:300], y_noise[:300], eval_set=(X[300:], y_noise[300:]))
     assert all(1 <= n < 50 for n in stopped.n_rounds_)
     assert [lgb.Booster(model_str=t).num_trees() for t in stopped.boosters_] == stopped.n_rounds_
+    assert stopped.refit_params() == {"n_estimators": max(stopped.n_rounds_)}  # cross-fitting
     full = LightGBMHead(task="va", n_estimators=40, min_data_in_leaf=5).fit(X, y_noise)
     assert full.n_rounds_ == [40, 40]  # no eval set: the whole budget
 

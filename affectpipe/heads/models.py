@@ -448,6 +448,10 @@ class LightGBMHead(_HeadBase):
             self.n_rounds_.append(int(booster.best_iteration or booster.current_iteration()))
         return self
 
+    def refit_params(self) -> dict[str, int]:
+        """Params for a refit without an eval set (cross-fitting): the early-stopped rounds."""
+        return {"n_estimators": max(self.n_rounds_)}
+
     def _raw_outputs(self, X: np.ndarray) -> np.ndarray:
         import lightgbm as lgb
 
