@@ -139,8 +139,9 @@ def read_prediction_metadata(path: str | Path) -> dict[str, Any]:
         raise InputError(f"{path}: cannot read predictions ({exc})") from None
 
 
-def read_predictions(path: str | Path, task: str) -> pd.DataFrame:
-    """The file's ``row``, ``image`` and prediction columns; InputError naming a bad file."""
+def read_prediction_table(path: str | Path, task: str) -> pa.Table:
+    """The file's ``row``, ``image`` and prediction columns (Arrow, no per-row Python work);
+    InputError naming a bad file."""
     path = Path(path)
     columns = ["row", "image", *PRED_COLUMNS[task]]
     try:
@@ -150,7 +151,7 @@ def read_predictions(path: str | Path, task: str) -> pd.DataFrame:
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise InputError(f"{path}: prediction file lacks columns {missing}")
-    return table.select(columns).to_pandas()
+    return table.select(columns)
 
 
 def prediction_files(paths: DatasetPaths, run: str, task: str) -> list[Path]:
