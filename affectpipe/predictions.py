@@ -145,13 +145,14 @@ def read_prediction_table(path: str | Path, task: str) -> pa.Table:
     path = Path(path)
     columns = ["row", "image", *PRED_COLUMNS[task]]
     try:
-        table = pq.read_table(path)
+        present = pq.read_schema(path).names
+        missing = [c for c in columns if c not in present]
+        table = None if missing else pq.read_table(path, columns=columns)
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise InputError(f"{path}: cannot read predictions ({exc})") from None
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
+    if table is None:
         raise InputError(f"{path}: prediction file lacks columns {missing}")
-    return table.select(columns)
+    return table
 
 
 def prediction_files(paths: DatasetPaths, run: str, task: str) -> list[Path]:

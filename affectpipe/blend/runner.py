@@ -44,7 +44,7 @@ from affectpipe.blend.tuning import (
     BlendOptions,
     TaskBlend,
     apply_tuned,
-    tune_task,
+    tune_variants,
 )
 from affectpipe.config import BLEND_PREFER, DEFAULT_MAX_FILLED, DatasetPaths
 from affectpipe.errors import InputError
@@ -276,22 +276,17 @@ def _tune_task(
     }
     seconds["load"] = seconds.get("load", 0.0) + time.perf_counter() - start
     fit_seconds: dict[str, float] = {}
-    tuned = {
-        kind: tune_task(
-            rules,
-            val_values,
-            val_labels,
-            groups[val_rows],
-            frames[val_rows],
-            kind_options,
-            **extra,
-            seconds=fit_seconds,
-        )
-        for kind, kind_options in (
-            ("blend", options),
-            ("single", replace(options, max_steps=1)),  # greedy selection stops at one
-        )
-    }
+    tuned = tune_variants(
+        rules,
+        val_values,
+        val_labels,
+        groups[val_rows],
+        frames[val_rows],
+        # The best single candidate: the same tuning, greedy selection stopping at one.
+        {"blend": options, "single": replace(options, max_steps=1)},
+        **extra,
+        seconds=fit_seconds,
+    )
     for stage, spent in fit_seconds.items():
         seconds[f"{stage} {rules.name}"] = spent
     start = time.perf_counter()

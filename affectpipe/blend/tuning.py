@@ -432,26 +432,64 @@ def tune_task(
     `options.n_jobs` processes; `seconds` gets their wall times added under "tune" and
     "crossfit" (with several processes, summed over them).
     """
+    extra = {"log_prior": log_prior, "sources": sources, "seconds": seconds}
+    return tune_variants(rules, candidates, labels, groups, frames, {"": options}, **extra)[""]
+
+
+def tune_variants(
+    rules: TaskRules,
+    candidates: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    frames: np.ndarray,
+    variants: dict[str, BlendOptions],
+    *,
+    log_prior: np.ndarray | None = None,
+    sources: GateSources | None = None,
+    seconds: dict[str, float] | None = None,
+) -> dict[str, tuple[TaskBlend, tuple[np.ndarray, int] | None]]:
+    """`tune_task` for each of several option sets on the same rows (e.g. the blend and the
+    best single candidate), with all their fits and folds in one pool of the largest
+    `n_jobs` processes, so that the workers stay busy until the last fit."""
     from joblib import Parallel, delayed
 
-    n_folds = min(options.crossfit_folds, len(np.unique(groups)))
-    folds = video_folds(groups, max(n_folds, 1), options.seed)
-    held_out = [folds == k for k in range(n_folds)] if n_folds >= 2 else []
-    if any(not rules.labelled(labels[~held]).any() for held in held_out):
-        held_out = []
-    everything = np.ones(len(labels), dtype=bool)
     shared = (rules, candidates, labels, groups, frames, log_prior, sources)
-    calls = [(_fit_on, (*shared, everything, options))]
-    calls += [(_crossfit_fold, (*shared, held, options)) for held in held_out]
-    n_jobs = min(options.n_jobs, len(calls))
+    calls: list[tuple[Any, tuple]] = []
+    parts: dict[str, tuple[int, list[np.ndarray]]] = {}
+    for key, options in variants.items():
+        n_folds = min(options.crossfit_folds, len(np.unique(groups)))
+        folds = video_folds(groups, max(n_folds, 1), options.seed)
+        held_out = [folds == k for k in range(n_folds)] if n_folds >= 2 else []
+        if any(not rules.labelled(labels[~held]).any() for held in held_out):
+            held_out = []
+        everything = np.ones(len(labels), dtype=bool)
+        parts[key] = (len(calls), held_out)
+        calls.append((_fit_on, (*shared, everything, options)))
+        calls += [(_crossfit_fold, (*shared, held, options)) for held in held_out]
+    n_jobs = min(max(options.n_jobs for options in variants.values()), len(calls))
     if n_jobs > 1:
         timed = Parallel(n_jobs=n_jobs)(delayed(_timed)(func, *args) for func, args in calls)
     else:
         timed = [_timed(func, *args) for func, args in calls]
-    if seconds is not None:
-        seconds["tune"] = seconds.get("tune", 0.0) + timed[0][1]
-        seconds["crossfit"] = seconds.get("crossfit", 0.0) + sum(t for _, t in timed[1:])
-    fitted, fold_outputs = timed[0][0], [result for result, _ in timed[1:]]
+    results = {}
+    for key, (first, held_out) in parts.items():
+        own = timed[first : first + 1 + len(held_out)]
+        if seconds is not None:
+            seconds["tune"] = seconds.get("tune", 0.0) + own[0][1]
+            seconds["crossfit"] = seconds.get("crossfit", 0.0) + sum(t for _, t in own[1:])
+        fitted, fold_outputs = own[0][0], [result for result, _ in own[1:]]
+        results[key] = _with_crossfit(rules, labels, fitted, held_out, fold_outputs)
+    return results
+
+
+def _with_crossfit(
+    rules: TaskRules,
+    labels: np.ndarray,
+    fitted: TaskBlend,
+    held_out: list[np.ndarray],
+    fold_outputs: list[dict[str, np.ndarray]],
+) -> tuple[TaskBlend, tuple[np.ndarray, int] | None]:
+    """Pool the folds' decisions, score them, and keep the optional stages they support."""
     if not fold_outputs:
         return fitted, None
     outputs = {}
