@@ -8,12 +8,14 @@ own, not the data generator's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,13 +59,38 @@ def parse_rows(text: str) -> Scale:
 class BenchResult:
     scale: Scale
     wall: float  # the `pipeline blend` child process, start to exit
-    peak_rss: int  # bytes
+    peak_rss: int  # bytes, the largest single process (getrusage)
+    tree_peak_rss: int  # bytes, the process and its workers together (sampled; 0 without /proc)
     cpu: float  # user + system seconds of the child and its workers (less load-sensitive)
     stage_seconds: dict[str, float]
     scores: dict[str, dict[str, float]]
     choices: dict[str, str]
     test_lists: dict[str, int]  # submission file -> data lines
     load_before: float  # 1-minute load average just before the blend started
+
+
+TREE_SAMPLE_SECONDS = 0.2
+
+
+def _tree_rss(root: int) -> int:
+    """Resident bytes of process `root` and all its descendants now (Linux /proc; 0 elsewhere)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # the fields after the ")" that ends the command name: state, ppid, ...
+            parents[int(entry.name)] = int(
+                (entry / "stat").read_text().rpartition(")")[2].split()[1]
+            )
+    tree, frontier = {root}, [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        frontier = [pid for pid in children if pid not in tree]
+        tree.update(frontier)
+    total = 0
+    for pid in tree:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int((Path("/proc") / str(pid) / "statm").read_text().split()[1])
+    return total * os.sysconf("SC_PAGE_SIZE")
 
 
 def prepare(workdir: Path, scale: Scale, n_candidates: int, seed: int) -> DatasetPaths:
@@ -96,12 +123,19 @@ def bench_blend(
     ]  # fmt: skip
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
+    with tempfile.TemporaryFile("w+") as errors:
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
+        tree_peak = 0
+        while child.poll() is None:  # the workers' memory adds up: sample the whole tree
+            tree_peak = max(tree_peak, _tree_rss(child.pid))
+            time.sleep(TREE_SAMPLE_SECONDS)
+        wall = time.perf_counter() - start
+        errors.seek(0)
+        stderr = errors.read()
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     peak_rss = usage.ru_maxrss * 1024  # KiB on Linux
-    if done.returncode != 0:
-        raise AffectpipeError(f"pipeline blend failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    if child.returncode != 0:
+        raise AffectpipeError(f"pipeline blend failed ({child.returncode}):\n{stderr[-3000:]}")
     document = json.loads((paths.blend_dir("default") / "blend.json").read_text())
     lines = {}
     for entry in document["submission_files"]:
@@ -111,6 +145,7 @@ def bench_blend(
         scale,
         wall,
         peak_rss,
+        tree_peak,
         usage.ru_utime + usage.ru_stime,
         document["stage_seconds"],
         document["scores"],
@@ -123,6 +158,7 @@ def bench_blend(
 def markdown(result: BenchResult, command: str, n_candidates: int, n_jobs: int) -> str:
     scale = result.scale
     stages = dict(result.stage_seconds)
+    within = {k: stages.pop(k) for k in list(stages) if k.split()[0] in ("tune", "crossfit")}
     accounted = sum(stages.values())
     layout = "one MTL test list" if scale.layout == "mtl" else "per-task test lists"
     written = ", ".join(f"{name} {n:,} lines" for name, n in result.test_lists.items())
@@ -133,11 +169,15 @@ def markdown(result: BenchResult, command: str, n_candidates: int, n_jobs: int) 
         f"{scale.n_val:,} validation rows, {scale.n_test:,} test rows ({layout}), "
         f"{n_candidates} candidates per task",
         "",
-        f"- `pipeline blend` end to end: **{result.wall:.1f} s wall**, {result.cpu:.1f} s CPU, "
-        f"peak RSS **{result.peak_rss / 2**30:.2f} GiB** (the process and its workers)",
+        f"- `pipeline blend` end to end: **{result.wall:.1f} s wall**, {result.cpu:.1f} s CPU; "
+        f"peak RSS **{result.tree_peak_rss / 2**30:.2f} GiB** for the process and its "
+        f"workers together (sampled every {TREE_SAMPLE_SECONDS} s), "
+        f"{result.peak_rss / 2**30:.2f} GiB for the largest one (getrusage)",
         "- stages (s): "
         + ", ".join(f"{name} {spent:.2f}" for name, spent in stages.items())
         + f"; start-up, imports and the rest {result.wall - accounted:.2f}",
+        f"- within the fits ({'summed over the workers, ' if n_jobs > 1 else ''}s): "
+        + ", ".join(f"{name} {spent:.2f}" for name, spent in within.items()),
         f"- written: {written}",
         "",
         "| task | best single | tuned (val) | cross-fitted | single x-fit | uses |",

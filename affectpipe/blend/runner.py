@@ -134,8 +134,9 @@ class BlendResult:
     requested: list[str] = field(default_factory=list)  # submission names the test list asks
     missing: dict[str, str] = field(default_factory=dict)  # requested name -> why not written
     choices: list[str] = field(default_factory=list)  # per task: blend or single, and why
-    # Wall seconds by stage: load, tune/crossfit <task> (summed over worker processes when
-    # there are several), apply, write submission, report.
+    # Wall seconds by stage: load, fit <task> (tuning and cross-fit), apply, provenance, write
+    # submission, report; and within "fit <task>", "tune <task>" and "crossfit <task>" (the
+    # full fit's and the folds' seconds, summed over the worker processes when there are several).
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -275,6 +276,7 @@ def _tune_task(
         "sources": val_sources,
     }
     seconds["load"] = seconds.get("load", 0.0) + time.perf_counter() - start
+    start = time.perf_counter()
     fit_seconds: dict[str, float] = {}
     tuned = tune_variants(
         rules,
@@ -287,7 +289,8 @@ def _tune_task(
         **extra,
         seconds=fit_seconds,
     )
-    for stage, spent in fit_seconds.items():
+    seconds[f"fit {rules.name}"] = time.perf_counter() - start  # tuning and cross-fit, wall
+    for stage, spent in fit_seconds.items():  # within it, per fit (summed over workers)
         seconds[f"{stage} {rules.name}"] = spent
     start = time.perf_counter()
     crossfit_scores = {
@@ -711,7 +714,9 @@ def run(
         scores, p_mtl = summarise(outcomes)
         document = blend_json(outcomes, scores, p_mtl, options, run, warnings)
         document["notes"] = list(notes)
+        start = time.perf_counter()
         document["provenance"] = provenance(paths, run, metadata, outcomes, features)
+        seconds["provenance"] = time.perf_counter() - start  # sha256 of every input file
         json_path = blend_dir / "blend.json"
         report_path = blend_dir / "report.html"
         _forget_previous(json_path, report_path, out_dir)
