@@ -232,8 +232,8 @@ def _tune_task(
     seconds: dict[str, float] | None = None,
 ) -> TaskOutcome:
     """`columns`: the manifest's split (text), frame and group (video within split) per row.
-    `seconds` gets the stages' wall times added ("load", "tune <task>", "crossfit <task>",
-    "apply")."""
+    `seconds` gets the stages' wall times added ("load", "fit <task>" with its "tune <task>"
+    and "crossfit <task>" parts, "apply")."""
     seconds = {} if seconds is None else seconds
     start = time.perf_counter()
     split, frames, groups = columns

@@ -87,9 +87,16 @@ class Smoother:
     def __init__(self, values: np.ndarray, order: VideoOrder):
         self.values = np.asarray(values, dtype=np.float32)
         self.order = order
-        data = self.values[:, None] if self.values.ndim == 1 else self.values
-        self.sorted = data[order.order]
+        self._sorted: np.ndarray | None = None
         self._sums: np.ndarray | None = None
+
+    @property
+    def sorted(self) -> np.ndarray:
+        """The rows [N, K] in video order (made on first use: window 0 needs none)."""
+        if self._sorted is None:
+            data = self.values[:, None] if self.values.ndim == 1 else self.values
+            self._sorted = data[self.order.order]
+        return self._sorted
 
     def __call__(self, kernel: str, half_width: int) -> np.ndarray:
         if half_width <= 0 or len(self.values) == 0:
