@@ -139,18 +139,20 @@ def read_prediction_metadata(path: str | Path) -> dict[str, Any]:
         raise InputError(f"{path}: cannot read predictions ({exc})") from None
 
 
-def read_predictions(path: str | Path, task: str) -> pd.DataFrame:
-    """The file's ``row``, ``image`` and prediction columns; InputError naming a bad file."""
+def read_prediction_table(path: str | Path, task: str) -> pa.Table:
+    """The file's ``row``, ``image`` and prediction columns (Arrow, no per-row Python work);
+    InputError naming a bad file."""
     path = Path(path)
     columns = ["row", "image", *PRED_COLUMNS[task]]
     try:
-        table = pq.read_table(path)
+        present = pq.read_schema(path).names
+        missing = [c for c in columns if c not in present]
+        table = None if missing else pq.read_table(path, columns=columns)
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise InputError(f"{path}: cannot read predictions ({exc})") from None
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
+    if table is None:
         raise InputError(f"{path}: prediction file lacks columns {missing}")
-    return table.select(columns).to_pandas()
+    return table
 
 
 def prediction_files(paths: DatasetPaths, run: str, task: str) -> list[Path]:

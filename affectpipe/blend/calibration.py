@@ -56,12 +56,17 @@ def macro_f1_from_pairs(y_true: np.ndarray, y_pred: np.ndarray, n_sets: int = 1)
     code = (np.arange(n_sets)[:, None] * N_EXPR + y_pred) * N_EXPR + y_true[None, :]
     conf = np.bincount(code.ravel(), minlength=n_sets * N_EXPR * N_EXPR)
     conf = conf.reshape(n_sets, N_EXPR, N_EXPR)  # [set, pred, true]
+    return macro_f1_from_confusion(conf) if n > 0 else np.full(n_sets, np.nan)
+
+
+def macro_f1_from_confusion(conf: np.ndarray) -> np.ndarray:
+    """Macro F1 of each confusion matrix [set, pred, true] (counts)."""
     tp = np.diagonal(conf, axis1=1, axis2=2)
     predicted = conf.sum(axis=2)
     actual = conf.sum(axis=1)
     denom = predicted + actual
     f1 = np.divide(2 * tp, denom, out=np.zeros(tp.shape), where=denom > 0)
-    return f1.mean(axis=1) if n > 0 else np.full(n_sets, np.nan)
+    return f1.mean(axis=1)
 
 
 def fit_expr_offsets(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, float]:
@@ -73,18 +78,27 @@ def fit_expr_offsets(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray,
     scores = log_probs(probs)
     offsets = np.zeros(N_EXPR)
     best = float(macro_f1_from_pairs(labels, np.argmax(scores, axis=1)[None])[0])
+    n_grid = len(OFFSET_GRID)
     for _ in range(OFFSET_ROUNDS):
         improved = False
         for c in range(N_EXPR):
             shifted = scores + offsets
-            others = shifted.copy()
-            others[:, c] = -np.inf
-            best_other = others.max(axis=1)
-            other_class = others.argmax(axis=1)
-            base_c = scores[:, c]
-            wins = base_c[None, :] + OFFSET_GRID[:, None] > best_other[None, :]
-            preds = np.where(wins, c, other_class[None, :])
-            f1 = macro_f1_from_pairs(labels, preds, len(OFFSET_GRID))
+            shifted[:, c] = -np.inf
+            best_other = shifted.max(axis=1)
+            other_class = shifted.argmax(axis=1)
+            wins = scores[:, c][None, :] + OFFSET_GRID[:, None] > best_other[None, :]
+            # A row's decision flips from its best other class to c at one grid step (the
+            # sum of a row and an increasing grid increases): count rows by that step, other
+            # class and label, then cumulate over the grid.
+            flip = n_grid - wins.sum(axis=0)
+            key = (flip * N_EXPR + other_class) * N_EXPR + labels
+            counts = np.bincount(key, minlength=(n_grid + 1) * N_EXPR * N_EXPR)
+            counts = counts.reshape(n_grid + 1, N_EXPR, N_EXPR)
+            # At grid step g, rows flipping after g keep their other class ...
+            conf = np.cumsum(counts[::-1], axis=0)[::-1][1:]
+            # ... and rows flipping at or before it predict c.
+            conf[:, c, :] += np.cumsum(counts.sum(axis=1), axis=0)[:n_grid]
+            f1 = macro_f1_from_confusion(conf)
             # Among the best, take the offset nearest 0.
             order = np.lexsort((-np.abs(OFFSET_GRID), f1))
             pick = order[-1]

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
-from affectpipe.predictions import available_tasks, read_predictions, resolve_candidates
+from affectpipe.predictions import available_tasks, read_prediction_table, resolve_candidates
 from affectpipe.schema import PRED_COLUMNS
 
 __all__ = ["BLEND_SPLITS", "CandidateSet", "available_tasks", "load_candidates", "read_candidate"]
@@ -29,26 +31,30 @@ class CandidateSet:
     values: np.ndarray  # [M, len(rows), K] float32; NaN where a candidate has no prediction
 
 
-def read_candidate(path: Path, task: str, images: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def read_candidate(path: Path, task: str, images: pa.Array, rows: np.ndarray) -> np.ndarray:
     """One prediction file as [len(rows), K] aligned on `rows` (NaN for rows it lacks).
 
-    `images` is the manifest's image column, to check that the file's rows still match it.
+    `images` is the manifest's image column (Arrow), to check that the file's rows still
+    match it.
     """
-    frame = read_predictions(path, task)
-    manifest_rows = frame["row"].to_numpy(np.int64)
+    table = read_prediction_table(path, task)
+    manifest_rows = table["row"].to_numpy().astype(np.int64, copy=False)
     if len(manifest_rows) and (manifest_rows.min() < 0 or manifest_rows.max() >= len(images)):
         raise InputError(f"{path}: row index outside the manifest ({len(images)} rows)")
-    stale = frame["image"].to_numpy(str) != images[manifest_rows]
-    if stale.any():
-        first = int(np.flatnonzero(stale)[0])
+    same = pc.fill_null(pc.equal(table["image"], images.take(manifest_rows)), False)
+    if not pc.all(same).as_py():
+        first = int(np.flatnonzero(~same.to_numpy(zero_copy_only=False))[0])
         raise InputError(
-            f"{path}: row {manifest_rows[first]} is image {frame['image'].iloc[first]!r} but the "
-            "manifest says otherwise: predictions are stale, rerun `pipeline heads`"
+            f"{path}: row {manifest_rows[first]} is image {table['image'][first].as_py()!r} but "
+            "the manifest says otherwise: predictions are stale, rerun `pipeline heads`"
         )
-    out = np.full((len(rows), len(PRED_COLUMNS[task])), np.nan, dtype=np.float32)
+    columns = PRED_COLUMNS[task]
+    out = np.full((len(rows), len(columns)), np.nan, dtype=np.float32)
     position = np.searchsorted(rows, manifest_rows)
     inside = (position < len(rows)) & (rows[np.minimum(position, len(rows) - 1)] == manifest_rows)
-    out[position[inside]] = frame.loc[inside, list(PRED_COLUMNS[task])].to_numpy(np.float32)
+    for j, column in enumerate(columns):
+        values = table[column].to_numpy().astype(np.float32, copy=False)
+        out[position[inside], j] = values[inside]
     return out
 
 
@@ -58,12 +64,17 @@ def load_candidates(
     task: str,
     manifest: pd.DataFrame,
     names: Sequence[str] | None = None,
+    rows: np.ndarray | None = None,
 ) -> CandidateSet:
-    """The run's candidates of `task` (or those `names`d), checked by
-    `affectpipe.predictions.resolve_candidates`: a finished heads run, one invocation, inputs
-    unchanged. Raises its errors (exit 1 for stale or partial runs, 2 when there is none)."""
+    """The run's candidates of `task` (or those `names`d) on manifest `rows` (increasing;
+    default every val and test row), checked by `affectpipe.predictions.resolve_candidates`:
+    a finished heads run, one invocation, inputs unchanged. Raises its errors (exit 1 for
+    stale or partial runs, 2 when there is none)."""
     files = resolve_candidates(paths, run, task, names)
-    rows = np.flatnonzero(manifest["split"].isin(BLEND_SPLITS).to_numpy())
-    images = manifest["image"].to_numpy(str)
-    values = np.stack([read_candidate(path, task, images, rows) for path in files])
+    if rows is None:
+        rows = np.flatnonzero(manifest["split"].isin(BLEND_SPLITS).to_numpy())
+    images = pa.array(manifest["image"])
+    values = np.empty((len(files), len(rows), len(PRED_COLUMNS[task])), dtype=np.float32)
+    for m, path in enumerate(files):  # straight into place: one copy of the values in memory
+        values[m] = read_candidate(path, task, images, rows)
     return CandidateSet(task, [path.stem for path in files], rows, values)

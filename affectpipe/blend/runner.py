@@ -20,6 +20,7 @@ import logging
 import platform
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -43,7 +44,7 @@ from affectpipe.blend.tuning import (
     BlendOptions,
     TaskBlend,
     apply_tuned,
-    tune_task,
+    tune_variants,
 )
 from affectpipe.config import BLEND_PREFER, DEFAULT_MAX_FILLED, DatasetPaths
 from affectpipe.errors import InputError
@@ -133,6 +134,10 @@ class BlendResult:
     requested: list[str] = field(default_factory=list)  # submission names the test list asks
     missing: dict[str, str] = field(default_factory=dict)  # requested name -> why not written
     choices: list[str] = field(default_factory=list)  # per task: blend or single, and why
+    # Wall seconds by stage: load, fit <task> (tuning and cross-fit), apply, provenance, write
+    # submission, report; and within "fit <task>", "tune <task>" and "crossfit <task>" (the
+    # full fit's and the folds' seconds, summed over the worker processes when there are several).
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -203,31 +208,45 @@ def _test_fill(
     )
 
 
+def _text(column: pd.Series) -> np.ndarray:
+    """A string column as a numpy str array, converting each distinct value once."""
+    codes, uniques = pd.factorize(column)
+    return np.asarray(uniques, dtype=str)[codes]
+
+
+def _group_codes(manifest: pd.DataFrame) -> np.ndarray:
+    """Code of each row's video within its split (smoothing and filling never cross it)."""
+    return group_codes(manifest["split"], manifest["video"])
+
+
 def _tune_task(
     rules: TaskRules,
     manifest: pd.DataFrame,
     metadata: dict[str, Any],
-    groups: np.ndarray,
+    columns: tuple[np.ndarray, np.ndarray, np.ndarray],
     paths: DatasetPaths,
     run: str,
     options: BlendOptions,
     warnings: list[str],
     candidates: Sequence[str] | None = None,
+    seconds: dict[str, float] | None = None,
 ) -> TaskOutcome:
-    frames = manifest["frame"].to_numpy(np.int64)
-    split = manifest["split"].to_numpy(str)
+    """`columns`: the manifest's split (text), frame and group (video within split) per row.
+    `seconds` gets the stages' wall times added ("load", "fit <task>" with its "tune <task>"
+    and "crossfit <task>" parts, "apply")."""
+    seconds = {} if seconds is None else seconds
+    start = time.perf_counter()
+    split, frames, groups = columns
     labels_all = rules.labels(manifest)
     prior = rules.prior(labels_all[split == "train"])
-    cands = load_candidates(paths, run, rules.name, manifest, candidates)
     # Validation rows and this task's test-list rows (per-task lists share one manifest).
-    keep = (split[cands.rows] == "val") | np.isin(
-        cands.rows, task_test_rows(manifest, metadata, rules.name)
-    )
-    rows, cand_values = cands.rows[keep], cands.values[:, keep]
-    filled_values, reports, filled = [], [], {"interpolated": 0, "prior_rows": 0}
-    for name, values in zip(cands.names, cand_values, strict=True):
-        out, report = fill_missing(values, groups[rows], frames[rows], prior)
-        filled_values.append(out)
+    wanted = split == "val"
+    wanted[task_test_rows(manifest, metadata, rules.name)] = True
+    cands = load_candidates(paths, run, rules.name, manifest, candidates, np.flatnonzero(wanted))
+    rows, values = cands.rows, cands.values
+    reports, filled = [], {"interpolated": 0, "prior_rows": 0}
+    for m, name in enumerate(cands.names):
+        values[m], report = fill_missing(values[m], groups[rows], frames[rows], prior)
         reports.append(report)
         filled["interpolated"] += report.filled_rows
         filled["prior_rows"] += report.prior_rows
@@ -236,7 +255,6 @@ def _tune_task(
                 f"{rules.name}/{name}: {report.prior_groups} video(s) without any prediction "
                 f"got the train prior ({report.prior_rows} rows)"
             )
-    values = np.stack(filled_values)
     is_val, is_test = split[rows] == "val", split[rows] == "test"
     val_rows, test_rows = rows[is_val], rows[is_test]
     val_labels = labels_all[val_rows]
@@ -257,21 +275,24 @@ def _tune_task(
         "log_prior": log_prior(prior) if "logit_adjustment" in stages else None,
         "sources": val_sources,
     }
-    tuned = {
-        kind: tune_task(
-            rules,
-            val_values,
-            val_labels,
-            groups[val_rows],
-            frames[val_rows],
-            kind_options,
-            **extra,
-        )
-        for kind, kind_options in (
-            ("blend", options),
-            ("single", replace(options, max_steps=1)),  # greedy selection stops at one
-        )
-    }
+    seconds["load"] = seconds.get("load", 0.0) + time.perf_counter() - start
+    start = time.perf_counter()
+    fit_seconds: dict[str, float] = {}
+    tuned = tune_variants(
+        rules,
+        val_values,
+        val_labels,
+        groups[val_rows],
+        frames[val_rows],
+        # The best single candidate: the same tuning, greedy selection stopping at one.
+        {"blend": options, "single": replace(options, max_steps=1)},
+        **extra,
+        seconds=fit_seconds,
+    )
+    seconds[f"fit {rules.name}"] = time.perf_counter() - start  # tuning and cross-fit, wall
+    for stage, spent in fit_seconds.items():  # within it, per fit (summed over workers)
+        seconds[f"{stage} {rules.name}"] = spent
+    start = time.perf_counter()
     crossfit_scores = {
         kind: rules.score(val_labels, cf[0]) if cf else float("nan")
         for kind, (_, cf) in tuned.items()
@@ -295,7 +316,7 @@ def _tune_task(
     )
     used = (fitted.weights > 0).any(axis=0)
     has_image = manifest["has_image"].to_numpy(bool)[test_rows]
-    return TaskOutcome(
+    outcome = TaskOutcome(
         task=rules.name,
         candidates=cands.names,
         blend=fitted,
@@ -328,6 +349,8 @@ def _tune_task(
         val_videos=groups[val_rows],
         val_frames=frames[val_rows],
     )
+    seconds["apply"] = seconds.get("apply", 0.0) + time.perf_counter() - start
+    return outcome
 
 
 def _per_video_outputs(
@@ -633,6 +656,7 @@ def run(
     """
     from affectpipe.heads.fitted import refuse_pickles
 
+    start = time.perf_counter()
     refuse_pickles(paths.run(run))
     options = options or BlendOptions()
     if options.prefer not in BLEND_PREFER:
@@ -646,8 +670,9 @@ def run(
     tasks = list(tasks) if tasks else available_tasks(paths, run)
     if not tasks:
         raise InputError(f"no predictions under {paths.run(run) / 'preds'}: run `pipeline heads`")
-    split = manifest["split"].to_numpy(str)
-    groups = group_codes(split, manifest["video"].to_numpy(str))
+    split = _text(manifest["split"])
+    columns = (split, manifest["frame"].to_numpy(np.int64), _group_codes(manifest))
+    seconds = {"load": time.perf_counter() - start}
     warnings: list[str] = []
     skipped: dict[str, str] = {}
     blend_dir = paths.blend_dir(run)
@@ -660,12 +685,13 @@ def run(
                     rules_for(task),
                     manifest,
                     metadata,
-                    groups,
+                    columns,
                     paths,
                     run,
                     options,
                     warnings,
                     candidates,
+                    seconds,
                 )
             except NoValidationLabels as exc:
                 if explicit:
@@ -688,11 +714,14 @@ def run(
         scores, p_mtl = summarise(outcomes)
         document = blend_json(outcomes, scores, p_mtl, options, run, warnings)
         document["notes"] = list(notes)
+        start = time.perf_counter()
         document["provenance"] = provenance(paths, run, metadata, outcomes, features)
+        seconds["provenance"] = time.perf_counter() - start  # sha256 of every input file
         json_path = blend_dir / "blend.json"
         report_path = blend_dir / "report.html"
         _forget_previous(json_path, report_path, out_dir)
-        images = manifest["image"].to_numpy(str)
+        start = time.perf_counter()
+        images = manifest["image"].to_numpy(object)
         files = [
             path
             for request in writes
@@ -710,10 +739,14 @@ def run(
         document["submission_files"] = [
             {"path": str(path), "sha256": sha256_file(path)} for path in files
         ]
+        seconds["write submission"] = time.perf_counter() - start
         if report:
             from affectpipe.blend.report import write_report  # matplotlib: only when needed
 
+            start = time.perf_counter()
             write_report(report_path, outcomes, document, metadata, notes)
+            seconds["report"] = time.perf_counter() - start
+        document["stage_seconds"] = seconds  # wall; blend.json's own writing not included
         write_text_atomic(json_path, json.dumps(document, indent=2, allow_nan=True) + "\n")
     for warning in warnings:
         log.warning(warning)
@@ -729,4 +762,5 @@ def run(
         requested=[r.name for r in requests],
         missing=missing,
         choices=[o.choice_note for o in outcomes.values()],
+        stage_seconds=seconds,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy.ndimage import correlate1d
 from scipy.signal import fftconvolve
 
@@ -44,11 +45,20 @@ class VideoOrder:
         return int(self.group_index[-1]) + 1 if len(self.group_index) else 0
 
 
-def group_codes(*keys: np.ndarray) -> np.ndarray:
-    """One integer per distinct combination of the key arrays (e.g. split and video)."""
-    table = np.stack([np.asarray(k).astype(str) for k in keys], axis=1)
-    _, codes = np.unique(table, axis=0, return_inverse=True)
-    return codes.ravel()
+def group_codes(*keys: np.ndarray | pd.Series) -> np.ndarray:
+    """One integer per distinct combination of the key arrays (e.g. split and video), numbered
+    in the lexicographic order of the combinations' text (string Series are used as they
+    are, without a copy into Python strings)."""
+    codes = np.zeros(len(keys[0]) if keys else 0, dtype=np.int64)
+    for key in keys:
+        if not isinstance(key, pd.Series) or key.dtype.kind in "iufb":
+            key = np.asarray(key)
+            if key.dtype.kind not in "UO":
+                key = key.astype(str)  # numbers order as text, like the labels they stand for
+        # factorize hashes (no string sort over the rows); sort=True numbers in text order.
+        inverse, uniques = pd.factorize(key, sort=True)
+        codes = codes * len(uniques) + inverse
+    return np.unique(codes, return_inverse=True)[1].ravel()
 
 
 def kernel_weights(kernel: str, half_width: int) -> np.ndarray:
@@ -67,27 +77,47 @@ def smooth(values: np.ndarray, order: VideoOrder, kernel: str, half_width: int) 
 
     Near a video's ends the kernel is renormalised over the neighbours that exist.
     """
-    values = np.asarray(values, dtype=np.float32)
-    if half_width <= 0 or len(values) == 0:
-        return values.copy()
-    squeeze = values.ndim == 1
-    data = values[:, None] if squeeze else values
-    out = np.empty_like(data)
-    if kernel == "box":
-        out[order.order] = _box_sorted(data[order.order], order, half_width)
-    else:
-        out[order.order] = _convolve_sorted(data[order.order], order, kernel, half_width)
-    return out[:, 0] if squeeze else out
+    return Smoother(values, order)(kernel, half_width)
 
 
-def _box_sorted(data: np.ndarray, order: VideoOrder, half_width: int) -> np.ndarray:
-    """Box means from prefix sums, each window cut at its video's ends."""
-    sums = np.zeros((len(data) + 1, data.shape[1]), dtype=np.float64)
-    np.cumsum(data, axis=0, out=sums[1:])
-    position = np.arange(len(data))
-    lo = np.maximum(order.start, position - half_width)
-    hi = np.minimum(order.stop, position + half_width + 1)
-    return ((sums[hi] - sums[lo]) / (hi - lo)[:, None]).astype(np.float32)
+class Smoother:
+    """`smooth` of one array at many windows (the window search): the rows are put in video
+    order once, and the box kernel's prefix sums are computed once."""
+
+    def __init__(self, values: np.ndarray, order: VideoOrder):
+        self.values = np.asarray(values, dtype=np.float32)
+        self.order = order
+        self._sorted: np.ndarray | None = None
+        self._sums: np.ndarray | None = None
+
+    @property
+    def sorted(self) -> np.ndarray:
+        """The rows [N, K] in video order (made on first use: window 0 needs none)."""
+        if self._sorted is None:
+            data = self.values[:, None] if self.values.ndim == 1 else self.values
+            self._sorted = data[self.order.order]
+        return self._sorted
+
+    def __call__(self, kernel: str, half_width: int) -> np.ndarray:
+        if half_width <= 0 or len(self.values) == 0:
+            return self.values.copy()
+        if kernel == "box":
+            result = self._box(half_width)
+        else:
+            result = _convolve_sorted(self.sorted, self.order, kernel, half_width)
+        out = np.empty_like(result)
+        out[self.order.order] = result
+        return out[:, 0] if self.values.ndim == 1 else out
+
+    def _box(self, half_width: int) -> np.ndarray:
+        """Box means from prefix sums, each window cut at its video's ends."""
+        if self._sums is None:
+            self._sums = np.zeros((len(self.sorted) + 1, self.sorted.shape[1]), dtype=np.float64)
+            np.cumsum(self.sorted, axis=0, out=self._sums[1:])
+        position = np.arange(len(self.sorted))
+        lo = np.maximum(self.order.start, position - half_width)
+        hi = np.minimum(self.order.stop, position + half_width + 1)
+        return ((self._sums[hi] - self._sums[lo]) / (hi - lo)[:, None]).astype(np.float32)
 
 
 def _convolve_sorted(

@@ -26,15 +26,21 @@ MTL_FILE_NAME = "MTL_predictions.txt"
 
 def format_va(values: np.ndarray) -> list[str]:
     clipped = np.clip(np.asarray(values, dtype=np.float64), -1.0, 1.0) + 0.0  # no "-0.000000"
-    return [f"{v:.6f},{a:.6f}" for v, a in clipped]
+    return [f"{v:.6f},{a:.6f}" for v, a in clipped.tolist()]
 
 
 def format_expr(codes: np.ndarray) -> list[str]:
-    return [str(int(c)) for c in codes]
+    return [str(c) for c in np.asarray(codes).astype(np.int64).tolist()]
 
 
 def format_au(decisions: np.ndarray) -> list[str]:
-    return [",".join("1" if x else "0" for x in row) for row in np.asarray(decisions)]
+    """`0,1,...` per row: each row's flags are read as one binary number that indexes the
+    2**n_au possible lines, so a million rows cost a lookup each, not a join."""
+    flags = np.asarray(decisions) != 0
+    n_au = flags.shape[1]
+    codes = flags.astype(np.int64) @ (1 << np.arange(n_au - 1, -1, -1))
+    table = [",".join(format(code, f"0{n_au}b")) for code in range(1 << n_au)]
+    return [table[code] for code in codes.tolist()]
 
 
 FORMATTERS = {"va": format_va, "expr": format_expr, "au": format_au}

@@ -40,7 +40,8 @@ class VaRules:
         return np.isfinite(labels).all(axis=1) & (labels > -5).all(axis=1)
 
     def objective(self, labels: np.ndarray, group: WeightGroup):
-        target = labels[:, group.columns][:, 0]
+        # float64 once here, not in each of the weight search's many calls (same values)
+        target = labels[:, group.columns][:, 0].astype(np.float64)
         return lambda values: metrics.ccc(target, np.clip(values[:, 0], -1, 1))
 
     def prior(self, labels: np.ndarray) -> np.ndarray:

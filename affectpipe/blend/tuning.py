@@ -12,12 +12,13 @@ helps.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from affectpipe.blend.smoothing import KERNELS, VideoOrder, smooth
+from affectpipe.blend.smoothing import KERNELS, Smoother, VideoOrder, smooth
 from affectpipe.blend.stages import TAU_GRID, GateSources, adjust, apply_gate, fit_gate
 from affectpipe.blend.tasks import TaskRules
 from affectpipe.blend.weights import greedy_weights, mix
@@ -254,11 +255,12 @@ def fit_task(
     post, best_score = tuned_post(blended)
     unsmoothed_post = post
     kernel, half_width = KERNELS[0], 0
+    smoother = Smoother(blended, order)
     if options.smoothing:
         retune_each = rules.name != "expr"
         for trial_kernel in options.kernels:
             for trial_width in rules.windows[1:]:
-                values = smooth(blended, order, trial_kernel, trial_width)
+                values = smoother(trial_kernel, trial_width)
                 if retune_each:
                     trial_post, trial = tuned_post(values)
                 else:
@@ -271,10 +273,10 @@ def fit_task(
                         trial_post,
                     )
         if not retune_each and half_width > 0:
-            refit, refit_score = tuned_post(smooth(blended, order, kernel, half_width))
+            refit, refit_score = tuned_post(smoother(kernel, half_width))
             if refit_score > best_score:
                 post = refit
-    smoothed = smooth(blended, order, kernel, half_width)
+    smoothed = smoother(kernel, half_width)
     # Stage scores for the report, all from `affectpipe.metrics` on these rows.
     stages = {
         "blend": score(blended, identity),
@@ -344,10 +346,11 @@ def _fit_adjustment(
 
 def video_folds(video_codes: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     """Fold number of each row: whole videos go to one fold, shuffled with `seed`."""
-    videos = np.unique(video_codes)
-    shuffled = np.random.default_rng(seed).permutation(videos)
-    fold_of_video = {v: i % n_folds for i, v in enumerate(shuffled)}
-    return np.array([fold_of_video[v] for v in video_codes], dtype=np.int64)
+    videos, index = np.unique(video_codes, return_inverse=True)
+    shuffled = np.random.default_rng(seed).permutation(len(videos))
+    fold_of_video = np.empty(len(videos), dtype=np.int64)
+    fold_of_video[shuffled] = np.arange(len(videos)) % n_folds
+    return fold_of_video[index.ravel()]
 
 
 def _fit_on(
@@ -402,6 +405,12 @@ def _keep_by_crossfit(fitted: TaskBlend, scores: dict[str, float]) -> TaskBlend:
     return fitted.variant(adjusted, gated)
 
 
+def _timed(func, *args):
+    """(func(*args), its wall seconds): module level, so worker processes can run it."""
+    start = time.perf_counter()
+    return func(*args), time.perf_counter() - start
+
+
 def tune_task(
     rules: TaskRules,
     candidates: np.ndarray,
@@ -412,6 +421,7 @@ def tune_task(
     *,
     log_prior: np.ndarray | None = None,
     sources: GateSources | None = None,
+    seconds: dict[str, float] | None = None,
 ) -> tuple[TaskBlend, tuple[np.ndarray, int] | None]:
     """The blend tuned on all rows, and the cross-fitted outputs with their fold count.
 
@@ -419,25 +429,67 @@ def tune_task(
     on the other folds. None when there are fewer than two videos or a tuning part has no
     label. The optional stages stay in force only where they raise the cross-fitted score
     (without a cross-fit, where tuning kept them). The full fit and the folds run in
-    `options.n_jobs` processes.
+    `options.n_jobs` processes; `seconds` gets their wall times added under "tune" and
+    "crossfit" (with several processes, summed over them).
     """
+    extra = {"log_prior": log_prior, "sources": sources, "seconds": seconds}
+    return tune_variants(rules, candidates, labels, groups, frames, {"": options}, **extra)[""]
+
+
+def tune_variants(
+    rules: TaskRules,
+    candidates: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    frames: np.ndarray,
+    variants: dict[str, BlendOptions],
+    *,
+    log_prior: np.ndarray | None = None,
+    sources: GateSources | None = None,
+    seconds: dict[str, float] | None = None,
+) -> dict[str, tuple[TaskBlend, tuple[np.ndarray, int] | None]]:
+    """`tune_task` for each of several option sets on the same rows (e.g. the blend and the
+    best single candidate), with all their fits and folds in one pool of the largest
+    `n_jobs` processes, so that the workers stay busy until the last fit."""
     from joblib import Parallel, delayed
 
-    n_folds = min(options.crossfit_folds, len(np.unique(groups)))
-    folds = video_folds(groups, max(n_folds, 1), options.seed)
-    held_out = [folds == k for k in range(n_folds)] if n_folds >= 2 else []
-    if any(not rules.labelled(labels[~held]).any() for held in held_out):
-        held_out = []
-    everything = np.ones(len(labels), dtype=bool)
     shared = (rules, candidates, labels, groups, frames, log_prior, sources)
-    calls = [(_fit_on, (*shared, everything, options))]
-    calls += [(_crossfit_fold, (*shared, held, options)) for held in held_out]
-    n_jobs = min(options.n_jobs, len(calls))
+    calls: list[tuple[Any, tuple]] = []
+    parts: dict[str, tuple[int, list[np.ndarray]]] = {}
+    for key, options in variants.items():
+        n_folds = min(options.crossfit_folds, len(np.unique(groups)))
+        folds = video_folds(groups, max(n_folds, 1), options.seed)
+        held_out = [folds == k for k in range(n_folds)] if n_folds >= 2 else []
+        if any(not rules.labelled(labels[~held]).any() for held in held_out):
+            held_out = []
+        everything = np.ones(len(labels), dtype=bool)
+        parts[key] = (len(calls), held_out)
+        calls.append((_fit_on, (*shared, everything, options)))
+        calls += [(_crossfit_fold, (*shared, held, options)) for held in held_out]
+    n_jobs = min(max(options.n_jobs for options in variants.values()), len(calls))
     if n_jobs > 1:
-        results = Parallel(n_jobs=n_jobs)(delayed(func)(*args) for func, args in calls)
+        timed = Parallel(n_jobs=n_jobs)(delayed(_timed)(func, *args) for func, args in calls)
     else:
-        results = [func(*args) for func, args in calls]
-    fitted, fold_outputs = results[0], results[1:]
+        timed = [_timed(func, *args) for func, args in calls]
+    results = {}
+    for key, (first, held_out) in parts.items():
+        own = timed[first : first + 1 + len(held_out)]
+        if seconds is not None:
+            seconds["tune"] = seconds.get("tune", 0.0) + own[0][1]
+            seconds["crossfit"] = seconds.get("crossfit", 0.0) + sum(t for _, t in own[1:])
+        fitted, fold_outputs = own[0][0], [result for result, _ in own[1:]]
+        results[key] = _with_crossfit(rules, labels, fitted, held_out, fold_outputs)
+    return results
+
+
+def _with_crossfit(
+    rules: TaskRules,
+    labels: np.ndarray,
+    fitted: TaskBlend,
+    held_out: list[np.ndarray],
+    fold_outputs: list[dict[str, np.ndarray]],
+) -> tuple[TaskBlend, tuple[np.ndarray, int] | None]:
+    """Pool the folds' decisions, score them, and keep the optional stages they support."""
     if not fold_outputs:
         return fitted, None
     outputs = {}
