@@ -7,8 +7,10 @@ from pathlib import Path
 import click
 
 from affectpipe.cli_options import (
+    dataset_option,
     device_of,
     parse_weights_option,
+    progress_option,
     run_option,
     weights_option,
     with_device_options,
@@ -21,7 +23,7 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--dataset", "-d", default=None, help="Dataset whose run to apply.")
+@dataset_option(required=False, help="Dataset whose run to apply.")
 @run_option
 @click.option(
     "--from-run",
@@ -41,8 +43,8 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
     help="Keep every N-th video frame.",
 )
 @with_device_options
-@weights_option
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@weights_option()
+@progress_option
 @click.pass_obj
 def predict(
     settings: Settings,
@@ -105,7 +107,7 @@ def write_table(table, out: Path) -> None:
 
 
 @click.command("export-run")
-@click.option("--dataset", "-d", required=True, help="Dataset whose run to export.")
+@dataset_option(help="Dataset whose run to export.")
 @run_option
 @click.option(
     "--out",
