@@ -116,6 +116,38 @@ def test_a_corrupt_image_gives_a_row_without_a_face(trained: dict, tmp_path: Pat
     assert table["expression"].tolist()[1] == -1 and table.loc[1, P_EXPR].isna().all()
 
 
+def test_detect_finds_and_aligns_the_face_in_a_larger_frame(trained: dict, tmp_path: Path):
+    """--detect on raw frames: a face pasted (upscaled, off-centre) into a plain 320x240 frame
+    is found and aligned; an empty frame gives a row without a face. Decoding in worker
+    processes (the CLI's default) and in this process (the API's) give the same table."""
+    from PIL import Image
+
+    from affectpipe import Predictor
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    faces = sorted((trained["plain"] / "nested").iterdir())[:2]
+    for i, face in enumerate(faces):
+        canvas = Image.new("RGB", (320, 240), (90, 100, 110))
+        canvas.paste(Image.open(face).convert("RGB").resize((168, 168)), (40 + 60 * i, 30))
+        canvas.save(folder / f"frame_{i}.png")
+    Image.new("RGB", (320, 240), (90, 100, 110)).save(folder / "frame_9_empty.png")
+    out = tmp_path / "detected.csv"
+    result = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
+                     "--detect", "--workers", "1", "--out", out, folder)
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = pd.read_csv(out)
+    assert table["face_ok"].tolist() == [True, True, False]
+    crops = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
+                    "--out", tmp_path / "crops.csv", *faces)
+    assert crops.returncode == 0, crops.stdout + crops.stderr
+    # The aligned crop is not the original crop, but the same face gets the same class.
+    same = pd.read_csv(tmp_path / "crops.csv")["expression"].tolist()
+    assert table["expression"].tolist()[:2] == same
+    api = Predictor.load(trained["cache"], "faces", detect=True, workers=0).predict(folder)
+    pd.testing.assert_frame_equal(api, table, check_dtype=False)
+
+
 def _write_video(path: Path, images: list[Path], fps: int = 10) -> int:
     import av
     from PIL import Image

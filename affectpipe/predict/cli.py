@@ -14,6 +14,7 @@ from affectpipe.cli_options import (
     run_option,
     weights_option,
     with_device_options,
+    workers_option,
 )
 from affectpipe.config import Settings
 from affectpipe.errors import InputError
@@ -43,6 +44,7 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
     help="Keep every N-th video frame.",
 )
 @with_device_options
+@workers_option
 @weights_option()
 @progress_option
 @click.pass_obj
@@ -58,6 +60,7 @@ def predict(
     gpu: int | None,
     device: str | None,
     batch_size: int,
+    workers: int | None,
     weights_items: tuple[str, ...],
     progress: bool,
 ) -> None:
@@ -74,11 +77,14 @@ def predict(
         raise InputError(f"--out must end in {' or '.join(OUTPUT_SUFFIXES)}: {out}")
     if dataset is not None and not settings.dataset(dataset).manifest.exists():
         raise InputError(f"no dataset {dataset!r} in {settings.cache_dir}: run `pipeline index`")
+    from affectpipe.extract.cli import default_workers
     from affectpipe.predict.api import Predictor
 
+    device_name = device_of(gpu, device)
     options = {
-        "device": device_of(gpu, device),
+        "device": device_name,
         "batch_size": batch_size,
+        "workers": default_workers(device_name) if workers is None else workers,
         "detect": detect,
         "every": every,
         "weights": parse_weights_option(weights_items),
