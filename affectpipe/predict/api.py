@@ -126,7 +126,7 @@ class Predictor:
         )
         table = pd.DataFrame({"source": sources})
         frame_numbers = np.asarray(frame_numbers, dtype=np.int64)
-        if any(f.suffix.lower() in _video_suffixes() for f in files):
+        if any(is_video(f) for f in files):
             table["frame"] = frame_numbers
         table["face_ok"] = features.ok
         for plan in self.bundle.tasks.values():
@@ -168,12 +168,6 @@ class Predictor:
         if self._engine is None:
             self._engine = _Engine(self.bundle.backbones, self.device, self.weights)
         return self._engine
-
-
-def _video_suffixes() -> frozenset[str]:
-    from affectpipe.predict.inputs import VIDEO_SUFFIXES
-
-    return VIDEO_SUFFIXES
 
 
 @dataclass
