@@ -22,10 +22,6 @@ from affectpipe.errors import AffectpipeError, InputError
 FORMAT_CHOICES = ("mtl", "va", "expr", "au")
 
 
-def jobs_option(help: str):
-    return click.option("--jobs", default=1, show_default=True, type=click.IntRange(1), help=help)
-
-
 def echo_scores(result) -> None:
     """Validation scores: best single candidate, the blend tuned and cross-fitted, the best
     single candidate cross-fitted, and what the submission uses."""
@@ -85,7 +81,13 @@ def echo_outcome(result, partial: bool) -> None:
 @click.option(
     "--folds", default=3, show_default=True, type=click.IntRange(2), help="Cross-fit folds."
 )
-@jobs_option("Processes for tuning and cross-fit folds (worth it on big validation sets).")
+@click.option(
+    "--jobs",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Processes for tuning and cross-fit folds (worth it on big validation sets).",
+)
 @click.option(
     "--prefer",
     type=click.Choice(BLEND_PREFER),
@@ -213,7 +215,7 @@ def validate_submission(settings: Settings, file: Path, dataset: str, fmt: str |
 @click.option("--videos", default=70, show_default=True, help="Videos.")
 @click.option("--candidates", default=7, show_default=True, help="Candidates per task.")
 @click.option("--seed", default=0, show_default=True)
-@jobs_option("Processes.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1), help="Processes.")
 def blend_bench(rows: int, videos: int, candidates: int, seed: int, jobs: int) -> None:
     """Time blend tuning on validation-sized synthetic predictions.
 
