@@ -85,7 +85,7 @@ class StageOptions:
 RUN_CONFIG_KEYS: dict[str, type | tuple[type, ...]] = {
     "dataset": str, "data": str, "format": str, "backbones": list, "weights": dict,
     "random_init": bool, "device": str, "batch_size": int, "workers": int, "run": str,
-    "tasks": list, "candidates": list, "out": str, "partial": bool,
+    "tasks": list, "candidates": list, "out": str, "partial": bool, "progress": bool,
     "max_filled": (int, float),
 }
 

@@ -7,19 +7,28 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from affectpipe.blend.cli import echo_outcome, echo_scores, max_filled_option, partial_option
+from affectpipe.blend.cli import echo_outcome, echo_scores
 from affectpipe.cli_options import (
+    backbones_option,
+    candidates_option,
+    config_option,
+    dataset_option,
     device_of,
+    layout_option,
+    max_filled_option,
     parse_weights_option,
+    partial_option,
+    progress_option,
+    random_init_option,
     run_option,
     submission_out_option,
+    tasks_option,
     weights_option,
     with_device_options,
     workers_option,
 )
 from affectpipe.config import Settings
 from affectpipe.errors import InputError
-from affectpipe.schema import TASKS
 
 
 def _echo_outcome(result, partial: bool) -> None:
@@ -32,14 +41,13 @@ def _echo_outcome(result, partial: bool) -> None:
 
 
 @click.command()
-@click.option("--dataset", "-d", help="Dataset name (folder under the cache) [required, or in "
-              "the config's [run] table].")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="TOML file covering all stages: a [run] table (any option of this command) and a "
-    "[heads] table (see docs/pipeline.example.toml); options given here win.",
+@dataset_option(
+    required=False,
+    help="Dataset name (folder under the cache) [required, or in the config's [run] table].",
+)
+@config_option(
+    "TOML file covering all stages: a [run] table (any option of this command) and a "
+    "[heads] table (see docs/pipeline.example.toml); options given here win."
 )
 @click.option(
     "--data",
@@ -47,23 +55,19 @@ def _echo_outcome(result, partial: bool) -> None:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Dataset root to index first (skip to use the existing manifest).",
 )
-@click.option("--format", "fmt", help="Layout of --data, e.g. abaw-mtl (see `pipeline index`).")
-@click.option(
-    "--backbones",
-    help="Comma-separated backbones [default: CNNs whose weights are available, plus openface].",
-)
-@weights_option
-@click.option("--random-init", is_flag=True, help="RANDOM CNN weights (testing only).")
+@layout_option(required=False, help="Layout of --data, e.g. abaw-mtl (see `pipeline index`).")
+@backbones_option()
+@weights_option()
+@random_init_option
 @with_device_options
 @workers_option
-@click.option("--task", "tasks", multiple=True, type=click.Choice(TASKS),
-              help="Train and blend only this task (repeatable).")
-@click.option("--candidate", "candidates", multiple=True, metavar="FEATURES/MODEL",
-              help="Train only this heads candidate (repeatable; see `pipeline heads`).")
+@tasks_option("Train and blend only this task (repeatable).")
+@candidates_option("Train only this heads candidate (repeatable; see `pipeline heads`).")
 @run_option
 @submission_out_option
 @partial_option
 @max_filled_option
+@progress_option
 @click.pass_context
 def run(ctx: click.Context, config_path: Path | None, **given) -> None:
     """Chain index (if --data is given), extract, heads and blend.
@@ -109,6 +113,7 @@ def run(ctx: click.Context, config_path: Path | None, **given) -> None:
         out_dir=Path(values["out_dir"]) if values["out_dir"] else None,
         max_filled=values["max_filled"],
         echo=click.echo,
+        progress=values["progress"],
         options=StageOptions(
             batch_size=values["batch_size"],
             workers=values["workers"],

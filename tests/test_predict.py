@@ -116,6 +116,36 @@ def test_a_corrupt_image_gives_a_row_without_a_face(trained: dict, tmp_path: Pat
     assert table["expression"].tolist()[1] == -1 and table.loc[1, P_EXPR].isna().all()
 
 
+def test_detect_finds_and_aligns_the_face_in_a_larger_frame(trained: dict, tmp_path: Path):
+    """--detect on raw frames: one face pasted (upscaled) at two places of a plain 320x240
+    frame is found and aligned the same way both times, so its predictions agree; an empty
+    frame gives a row without a face. Decoding in worker processes (the CLI) and in this
+    process (the API) give the same table."""
+    from PIL import Image
+
+    from affectpipe import Predictor
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    face = Image.open(sorted((trained["plain"] / "nested").iterdir())[0]).convert("RGB")
+    for i, corner in enumerate([(40, 32), (120, 64)]):
+        canvas = Image.new("RGB", (320, 240), (90, 100, 110))
+        canvas.paste(face.resize((168, 168)), corner)
+        canvas.save(folder / f"frame_{i}.png")
+    Image.new("RGB", (320, 240), (90, 100, 110)).save(folder / "frame_9_empty.png")
+    out = tmp_path / "detected.csv"
+    result = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
+                     "--detect", "--workers", "1", "--out", out, folder)
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = pd.read_csv(out)
+    assert table["face_ok"].tolist() == [True, True, False]
+    probabilities = table[P_EXPR].to_numpy()
+    np.testing.assert_allclose(probabilities[0], probabilities[1], atol=0.05)
+    assert np.isnan(probabilities[2]).all() and table["expression"][2] == -1
+    api = Predictor.load(trained["cache"], "faces", detect=True, workers=0).predict(folder)
+    pd.testing.assert_frame_equal(api, table, check_dtype=False)
+
+
 def _write_video(path: Path, images: list[Path], fps: int = 10) -> int:
     import av
     from PIL import Image

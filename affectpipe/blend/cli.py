@@ -7,10 +7,17 @@ from pathlib import Path
 
 import click
 
-from affectpipe.cli_options import submission_out_option
-from affectpipe.config import BLEND_PREFER, DEFAULT_MAX_FILLED, DEFAULT_RUN, Settings
+from affectpipe.cli_options import (
+    candidates_option,
+    dataset_option,
+    max_filled_option,
+    partial_option,
+    run_option,
+    submission_out_option,
+    tasks_option,
+)
+from affectpipe.config import BLEND_PREFER, Settings
 from affectpipe.errors import AffectpipeError, InputError
-from affectpipe.schema import TASKS
 
 FORMAT_CHOICES = ("mtl", "va", "expr", "au")
 
@@ -53,41 +60,15 @@ def echo_outcome(result, partial: bool) -> None:
         click.echo(f"warning: not written (--partial): {name}: {why}", err=True)
 
 
-partial_option = click.option(
-    "--partial",
-    is_flag=True,
-    help="Accept per-task output: exit 0 when some submission file was written, although "
-    "the test list asks for more (what is missing is still named).",
-)
-max_filled_option = click.option(
-    "--max-filled",
-    default=DEFAULT_MAX_FILLED,
-    show_default=True,
-    type=click.FloatRange(0.0, 1.0),
-    help="Largest share of a task's listed test rows that may lack a real prediction "
-    "(interpolated from neighbouring frames or the training prior); above it the task's "
-    "file is not written and the command exits 1.",
-)
-
-
 @click.command()
-@click.option("--dataset", "-d", required=True, help="Dataset name (folder under the cache).")
-@click.option("--run", "run_name", default=DEFAULT_RUN, show_default=True, help="Heads run.")
+@dataset_option()
+@run_option
 @submission_out_option
-@click.option(
-    "--task",
-    "tasks",
-    multiple=True,
-    type=click.Choice(TASKS),
-    help="Blend only these tasks (repeatable) [default: every task with predictions].",
-)
-@click.option(
-    "--candidate",
-    "candidates",
-    multiple=True,
-    metavar="[TASK/]NAME",
-    help="Blend only these prediction files (repeatable), from any heads invocation of the "
+@tasks_option("Blend only these tasks (repeatable) [default: every task with predictions].")
+@candidates_option(
+    "Blend only these prediction files (repeatable), from any heads invocation of the "
     "run [default: every candidate of the last complete heads run].",
+    metavar="[TASK/]NAME",
 )
 @click.option("--no-correction", is_flag=True, help="No VA calibration / EXPR class offsets.")
 @click.option("--no-smoothing", is_flag=True, help="No temporal smoothing.")
@@ -179,7 +160,7 @@ def blend(
 
 @click.command("validate-submission")
 @click.argument("file", type=click.Path(exists=True, path_type=Path))
-@click.option("--dataset", "-d", required=True, help="Dataset whose test list the file answers.")
+@dataset_option(help="Dataset whose test list the file answers.")
 @click.option(
     "--format",
     "fmt",

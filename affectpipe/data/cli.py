@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from affectpipe.cli_options import layout_option
 from affectpipe.config import Settings
 
 FORMAT_HELP = """\b
@@ -34,7 +35,7 @@ Image keys that leave the image root (`../x.jpg`, absolute paths) are refused wi
 
 @click.command(epilog=FORMAT_HELP)
 @click.argument("root", type=click.Path(exists=True, path_type=Path))
-@click.option("--format", "fmt", required=True, help="Dataset layout (see below).")
+@layout_option(required=True, help="Dataset layout (see below).")
 @click.option("--name", required=True, help="Dataset name: the manifest goes to CACHE/NAME/.")
 @click.option("--train-file", type=click.Path(path_type=Path), help="abaw-mtl: training file.")
 @click.option("--val-file", type=click.Path(path_type=Path), help="abaw-mtl: validation file.")

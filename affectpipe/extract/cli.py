@@ -8,8 +8,11 @@ from pathlib import Path
 import click
 
 from affectpipe.cli_options import (
+    backbones_option,
+    dataset_option,
     device_of,
     parse_weights_option,
+    random_init_option,
     weights_option,
     with_device_options,
     workers_option,
@@ -31,6 +34,14 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
     return int(match[1]), int(match[2])
 
 
+channels_last_option = click.option(
+    "--channels-last/--no-channels-last",
+    default=True,
+    show_default=True,
+    help="Channels-last memory layout for the CNNs (faster convolutions).",
+)
+
+
 def default_workers(device: str) -> int:
     """CPU: one decoder overlapped with the model (more steal the model's cores); GPU: all cores."""
     import os
@@ -39,23 +50,12 @@ def default_workers(device: str) -> int:
 
 
 @click.command()
-@click.option(
-    "--dataset", required=True, help="Dataset name (as given to `pipeline index --name`)."
-)
-@click.option(
-    "--backbones",
-    default=None,
-    help="Comma-separated backbones, e.g. mt-emotieffnet,ddamfn,openface (or openface-csv). "
-    "[default: the CNN backbones whose weights are available, plus openface]",
-)
+@dataset_option()
+@backbones_option()
 @with_device_options
 @workers_option
-@weights_option
-@click.option(
-    "--random-init",
-    is_flag=True,
-    help="Build CNN backbones with fixed-seed RANDOM weights (testing and benchmarks only).",
-)
+@weights_option()
+@random_init_option
 @click.option(
     "--amp",
     type=click.Choice(["off", "bf16", "fp16"]),
@@ -64,12 +64,7 @@ def default_workers(device: str) -> int:
     help="Mixed precision for the CNNs: faster on GPUs, but the features move (bf16: logits by "
     "~0.03, embeddings by ~0.15 abs); recorded in the file's attrs.",
 )
-@click.option(
-    "--channels-last/--no-channels-last",
-    default=True,
-    show_default=True,
-    help="Channels-last memory layout for the CNNs (faster convolutions).",
-)
+@channels_last_option
 @click.option("--shard", default=None, metavar="I/N", help="Extract only block I of N (1-based).")
 @click.option("--merge", is_flag=True, help="Join finished --shard files into the final files.")
 @click.option("--force", is_flag=True, help="Recompute even if the features are up to date.")
@@ -213,23 +208,15 @@ def extract(
     default=None,
     help="Use the folder this many times (symlinked). [default: 4 on CPU, 20 on GPU]",
 )
-@click.option(
-    "--backbones",
-    default="mt-emotieffnet,ddamfn",
-    show_default=True,
+@backbones_option(
+    "mt-emotieffnet,ddamfn",
     help="Comma-separated backbones to time, each alone (CNNs, or `openface`: its "
     "'forward only' column is then the per-image descriptor work in one process).",
 )
 @with_device_options
 @workers_option
-@click.option(
-    "--weights",
-    "weights_items",
-    multiple=True,
-    metavar="NAME=PATH",
-    help="Official weights to use (else a fixed-seed random init: speed is the same).",
-)
-@click.option("--channels-last/--no-channels-last", default=True, show_default=True)
+@weights_option("Official weights to use (else a fixed-seed random init: speed is the same).")
+@channels_last_option
 @click.option(
     "--json",
     "json_out",

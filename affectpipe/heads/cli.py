@@ -6,36 +6,31 @@ from pathlib import Path
 
 import click
 
-from affectpipe.config import DEFAULT_RUN, Settings
-
-TASK_CHOICES = ("va", "expr", "au")
+from affectpipe.cli_options import (
+    candidates_option,
+    config_option,
+    dataset_option,
+    progress_option,
+    run_option,
+    tasks_option,
+)
+from affectpipe.config import Settings
 
 
 @click.command()
-@click.option("--dataset", "-d", required=True, help="Dataset name (a folder of the cache).")
-@click.option("--run", "run_name", default=DEFAULT_RUN, show_default=True, help="Run name.")
-@click.option(
-    "--task",
-    "tasks",
-    multiple=True,
-    type=click.Choice(TASK_CHOICES),
-    help="Train only this task (repeatable); exit 2 if it has no labelled train rows. "
-    "Default: every task with labelled train rows (the others are skipped, with the reason).",
+@dataset_option()
+@run_option
+@tasks_option(
+    "Train only this task (repeatable); exit 2 if it has no labelled train rows. "
+    "Default: every task with labelled train rows (the others are skipped, with the reason)."
 )
-@click.option(
-    "--candidate",
-    "candidates",
-    multiple=True,
-    metavar="FEATURES/MODEL",
-    help="Train only this candidate (repeatable), e.g. 'mt-emotieffnet:embedding+logits/mlp' "
-    "or its file name 'mt-emotieffnet.embedding+logits__mlp'; applies to each selected task.",
+@candidates_option(
+    "Train only this candidate (repeatable), e.g. 'mt-emotieffnet:embedding+logits/mlp' "
+    "or its file name 'mt-emotieffnet.embedding+logits__mlp'; applies to each selected task."
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="TOML file with a [heads] table: candidates and hyper-parameters "
-    "(see affectpipe/heads/pipeline.example.toml).",
+@config_option(
+    "TOML file with a [heads] table: candidates and hyper-parameters "
+    "(see affectpipe/heads/pipeline.example.toml)."
 )
 @click.option(
     "--folds",
@@ -49,7 +44,7 @@ TASK_CHOICES = ("va", "expr", "au")
     is_flag=True,
     help="Train only on rows where all three tasks are labelled (for comparison).",
 )
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@progress_option
 @click.pass_obj
 def heads(
     settings: Settings,
@@ -119,7 +114,7 @@ def heads(
     show_default=True,
     help="Train rows (subsample) for the scikit-learn reference classifiers; 0 = all.",
 )
-@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@progress_option
 @click.pass_obj
 def heads_bench(
     settings: Settings, scale: str, workdir: Path | None, reference_rows: int, progress: bool

@@ -10,11 +10,15 @@ with its stored HOG PCA, never refitted), then the heads the run's blend weights
 tuned blend through `affectpipe.blend.tuning.apply_tuned` (the function `pipeline blend` uses
 for its submission): weights, smoothing along the kept frames of each video, calibration /
 offsets / thresholds. Images are taken as aligned face crops unless `detect=True`.
+Image files are decoded (and faces detected) in `workers` DataLoader processes, with the
+extract stage's decoding (`DecodeDataset.sample`); video frames are decoded in this process.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +29,8 @@ import pandas as pd
 
 from affectpipe.config import DEFAULT_RUN, DatasetPaths
 from affectpipe.errors import InputError
-from affectpipe.predict.inputs import Frame, expand, frames
+from affectpipe.extract.images import collate, die_with_parent, load_rgb
+from affectpipe.predict.inputs import Frame, expand, is_video, video_frames
 from affectpipe.predict.runfiles import (
     BackboneRecord,
     RunBundle,
@@ -49,7 +54,8 @@ class Predictor:
 
     Parameters: `device` ("cpu", "cuda", "cuda:1"), `batch_size`, `detect` (find and align
     the largest face of each frame first), `every` (keep every N-th video frame), `weights`
-    (backbone or weights name -> local weights file), `progress` (a frames/s bar).
+    (backbone or weights name -> local weights file), `workers` (processes decoding image
+    files while the models run; 0: in this process), `progress` (a frames/s bar).
     """
 
     def __init__(
@@ -61,16 +67,18 @@ class Predictor:
         detect: bool = False,
         every: int = 1,
         weights: Mapping[str, Path] | None = None,
+        workers: int = 0,
         progress: bool = False,
     ) -> None:
-        if every < 1 or batch_size < 1:
-            raise InputError("every and batch_size must be at least 1")
+        if every < 1 or batch_size < 1 or workers < 0:
+            raise InputError("every and batch_size must be at least 1, workers at least 0")
         self.bundle = bundle
         self.device = device
         self.batch_size = batch_size
         self.detect = detect
         self.every = every
         self.weights = dict(weights or {})
+        self.workers = workers
         self.progress = progress
         self._engine: _Engine | None = None
 
@@ -100,19 +108,17 @@ class Predictor:
             inputs = [inputs]
         files = expand(inputs)
         engine = self._get_engine()
-        stream: Iterable[Frame] = frames(files, self.every, engine.draft_side)
-        if self.detect:
-            stream = _detected(stream)
         from tqdm.auto import tqdm
 
         bar = tqdm(desc="predict", unit="frame", disable=not self.progress)  # frames/s
         sources, frame_numbers, blocks = [], [], []
         with bar:
-            for batch in _batches(stream, self.batch_size):
-                sources += [f.source for f in batch]
-                frame_numbers += [-1 if f.frame is None else f.frame for f in batch]
-                blocks.append(engine.features(batch))
-                bar.update(len(batch))
+            for video, group in itertools.groupby(files, key=is_video):
+                for batch_sources, batch_frames, features in self._batches(engine, video, group):
+                    sources += batch_sources
+                    frame_numbers += batch_frames
+                    blocks.append(features)
+                    bar.update(len(batch_sources))
         features = _Features(
             {b: {k: np.concatenate([x.arrays[b][k] for x in blocks]) for k in blocks[0].arrays[b]}
              for b in blocks[0].arrays},
@@ -120,7 +126,7 @@ class Predictor:
         )
         table = pd.DataFrame({"source": sources})
         frame_numbers = np.asarray(frame_numbers, dtype=np.int64)
-        if any(f.suffix.lower() in _video_suffixes() for f in files):
+        if any(is_video(f) for f in files):
             table["frame"] = frame_numbers
         table["face_ok"] = features.ok
         for plan in self.bundle.tasks.values():
@@ -129,16 +135,60 @@ class Predictor:
                 table[name] = values
         return table
 
+    def _batches(
+        self, engine: _Engine, video: bool, files: Iterable[Path]
+    ) -> Iterator[tuple[list[str], list[int], _Features]]:
+        """(sources, frame numbers, features) per batch of consecutive image files or videos."""
+        if video:
+            stream: Iterable[Frame] = (f for p in files for f in video_frames(p, self.every))
+            if self.detect:
+                stream = _detected(stream)
+            for batch in _batches(stream, self.batch_size):
+                samples = [engine.dataset.sample(i, f.image, f.reason) for i, f in enumerate(batch)]
+                yield ([f.source for f in batch], [f.frame for f in batch],
+                       engine.features(collate(samples)))
+            return
+        import torch
+
+        images = _ImageSamples([str(p) for p in files], engine.dataset, self.detect)
+        loader = torch.utils.data.DataLoader(
+            images,
+            batch_size=self.batch_size,
+            num_workers=self.workers,
+            collate_fn=collate,
+            prefetch_factor=4 if self.workers else None,
+            worker_init_fn=functools.partial(die_with_parent, os.getpid()),
+        )
+        for batch in loader:
+            yield [images.paths[i] for i in batch.indices], [-1] * len(batch.indices), (
+                engine.features(batch)
+            )
+
     def _get_engine(self) -> _Engine:
         if self._engine is None:
             self._engine = _Engine(self.bundle.backbones, self.device, self.weights)
         return self._engine
 
 
-def _video_suffixes() -> frozenset[str]:
-    from affectpipe.predict.inputs import VIDEO_SUFFIXES
+@dataclass
+class _ImageSamples:
+    """Image files decoded as extraction decodes them (`load_rgb`, then `DecodeDataset.sample`),
+    faces detected first with `detect`; a DataLoader dataset, so this runs in its workers."""
 
-    return VIDEO_SUFFIXES
+    paths: list[str]
+    decode: Any  # DecodeDataset
+    detect: bool
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Any:
+        image, reason = load_rgb(self.paths[index], self.decode.draft_side)
+        if self.detect and image is not None:
+            from affectpipe.predict.faces import detect_and_align
+
+            image, reason = detect_and_align(image)
+        return self.decode.sample(index, image, reason)
 
 
 def _detected(stream: Iterable[Frame]) -> Iterator[Frame]:
@@ -180,7 +230,6 @@ class _Engine:
             [], [s.resize for s in specs], [s.input_size for s in specs],
             list(self.descriptors.values()),
         )
-        self.draft_side = self.dataset.draft_side
 
     def _model(self, record: BackboneRecord, weights: Mapping[str, Path]) -> Any:
         from affectpipe.extract import build_model
@@ -217,14 +266,13 @@ class _Engine:
             raise InputError(f"{record.name}: the run's descriptor parameters differ ({recorded})")
         return descriptor
 
-    def features(self, batch: list[Frame]) -> _Features:
+    def features(self, samples: Any) -> _Features:
+        """The run's features of one collated batch (`affectpipe.extract.images.Batch`)."""
         import torch
 
         from affectpipe.extract.backbones.openface import embed
         from affectpipe.extract.engine import AMP_DTYPES, forward
-        from affectpipe.extract.images import collate
 
-        samples = collate([self.dataset.sample(i, f.image, f.reason) for i, f in enumerate(batch)])
         arrays: dict[str, dict[str, np.ndarray]] = {}
         with torch.inference_mode():
             for k, (name, job) in enumerate(self.models.items()):
@@ -240,7 +288,7 @@ class _Engine:
                 "embedding": embed(samples.raws[k], stored["hog_pca_mean"],
                                    stored["hog_pca_components"]),
             }
-        ok = samples.ok.all(axis=1) & np.array([f.image is not None for f in batch])
+        ok = samples.ok.all(axis=1)  # an image that was not decoded is not ok for any backbone
         for parts in arrays.values():
             for values in parts.values():
                 ok &= np.isfinite(values).all(axis=1)

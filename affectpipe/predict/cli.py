@@ -7,11 +7,14 @@ from pathlib import Path
 import click
 
 from affectpipe.cli_options import (
+    dataset_option,
     device_of,
     parse_weights_option,
+    progress_option,
     run_option,
     weights_option,
     with_device_options,
+    workers_option,
 )
 from affectpipe.config import Settings
 from affectpipe.errors import InputError
@@ -21,7 +24,7 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--dataset", "-d", default=None, help="Dataset whose run to apply.")
+@dataset_option(required=False, help="Dataset whose run to apply.")
 @run_option
 @click.option(
     "--from-run",
@@ -41,8 +44,9 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
     help="Keep every N-th video frame.",
 )
 @with_device_options
-@weights_option
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@workers_option
+@weights_option()
+@progress_option
 @click.pass_obj
 def predict(
     settings: Settings,
@@ -56,6 +60,7 @@ def predict(
     gpu: int | None,
     device: str | None,
     batch_size: int,
+    workers: int | None,
     weights_items: tuple[str, ...],
     progress: bool,
 ) -> None:
@@ -72,11 +77,14 @@ def predict(
         raise InputError(f"--out must end in {' or '.join(OUTPUT_SUFFIXES)}: {out}")
     if dataset is not None and not settings.dataset(dataset).manifest.exists():
         raise InputError(f"no dataset {dataset!r} in {settings.cache_dir}: run `pipeline index`")
+    from affectpipe.extract.cli import default_workers
     from affectpipe.predict.api import Predictor
 
+    device_name = device_of(gpu, device)
     options = {
-        "device": device_of(gpu, device),
+        "device": device_name,
         "batch_size": batch_size,
+        "workers": default_workers(device_name) if workers is None else workers,
         "detect": detect,
         "every": every,
         "weights": parse_weights_option(weights_items),
@@ -105,7 +113,7 @@ def write_table(table, out: Path) -> None:
 
 
 @click.command("export-run")
-@click.option("--dataset", "-d", required=True, help="Dataset whose run to export.")
+@dataset_option(help="Dataset whose run to export.")
 @run_option
 @click.option(
     "--out",

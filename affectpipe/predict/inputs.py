@@ -1,9 +1,9 @@
-"""What `predict` reads: image files, folders (recursive, sorted) and videos, as frames.
+"""What `predict` reads: image files, folders (recursive, sorted) and videos.
 
-Every input becomes a stream of `Frame`s: one per image file, one per kept video frame
-(`every` N-th, counted from the first). A file that cannot be decoded is a frame without an
-image (and a reason), never an exception: its row says `face_ok = false`.
-"""
+`Predictor` decodes image files as extraction does (`load_rgb`); a video becomes a stream of
+`Frame`s, one per kept frame (`every` N-th, counted from the first). A file that cannot be
+decoded is a frame without an image (and a reason), never an exception: its row says
+`face_ok = false`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from affectpipe.errors import InputError
-from affectpipe.extract.images import load_rgb, to_rgb
+from affectpipe.extract.images import to_rgb
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"})
@@ -71,12 +71,3 @@ def video_frames(path: Path, every: int = 1) -> Iterator[Frame]:
         except Exception as exc:  # a damaged stream ends this video with one failed row
             yield Frame(str(path), index, None, f"undecodable frame: {type(exc).__name__}: {exc}")
 
-
-def frames(files: Sequence[Path], every: int, draft_side: int) -> Iterator[Frame]:
-    """The frames of all `files`, in order (JPEGs decoded as extraction does, `load_rgb`)."""
-    for path in files:
-        if is_video(path):
-            yield from video_frames(path, every)
-        else:
-            image, reason = load_rgb(path, draft_side)
-            yield Frame(str(path), None, image, reason)
