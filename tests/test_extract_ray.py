@@ -74,7 +74,7 @@ def test_ray_engine_writes_the_single_process_files(
         f"mt-emotieffnet={fixtures_dir / 'emotieffnet' / 'enet_b0_8_va_mtl_calib.pt'}",
         f"ddamfn={fixtures_dir / 'ddamfn' / 'ddamfn_affectnet8_calib.pth'}",
     ]
-    args = ["--cache-dir", str(bench), "extract", "--dataset", "b", "--batch-size", "8"]
+    args = ["--cache-dir", str(bench), "extract", "--dataset", "b", "--batch-size", "16"]
     args += ["--backbones", "mt-emotieffnet,ddamfn"]
     for item in weights:
         args += ["--weights", item]
