@@ -18,15 +18,20 @@ from conftest import run_cli
 pytestmark = pytest.mark.slow
 
 
-def _write_dataset(realfaces: Path, root: Path, missing_test_images: int) -> pd.DataFrame:
-    """A csv dataset: 3/4 of the people train, 1/8 val, 1/8 test (test rows unlabelled)."""
+def _write_dataset(realfaces: Path, root: Path, missing_test_images: int,
+                   every: int = 1) -> pd.DataFrame:
+    """A csv dataset on every `every`th person: 3/4 of them train, 1/8 val, 1/8 test (test
+    rows unlabelled)."""
     labels = pd.read_csv(realfaces / "labels.csv")
-    people = np.array(sorted(labels["person"].unique()))
+    people = np.array(sorted(labels["person"].unique()))[::every]
+    labels = labels[labels["person"].isin(people)]
     role = {p: ("val" if i % 8 == 3 else "test" if i % 8 == 7 else "train")
             for i, p in enumerate(people)}
     table = labels.assign(split=labels["person"].map(role), video=labels["person"])
     table.loc[table["split"] == "test", "expression"] = -1
-    shutil.copytree(realfaces / "images", root / "images")
+    (root / "images").mkdir(parents=True)
+    for name in table["image"]:
+        shutil.copyfile(realfaces / "images" / name, root / "images" / name)
     for name in table.loc[table["split"] == "test", "image"].iloc[:missing_test_images]:
         (root / "images" / name).unlink()
     table[["image", "expression", "split", "video"]].to_csv(root / "labels.csv", index=False)
@@ -75,8 +80,9 @@ def test_expression_only_real_faces_through_the_cli(realfaces_dir: Path, tmp_pat
 
 
 def test_test_images_in_an_unknown_folder_are_refused(realfaces_dir: Path, tmp_path: Path):
-    """All test images missing (issue 9.4): the blend refuses a prior-only submission."""
-    table = _write_dataset(realfaces_dir, tmp_path / "data", missing_test_images=10_000)
+    """All test images missing (issue 9.4): the blend refuses a prior-only submission.
+    A quarter of the people suffice to train the heads that the refusal needs."""
+    table = _write_dataset(realfaces_dir, tmp_path / "data", missing_test_images=10_000, every=4)
     heads, blend = _chain(tmp_path / "data", tmp_path / "cache", tmp_path / "submission")
     n_test = int((table["split"] == "test").sum())
     assert blend.returncode == 1, blend.stdout + blend.stderr

@@ -30,7 +30,9 @@ from affectpipe.manifest import empty_manifest, write_manifest
 from affectpipe.pipeline import cli
 
 TINY = "tiny-test"
-SLEEP_ENV = "AFFECTPIPE_TEST_TINY_SLEEP"  # seconds per forward, to make a run killable
+# A parts folder: once it holds two committed chunks, forward stops there until the run is
+# killed, so a test kills it part-way whatever the machine's load.
+HOLD_ENV = "AFFECTPIPE_TEST_TINY_HOLD"
 
 
 class TinyNet(torch.nn.Module):
@@ -43,7 +45,9 @@ class TinyNet(torch.nn.Module):
         self.fc = torch.nn.Linear(6, 3)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        time.sleep(float(os.environ.get(SLEEP_ENV, "0")))
+        hold = os.environ.get(HOLD_ENV)
+        while hold and len(list(Path(hold).glob("chunk-*.npz"))) >= 2:
+            time.sleep(0.1)
         embedding = torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
         return embedding, self.fc(embedding)
 
@@ -288,12 +292,14 @@ def test_resume_after_sigkill_equals_uninterrupted_run(
     toy: DatasetPaths, tiny: BackboneSpec, tmp_path: Path
 ) -> None:
     script = KILLED_RUN.format(tests=str(Path(__file__).parent), root=str(toy.root))
-    env = {**os.environ, SLEEP_ENV: "0.15"}
-    child = subprocess.Popen([sys.executable, "-c", script], env=env)
     parts = toy.features_dir / f".{TINY}.h5.parts"
-    deadline = time.monotonic() + 30
-    while len(list(parts.glob("chunk-*.npz"))) < 2 and time.monotonic() < deadline:
+    env = {**os.environ, HOLD_ENV: str(parts)}
+    child = subprocess.Popen([sys.executable, "-c", script], env=env)
+    # Wait on the run's progress, not the clock: the child holds after two committed chunks.
+    started = time.monotonic()
+    while len(list(parts.glob("chunk-*.npz"))) < 2:
         assert child.poll() is None, "the child finished before it could be killed"
+        assert time.monotonic() - started < 600, "no two chunks committed in 10 minutes"
         time.sleep(0.02)
     child.send_signal(signal.SIGKILL)
     child.wait()

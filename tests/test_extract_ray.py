@@ -44,12 +44,15 @@ def local_ray():
     ray.shutdown()
 
 
+ROWS = 64  # enough for several batches per actor and chunks; the real models are the cost
+
+
 @pytest.fixture(scope="module")
-def bench256(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The 256 bench crops indexed as a `csv` dataset; returns the cache dir."""
+def bench(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first ROWS bench crops indexed as a `csv` dataset; returns the cache dir."""
     images = fixtures_dir / "images" / "bench112"
     root = tmp_path_factory.mktemp("bench")
-    names = sorted(p.name for p in images.glob("*.jpg"))
+    names = sorted(p.name for p in images.glob("*.jpg"))[:ROWS]
     (root / "labels.csv").write_text("image\n" + "\n".join(names) + "\n")
     cache = root / "cache"
     args = ["--cache-dir", cache, "index", root, "--format", "csv", "--name", "b"]
@@ -65,17 +68,17 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_ray_engine_writes_the_single_process_files(
-    local_ray, bench256: Path, fixtures_dir: Path, tmp_path: Path
+    local_ray, bench: Path, fixtures_dir: Path, tmp_path: Path
 ) -> None:
     weights = [
         f"mt-emotieffnet={fixtures_dir / 'emotieffnet' / 'enet_b0_8_va_mtl_calib.pt'}",
         f"ddamfn={fixtures_dir / 'ddamfn' / 'ddamfn_affectnet8_calib.pth'}",
     ]
-    args = ["--cache-dir", str(bench256), "extract", "--dataset", "b", "--batch-size", "32"]
+    args = ["--cache-dir", str(bench), "extract", "--dataset", "b", "--batch-size", "16"]
     args += ["--backbones", "mt-emotieffnet,ddamfn"]
     for item in weights:
         args += ["--weights", item]
-    features = bench256 / "b" / "features"
+    features = bench / "b" / "features"
     local = CliRunner().invoke(cli, [*args, "--workers", "1"], catch_exceptions=False)
     assert local.exit_code == 0, local.output
     for name in ("mt-emotieffnet", "ddamfn"):
@@ -85,7 +88,7 @@ def test_ray_engine_writes_the_single_process_files(
     assert "(ray: 2 CPU actor(s))" in on_ray.output  # the progress bar names the engine
     for name in ("mt-emotieffnet", "ddamfn"):
         expected, got = _arrays(tmp_path / f"{name}.h5"), _arrays(features / f"{name}.h5")
-        assert len(got["image"]) == 256 and got["ok"].all()
+        assert len(got["image"]) == ROWS and got["ok"].all()
         np.testing.assert_array_equal(got["image"], expected["image"])
         for key in ("embedding", "logits"):
             np.testing.assert_allclose(got[key], expected[key], rtol=0, atol=TOLERANCE)
@@ -155,11 +158,11 @@ def crashy() -> str:
 
 @pytest.mark.slow
 def test_killed_actor_is_retried_and_a_local_run_resumes_on_ray(
-    local_ray, bench256: Path, crashy: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    local_ray, bench: Path, crashy: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    paths = DatasetPaths.of(bench256, "b")
+    paths = DatasetPaths.of(bench, "b")
     run = partial(
-        extract.run, paths, [crashy], random_init=True, batch_size=16, chunk_rows=64, workers=0
+        extract.run, paths, [crashy], random_init=True, batch_size=4, chunk_rows=16, workers=0
     )
     run(progress=False)
     target = paths.features(crashy)
@@ -177,16 +180,16 @@ def test_killed_actor_is_retried_and_a_local_run_resumes_on_ray(
     summary = run(progress=False, engine=RayEngine(actors=2))
     assert marker.exists()  # an actor did die mid-run
     (report,) = summary.reports
-    assert report.action == "resumed" and report.rows == 256
+    assert report.action == "resumed" and report.rows == ROWS
     got = _arrays(target)
     for key in ("image", "ok", "embedding", "logits"):
         np.testing.assert_array_equal(got[key], reference[key])  # nothing lost or duplicated
 
 
 def test_ray_engine_without_ray_says_how_to_install(
-    bench256: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bench: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    base = ["--cache-dir", bench256, "extract", "--dataset", "b", "--random-init"]
+    base = ["--cache-dir", bench, "extract", "--dataset", "b", "--random-init"]
     (tmp_path / "ray.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # this `ray` shadows an installed one
     result = run_cli(*base, "--engine", "ray")

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from conftest import run_cli
 
+from affectpipe.pipeline import cli
 from affectpipe.schema import EXPR_NAMES
 
 pytestmark = pytest.mark.slow
@@ -41,21 +43,24 @@ def trained(realfaces_dir: Path, tmp_path_factory) -> dict:
     os.symlink(realfaces_dir / "images", root / "images")
     cache = root / "cache"
     common = ("--cache-dir", cache)
-    run_cli(*common, "index", root / "labels.csv", "--format", "csv", "--name", "faces",
-            check=True)
-    run_cli(*common, "extract", "--dataset", "faces", "--backbones", "openface",
-            "--workers", "0", check=True)
-    run_cli(*common, "heads", "--dataset", "faces", "--task", "expr", check=True)
-    run_cli(*common, "blend", "--dataset", "faces", "--out", root / "sub", "--no-report",
-            check=True)
+    # In process: the run is this module's input; what is tested here runs as subprocesses.
+    _invoke(*common, "index", root / "labels.csv", "--format", "csv", "--name", "faces")
+    _invoke(*common, "extract", "--dataset", "faces", "--backbones", "openface", "--workers", "0")
+    _invoke(*common, "heads", "--dataset", "faces", "--task", "expr")
+    _invoke(*common, "blend", "--dataset", "faces", "--out", root / "sub", "--no-report")
     test = table[table["split"] == "test"].reset_index(drop=True)
     plain = root / "plain"  # held-out images under new names, in a nested folder
     (plain / "nested").mkdir(parents=True)
     for i, name in enumerate(test["image"]):
         shutil.copyfile(realfaces_dir / "images" / name, plain / "nested" / f"photo_{i:03d}.jpg")
     archive = root / "shared-run.tar.gz"
-    run_cli(*common, "export-run", "--dataset", "faces", "--out", archive, check=True)
+    _invoke(*common, "export-run", "--dataset", "faces", "--out", archive)
     return {"root": root, "cache": cache, "test": test, "plain": plain, "archive": archive}
+
+
+def _invoke(*args: str | Path) -> None:
+    result = CliRunner().invoke(cli, [*map(str, args)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
 
 
 def _expected_probabilities(cache: Path, images: list[str]) -> np.ndarray:
