@@ -21,6 +21,7 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from affectpipe.heads.training import HeadsResult, label_rows, train
 from affectpipe.manifest import read_manifest
 
 BENCH_SEED = 0
-GENERATOR_VERSION = 2  # bump when the synthetic generator changes, so old caches regenerate
+GENERATOR_VERSION = 3  # bump when the synthetic generator changes, so old caches regenerate
 REFERENCE_VA_ROWS = 200_000  # train rows of the ridge reference (all of them at full scale)
 
 
@@ -185,9 +186,11 @@ def run_bench(
     reference_rows: int,
     temporal: bool = False,
     progress: bool = True,
-) -> str:
-    """Run the benchmark and return its report as markdown. Without `temporal` the default
-    temporal candidates are left out (they take minutes at full scale; see benchmarks.md)."""
+) -> Iterator[str]:
+    """Run the benchmark; yields its report as markdown in two parts (the run, then the table
+    with the references), so the first shows before the references are fitted. Without
+    `temporal` the default temporal candidates are left out (minutes at full scale, see
+    benchmarks.md)."""
     machine = _machine()
     paths = prepare_cache(Path(workdir), scale)
     cache_bytes = sum(f.stat().st_size for f in paths.features_dir.glob("*.h5"))
@@ -203,12 +206,6 @@ def run_bench(
     load_after = os.getloadavg()[0]
     io_floor = _io_floor(paths, result)
     manifest = read_manifest(paths.manifest)
-    references: dict[tuple[str, str], tuple[float, float, str]] = {}
-    for r in result.results:
-        key = (r.task, r.features)
-        if key not in references:
-            references[key] = _reference_score(paths, manifest, r.task, r.features, reference_rows)
-    clear_cache()
 
     command = "pipeline bench heads " + shlex.join(sys.argv[3:]) if len(sys.argv) > 3 else ""
     stages = ", ".join(f"{k} {v:.2f} s" for k, v in result.stage_seconds.items())
@@ -227,6 +224,15 @@ def run_bench(
         _temporal_line(result),
         f"- I/O floor (read every feature part once, page cache warm): {io_floor:.2f} s",
         "",
+    ]
+    yield "\n".join(lines)  # the run's numbers first: the references take minutes
+    references: dict[tuple[str, str], tuple[float, float, str]] = {}
+    for r in result.results:
+        key = (r.task, r.features)
+        if key not in references:
+            references[key] = _reference_score(paths, manifest, r.task, r.features, reference_rows)
+    clear_cache()
+    lines = [
         "| task | candidate | fit s (wall) | fit s (CPU) | val score | reference | ref fit s "
         "| head - ref |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -241,4 +247,4 @@ def run_bench(
             f"| {score:.4f} | {ref_text} "
             f"| {ref_seconds:.1f} | {score - ref:+.4f} |"
         )
-    return "\n".join(lines)
+    yield "\n".join(lines)

@@ -146,12 +146,12 @@ def heads_bench(
     """
     from affectpipe.heads.bench import run_bench
 
-    click.echo(
-        run_bench(
-            workdir or settings.cache_dir / "bench-heads",
-            scale=scale,
-            temporal=temporal,
-            reference_rows=reference_rows,
-            progress=progress,
-        )
+    report = run_bench(
+        workdir or settings.cache_dir / "bench-heads",
+        scale=scale,
+        temporal=temporal,
+        reference_rows=reference_rows,
+        progress=progress,
     )
+    for part in report:
+        click.echo(part)
