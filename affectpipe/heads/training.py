@@ -321,9 +321,6 @@ class _InlineExecutor:
             future.set_exception(exc)
         return future
 
-    def shutdown(self) -> None:
-        """Nothing runs in the background."""
-
 
 def fit_executor(n_jobs: int) -> Any:
     """Where fits run: this process (n_jobs 1), or n_jobs worker processes that each fit on
