@@ -86,6 +86,7 @@ def test_chunked_projection_equals_in_memory(cache: DatasetPaths, tmp_path: Path
     assert Z.shape == (len(manifest), 16) and not Z[~loaded.ok].any()
 
 
+@pytest.mark.slow  # two small heads runs: ~10 s on an idle 2-core machine
 def test_chunk_size_does_not_change_heads(cache: DatasetPaths) -> None:
     """Chunk size changes the projection by float32 rounding only (see above): a closed-form
     head (VA ridge) then agrees to ~1e-5; an iterative one (AU MLP) amplifies ulp-level input
