@@ -302,7 +302,11 @@ def test_reloaded_head_predicts_identically_in_a_fresh_process(cache: DatasetPat
     )
     fresh = np.load(out_path)
     preds = pd.read_parquet(cache.preds("reload", "au", name))
-    np.testing.assert_array_equal(fresh[preds["row"].to_numpy()], preds[list(PRED_COLUMNS["au"])])
+    # Up to float rounding: training predicts the val/test rows in one batch, the reloaded
+    # head every ok row; torch's matmul may round a row differently by batch size (1 ulp).
+    np.testing.assert_allclose(
+        fresh[preds["row"].to_numpy()], preds[list(PRED_COLUMNS["au"])], rtol=1e-6, atol=0
+    )
     head = load_head(head_path)
     assert head.feature_set == "mt-emotieffnet:embedding+logits"
     assert head.output_columns == PRED_COLUMNS["au"]

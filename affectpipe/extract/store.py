@@ -167,10 +167,13 @@ def failure_attrs(images: np.ndarray, failed: dict[int, str]) -> dict[str, Any]:
     return {"failed_count": len(failed), "failed_images": listed[:FAILED_LIST_CAP]}
 
 
-def estimated_file_bytes(images: np.ndarray, columns: int, extra_bytes: int = 0) -> int:
-    """A generous size of a feature file: float32 columns, ok, image keys and HDF5 overhead."""
+def estimated_file_bytes(
+    images: np.ndarray, columns: int, extra_bytes: int = 0, itemsize: int = 4
+) -> int:
+    """A generous size of a feature file: float columns (`itemsize` bytes each), ok, image
+    keys and HDF5 overhead."""
     keys = sum(len(str(image).encode()) + 48 for image in images)  # + heap ids and headers
-    data = len(images) * (4 * columns + 1) + keys + extra_bytes
+    data = len(images) * (itemsize * columns + 1) + keys + extra_bytes
     return data + data // 20 + (256 << 10)
 
 
@@ -182,8 +185,11 @@ def write_feature_file_streamed(
     *,
     embedding_dim: int,
     logits_dim: int | None,
+    dtype: str = "float32",
 ) -> None:
     """Write a complete feature file (see `affectpipe.features`) chunk by chunk, atomically.
+    `dtype`: float32, or float16 where disk matters more than precision (the synthetic
+    1M-row heads bench cache).
 
     `chunks` yields (first row, {"embedding", "ok"[, "logits"]}) covering every row once, in
     order; the file becomes visible only after the last chunk and the attrs are written.
@@ -197,7 +203,8 @@ def write_feature_file_streamed(
     scalars = {k: v for k, v in attrs.items() if not isinstance(v, np.ndarray)}
     arrays = {k: v for k, v in attrs.items() if isinstance(v, np.ndarray)}
     columns = embedding_dim + (logits_dim or 0)
-    needed = estimated_file_bytes(images, columns, sum(a.nbytes for a in arrays.values()))
+    extra_bytes = sum(a.nbytes for a in arrays.values())
+    needed = estimated_file_bytes(images, columns, extra_bytes, np.dtype(dtype).itemsize)
     ensure_free_space(path, needed)
     chunk_shape = max(1, min(n, H5_CHUNK_ROWS))
     with atomic_path(path) as tmp, open(tmp, "w+b") as file:
@@ -207,12 +214,12 @@ def write_feature_file_streamed(
                 "image", data=np.asarray(images, dtype=object), dtype=STRING_DTYPE
             )
             embedding = handle.create_dataset(
-                "embedding", (n, embedding_dim), "float32", chunks=(chunk_shape, embedding_dim)
+                "embedding", (n, embedding_dim), dtype, chunks=(chunk_shape, embedding_dim)
             )
             logits = None
             if logits_dim is not None:
                 logits = handle.create_dataset(
-                    "logits", (n, logits_dim), "float32", chunks=(chunk_shape, logits_dim)
+                    "logits", (n, logits_dim), dtype, chunks=(chunk_shape, logits_dim)
                 )
             ok = handle.create_dataset("ok", (n,), "bool")
             covered = 0

@@ -3,36 +3,46 @@
 The reference for each (task, feature set) is a plain scikit-learn fit on the standardised
 raw features (no PCA): Ridge for VA, LogisticRegression for EXPR (multinomial, our class
 weights) and one LogisticRegression per AU (our positive weights), on at most
-`reference_rows` train rows for the classifiers. Heads should score within 0.02 of it.
+`reference_rows` train rows for the classifiers and REFERENCE_VA_ROWS for the ridge (a seeded
+subsample, named in the table: at 1M rows the raw train matrix alone would be ~3 GB). Heads
+should score within 0.02 of it.
+
+Peak memory is the peak resident set (VmHWM) of the heads run: this process's, reset after
+the synthetic cache is prepared, plus each worker process's, summed (an upper bound: the
+workers' peaks need not coincide).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from affectpipe import __version__
 from affectpipe.config import DatasetPaths
+from affectpipe.features import read_feature_file
 from affectpipe.heads.featuresets import (
+    DEFAULT_CHUNK_ROWS,
     clear_cache,
     load_feature_set,
-    load_part,
     parse_feature_set,
 )
-from affectpipe.heads.synthetic import SCALES, write_synthetic_cache
+from affectpipe.heads.synthetic import SCALES, STORAGE_DTYPE, write_synthetic_cache
 from affectpipe.heads.tasks import class_weights, get_task, pos_weights
 from affectpipe.heads.training import HeadsResult, label_rows, train
 from affectpipe.manifest import read_manifest
 
 BENCH_SEED = 0
-GENERATOR_VERSION = 1  # bump when the synthetic generator changes, so old caches regenerate
+GENERATOR_VERSION = 3  # bump when the synthetic generator changes, so old caches regenerate
+REFERENCE_VA_ROWS = 200_000  # train rows of the ridge reference (all of them at full scale)
 
 
 def prepare_cache(workdir: Path, scale: str) -> DatasetPaths:
@@ -73,7 +83,9 @@ def _reference_score(
     train_rows = np.flatnonzero(valid & loaded.ok & (split == "train"))
     val_rows = np.flatnonzero(valid & loaded.ok & (split == "val"))
     note = ""
-    if task_name != "va" and max_rows and len(train_rows) > max_rows:
+    if task_name == "va":
+        max_rows = REFERENCE_VA_ROWS
+    if max_rows and len(train_rows) > max_rows:
         rng = np.random.default_rng(BENCH_SEED)
         train_rows = np.sort(rng.choice(train_rows, max_rows, replace=False))
         note = f"subsample {max_rows}"
@@ -101,15 +113,57 @@ def _reference_score(
 
 
 def _io_floor(paths: DatasetPaths, result: HeadsResult) -> float:
-    """Seconds to read every HDF5 part the run used, once (OS page cache warm)."""
+    """Seconds to read every HDF5 part the run used, once, in chunks (OS page cache warm)."""
     clear_cache()
     parts = {part for r in result.results for part in parse_feature_set(r.features).parts}
     start = time.perf_counter()
     for backbone, part in sorted(parts):
-        load_part(paths.features(backbone), part)
-    seconds = time.perf_counter() - start
-    clear_cache()
-    return seconds
+        handle = read_feature_file(paths.features(backbone))
+        with handle.reader(part) as read:
+            for first in range(0, len(handle.images), DEFAULT_CHUNK_ROWS):
+                read(slice(first, first + DEFAULT_CHUNK_ROWS))
+    return time.perf_counter() - start
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak resident set (Linux: clear_refs 5); False if unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss(pid: int | str = "self") -> int:
+    """Peak resident set (VmHWM) of a process in bytes; 0 if unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _children() -> list[int]:
+    """Live child processes of this one (the fit workers), from /proc."""
+    pids: list[int] = []
+    for path in Path("/proc/self/task").glob("*/children"):
+        try:
+            pids += [int(pid) for pid in path.read_text().split()]
+        except OSError:
+            continue
+    return pids
+
+
+def _memory_line(main: int, workers: list[int], reset: bool) -> str:
+    total = main + sum(workers)
+    parts = " + ".join(f"{w / 2**30:.2f}" for w in workers) or "none"
+    how = "" if reset else " (peak not reset: includes preparing the cache)"
+    return (
+        f"- peak RSS: **{total / 2**30:.2f} GiB** = main {main / 2**30:.2f}{how} + worker "
+        f"processes {parts} GiB (VmHWM of each, summed)"
+    )
 
 
 def _temporal_line(result: HeadsResult) -> str:
@@ -125,37 +179,60 @@ def _temporal_line(result: HeadsResult) -> str:
     )
 
 
-def run_bench(workdir: Path, *, scale: str, reference_rows: int, progress: bool = True) -> str:
-    """Run the benchmark and return its report as markdown."""
+def run_bench(
+    workdir: Path,
+    *,
+    scale: str,
+    reference_rows: int,
+    temporal: bool = False,
+    progress: bool = True,
+) -> Iterator[str]:
+    """Run the benchmark; yields its report as markdown in two parts (the run, then the table
+    with the references), so the first shows before the references are fitted. Without
+    `temporal` the default temporal candidates are left out (minutes at full scale, see
+    benchmarks.md)."""
     machine = _machine()
     paths = prepare_cache(Path(workdir), scale)
+    cache_bytes = sum(f.stat().st_size for f in paths.features_dir.glob("*.h5"))
+    config = Path(workdir) / f"bench-temporal-{str(temporal).lower()}.toml"
+    config.write_text(f"[heads]\ntemporal = {str(temporal).lower()}\n")
     clear_cache()
+    gc.collect()
+    reset = _reset_peak_rss()
     cpu_start, wall_start = time.process_time(), time.perf_counter()
-    result = train(paths, run="bench", progress=progress)
+    result = train(paths, run="bench", config_path=config, progress=progress)
     wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
+    memory = _memory_line(_peak_rss(), [_peak_rss(pid) for pid in _children()], reset)
+    load_after = os.getloadavg()[0]
     io_floor = _io_floor(paths, result)
     manifest = read_manifest(paths.manifest)
+
+    command = "pipeline bench heads " + shlex.join(sys.argv[3:]) if len(sys.argv) > 3 else ""
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in result.stage_seconds.items())
+    which = "default candidates" + ("" if temporal else " without the temporal ones")
+    lines = [
+        f"## heads benchmark ({scale} scale, affectpipe {__version__})",
+        "",
+        f"- command: `{command or 'pipeline bench heads --scale ' + scale}`",
+        f"- machine: {machine}, {load_after:.1f} after the run",
+        f"- rows: {len(manifest):,} manifest rows; {len(result.results)} {which}",
+        f"- feature cache: {cache_bytes / 2**30:.2f} GiB on disk ({STORAGE_DTYPE} storage)",
+        f"- default run end to end: **{wall:.2f} s wall**, {cpu:.2f} s CPU in the main "
+        "process (worker processes' CPU is in the per-candidate column)",
+        f"- stages (main process; fits overlap loading and scaling): {stages}",
+        memory,
+        _temporal_line(result),
+        f"- I/O floor (read every feature part once, page cache warm): {io_floor:.2f} s",
+        "",
+    ]
+    yield "\n".join(lines)  # the run's numbers first: the references take minutes
     references: dict[tuple[str, str], tuple[float, float, str]] = {}
     for r in result.results:
         key = (r.task, r.features)
         if key not in references:
             references[key] = _reference_score(paths, manifest, r.task, r.features, reference_rows)
     clear_cache()
-
-    command = "pipeline bench heads " + shlex.join(sys.argv[3:]) if len(sys.argv) > 3 else ""
-    stages = ", ".join(f"{k} {v:.2f} s" for k, v in result.stage_seconds.items())
     lines = [
-        f"## heads benchmark ({scale} scale, affectpipe {__version__})",
-        "",
-        f"- command: `{command or 'pipeline bench heads --scale ' + scale}`",
-        f"- machine: {machine}",
-        f"- rows: {len(manifest):,} manifest rows; {len(result.results)} default candidates",
-        f"- default run end to end: **{wall:.2f} s wall**, {cpu:.2f} s CPU in the main "
-        "process (worker processes' CPU is in the per-candidate column)",
-        f"- stages: {stages}",
-        _temporal_line(result),
-        f"- I/O floor (read every feature part once, page cache warm): {io_floor:.2f} s",
-        "",
         "| task | candidate | fit s (wall) | fit s (CPU) | val score | reference | ref fit s "
         "| head - ref |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -170,4 +247,4 @@ def run_bench(workdir: Path, *, scale: str, reference_rows: int, progress: bool 
             f"| {score:.4f} | {ref_text} "
             f"| {ref_seconds:.1f} | {score - ref:+.4f} |"
         )
-    return "\n".join(lines)
+    yield "\n".join(lines)

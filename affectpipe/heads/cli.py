@@ -98,10 +98,17 @@ def heads(
 @click.command()
 @click.option(
     "--scale",
-    type=click.Choice(["full", "small"]),
+    type=click.Choice(["full", "small", "1m"]),
     default="full",
     show_default=True,
-    help="full: s-Aff-Wild2 size (142,333 / 26,876 / 51,159 rows); small: a tenth.",
+    help="full: s-Aff-Wild2 size (142,333 / 26,876 / 51,159 rows); small: a tenth; "
+    "1m: 1,000,000 rows in the same proportions (~4 GB of float16 cache).",
+)
+@click.option(
+    "--temporal/--no-temporal",
+    default=False,
+    show_default=True,
+    help="Also time the default temporal candidates (one per task; minutes at full scale).",
 )
 @click.option(
     "--workdir",
@@ -117,22 +124,29 @@ def heads(
 @progress_option
 @click.pass_obj
 def heads_bench(
-    settings: Settings, scale: str, workdir: Path | None, reference_rows: int, progress: bool
+    settings: Settings,
+    scale: str,
+    temporal: bool,
+    workdir: Path | None,
+    reference_rows: int,
+    progress: bool,
 ) -> None:
-    """Time the default heads run at s-Aff-Wild2 scale and compare with reference fits.
+    """Time the default heads run at s-Aff-Wild2 scale (or 1M rows) and compare with reference
+    fits.
 
     Generates (or reuses) a synthetic feature cache with planted signal, times the default
-    `pipeline heads` run end to end and per candidate, measures the I/O floor (reading the
-    features), fits scikit-learn references (Ridge / LogisticRegression) on the same
-    features and prints a markdown table of scores and timings.
+    `pipeline heads` run end to end (stages, peak memory) and per candidate, measures the I/O
+    floor (reading the features), fits scikit-learn references (Ridge / LogisticRegression)
+    on the same features and prints a markdown table of scores and timings.
     """
     from affectpipe.heads.bench import run_bench
 
-    click.echo(
-        run_bench(
-            workdir or settings.cache_dir / "bench-heads",
-            scale=scale,
-            reference_rows=reference_rows,
-            progress=progress,
-        )
+    report = run_bench(
+        workdir or settings.cache_dir / "bench-heads",
+        scale=scale,
+        temporal=temporal,
+        reference_rows=reference_rows,
+        progress=progress,
     )
+    for part in report:
+        click.echo(part)

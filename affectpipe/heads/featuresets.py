@@ -8,14 +8,16 @@ current backbone::
     mt-emotieffnet:embedding+logits
     mt-emotieffnet:embedding+ddamfn:embedding
 
-Loading reads each HDF5 part once per process (kept in a small cache keyed by file and
-modification time) and gathers rows through an image -> feature-row index, so repeated
-image keys in the manifest simply reuse a feature row.
+Loading joins each feature file to the manifest (an image -> feature-row index, kept per
+file and modification time), so repeated image keys in the manifest simply reuse a feature
+row. Feature values are read on demand, a bounded block of HDF5 rows at a time, never a
+whole file: memory does not grow with the raw width times the rows.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +92,9 @@ def parse_feature_set(spec: str) -> FeatureSet:
     return FeatureSet(tuple(parts))
 
 
-# (path, mtime_ns, part) -> float32 array of the feature file's rows; ok masks per file.
+DEFAULT_CHUNK_ROWS = 16384  # feature-file rows read at a time
+
+# (path, mtime_ns, part) -> float32 array of a whole part (`load_part`); files per (path, mtime).
 _PART_CACHE: dict[tuple[str, int, str], np.ndarray] = {}
 _FILE_CACHE: dict[tuple[str, int], FeatureFile] = {}
 
@@ -111,12 +115,13 @@ def _open(path: Path) -> tuple[FeatureFile, int]:
 
 
 def load_part(path: Path, part: str) -> tuple[np.ndarray, FeatureFile]:
-    """One part of a feature file as float32 [N_file, D], read (and checked) once per process."""
+    """One whole part of a feature file as float32 [N_file, D], read (and checked) once per
+    process: for narrow parts (logits). Heads read through `load_feature_set`, in chunks."""
     handle, mtime = _open(path)
     key = (str(path), mtime, part)
     if key not in _PART_CACHE:
-        data = np.ascontiguousarray(handle.load(part), dtype=np.float32)
-        _check_finite(data, handle, part)
+        data = handle.load(part)
+        _check_finite(data, handle.ok, handle, part)
         _PART_CACHE[key] = data
     return _PART_CACHE[key], handle
 
@@ -133,26 +138,55 @@ def manifest_rows_to_feature_rows(images: np.ndarray, manifest: pd.DataFrame) ->
 
 @dataclass
 class LoadedFeatures:
-    """A feature set joined to the manifest without copying it: `take(rows)` gathers rows.
+    """A feature set joined to the manifest. Nothing but the join is held in memory:
+    `take(rows)` reads the rows it needs from the HDF5 files, one block of at most
+    `chunk_rows` file rows at a time, so memory stays bounded by what is asked for.
 
     ok [n_rows]: the row's image is in every file of the set and ok there.
     """
 
     feature_set: FeatureSet
     ok: np.ndarray
-    parts: list[np.ndarray]  # per (backbone, part): the file's rows, float32
+    sources: list[tuple[FeatureFile, str]]  # per (backbone, part): its file and part name
+    widths: list[int]  # per part: its columns
     row_maps: list[np.ndarray]  # per part: feature-file row of each manifest row (0 if absent)
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    read_seconds: float = 0.0  # time spent reading (and checking) file rows so far
 
     @property
     def width(self) -> int:
-        return sum(part.shape[1] for part in self.parts)
+        return sum(self.widths)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Features of manifest rows `rows` as one float32 [len(rows), width] array."""
-        blocks = [
-            part[row_map[rows]] for part, row_map in zip(self.parts, self.row_maps, strict=True)
-        ]
-        return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+        start = time.perf_counter()
+        out = np.empty((len(rows), self.width), dtype=np.float32)
+        column = 0
+        for (handle, part), width, row_map in zip(
+            self.sources, self.widths, self.row_maps, strict=True
+        ):
+            self._gather(handle, part, row_map[rows], out[:, column : column + width])
+            column += width
+        self.read_seconds += time.perf_counter() - start
+        return out
+
+    def _gather(
+        self, handle: FeatureFile, part: str, file_rows: np.ndarray, out: np.ndarray
+    ) -> None:
+        """out[i] = row file_rows[i] of the part, reading the file in blocks of `chunk_rows`
+        rows (only blocks holding wanted rows, only from the first to the last wanted)."""
+        if not len(file_rows):
+            return
+        order = np.argsort(file_rows, kind="stable")
+        wanted = file_rows[order]
+        block_of = wanted // self.chunk_rows
+        bounds = np.flatnonzero(np.diff(block_of)) + 1
+        with handle.reader(part) as read:
+            for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(wanted)], strict=True):
+                first, last = int(wanted[lo]), int(wanted[hi - 1]) + 1
+                block = read(slice(first, last))
+                _check_finite(block, handle.ok[first:last], handle, part)
+                out[order[lo:hi]] = block[wanted[lo:hi] - first]
 
 
 def load_feature_set(
@@ -160,20 +194,25 @@ def load_feature_set(
     feature_set: FeatureSet,
     manifest: pd.DataFrame,
     joins: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> LoadedFeatures:
-    """Join the feature set's parts to the manifest rows.
+    """Join the feature set's parts to the manifest rows (reads no feature values).
 
     Rows whose image is absent from a file, or is ``ok=false`` in any backbone, get
     ``ok=False``: they must not be used (and get no prediction). `joins` (backbone -> (row
     map, ok)) keeps each backbone's join for later feature sets on the same manifest: at
     s-Aff-Wild2 scale a join costs ~0.25 s.
     """
+    if chunk_rows < 1:
+        raise ValueError("chunk_rows must be positive")
     joins = {} if joins is None else joins
     ok = np.ones(len(manifest), dtype=bool)
-    parts: list[np.ndarray] = []
+    sources: list[tuple[FeatureFile, str]] = []
+    widths: list[int] = []
     row_maps: list[np.ndarray] = []
     for backbone, part in feature_set.parts:
-        data, handle = load_part(paths.features(backbone), part)
+        handle, _ = _open(paths.features(backbone))
+        widths.append(handle.width(part))
         if backbone not in joins:
             rows = manifest_rows_to_feature_rows(handle.images, manifest)
             _check_rows_match(handle, rows)
@@ -182,14 +221,12 @@ def load_feature_set(
             joins[backbone] = (np.maximum(rows, 0), usable)
         row_map, backbone_ok = joins[backbone]
         ok &= backbone_ok
-        parts.append(data)
+        sources.append((handle, part))
         row_maps.append(row_map)
-    return LoadedFeatures(feature_set=feature_set, ok=ok, parts=parts, row_maps=row_maps)
+    return LoadedFeatures(feature_set, ok, sources, widths, row_maps, chunk_rows)
 
 
-def feature_arrays(
-    paths: DatasetPaths, spec: str
-) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+def feature_arrays(paths: DatasetPaths, spec: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """A feature set (e.g. ``"openface:embedding"``) as arrays for every manifest row:
     (X [n_rows, width] float32, ok [n_rows] bool, the manifest). Rows with ok false hold
     zeros-filled features that must not be used."""
@@ -214,11 +251,12 @@ def _check_rows_match(handle: FeatureFile, rows: np.ndarray) -> None:
         )
 
 
-def _check_finite(data: np.ndarray, handle: FeatureFile, name: str) -> None:
-    """Refuse NaN/inf in ok rows. One cheap pass: a column sum is finite unless an entry is not."""
+def _check_finite(data: np.ndarray, ok: np.ndarray, handle: FeatureFile, name: str) -> None:
+    """Refuse NaN/inf in ok rows (`ok`: of `data`'s rows). One cheap pass: a column sum is
+    finite unless an entry is not."""
     if np.isfinite(data.sum(axis=0, dtype=np.float64)).all():
         return
-    bad = int((~np.isfinite(data[handle.ok])).any(axis=1).sum())
+    bad = int((~np.isfinite(data[ok])).any(axis=1).sum())
     if bad:
         raise InputError(f"{handle.path}: {bad} ok rows of {name} hold NaN or inf values")
 

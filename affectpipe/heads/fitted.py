@@ -51,16 +51,21 @@ class FittedHead:
         loaded = load_feature_set(paths, parse_feature_set(self.feature_set), manifest)
         out = np.full((len(manifest), len(self.output_columns)), np.nan, dtype=np.float32)
         ok_rows = np.flatnonzero(loaded.ok)
+        # Raw features are read and projected a chunk at a time; the model then sees every
+        # ok row at once, as in training (batch-dependent float rounding stays the same).
+        step = loaded.chunk_rows
+        Z = np.zeros((len(manifest), self.scaler.n_features_out), dtype=np.float32)
+        for start in range(0, len(ok_rows), step):
+            chunk = ok_rows[start : start + step]
+            Z[chunk] = self.scaler.transform(loaded.take(chunk))
         if getattr(self.model, "sequence_input", False):  # whole videos, in frame order
             from affectpipe.heads.temporal import sequence_groups
 
-            Z = np.zeros((len(manifest), self.scaler.n_features_out), dtype=np.float32)
-            Z[ok_rows] = self.scaler.transform(loaded.take(ok_rows))
             groups = sequence_groups(manifest["split"].to_numpy(), manifest["video"].to_numpy())
             frames = manifest["frame"].to_numpy(np.int64)
             out[:] = self.model.predict_outputs(Z, groups, frames, loaded.ok)
         else:
-            out[ok_rows] = self.predict_features(loaded.take(ok_rows))
+            out[ok_rows] = self.model.predict_outputs(Z[ok_rows])
         return pd.DataFrame(out, columns=list(self.output_columns), index=manifest.index)
 
     def save(self, path: Path) -> None:

@@ -8,17 +8,25 @@ and test row (NaN where the features are not ok), score on val. With
 ``folds=K`` the train and val rows get out-of-fold predictions instead, from K refits on
 train+val grouped by video, so a blend can be tuned on honest predictions.
 
-Fits run on one thread each; the candidates of a feature set are spread over worker
-processes (``[heads] workers``, default one per usable core) when the data is large enough
-to pay for starting them. Results are identical either way.
+Out of core: a feature set's raw rows are read from the HDF5 files a chunk at a time,
+standardised and projected (scaler fitted on a bounded sample of train rows) into a ``.npy``
+in a scratch folder of the run; fits read that projected matrix memory-mapped. So memory
+depends on the projected width, not on the raw width times the rows.
+
+Fits run on one thread each, in worker processes (``[heads] workers``, default one per usable
+core) when the data is large enough to pay for starting them. A feature set's fits are
+submitted as soon as it is projected, so they run while the next set is read and projected,
+and finished heads are written in between. Results are identical either way.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.model_selection import GroupKFold
 from tqdm.auto import tqdm
@@ -36,7 +43,12 @@ from affectpipe.config import DEFAULT_RUN, DatasetPaths
 from affectpipe.errors import InputError
 from affectpipe.fsutil import file_lock, write_text_atomic
 from affectpipe.heads.candidates import Candidate, load_config, select_candidates
-from affectpipe.heads.featuresets import LoadedFeatures, available_backbones, load_feature_set
+from affectpipe.heads.featuresets import (
+    DEFAULT_CHUNK_ROWS,
+    LoadedFeatures,
+    available_backbones,
+    load_feature_set,
+)
 from affectpipe.heads.fitted import FittedHead
 from affectpipe.heads.models import MODELS, make_model
 from affectpipe.heads.preprocess import FeatureScaler
@@ -46,7 +58,6 @@ from affectpipe.manifest import read_manifest
 from affectpipe.schema import TASKS
 
 SCALER_SAMPLE_ROWS = 20000  # train rows the scaler / PCA is estimated on
-CHUNK_ROWS = 16384
 PARALLEL_MIN_VALUES = 1 << 22  # scaled feature values (rows x columns) worth worker processes
 EARLY_STOPPING_SHARE = 0.1  # share of train videos held out to early-stop MLP / LightGBM fits
 EARLY_STOPPING_MIN_ROWS = 1000  # fewer train rows: too few held out to early-stop on (noise)
@@ -107,20 +118,30 @@ def format_table(results: Sequence[CandidateResult]) -> str:
 
 
 def scale_features(
-    loaded: LoadedFeatures, fit_rows: np.ndarray, n_components: int
+    loaded: LoadedFeatures, fit_rows: np.ndarray, n_components: int, out: Path
 ) -> tuple[np.ndarray, FeatureScaler]:
-    """Fit the scaler on (evenly spaced) train rows; transform every ok row, in chunks.
+    """Fit the scaler on train rows, then project every row straight into the ``.npy`` file
+    `out`, a chunk (`loaded.chunk_rows` manifest rows) at a time.
 
-    Returns Z [n_rows, width out] (zeros for rows that are not ok) and the scaler.
+    The scaler (means, scales, PCA) is fitted on at most SCALER_SAMPLE_ROWS evenly spaced
+    train rows, read from the feature files: a bounded sample, so its cost and memory do not
+    grow with the rows (the leading components of 20,000 rows match those of all of them to
+    well within what the heads can tell). Memory: that sample plus one chunk, raw and
+    projected; nothing of size rows x raw width. Returns Z [n_rows, width out] (memory-mapped
+    read-only from `out`; zeros for rows that are not ok) and the scaler.
     """
     sample = fit_rows[:: max(1, len(fit_rows) // SCALER_SAMPLE_ROWS)]
     scaler = FeatureScaler(n_components=n_components).fit(loaded.take(sample))
-    Z = np.zeros((len(loaded.ok), scaler.n_features_out), dtype=np.float32)
-    ok_rows = np.flatnonzero(loaded.ok)
-    for start in range(0, len(ok_rows), CHUNK_ROWS):
-        chunk = ok_rows[start : start + CHUNK_ROWS]
-        Z[chunk] = scaler.transform(loaded.take(chunk))
-    return Z, scaler
+    n_rows, width = len(loaded.ok), scaler.n_features_out
+    header = {"descr": "<f4", "fortran_order": False, "shape": (n_rows, width)}
+    with open(out, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        for start in range(0, n_rows, loaded.chunk_rows):
+            ok = loaded.ok[start : start + loaded.chunk_rows]
+            block = np.zeros((len(ok), width), dtype=np.float32)
+            block[ok] = scaler.transform(loaded.take(start + np.flatnonzero(ok)))
+            block.tofile(handle)
+    return np.load(out, mmap_mode="r"), scaler
 
 
 def label_rows(manifest: pd.DataFrame, task: str, strict: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -153,6 +174,30 @@ class Rows:
             video=pd.factorize(manifest["video"])[0].astype(np.int64),
             labels={task: label_rows(manifest, task, strict) for task in tasks},
             frame=manifest["frame"].to_numpy(dtype=np.int64),
+        )
+
+    def save(self, folder: Path) -> None:
+        """Write every array as ``.npy`` under `folder` (for `Rows.mapped`)."""
+        arrays = {"split": self.split, "video": self.video, "frame": self.frame}
+        for task, (y, valid) in self.labels.items():
+            arrays |= {f"labels.{task}.y": y, f"labels.{task}.valid": valid}
+        for name, array in arrays.items():
+            np.save(folder / f"{name}.npy", array)
+
+    @classmethod
+    def mapped(cls, folder: Path) -> Rows:
+        """Rows saved under `folder`, memory-mapped read-only: each worker process maps the
+        files instead of receiving a pickled copy of ~50 MB per fit at 1M rows."""
+
+        def load(name: str) -> np.ndarray:
+            return np.load(folder / f"{name}.npy", mmap_mode="r")
+
+        tasks = sorted(p.name.split(".")[1] for p in folder.glob("labels.*.y.npy"))
+        return cls(
+            split=load("split"),
+            video=load("video"),
+            labels={t: (load(f"labels.{t}.y"), load(f"labels.{t}.valid")) for t in tasks},
+            frame=load("frame"),
         )
 
 
@@ -249,22 +294,44 @@ def _cross_fit(
         outputs[held_rows] = fold_model.predict_outputs(Z[held_rows])
 
 
-def fit_all(
-    jobs: Sequence[tuple[Candidate, np.ndarray, np.ndarray]],
-    rows: Rows,
-    *,
+def _fit_job(
+    candidate: Candidate,
+    scaled: Path,
+    scratch: Path,
     seed: int,
     seeds: int,
     folds: int,
-    n_jobs: int,
-) -> Iterator[tuple[Any, np.ndarray, dict[str, Any]]]:
-    """Fit (candidate, Z, ok) jobs, in order; with n_jobs > 1 in that many processes (each Z is
-    memory-mapped once, not copied). Each fit uses one thread, so processes are what puts the
-    cores to use."""
+) -> tuple[Any, np.ndarray, dict[str, Any]]:
+    """`fit_candidate` on files: the projected features ``scaled`` (.npy, with its ok mask
+    beside it as ``<name>.ok.npy``) and the rows saved in `scratch`, all memory-mapped, so a
+    job sends paths to its worker process, not arrays."""
+    Z = np.load(scaled, mmap_mode="r")
+    ok = np.load(scaled.with_suffix(".ok.npy"), mmap_mode="r")
+    return fit_candidate(candidate, Z, ok, Rows.mapped(scratch), seed, seeds, folds)
+
+
+class _InlineExecutor:
+    """Runs each submitted call at once, in this process (small problems: `worker_count`)."""
+
+    def submit(self, fn: Any, *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:  # delivered by future.result(), as from a worker
+            future.set_exception(exc)
+        return future
+
+
+def fit_executor(n_jobs: int) -> Any:
+    """Where fits run: this process (n_jobs 1), or n_jobs worker processes that each fit on
+    one thread (processes are what puts the cores to use). Jobs submitted while the next
+    feature set is still being projected start at once."""
     if n_jobs <= 1:
-        return (fit_candidate(c, Z, ok, rows, seed, seeds, folds) for c, Z, ok in jobs)
-    tasks = (delayed(fit_candidate)(c, Z, ok, rows, seed, seeds, folds) for c, Z, ok in jobs)
-    return Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")(tasks)
+        return _InlineExecutor()
+    from joblib.externals.loky import get_reusable_executor
+
+    one_thread = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")
+    return get_reusable_executor(max_workers=n_jobs, env=one_thread)
 
 
 def worker_count(workers: int, n_candidates: int, largest: int) -> int:
@@ -287,9 +354,11 @@ def _warm_up() -> None:
 
 
 def _fit_cost_rank(candidate: Candidate) -> tuple[int, bool]:
-    """Sort key, slowest fits first (so no core idles at the end waiting on a long fit): trees,
-    then MLPs, then L-BFGS linear heads; a VA linear head is a closed-form ridge."""
-    return ({"lightgbm": 0, "mlp": 1}.get(candidate.model, 2), candidate.task == "va")
+    """Sort key, slowest fits first (so no core idles at the end waiting on a long fit):
+    sequence models and trees, then MLPs, then L-BFGS linear heads; a VA linear head is a
+    closed-form ridge."""
+    rank = {"temporal": 0, "lightgbm": 0, "mlp": 1}.get(candidate.model, 2)
+    return rank, candidate.task == "va"
 
 
 def _preds_frame(manifest: pd.DataFrame, folds: int) -> pd.DataFrame:
@@ -366,11 +435,13 @@ def train(
     seeds: int = 1,
     strict_labels: bool = False,
     progress: bool = True,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> HeadsResult:
     """Train the selected candidates on cached features; write heads, preds, metrics.json and,
     last, the run record (`affectpipe.predictions`).
 
-    Every task with labelled train rows is trained (all three unless `tasks` names some);
+    Features are read and projected `chunk_rows` rows at a time (results do not depend on
+    it). Every task with labelled train rows is trained (all three unless `tasks` names some);
     the others, and candidates without two usable train rows, are skipped with the reason
     (in the result and the run record).
     """
@@ -414,46 +485,34 @@ def train(
             paths, sorted({b for c in chosen for b in c.features.backbones})
         )
         bar = tqdm(total=len(chosen), desc="heads", unit="cand", disable=not progress)
-        # Scale every feature set first, then fit all candidates in one pool, slowest first:
-        # per-feature-set pools left a core idle at the end of each set.
-        jobs: list[tuple[int, Candidate, np.ndarray, np.ndarray]] = []
         scalers: dict[str, FeatureScaler] = {}
         skipped_candidates: dict[str, str] = {}
         notes: list[str] = []
-        largest, warm_up = 0, None
         joins: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        tick = time.perf_counter()
+        loaded_sets = {
+            spec: load_feature_set(paths, chosen[members[0]].features, manifest, joins, chunk_rows)
+            for spec, members in groups.items()
+        }
+        stages["load"] += time.perf_counter() - tick
+        fit_groups: dict[str, list[int]] = {}  # feature set -> its candidates, slowest first
         for spec, members in groups.items():
-            features = chosen[members[0]].features
-            tick = time.perf_counter()
-            loaded = load_feature_set(paths, features, manifest, joins)
-            stages["load"] += time.perf_counter() - tick
-            tick = time.perf_counter()
+            loaded = loaded_sets[spec]
             usable = {i: _usable_train_rows(chosen[i], loaded.ok, rows) for i in members}
             for i in [i for i in members if usable[i] < 2]:
                 skipped_candidates[str(chosen[i])] = (
-                    f"{usable[i]} train rows with ok {features} features and a "
+                    f"{usable[i]} train rows with ok {loaded.feature_set} features and a "
                     f"{chosen[i].task} label (needs 2)"
                 )
                 bar.update()
-            members = [i for i in members if usable[i] >= 2]
-            if not members:
-                continue
-            fit_rows = np.flatnonzero(loaded.ok & (rows.split == "train"))
-            Z, scalers[spec] = scale_features(loaded, fit_rows, config.n_components)
-            if scalers[spec].note_:
-                notes.append(f"{features}: {scalers[spec].note_}")
-            jobs += [(i, chosen[i], Z, loaded.ok) for i in members]
-            stages["scale"] += time.perf_counter() - tick
-            largest = max(largest, Z.size)
-            n_jobs = worker_count(workers, len(chosen), largest)
-            if n_jobs > 1 and warm_up is None:  # start the workers while loading goes on
-                warm_up = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")(
-                    delayed(_warm_up)() for _ in range(n_jobs)
-                )
+            kept = [i for i in members if usable[i] >= 2]
+            if kept:
+                fit_groups[spec] = sorted(kept, key=lambda i: _fit_cost_rank(chosen[i]))
+        fitted_tasks = {chosen[i].task for members in fit_groups.values() for i in members}
         for task in task_names:
-            if task not in explained and not any(c.task == task for _, c, _, _ in jobs):
+            if task not in explained and task not in fitted_tasks:
                 explained[task] = "no train rows with both ok features and a label"
-        if not jobs:
+        if not fit_groups:
             raise InputError(
                 "nothing to train: "
                 + "; ".join(f"{k}: {v}" for k, v in {**explained, **skipped_candidates}.items())
@@ -462,18 +521,15 @@ def train(
             for task in tasks:
                 if task in explained:
                     raise InputError(f"--task {task}: {explained[task]}")
-        tick = time.perf_counter()
-        for _ in warm_up or ():
-            pass
-        jobs.sort(key=lambda job: _fit_cost_rank(job[1]))
-        fits = fit_all(
-            [job[1:] for job in jobs],
-            rows,
-            seed=config.seed,
-            seeds=seeds,
-            folds=folds,
-            n_jobs=worker_count(workers, len(jobs), largest),
+        largest = max(
+            len(manifest) * min(loaded_sets[spec].width, config.n_components or 1 << 30)
+            for spec in fit_groups
         )
+        n_jobs = worker_count(workers, sum(map(len, fit_groups.values())), largest)
+        executor = fit_executor(n_jobs)
+        if n_jobs > 1:  # start the workers (and their imports) while features are projected
+            for _ in range(n_jobs):
+                executor.submit(_warm_up)
         results: dict[int, CandidateResult] = {}
         base = _preds_frame(manifest, folds)
         options = {
@@ -483,43 +539,92 @@ def train(
             "strict_labels": strict_labels,
             "n_components": config.n_components,
         }
-        for (i, candidate, _, _), (model, outputs, info) in zip(jobs, fits, strict=True):
-            stages["fit"] += time.perf_counter() - tick
-            tick = time.perf_counter()
-            bar.set_postfix_str(str(candidate))
-            provenance = {
-                "invocation": invocation,
-                "inputs": {
-                    "manifest": inputs["manifest"],
-                    "features": {b: inputs["features"][b] for b in candidate.features.backbones},
-                },
-                "head_fingerprint": predictions.head_fingerprint(
-                    {
-                        "features": candidate.features.spec,
-                        "model": candidate.model,
-                        "params": candidate.params,
-                        **options,
+        pending: dict[int, Future] = {}
+
+        def write_finished(block: bool) -> None:
+            """Write the heads whose fits are done; `block`: wait for all of them."""
+            while pending:
+                tick = time.perf_counter()
+                done, _ = wait(
+                    pending.values(), timeout=None if block else 0, return_when=FIRST_COMPLETED
+                )
+                stages["fit"] += time.perf_counter() - tick
+                if not done:
+                    return
+                for i in [i for i, future in pending.items() if future in done]:
+                    model, outputs, info = pending.pop(i).result()
+                    tick = time.perf_counter()
+                    candidate = chosen[i]
+                    bar.set_postfix_str(str(candidate))
+                    provenance = {
+                        "invocation": invocation,
+                        "inputs": {
+                            "manifest": inputs["manifest"],
+                            "features": {
+                                b: inputs["features"][b] for b in candidate.features.backbones
+                            },
+                        },
+                        "head_fingerprint": predictions.head_fingerprint(
+                            {
+                                "features": candidate.features.spec,
+                                "model": candidate.model,
+                                "params": candidate.params,
+                                **options,
+                            }
+                        ),
                     }
-                ),
-            }
-            results[i] = _save_candidate(
-                paths,
-                run,
-                candidate,
-                scalers[candidate.features.spec],
-                model,
-                outputs,
-                info,
-                base,
-                config.seed,
-                seeds,
-                folds,
-                strict_labels,
-                provenance,
-            )
-            stages["write"] += time.perf_counter() - tick
-            tick = time.perf_counter()
-            bar.update()
+                    results[i] = _save_candidate(
+                        paths,
+                        run,
+                        candidate,
+                        scalers[candidate.features.spec],
+                        model,
+                        outputs,
+                        info,
+                        base,
+                        config.seed,
+                        seeds,
+                        folds,
+                        strict_labels,
+                        provenance,
+                    )
+                    stages["write"] += time.perf_counter() - tick
+                    bar.update()
+                if not block:
+                    return
+
+        # Project one feature set at a time (its raw rows in chunks, into a .npy in the
+        # scratch folder) and submit its fits at once: they run in the workers while the
+        # next set is projected, and finished heads are written in between.
+        scratch_dir = run_dir / "heads"
+        scratch_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".scaled-", dir=scratch_dir) as name:
+            scratch = Path(name)
+            rows.save(scratch)
+            try:
+                for number, (spec, members) in enumerate(fit_groups.items()):
+                    loaded = loaded_sets[spec]
+                    tick, read_before = time.perf_counter(), loaded.read_seconds
+                    fit_rows = np.flatnonzero(loaded.ok & (rows.split == "train"))
+                    scaled = scratch / f"{number}.npy"
+                    np.save(scaled.with_suffix(".ok.npy"), loaded.ok)
+                    _, scalers[spec] = scale_features(loaded, fit_rows, config.n_components, scaled)
+                    if scalers[spec].note_:
+                        notes.append(f"{loaded.feature_set}: {scalers[spec].note_}")
+                    read = loaded.read_seconds - read_before
+                    stages["load"] += read
+                    stages["scale"] += time.perf_counter() - tick - read
+                    for i in members:
+                        tick = time.perf_counter()
+                        pending[i] = executor.submit(
+                            _fit_job, chosen[i], scaled, scratch, config.seed, seeds, folds
+                        )
+                        stages["fit"] += time.perf_counter() - tick  # inline: the fit itself
+                    write_finished(block=False)
+                write_finished(block=True)
+            finally:
+                for future in pending.values():
+                    future.cancel()
         bar.close()
         ordered = [results[i] for i in sorted(results)]
         metrics_path = run_dir / "heads" / "metrics.json"
