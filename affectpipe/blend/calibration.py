@@ -44,7 +44,8 @@ def fit_va_calibration(labels: np.ndarray, preds: np.ndarray) -> tuple[np.ndarra
 
 
 def log_probs(probs: np.ndarray) -> np.ndarray:
-    return np.log(np.maximum(np.asarray(probs, dtype=np.float32), LOG_FLOOR))
+    out = np.maximum(np.asarray(probs, dtype=np.float32), np.float32(LOG_FLOOR))
+    return np.log(out, out=out)  # in place: one [N, K] array, not two
 
 
 def macro_f1_from_pairs(y_true: np.ndarray, y_pred: np.ndarray, n_sets: int = 1) -> np.ndarray:

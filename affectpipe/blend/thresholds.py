@@ -35,8 +35,11 @@ class F1Grid:
         self.base = (np.arange(self.n_au, dtype=np.int32) * GRID_BINS * 2)[None, :] + (
             labels == 1
         ).astype(np.int32)
-        self.invalid = labels < 0
-        self.has_invalid = bool(self.invalid.any())
+        # An invalid entry's base is `size`, so with any bin it lands at or past `size`;
+        # np.minimum then sends it to `size` (cheaper than a boolean-mask assignment).
+        invalid = labels < 0
+        self.base[invalid] = self.size
+        self.has_invalid = bool(invalid.any())
         self.no_label = ~(labels >= 0).any(axis=0)
 
     def __call__(self, probs: np.ndarray) -> np.ndarray:
@@ -45,7 +48,7 @@ class F1Grid:
         slots *= 2
         slots += self.base
         if self.has_invalid:
-            slots[self.invalid] = self.size
+            np.minimum(slots, self.size, out=slots)
         counts = np.bincount(slots.ravel(), minlength=self.size + 1)[: self.size]
         counts = counts.reshape(self.n_au, GRID_BINS, 2)
         # Suffix sums over bins: predicted / true positives when predicting bins >= k.
