@@ -270,11 +270,8 @@ class HogPCA:
         if count != n_rows or shift is None or scatter is None:
             raise ValueError(f"expected {n_rows} sample rows, read {count}")
         del product
-        _mirror_upper(scatter)
         offset = total / count
-        # Unbiased covariance, in place: (S - n m m^T) / (n - 1).
-        scatter -= count * np.outer(offset, offset)
-        scatter /= count - 1
+        _to_covariance(scatter, offset, count)
         trace = float(np.trace(scatter))
         covariance = scatter.astype(np.float32)
         del scatter
@@ -323,14 +320,18 @@ class HogPCA:
             return None
 
 
-def _mirror_upper(matrix: np.ndarray, block: int = 512) -> None:
-    """Copy the upper triangle of a square matrix onto its lower one, in place, by blocks
-    (no full-size temporary)."""
-    for start in range(0, len(matrix), block):
-        stop = min(start + block, len(matrix))
-        matrix[start:stop, :start] = matrix[:start, start:stop].T
-        diagonal = matrix[start:stop, start:stop]
+def _to_covariance(scatter: np.ndarray, offset: np.ndarray, count: int, block: int = 512) -> None:
+    """In place, by row blocks (no full-size temporary): the upper triangle of the scatter
+    S of `count` rows whose mean is `offset` -> their unbiased covariance (S - n m m^T) / (n - 1),
+    both triangles."""
+    for start in range(0, len(scatter), block):
+        stop = min(start + block, len(scatter))
+        scatter[start:stop, :start] = scatter[:start, start:stop].T
+        diagonal = scatter[start:stop, start:stop]
         diagonal[...] = np.triu(diagonal) + np.triu(diagonal, 1).T
+        # Rows above are done: their columns here were copied in already finished.
+        scatter[start:stop, start:] -= count * np.outer(offset[start:stop], offset[start:])
+        scatter[start:stop, start:] /= count - 1
 
 
 def _oversample(k: int) -> int:
@@ -354,18 +355,21 @@ def _leading_eigenvectors(matrix: np.ndarray, k: int, seed: int) -> tuple[np.nda
 def _orthonormal(columns: np.ndarray) -> np.ndarray:
     """An orthonormal basis of the columns of a tall matrix: Cholesky QR, twice (all
     matrix products: LAPACK's QR of a 6084 x 200 matrix is ten times slower); a
-    Householder QR when the columns are (nearly) dependent."""
+    Householder QR when the columns are (nearly) dependent, e.g. fewer rows than vectors."""
     import scipy.linalg
 
+    basis = columns
     try:
         for _ in range(2):
-            wide = columns.astype(np.float64)
+            wide = basis.astype(np.float64)
             factor = np.linalg.cholesky(wide.T @ wide)
-            solved = scipy.linalg.solve_triangular(factor, wide.T, lower=True)
-            columns = solved.T.astype(columns.dtype)
+            basis = scipy.linalg.solve_triangular(factor, wide.T, lower=True).T
+        gram = basis.T @ basis
+        if np.isfinite(gram).all() and np.abs(gram - np.eye(len(gram))).max() < 1e-6:
+            return basis.astype(columns.dtype)
     except np.linalg.LinAlgError:
-        columns = scipy.linalg.qr(columns, mode="economic")[0]
-    return columns
+        pass
+    return scipy.linalg.qr(columns, mode="economic")[0]
 
 
 def embed(raw: np.ndarray, hog_mean: np.ndarray, hog_components: np.ndarray) -> np.ndarray:
