@@ -24,9 +24,14 @@ of the aligned rigid points to the reference, inter-ocular units: a bad fit is l
 the image's shorter side). Rows whose image could not be processed (`ok` false) are zeros.
 
 The raw per-image vector (`describe`) is the same first three groups followed by the
-6084 raw HOG values; `raw_dim` (6246) gives its length. `finalize` receives all of them at
-once: about 25 KB per image, 5.4 GB for s-Aff-Wild2's 218k train, val and test images. The
-PCA itself is fitted on at most `pca_max_rows` train rows.
+6084 raw HOG values; `raw_dim` (6246) gives its length: about 25 KB per image (5.4 GB for
+s-Aff-Wild2, 70 GB for the full Aff-Wild2), so they stay staged on disk and `finalize_rows`
+reads them in blocks, twice: the PCA is fitted on a seeded sample of at most `pca_max_rows`
+ok train rows (held for an exact SVD up to FULL_SVD_MAX_ROWS rows; beyond, their covariance
+is summed block by block, a fixed 6084 x 6084 matrix, and its leading eigenvectors found by
+seeded subspace iteration), then every row is projected block by block. Memory is bounded
+by the HOG width, not by the number of images. The fitted PCA is saved next to the staged
+rows, so an interrupted finalisation resumes from it.
 
 Known to be weaker than real OpenFace: dlib's landmarks come from a regression-tree model
 without OpenFace's CE-CLM patch experts, 3D face model or temporal tracking, so there is no
