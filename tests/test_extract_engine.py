@@ -25,6 +25,7 @@ from affectpipe.errors import InputError
 from affectpipe.extract import images as decode
 from affectpipe.extract import registry
 from affectpipe.extract.backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
+from affectpipe.extract.rawrows import Finalized
 from affectpipe.features import decode_attrs, read_feature_file
 from affectpipe.manifest import empty_manifest, write_manifest
 from affectpipe.pipeline import cli
@@ -86,10 +87,16 @@ class MeanColour:
     def describe(self, rgb: np.ndarray) -> tuple[np.ndarray, bool]:
         return rgb.reshape(-1, 3).mean(axis=0).astype(np.float32), True
 
-    def finalize(self, raw, ok, train_mask):
-        centre = raw[ok & train_mask].mean(axis=0)
-        embedding = np.where(ok[:, None], raw - centre, 0).astype(np.float32)
-        return embedding, {"colour": [0, 3]}, {"centre": [float(c) for c in centre]}
+    def finalize_rows(self, rows, train_mask, scratch=None):
+        centre = np.concatenate(list(rows.take(np.flatnonzero(rows.ok & train_mask)))).mean(0)
+
+        def chunks():
+            for start, raw in rows.blocks():
+                ok = rows.ok[start : start + len(raw)]
+                yield start, {"embedding": np.where(ok[:, None], raw - centre, 0), "ok": ok}
+
+        attrs = {"centre": [float(c) for c in centre]}
+        return Finalized(3, {"colour": [0, 3]}, attrs, chunks())
 
 
 def make_images(root: Path, n_good: int = 14, seed: int = 0) -> list[str]:

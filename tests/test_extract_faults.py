@@ -35,6 +35,7 @@ from affectpipe.errors import AffectpipeError, InputError
 from affectpipe.extract import images as decode
 from affectpipe.extract import registry
 from affectpipe.extract import store as store_module
+from affectpipe.extract.rawrows import Finalized
 from affectpipe.features import read_feature_file
 from affectpipe.fsutil import file_lock, is_disk_full, pid_alive, write_text_atomic
 from affectpipe.manifest import empty_manifest, write_manifest
@@ -67,8 +68,9 @@ class SlowColour:
         time.sleep(float(os.environ.get(SLEEP_ENV, "0")))
         return rgb.reshape(-1, 3).mean(axis=0).astype(np.float32), True
 
-    def finalize(self, raw, ok, train_mask):
-        return raw.astype(np.float32), {"colour": [0, 3]}, {}
+    def finalize_rows(self, rows, train_mask, scratch=None):
+        chunks = ((s, {"embedding": b, "ok": rows.ok[s : s + len(b)]}) for s, b in rows.blocks())
+        return Finalized(3, {"colour": [0, 3]}, {}, chunks)
 
 
 def run_with_workers(root: str, workers: int) -> None:

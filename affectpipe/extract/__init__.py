@@ -35,7 +35,7 @@ from affectpipe.extract.plan import (
     shard_range,
 )
 from affectpipe.extract.results import BackboneReport, ExtractSummary
-from affectpipe.extract.shards import merge
+from affectpipe.extract.shards import merge, merge_scratch
 from affectpipe.extract.staleness import IDENTITY_KEYS, is_current, retry_rows
 from affectpipe.fsutil import disk_full_as_error, file_lock, remove_stale_temps
 
@@ -181,8 +181,10 @@ def _remove_parts(path: Path, keep_retry: bool = False) -> None:
     """Remove the part stores of `path`, whose complete file is current (they are leftovers)."""
     from affectpipe.extract.store import parts_dir
 
-    for target in (path, *(() if keep_retry else (retry_store_target(path),))):
-        folder = parts_dir(target)
+    folders = [
+        parts_dir(target) for target in (path, *(() if keep_retry else (retry_store_target(path),)))
+    ]
+    for folder in (*folders, merge_scratch(path)):
         if folder.exists():
             logger.warning("%s is complete and current: removing leftover %s", path, folder)
             shutil.rmtree(folder, ignore_errors=True)

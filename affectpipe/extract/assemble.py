@@ -21,6 +21,7 @@ def finish(target: Target, view: ManifestView, rows: tuple[int, int]) -> dict[st
     A full disk becomes one clear error (the store is kept, so a rerun resumes); the parts
     are removed only once the file is in place.
     """
+    from affectpipe.extract.rawrows import StoreRows
     from affectpipe.extract.store import failure_attrs, write_feature_file_streamed
 
     store = target.store
@@ -34,12 +35,15 @@ def finish(target: Target, view: ManifestView, rows: tuple[int, int]) -> dict[st
         if target.identity.get("shard"):
             attrs["total_rows"] = len(view.images)
         if target.kind == "descriptor" and not target.identity.get("shard"):
-            raw, ok = store.load_rows("embedding"), store.load_rows("ok")
-            train = view.train_mask[start:stop]
-            embedding, groups, extra = target.descriptor.finalize(raw, ok, train)
-            attrs = {**attrs, **extra, "groups": groups}
-            chunks = iter([(0, {"embedding": embedding, "ok": ok})])
-            dims = {"embedding_dim": embedding.shape[1], "logits_dim": None}
+            # The raw rows stay in the store, read back in blocks: memory does not grow with
+            # the dataset. The store's folder keeps the descriptor's fitted state until the
+            # file is in place, so an interrupted finalisation resumes from it.
+            done = target.descriptor.finalize_rows(
+                StoreRows(store), view.train_mask[start:stop], store.dir
+            )
+            attrs = {**attrs, **done.attrs, "groups": done.groups}
+            chunks = done.chunks
+            dims = {"embedding_dim": done.embedding_dim, "logits_dim": None}
         else:
             if target.kind == "descriptor":
                 attrs["descriptor_stage"] = "raw"  # finalized by `merge` once all shards exist

@@ -408,3 +408,119 @@ def run_bench(
             )
     command = shlex.join(["pipeline", *sys.argv[1:]]) if sys.argv else "run_bench()"
     return BenchResult(tuple(rows), machine_info(device), command)
+
+
+@dataclass(frozen=True)
+class ScalingRow:
+    images: int
+    mode: str  # "finalisation (staged rows)" or "end to end"
+    seconds: float
+    peak_rss_mb: float  # ru_maxrss of the `pipeline extract` process tree (wait4)
+    fit_rows: int
+
+
+def _staged_rows(base: np.ndarray, start: int, stop: int, seed: int) -> np.ndarray:
+    """Rows [start, stop) of a large staged set made from `base` (real raw rows): repeated,
+    the HOG part perturbed by seeded noise so that the PCA sees distinct rows."""
+    from affectpipe.extract.backbones.openface import SHAPE_DIM
+
+    rows = base[np.arange(start, stop) % len(base)].copy()
+    noise = np.random.default_rng([seed, start]).normal(0.0, 0.01, rows[:, SHAPE_DIM:].shape)
+    rows[:, SHAPE_DIM:] = np.clip(rows[:, SHAPE_DIM:] + noise, 0.0, None)
+    return rows
+
+
+def _extract_cli(
+    paths: DatasetPaths, backbone: str, workers: int, action: str
+) -> tuple[float, float]:
+    """Run `pipeline extract` in a child process: (wall seconds, peak RSS MB of its tree);
+    its report must say `action` (e.g. "resumed": no per-image work was redone)."""
+    import subprocess
+
+    command = [sys.executable, "-m", "affectpipe.pipeline", "--cache-dir", str(paths.root.parent)]
+    command += ["extract", "--dataset", paths.root.name, "--backbones", backbone]
+    command += ["--workers", str(workers)]
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as log:
+        child = subprocess.Popen(command, stdout=log)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage, workers included
+        child.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        said = log.read()
+    if child.returncode or f"{backbone}: {action}" not in said:
+        raise AffectpipeError(f"{shlex.join(command)} (exit {child.returncode}): {said}")
+    return time.perf_counter() - started, usage.ru_maxrss / 1024
+
+
+def descriptor_scaling(
+    counts: Sequence[int],
+    *,
+    backbone: str = "openface",
+    images_dir: Path | None = None,
+    end_to_end: int = 2048,
+    workers: int = 1,
+    seed: int = 0,
+) -> list[ScalingRow]:
+    """Peak RSS and wall of a descriptor's extraction as the image count grows.
+
+    At each of `counts`, the raw rows of the bench crops (the REAL per-image work, done once
+    here) are repeated with seeded noise on the HOG to the count and committed to the part
+    store exactly as an interrupted extraction leaves them; then `pipeline extract` runs in
+    a child process and does the real finalisation (sample fit, streamed projection, final
+    file) on them. `end_to_end` images (repeated crops) also run the whole path for real.
+    """
+    from affectpipe.extract import DEFAULT_CHUNK_ROWS, read_manifest_view
+    from affectpipe.extract import registry as backbones
+    from affectpipe.extract.images import load_rgb
+    from affectpipe.extract.plan import plan
+    from affectpipe.extract.store import PartStore
+    from affectpipe.features import read_feature_file
+
+    images_dir = Path(images_dir) if images_dir is not None else default_images_dir()
+    files = bench_images(images_dir)
+    descriptor = backbones.get(backbone, "descriptor").load()()
+    base = np.stack([descriptor.describe(np.asarray(load_rgb(f)[0]))[0] for f in files])
+    out = []
+    jobs = [(n, "finalisation (staged rows)") for n in counts]
+    jobs += [(end_to_end, "end to end")] if end_to_end else []
+    for n, mode in jobs:
+        with tempfile.TemporaryDirectory(prefix="affectpipe-bench-") as tmp:
+            paths = make_bench_dataset(images_dir, -(-n // len(files)), Path(tmp))
+            view = read_manifest_view(paths)
+            if mode != "end to end":
+                (target,) = plan(
+                    paths,
+                    view,
+                    [backbone],
+                    weights=None,
+                    random_init=False,
+                    shard=None,
+                    precision="fp32",
+                    openface_dir=None,
+                )
+                rows = len(view.images)
+                store = PartStore(
+                    target.path, {**target.identity, "rows": [0, rows]}, rows, DEFAULT_CHUNK_ROWS
+                )
+                store.open()
+                for start in store.chunk_starts():
+                    raw = _staged_rows(base, start, store.chunk_stop(start), seed)
+                    store.commit(start, {"embedding": raw, "ok": np.ones(len(raw), bool)})
+            action = "extracted" if mode == "end to end" else "resumed"
+            seconds, peak = _extract_cli(paths, backbone, workers, action)
+            details = read_feature_file(paths.features(backbone)).attrs["openface_descriptor"]
+            details = json.loads(details) if isinstance(details, str) else details
+            fit_rows = details["hog_pca"]["fit_rows"]
+            out.append(ScalingRow(len(view.images), mode, seconds, peak, fit_rows))
+    return out
+
+
+def scaling_markdown(rows: Sequence[ScalingRow], command: str) -> str:
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = [f"`{command}`", "", f"load average at the end (1, 5, 15 min): {load}", ""]
+    lines += ["| images | run | PCA fit rows | wall s | peak RSS MB |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {r.images} | {r.mode} | {r.fit_rows} | {r.seconds:.1f} | {r.peak_rss_mb:.0f} |"
+        for r in rows
+    ]
+    return "\n".join(lines)

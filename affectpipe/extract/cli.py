@@ -218,6 +218,15 @@ def extract(
 @weights_option("Official weights to use (else a fixed-seed random init: speed is the same).")
 @channels_last_option
 @click.option(
+    "--descriptor-scaling",
+    "scaling",
+    default=None,
+    metavar="N,N,...",
+    help="Instead: peak RSS and wall of the openface extraction at these image counts "
+    "(real rows of the crops, repeated with noise and staged; the real finalisation), plus "
+    "one real end-to-end run of --repeat x the crops (e.g. 4096,10240,40960).",
+)
+@click.option(
     "--json",
     "json_out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -234,15 +243,39 @@ def extract_bench(
     workers: int | None,
     weights_items: tuple[str, ...],
     channels_last: bool,
+    scaling: str | None,
     json_out: Path | None,
 ) -> None:
     """Measure extraction throughput (images/s): whole path and forward only, per backbone.
 
     Prints a markdown table with the command and the machine (CPU, cores, torch, device).
     """
-    from affectpipe.extract.bench import run_bench
+    import dataclasses
+    import json
+    import shlex
+    import sys
+
+    from affectpipe.extract.bench import descriptor_scaling, run_bench, scaling_markdown
     from affectpipe.fsutil import write_text_atomic
 
+    if scaling is not None:
+        try:
+            counts = [int(n) for n in _split_names(scaling)]
+        except ValueError:
+            raise click.BadParameter(
+                "use image counts like 4096,10240", param_hint="--descriptor-scaling"
+            ) from None
+        rows = descriptor_scaling(
+            counts,
+            images_dir=images_dir,
+            end_to_end=256 * (repeat or 8),
+            workers=1 if workers is None else workers,
+        )
+        command = shlex.join(["pipeline", *sys.argv[1:]])
+        click.echo(scaling_markdown(rows, command))
+        if json_out is not None:
+            write_text_atomic(json_out, json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
+        return
     device_name = device_of(gpu, device)
     result = run_bench(
         images_dir=images_dir,

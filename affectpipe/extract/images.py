@@ -21,11 +21,14 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    from affectpipe.extract.rawrows import Finalized, RawRows
 
 Resize = Callable[[Image.Image], np.ndarray]  # RGB image -> uint8 [S, S, 3]
 
@@ -41,12 +44,22 @@ _PR_SET_PDEATHSIG = 1
 
 
 class Descriptor(Protocol):
-    """A non-torch backbone run per image in the decode workers (e.g. OpenFace-style)."""
+    """A non-torch backbone run per image in the decode workers (e.g. OpenFace-style).
+
+    `describe` gives an image's raw row; once all rows are staged, `finalize_rows` turns
+    them into the feature file's rows (e.g. projections fitted on the train rows), reading
+    them in blocks (see `affectpipe.extract.rawrows`) and keeping any fitted state in
+    `scratch` so that an interrupted finalisation resumes.
+    """
 
     name: str
     raw_dim: int
 
     def describe(self, rgb: np.ndarray) -> tuple[np.ndarray, bool]: ...
+
+    def finalize_rows(
+        self, rows: RawRows, train_mask: np.ndarray, scratch: Path | None = None
+    ) -> Finalized: ...
 
 
 def _scale_wide(image: Image.Image) -> Image.Image:

@@ -3,11 +3,11 @@ complete and computed alike (descriptor shards hold raw rows, finalized here).""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
 
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
@@ -39,6 +39,12 @@ def merge(
     return ExtractSummary(tuple(reports), device="-")
 
 
+def merge_scratch(final: Path) -> Path:
+    """Where a merge keeps a descriptor's fitted state until the file is in place, so an
+    interrupted merge resumes from it."""
+    return final.with_name(f".{final.name}.merge")
+
+
 def _shard_files(paths: DatasetPaths, backbone: str) -> list[Path]:
     """The complete set of shard files for `backbone`, in shard order, or InputError."""
     found: dict[int, dict[int, Path]] = {}
@@ -65,6 +71,7 @@ def _merge_one(
 ) -> BackboneReport:
     import h5py
 
+    from affectpipe.extract.rawrows import ShardRows
     from affectpipe.extract.store import FAILED_LIST_CAP, write_feature_file_streamed
     from affectpipe.features import decode_attrs
 
@@ -121,16 +128,17 @@ def _merge_one(
         "failed_images": failed[:FAILED_LIST_CAP],
     }
     n_rows = len(view.images)
+    scratch = merge_scratch(final)
     with disk_full_as_error(final, lambda: n_rows):
         if merged.pop("descriptor_stage", None) == "raw":
             descriptor = registry.get(backbone, "descriptor").load()()
-            parts = list(chunks())
-            raw = np.concatenate([a["embedding"] for _, a in parts])
-            ok = np.concatenate([a["ok"] for _, a in parts])
-            embedding, groups, extra = descriptor.finalize(raw, ok, view.train_mask)
-            merged = {**merged, **extra, "groups": groups}
-            blocks = iter([(0, {"embedding": embedding, "ok": ok})])
-            dims = {"embedding_dim": embedding.shape[1], "logits_dim": None}
+            starts = [attrs["shard_rows"][0] for attrs in metas]
+            key = json.dumps({"shards": reference}, sort_keys=True, default=str)
+            rows = ShardRows(shards, starts, n_rows, key)
+            done = descriptor.finalize_rows(rows, view.train_mask, scratch)
+            merged = {**merged, **done.attrs, "groups": done.groups}
+            blocks = done.chunks
+            dims = {"embedding_dim": done.embedding_dim, "logits_dim": None}
         else:
             with h5py.File(shards[0], "r") as handle:
                 dims = {
@@ -139,6 +147,7 @@ def _merge_one(
                 }
             blocks = chunks()
         write_feature_file_streamed(final, view.images, blocks, merged, **dims)
+    shutil.rmtree(scratch, ignore_errors=True)  # a descriptor's fitted state, now written
     with h5py.File(final, "r") as handle:
         written = decode_attrs(handle.attrs)
     return BackboneReport(

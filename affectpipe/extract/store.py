@@ -121,14 +121,15 @@ class PartStore:
         _fsync_dir(self.dir)
 
     def iter_chunks(
-        self, names: Sequence[str] | None = None
+        self, names: Sequence[str] | None = None, starts: Sequence[int] | None = None
     ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        """(start, arrays) of every committed chunk in row order (failures under `failed_*`).
+        """(start, arrays) of every committed chunk (or of those at `starts`) in row order
+        (failures under `failed_*`).
 
         `names` limits what is read: npz members load lazily, so asking for the small arrays
         never reads the embeddings.
         """
-        for start in self.chunk_starts():
+        for start in self.chunk_starts() if starts is None else starts:
             with np.load(self._chunk_path(start), allow_pickle=False) as data:
                 yield start, {name: data[name] for name in (names or data.files)}
 

@@ -24,9 +24,14 @@ of the aligned rigid points to the reference, inter-ocular units: a bad fit is l
 the image's shorter side). Rows whose image could not be processed (`ok` false) are zeros.
 
 The raw per-image vector (`describe`) is the same first three groups followed by the
-6084 raw HOG values; `raw_dim` (6246) gives its length. `finalize` receives all of them at
-once: about 25 KB per image, 5.4 GB for s-Aff-Wild2's 218k train, val and test images. The
-PCA itself is fitted on at most `pca_max_rows` train rows.
+6084 raw HOG values; `raw_dim` (6246) gives its length: about 25 KB per image (5.4 GB for
+s-Aff-Wild2, 70 GB for the full Aff-Wild2), so they stay staged on disk and `finalize_rows`
+reads them in blocks, twice: the PCA is fitted on a seeded sample of at most `pca_max_rows`
+ok train rows (held for an exact SVD up to FULL_SVD_MAX_ROWS rows; beyond, their covariance
+is summed block by block, a fixed 6084 x 6084 matrix, and its leading eigenvectors found by
+seeded subspace iteration), then every row is projected block by block. Memory is bounded
+by the HOG width, not by the number of images. The fitted PCA is saved next to the staged
+rows, so an interrupted finalisation resumes from it.
 
 Known to be weaker than real OpenFace: dlib's landmarks come from a regression-tree model
 without OpenFace's CE-CLM patch experts, 3D face model or temporal tracking, so there is no
@@ -39,6 +44,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import os
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +58,7 @@ from affectpipe.errors import InputError
 from affectpipe.extract.backbones import landmarks as lm
 from affectpipe.extract.backbones import openface_geometry as geo
 from affectpipe.extract.backbones import openface_hog as hog
+from affectpipe.extract.rawrows import Finalized, RawRows, counted, reblock
 
 QUALITY_COLUMNS: tuple[str, ...] = (
     "detected",
@@ -59,9 +71,10 @@ QUALITY_COLUMNS: tuple[str, ...] = (
 )
 GEOMETRY_DIM = 2 * lm.N_POINTS
 SHAPE_DIM = GEOMETRY_DIM + len(geo.AU_MEASUREMENTS) + len(QUALITY_COLUMNS)
-# Rows per PCA transform call, to bound memory at s-Aff-Wild2 scale.
-TRANSFORM_CHUNK = 8192
-FULL_SVD_MAX_ROWS = 2000
+FULL_SVD_MAX_ROWS = 2000  # fit rows held in memory for an exact SVD (<= 49 MB of HOG)
+FIT_BLOCK_ROWS = 1024  # sample rows per covariance update
+APPLY_BLOCK_ROWS = 2048  # rows projected at once
+SUBSPACE_ITERATIONS = 12
 
 
 class OpenFaceDescriptor:
@@ -120,18 +133,26 @@ class OpenFaceDescriptor:
     def finalize(
         self, raw: np.ndarray, ok: np.ndarray, train_mask: np.ndarray
     ) -> tuple[np.ndarray, dict[str, list[int]], dict[str, Any]]:
-        """Fit the HOG PCA on ok train rows and build the embedding [N, D] float32.
+        """`finalize_rows` for rows already in memory: (embedding [N, D], groups, attrs)."""
+        from affectpipe.extract.rawrows import ArrayRows
 
-        Returns (embedding, groups {name: [start, stop]}, attrs for the feature file).
+        done = self.finalize_rows(ArrayRows(raw, ok), train_mask)
+        blocks = [chunk["embedding"] for _, chunk in done.chunks]
+        embedding = np.concatenate(blocks) if blocks else np.zeros((0, done.embedding_dim))
+        return embedding.astype(np.float32, copy=False), done.groups, done.attrs
+
+    def finalize_rows(
+        self, rows: RawRows, train_mask: np.ndarray, scratch: Path | None = None
+    ) -> Finalized:
+        """Fit the HOG PCA on a seeded sample of ok train rows, then project every row.
+
+        Reads `rows` twice in bounded blocks (the sample, then every row), so memory does not
+        grow with the dataset. The fitted PCA is saved in `scratch` (when given): a rerun
+        after an interruption while the rows are projected and written reuses it.
         """
-        from sklearn.decomposition import PCA
-
-        raw = np.asarray(raw, dtype=np.float32)
-        ok = np.asarray(ok, dtype=bool)
+        ok = np.asarray(rows.ok, dtype=bool)
         train_mask = np.asarray(train_mask, dtype=bool)
-        if raw.ndim != 2 or raw.shape[1] != self.raw_dim:
-            raise ValueError(f"openface raw descriptors must be [N, {self.raw_dim}]")
-        if not (len(ok) == len(train_mask) == len(raw)):
+        if not (len(ok) == len(train_mask) == rows.n_rows):
             raise ValueError("raw, ok and train_mask must have the same number of rows")
         fit_rows = np.flatnonzero(ok & train_mask)
         if len(fit_rows) < 2:
@@ -139,22 +160,29 @@ class OpenFaceDescriptor:
                 "the openface HOG PCA is fitted on training images only, and fewer than 2 "
                 "train images could be processed: index the dataset with its train split"
             )
+        train_rows_ok = len(fit_rows)
         if len(fit_rows) > self.pca_max_rows:
             rng = np.random.default_rng(self.seed)
             fit_rows = np.sort(rng.choice(fit_rows, self.pca_max_rows, replace=False))
         components = min(self.hog_components, len(fit_rows), hog.HOG_DIM)
-        # An exact SVD is quicker for few rows; the seeded randomised one scales to many.
-        solver = "full" if len(fit_rows) <= FULL_SVD_MAX_ROWS else "randomized"
-        pca = PCA(n_components=components, svd_solver=solver, random_state=self.seed)
-        pca.fit(raw[fit_rows, SHAPE_DIM:])
+        params = json.dumps(vars(self), sort_keys=True)
+        key = hashlib.sha256(
+            f"{rows.key}\n{params}\n{components}\n".encode() + fit_rows.tobytes()
+        ).hexdigest()
+        saved = scratch / f"{self.name}-hog-pca.npz" if scratch is not None else None
+        pca = HogPCA.load(saved, key) if saved is not None else None
+        if pca is None:
+            hog_rows = (self._checked(piece)[:, SHAPE_DIM:] for piece in rows.take(fit_rows))
+            pca = HogPCA.fit(hog_rows, len(fit_rows), components, self.seed)
+            if saved is not None:
+                pca.save(saved, key)
 
-        mean = pca.mean_.astype(np.float32)
-        basis = pca.components_.astype(np.float32)
-        embedding = np.zeros((len(raw), SHAPE_DIM + components), dtype=np.float32)
-        for start in range(0, len(raw), TRANSFORM_CHUNK):
-            block = slice(start, start + TRANSFORM_CHUNK)
-            embedding[block] = embed(raw[block], mean, basis)
-        embedding[~ok] = 0.0
+        def chunks() -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+            for start, block in reblock(rows.blocks(), APPLY_BLOCK_ROWS):
+                block_ok = ok[start : start + len(block)]
+                embedding = embed(self._checked(block), pca.mean, pca.components)
+                embedding[~block_ok] = 0.0
+                yield start, {"embedding": embedding, "ok": block_ok}
 
         au_start = GEOMETRY_DIM
         quality_start = au_start + len(geo.AU_MEASUREMENTS)
@@ -171,14 +199,12 @@ class OpenFaceDescriptor:
         hog_pca = {
             "n_components": components,
             "fit_rows": len(fit_rows),
-            "train_rows_ok": int((ok & train_mask).sum()),
+            "train_rows_ok": train_rows_ok,
             "max_fit_rows": self.pca_max_rows,
             "seed": self.seed,
-            "svd_solver": solver,
-            "explained_variance": float(pca.explained_variance_ratio_.sum()),
-            "components_sha256": hashlib.sha256(
-                basis.tobytes()
-            ).hexdigest(),
+            "solver": pca.solver,
+            "explained_variance": pca.explained,
+            "components_sha256": hashlib.sha256(pca.components.tobytes()).hexdigest(),
         }
         attrs = {
             "landmark_model_sha256": _predictor_sha256(),
@@ -193,10 +219,162 @@ class OpenFaceDescriptor:
                 "hog": hog.HOG_PARAMS,
                 "hog_pca": hog_pca,
             },
-            "hog_pca_mean": mean,
-            "hog_pca_components": basis,
+            "hog_pca_mean": pca.mean,
+            "hog_pca_components": pca.components,
         }
-        return embedding, groups, attrs
+        return Finalized(SHAPE_DIM + components, groups, attrs, chunks())
+
+    def _checked(self, block: np.ndarray) -> np.ndarray:
+        if block.ndim != 2 or block.shape[1] != self.raw_dim:
+            raise ValueError(f"openface raw descriptors must be [N, {self.raw_dim}]")
+        return block
+
+
+@dataclass(frozen=True)
+class HogPCA:
+    """A PCA fitted on HOG rows: `mean` [D] and `components` [K, D] float32."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    explained: float  # fraction of the sample's variance the components keep
+    solver: str
+
+    @classmethod
+    def fit(cls, pieces: Iterable[np.ndarray], n_rows: int, n_components: int, seed: int) -> HogPCA:
+        """Fit on `n_rows` rows arriving as consecutive pieces, in memory bounded by the
+        width: up to FULL_SVD_MAX_ROWS rows are held for an exact SVD; beyond, the
+        covariance is summed over fixed blocks of rows and its leading eigenvectors are
+        found by seeded subspace iteration."""
+        if n_rows <= FULL_SVD_MAX_ROWS:
+            from sklearn.decomposition import PCA
+
+            held = np.concatenate(list(pieces))
+            pca = PCA(n_components=n_components, svd_solver="full", random_state=seed).fit(held)
+            return cls(
+                pca.mean_.astype(np.float32),
+                pca.components_.astype(np.float32),
+                float(pca.explained_variance_ratio_.sum()),
+                "full",
+            )
+        from scipy.linalg.blas import ssyrk
+
+        shift = None
+        total = count = 0
+        scatter = product = None
+        for _, block in reblock(counted(pieces), FIT_BLOCK_ROWS):
+            if shift is None:  # centring on a first estimate keeps float32 products exact enough
+                shift = block.mean(axis=0, dtype=np.float64).astype(np.float32)
+                scatter = np.zeros((block.shape[1],) * 2, order="F")
+                product = np.zeros((block.shape[1],) * 2, dtype=np.float32, order="F")
+            centred = block - shift
+            total = total + centred.sum(axis=0, dtype=np.float64)
+            # Upper triangle of centred.T @ centred (half the work of a matmul), summed in f64.
+            ssyrk(1.0, centred.T, beta=0.0, c=product, overwrite_c=True)
+            scatter += product
+            count += len(block)
+        if count != n_rows or shift is None or scatter is None:
+            raise ValueError(f"expected {n_rows} sample rows, read {count}")
+        del product
+        offset = total / count
+        _to_covariance(scatter, offset, count)
+        trace = float(np.trace(scatter))
+        covariance = scatter.astype(np.float32)
+        del scatter
+        values, vectors = _leading_eigenvectors(covariance, n_components, seed)
+        components = vectors.T
+        # sklearn's sign convention: each component's largest entry is positive.
+        signs = np.sign(components[np.arange(n_components), np.abs(components).argmax(axis=1)])
+        components *= np.where(signs == 0, 1, signs)[:, None]
+        return cls(
+            (shift + offset).astype(np.float32),
+            np.ascontiguousarray(components, dtype=np.float32),
+            float(values.sum() / trace),
+            f"covariance over blocks of {FIT_BLOCK_ROWS} rows, subspace iteration "
+            f"({SUBSPACE_ITERATIONS} steps, {n_components}+{_oversample(n_components)} vectors)",
+        )
+
+    def save(self, path: Path, key: str) -> None:
+        from affectpipe.fsutil import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(
+                handle,
+                key=np.array(key),
+                mean=self.mean,
+                components=self.components,
+                explained=np.array(self.explained),
+                solver=np.array(self.solver),
+            )
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    @classmethod
+    def load(cls, path: Path, key: str) -> HogPCA | None:
+        """The PCA saved at `path` for `key`, or None (absent, unreadable, or another key)."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if str(data["key"]) != key:
+                    return None
+                return cls(
+                    data["mean"],
+                    data["components"],
+                    float(data["explained"]),
+                    str(data["solver"]),
+                )
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None
+
+
+def _to_covariance(scatter: np.ndarray, offset: np.ndarray, count: int, block: int = 512) -> None:
+    """In place, by row blocks (no full-size temporary): the upper triangle of the scatter
+    S of `count` rows whose mean is `offset` -> their unbiased covariance (S - n m m^T) / (n - 1),
+    both triangles."""
+    for start in range(0, len(scatter), block):
+        stop = min(start + block, len(scatter))
+        scatter[start:stop, :start] = scatter[:start, start:stop].T
+        diagonal = scatter[start:stop, start:stop]
+        diagonal[...] = np.triu(diagonal) + np.triu(diagonal, 1).T
+        # Rows above are done: their columns here were copied in already finished.
+        scatter[start:stop, start:] -= count * np.outer(offset[start:stop], offset[start:])
+        scatter[start:stop, start:] /= count - 1
+
+
+def _oversample(k: int) -> int:
+    return k // 2 + 10
+
+
+def _leading_eigenvectors(matrix: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` largest eigenvalues (descending) and eigenvectors [D, k] of a symmetric PSD
+    matrix: seeded block subspace iteration, then Rayleigh-Ritz (a full `eigh` of a
+    6084-wide matrix takes minutes; this takes seconds)."""
+    width = min(len(matrix), k + _oversample(k))
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((len(matrix), width)).astype(matrix.dtype)
+    for _ in range(SUBSPACE_ITERATIONS + 1):
+        basis = _orthonormal(matrix @ basis)
+    values, rotation = np.linalg.eigh((basis.T @ matrix @ basis).astype(np.float64))
+    order = np.argsort(values)[::-1][:k]
+    return values[order], basis.astype(np.float64) @ rotation[:, order]
+
+
+def _orthonormal(columns: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of the columns of a tall matrix: Cholesky QR, twice (all
+    matrix products: LAPACK's QR of a 6084 x 200 matrix is ten times slower); a
+    Householder QR when the columns are (nearly) dependent, e.g. fewer rows than vectors."""
+    import scipy.linalg
+
+    basis = columns
+    try:
+        for _ in range(2):
+            wide = basis.astype(np.float64)
+            factor = np.linalg.cholesky(wide.T @ wide)
+            basis = scipy.linalg.solve_triangular(factor, wide.T, lower=True).T
+        gram = basis.T @ basis
+        if np.isfinite(gram).all() and np.abs(gram - np.eye(len(gram))).max() < 1e-6:
+            return basis.astype(columns.dtype)
+    except np.linalg.LinAlgError:
+        pass
+    return scipy.linalg.qr(columns, mode="economic")[0]
 
 
 def embed(raw: np.ndarray, hog_mean: np.ndarray, hog_components: np.ndarray) -> np.ndarray:
