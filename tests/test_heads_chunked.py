@@ -128,3 +128,27 @@ def test_non_finite_ok_row_is_refused_in_any_chunk(tmp_path: Path) -> None:
     loaded = load_feature_set(paths, parse_feature_set("ddamfn:embedding"), manifest, chunk_rows=9)
     with pytest.raises(InputError, match="1 ok rows of embedding hold NaN or inf"):
         loaded.take(np.arange(len(manifest)))
+
+
+def test_row_file_reads_the_rows_a_fit_asks_for(tmp_path: Path, monkeypatch) -> None:
+    """A worker's row reads (blocks smaller than the file, sorted indices or a mask, rows in
+    several blocks or none) return exactly what indexing the whole array gives; a file
+    shorter than its header is refused, not read as garbage."""
+    monkeypatch.setattr(training, "READ_BLOCK_ROWS", 7)
+    rng = np.random.default_rng(0)
+    matrix = rng.standard_normal((100, 5)).astype(np.float32)
+    np.save(tmp_path / "z.npy", matrix)
+    rows = training.RowFile(tmp_path / "z.npy")
+    assert len(rows) == 100
+    for index in (
+        np.arange(100),
+        np.array([3, 4, 50, 99]),
+        np.array([], dtype=np.int64),
+        rng.random(100) > 0.5,
+        np.array([0, 7, 14, 21]),
+    ):
+        np.testing.assert_array_equal(rows[index], matrix[index])
+    data = (tmp_path / "z.npy").read_bytes()
+    (tmp_path / "short.npy").write_bytes(data[:-40])
+    with pytest.raises(InputError, match="shorter"):
+        training.RowFile(tmp_path / "short.npy")[np.array([99])]

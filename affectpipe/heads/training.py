@@ -61,6 +61,8 @@ SCALER_SAMPLE_ROWS = 20000  # train rows the scaler / PCA is estimated on
 PARALLEL_MIN_VALUES = 1 << 22  # scaled feature values (rows x columns) worth worker processes
 EARLY_STOPPING_SHARE = 0.1  # share of train videos held out to early-stop MLP / LightGBM fits
 EARLY_STOPPING_MIN_ROWS = 1000  # fewer train rows: too few held out to early-stop on (noise)
+READ_BLOCK_ROWS = 16384  # projected rows a worker reads from disk at a time
+PREDICT_CHUNK_ROWS = 65536  # rows predicted at a time (bounds the copy of val + test rows)
 
 
 @dataclass
@@ -236,7 +238,7 @@ def fit_candidate(
 
     outputs = np.full((len(ok), task.n_outputs), np.nan, dtype=np.float32)
     predict_rows = np.flatnonzero(ok & np.isin(rows.split, ("val", "test")))
-    outputs[predict_rows] = model.predict_outputs(Z[predict_rows])
+    _predict_into(model, Z, predict_rows, outputs)
     info: dict[str, Any] = {
         "fit_seconds": fit_seconds,
         "cpu_seconds": cpu_seconds,
@@ -291,7 +293,60 @@ def _cross_fit(
         held_rows = pool[held_idx]
         fold_model = clone(model).set_params(**refit)
         fold_model.fit(Z[fit_rows], y[fit_rows])
-        outputs[held_rows] = fold_model.predict_outputs(Z[held_rows])
+        _predict_into(fold_model, Z, held_rows, outputs)
+
+
+def _predict_into(model: Any, Z: Any, rows: np.ndarray, outputs: np.ndarray) -> None:
+    """outputs[rows] = the model's outputs, PREDICT_CHUNK_ROWS rows of Z at a time."""
+    for start in range(0, len(rows), PREDICT_CHUNK_ROWS):
+        chunk = rows[start : start + PREDICT_CHUNK_ROWS]
+        outputs[chunk] = model.predict_outputs(Z[chunk])
+
+
+class RowFile:
+    """A projected ``.npy`` matrix [rows, width] read row-subset by row-subset with plain file
+    reads into one array: ``rows_file[index]`` (sorted row numbers or a boolean mask) returns
+    only those rows. A worker thus holds its own rows once; memory-mapping the whole file
+    would add every file page it touches to its resident set (1M rows: +~1 GB per worker)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with open(path, "rb") as handle:
+            read_header = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }.get(np.lib.format.read_magic(handle))
+            if read_header is None:
+                raise InputError(f"{path}: unsupported .npy version")
+            shape, fortran, dtype = read_header(handle)
+            self.offset = handle.tell()
+        if fortran or len(shape) != 2:
+            raise InputError(f"{path}: not a C-ordered 2-d array")
+        self.shape, self.dtype = shape, np.dtype(dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        width = self.shape[1]
+        out = np.empty((len(index), width), dtype=self.dtype)
+        row_bytes = width * self.dtype.itemsize
+        # Sorted row numbers: read each block's span [first, last] once and keep its rows.
+        bounds = np.searchsorted(index, np.arange(0, len(self) + READ_BLOCK_ROWS, READ_BLOCK_ROWS))
+        with open(self.path, "rb", buffering=0) as handle:
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=False):
+                if lo == hi:
+                    continue
+                first, last = int(index[lo]), int(index[hi - 1])
+                span = np.empty((last - first + 1, width), dtype=self.dtype)
+                handle.seek(self.offset + first * row_bytes)
+                if handle.readinto(memoryview(span).cast("B")) != span.nbytes:
+                    raise InputError(f"{self.path}: shorter than its header says")
+                out[lo:hi] = span[index[lo:hi] - first]
+        return out
 
 
 def _fit_job(
@@ -303,9 +358,9 @@ def _fit_job(
     folds: int,
 ) -> tuple[Any, np.ndarray, dict[str, Any]]:
     """`fit_candidate` on files: the projected features ``scaled`` (.npy, with its ok mask
-    beside it as ``<name>.ok.npy``) and the rows saved in `scratch`, all memory-mapped, so a
-    job sends paths to its worker process, not arrays."""
-    Z = np.load(scaled, mmap_mode="r")
+    beside it as ``<name>.ok.npy``) and the rows saved in `scratch`, so a job sends paths to
+    its worker process, not arrays; the worker reads only the feature rows each step needs."""
+    Z = RowFile(scaled)
     ok = np.load(scaled.with_suffix(".ok.npy"), mmap_mode="r")
     return fit_candidate(candidate, Z, ok, Rows.mapped(scratch), seed, seeds, folds)
 
