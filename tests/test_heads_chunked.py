@@ -71,7 +71,8 @@ def test_chunked_projection_equals_in_memory(cache: DatasetPaths, tmp_path: Path
     manifest = read_manifest(cache.manifest)
     loaded = load_feature_set(cache, parse_feature_set(JOINED), manifest, chunk_rows=11)
     fit_rows = np.flatnonzero(loaded.ok & (manifest["split"] == "train").to_numpy())
-    Z, scaler = scale_features(loaded, fit_rows, 16, tmp_path / "z.npy")
+    scaler = scale_features(loaded, fit_rows, 16, tmp_path / "z.npy")
+    Z = np.load(tmp_path / "z.npy")
 
     whole = in_memory(cache, JOINED, manifest)
     sample = fit_rows[:: max(1, len(fit_rows) // training.SCALER_SAMPLE_ROWS)]

@@ -52,7 +52,8 @@ class FittedHead:
         out = np.full((len(manifest), len(self.output_columns)), np.nan, dtype=np.float32)
         ok_rows = np.flatnonzero(loaded.ok)
         # Raw features are read and projected a chunk at a time; the model then sees every
-        # ok row at once, as in training (batch-dependent float rounding stays the same).
+        # ok row at once. Training predicts val/test rows in chunks of other bounds, so
+        # outputs agree with the run's to float32 rounding (matmuls round by batch size).
         step = loaded.chunk_rows
         Z = np.zeros((len(manifest), self.scaler.n_features_out), dtype=np.float32)
         for start in range(0, len(ok_rows), step):

@@ -10,8 +10,8 @@ train+val grouped by video, so a blend can be tuned on honest predictions.
 
 Out of core: a feature set's raw rows are read from the HDF5 files a chunk at a time,
 standardised and projected (scaler fitted on a bounded sample of train rows) into a ``.npy``
-in a scratch folder of the run; fits read that projected matrix memory-mapped. So memory
-depends on the projected width, not on the raw width times the rows.
+in a scratch folder of the run; each fit reads only the rows it needs from that file
+(`RowFile`). So memory depends on the projected width, not on the raw width times the rows.
 
 Fits run on one thread each, in worker processes (``[heads] workers``, default one per usable
 core) when the data is large enough to pay for starting them. A feature set's fits are
@@ -121,7 +121,7 @@ def format_table(results: Sequence[CandidateResult]) -> str:
 
 def scale_features(
     loaded: LoadedFeatures, fit_rows: np.ndarray, n_components: int, out: Path
-) -> tuple[np.ndarray, FeatureScaler]:
+) -> FeatureScaler:
     """Fit the scaler on train rows, then project every row straight into the ``.npy`` file
     `out`, a chunk (`loaded.chunk_rows` manifest rows) at a time.
 
@@ -129,8 +129,8 @@ def scale_features(
     train rows, read from the feature files: a bounded sample, so its cost and memory do not
     grow with the rows (the leading components of 20,000 rows match those of all of them to
     well within what the heads can tell). Memory: that sample plus one chunk, raw and
-    projected; nothing of size rows x raw width. Returns Z [n_rows, width out] (memory-mapped
-    read-only from `out`; zeros for rows that are not ok) and the scaler.
+    projected; nothing of size rows x raw width. `out` holds Z [n_rows, width out] (zeros
+    for rows that are not ok); returns the fitted scaler.
     """
     sample = fit_rows[:: max(1, len(fit_rows) // SCALER_SAMPLE_ROWS)]
     scaler = FeatureScaler(n_components=n_components).fit(loaded.take(sample))
@@ -143,7 +143,7 @@ def scale_features(
             block = np.zeros((len(ok), width), dtype=np.float32)
             block[ok] = scaler.transform(loaded.take(start + np.flatnonzero(ok)))
             block.tofile(handle)
-    return np.load(out, mmap_mode="r"), scaler
+    return scaler
 
 
 def label_rows(manifest: pd.DataFrame, task: str, strict: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -663,7 +663,7 @@ def train(
                     fit_rows = np.flatnonzero(loaded.ok & (rows.split == "train"))
                     scaled = scratch / f"{number}.npy"
                     np.save(scaled.with_suffix(".ok.npy"), loaded.ok)
-                    _, scalers[spec] = scale_features(loaded, fit_rows, config.n_components, scaled)
+                    scalers[spec] = scale_features(loaded, fit_rows, config.n_components, scaled)
                     if scalers[spec].note_:
                         notes.append(f"{loaded.feature_set}: {scalers[spec].note_}")
                     read = loaded.read_seconds - read_before
