@@ -122,14 +122,17 @@ class FeatureFile:
         raise InputError(f"{self.path}: no part {part!r}; available: {', '.join(self.parts())}")
 
     @contextlib.contextmanager
-    def reader(self, part: str) -> Iterator[Callable[[slice], np.ndarray]]:
-        """Open the file once and yield ``read(rows)``: a slice of rows of `part` as float32.
-        Reading a bounded slice at a time keeps memory independent of the file's size."""
+    def reader(self, part: str, widen: bool = True) -> Iterator[Callable[[slice], np.ndarray]]:
+        """Open the file once and yield ``read(rows)``: a slice of rows of `part` as float32
+        (`widen` false: as stored, for a caller that keeps only some rows before widening
+        them with `as_float32`). Reading a bounded slice at a time keeps memory independent
+        of the file's size."""
         with _open_h5(self.path) as handle:
             dataset, columns = self._part(handle, part)
 
             def read(rows: slice) -> np.ndarray:
-                return _as_float32(_read(self.path, dataset, (rows, columns)))
+                block = _read(self.path, dataset, (rows, columns))
+                return as_float32(block) if widen else block
 
             yield read
 
@@ -182,7 +185,7 @@ def _read(path: Path, dataset: h5py.Dataset, selection: Any) -> np.ndarray:
         raise corrupt(path, f"cannot read {dataset.name}: {exc}") from exc
 
 
-def _as_float32(block: np.ndarray) -> np.ndarray:
+def as_float32(block: np.ndarray) -> np.ndarray:
     """float32 view or copy of a block read from a feature file. float16 goes through torch:
     numpy's half-to-float cast runs ~5x slower (~80 M values/s here), which at 1M rows of
     2,000 columns would cost more than the whole heads run."""

@@ -94,39 +94,42 @@ def rerun_command(paths: DatasetPaths, run: str) -> str:
 # --- prediction files ----------------------------------------------------------------------
 
 
+def prediction_base(frame: pd.DataFrame) -> pa.Table:
+    """The ``row``, ``image`` and ``split`` columns of `frame` as the Arrow table
+    `write_predictions` takes: built once and shared by every file of a run (converting the
+    image strings per file cost as much as writing it)."""
+    table = pa.Table.from_pandas(frame[list(BASE_COLUMNS)], preserve_index=False)
+    return table.replace_schema_metadata()
+
+
 def write_predictions(
     path: str | Path,
-    base: pd.DataFrame,
+    base: pa.Table,
     outputs: np.ndarray,
     task: str,
     metadata: dict[str, Any],
 ) -> None:
     """Write one prediction file atomically.
 
-    base: the ``row``, ``image`` and ``split`` columns of the rows to write; outputs: one row
-    per manifest row (indexed by ``base["row"]``) or one per row of `base`.
+    base: the ``row``, ``image`` and ``split`` columns of the rows to write
+    (`prediction_base`); outputs: one row per manifest row (indexed by ``base["row"]``) or
+    one per row of `base`. NaN outputs are stored as nulls.
     """
     columns = PRED_COLUMNS[task]
-    rows = base["row"].to_numpy(np.int64)
+    rows = base["row"].to_numpy().astype(np.int64, copy=False)
     values = np.asarray(outputs, dtype=np.float32)
     if len(values) != len(base):
         values = values[rows]
     if values.shape[1:] != (len(columns),):
         raise ValueError(f"{task} predictions need {len(columns)} columns, got {values.shape}")
-    frame = pd.DataFrame(
-        {
-            "row": rows,
-            "image": base["image"].to_numpy(),
-            "split": base["split"].to_numpy(),
-            **{column: values[:, j] for j, column in enumerate(columns)},
-        }
-    )
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata(
-        {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(metadata).encode()}
-    )
+    table = base.select(list(BASE_COLUMNS))
+    for j, column in enumerate(columns):
+        table = table.append_column(column, pa.array(values[:, j], from_pandas=True))
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()})
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        # Dictionary-encoding the (distinct) image keys and the float columns costs more
+        # than it saves: ~4x the write time, and larger files.
+        pq.write_table(table, tmp, use_dictionary=["split"])
 
 
 def read_prediction_metadata(path: str | Path) -> dict[str, Any]:
@@ -304,11 +307,12 @@ def write_prediction_run(
     invocation = new_invocation_id()
     inputs = input_fingerprints(paths, [])
     clear_run_record(paths, run)
+    table = prediction_base(base)
     names: dict[str, list[str]] = {}
     for task, candidates in outputs.items():
         for name, values in candidates.items():
             meta = {"task": task, "candidate": name, "invocation": invocation, "inputs": inputs}
-            write_predictions(paths.preds(run, task, name), base, values, task, meta)
+            write_predictions(paths.preds(run, task, name), table, values, task, meta)
             names.setdefault(task, []).append(name)
     record = {
         "run": run,

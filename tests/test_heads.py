@@ -411,3 +411,22 @@ def test_strict_labels_keep_only_fully_labelled_rows(cache: DatasetPaths) -> Non
         & (manifest[["au1", "au26"]] >= 0).all(axis=1).to_numpy()
     )
     assert strict.results[0].n_train == full.sum() < loose.results[0].n_train
+
+
+@pytest.mark.parametrize("n_rows", [3000, 40])  # covariance eigenpairs; SVD (fewer rows)
+def test_principal_components_match_scikit_learn(n_rows: int) -> None:
+    from sklearn.decomposition import PCA
+
+    from affectpipe.heads.preprocess import _principal_components
+
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((n_rows, 60)) @ rng.standard_normal((60, 60))).astype(np.float32)
+    variance, components, total = _principal_components(X, 20)
+    reference = PCA(n_components=20, svd_solver="full").fit(X.astype(np.float64))
+    np.testing.assert_allclose(variance, reference.explained_variance_, rtol=1e-4)
+    np.testing.assert_allclose(
+        variance / total, reference.explained_variance_ratio_, rtol=1e-4, atol=1e-7
+    )
+    # Same directions (signs are a convention): |cosine| of each pair ~1.
+    cosines = np.abs((components * reference.components_).sum(axis=1))
+    np.testing.assert_allclose(cosines, 1.0, atol=1e-3)

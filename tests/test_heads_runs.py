@@ -187,9 +187,20 @@ def test_mlp_takes_enough_steps_on_small_data() -> None:
     X = rng.standard_normal((300, 8)).astype(np.float32)
     y = (X[:, 0] > 0).astype(np.int64) * 4
     head = MLPHead(task="expr").fit(X, y)
-    assert head.n_steps_ >= 100  # 3 epochs of 64-row batches were 12 steps
+    assert head.n_steps_ >= head.min_steps >= 96  # 3 epochs of 64-row batches were 12 steps
     big = MLPHead(task="expr", batch_size=64, min_steps=0).fit(X, y)
     assert big.n_steps_ == 3 * (300 // 64)
+
+
+def test_mlp_budget_is_three_epochs_from_2048_rows() -> None:
+    """Sets of 2,048 rows or more are cut into >= 32 batches an epoch, so the step floor
+    adds no epoch to them (it did at 100 steps: s-Aff-Wild2 fits ran 4 epochs)."""
+    rng = np.random.default_rng(0)
+    for n in (2048, 5000):
+        X = rng.standard_normal((n, 8)).astype(np.float32)
+        y = (X[:, 0] > 0).astype(np.int64) * 4
+        head = MLPHead(task="expr").fit(X, y)
+        assert head.n_steps_ == 3 * 32
 
 
 def test_early_stopping_never_sees_validation_rows(tmp_path: Path, monkeypatch) -> None:

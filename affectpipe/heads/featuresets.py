@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,14 @@ import pandas as pd
 
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
-from affectpipe.features import FeatureFile, IncompleteFeatureFile, corrupt, read_feature_file
+from affectpipe.features import (
+    FeatureFile,
+    IncompleteFeatureFile,
+    as_float32,
+    corrupt,
+    read_feature_file,
+)
+from affectpipe.heads.preprocess import FeatureScaler
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -121,7 +129,7 @@ def load_part(path: Path, part: str) -> tuple[np.ndarray, FeatureFile]:
     key = (str(path), mtime, part)
     if key not in _PART_CACHE:
         data = handle.load(part)
-        _check_finite(data, handle.ok, handle, part)
+        _check_finite(data, np.arange(len(data)), handle, part)
         _PART_CACHE[key] = data
     return _PART_CACHE[key], handle
 
@@ -139,8 +147,9 @@ def manifest_rows_to_feature_rows(images: np.ndarray, manifest: pd.DataFrame) ->
 @dataclass
 class LoadedFeatures:
     """A feature set joined to the manifest. Nothing but the join is held in memory:
-    `take(rows)` reads the rows it needs from the HDF5 files, one block of at most
-    `chunk_rows` file rows at a time, so memory stays bounded by what is asked for.
+    `take(rows)` and `transform(scaler, rows)` read the rows they need from the HDF5 files,
+    one block of at most `chunk_rows` file rows at a time, so memory stays bounded by what
+    is asked for.
 
     ok [n_rows]: the row's image is in every file of the set and ok there.
     """
@@ -151,7 +160,7 @@ class LoadedFeatures:
     widths: list[int]  # per part: its columns
     row_maps: list[np.ndarray]  # per part: feature-file row of each manifest row (0 if absent)
     chunk_rows: int = DEFAULT_CHUNK_ROWS
-    read_seconds: float = 0.0  # time spent reading (and checking) file rows so far
+    read_seconds: float = 0.0  # time spent reading (and widening) file rows so far
 
     @property
     def width(self) -> int:
@@ -159,34 +168,80 @@ class LoadedFeatures:
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Features of manifest rows `rows` as one float32 [len(rows), width] array."""
-        start = time.perf_counter()
         out = np.empty((len(rows), self.width), dtype=np.float32)
         column = 0
         for (handle, part), width, row_map in zip(
             self.sources, self.widths, self.row_maps, strict=True
         ):
-            self._gather(handle, part, row_map[rows], out[:, column : column + width])
+            target = out[:, column : column + width]
+            for positions, values in self._blocks(handle, part, row_map[rows]):
+                target[positions] = values
             column += width
-        self.read_seconds += time.perf_counter() - start
         return out
 
-    def _gather(
-        self, handle: FeatureFile, part: str, file_rows: np.ndarray, out: np.ndarray
-    ) -> None:
-        """out[i] = row file_rows[i] of the part, reading the file in blocks of `chunk_rows`
-        rows (only blocks holding wanted rows, only from the first to the last wanted)."""
+    def transform(self, scaler: FeatureScaler, rows: np.ndarray) -> np.ndarray:
+        """``scaler.transform(self.take(rows))`` without gathering raw rows. A projecting
+        scaler is an affine map, so it is applied part by part, Z = sum_p X_p W_p - b, each
+        X_p W_p on a block of file rows as it is read; only the projected columns are
+        gathered into the order of `rows`. (Equal to the whole-matrix product up to float32
+        rounding: the sum runs in another order.)"""
+        if scaler.projection_ is None:
+            return scaler.transform(self.take(rows))
+        if scaler.n_features_in_ != self.width:
+            raise ValueError(f"expected {scaler.n_features_in_} columns, got {self.width}")
+        weights = np.split(scaler.projection_, np.cumsum(self.widths)[:-1])
+        out = np.zeros((len(rows), scaler.n_features_out), dtype=np.float32)
+        for (handle, part), weight, row_map in zip(
+            self.sources, weights, self.row_maps, strict=True
+        ):
+            for positions, values in self._blocks(handle, part, row_map[rows], weight):
+                out[positions] += values
+        out -= scaler.offset_
+        return out
+
+    def scaled_blocks(self, scaler: FeatureScaler) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, Z) for consecutive blocks of `chunk_rows` manifest rows from `start`: Z holds
+        their scaled features (`transform`), zeros for rows that are not ok."""
+        for start in range(0, len(self.ok), self.chunk_rows):
+            ok = self.ok[start : start + self.chunk_rows]
+            block = np.zeros((len(ok), scaler.n_features_out), dtype=np.float32)
+            block[ok] = self.transform(scaler, start + np.flatnonzero(ok))
+            yield start, block
+
+    def _blocks(
+        self,
+        handle: FeatureFile,
+        part: str,
+        file_rows: np.ndarray,
+        weight: np.ndarray | None = None,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(positions, values): values[i] = row file_rows[positions[i]] of the part as float32
+        (times `weight` if given), reading the file in blocks of `chunk_rows` rows (only
+        blocks holding wanted rows, only from the first to the last wanted). A block mostly
+        wanted is widened and multiplied whole, then its products picked; a sparse one (a
+        sample) has its wanted rows picked first."""
         if not len(file_rows):
             return
         order = np.argsort(file_rows, kind="stable")
         wanted = file_rows[order]
-        block_of = wanted // self.chunk_rows
-        bounds = np.flatnonzero(np.diff(block_of)) + 1
-        with handle.reader(part) as read:
+        bounds = np.flatnonzero(np.diff(wanted // self.chunk_rows)) + 1
+        with handle.reader(part, widen=False) as read:
             for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(wanted)], strict=True):
                 first, last = int(wanted[lo]), int(wanted[hi - 1]) + 1
-                block = read(slice(first, last))
-                _check_finite(block, handle.ok[first:last], handle, part)
-                out[order[lo:hi]] = block[wanted[lo:hi] - first]
+                tick = time.perf_counter()
+                span = read(slice(first, last))
+                offsets = wanted[lo:hi] - first
+                if weight is not None and 2 * (hi - lo) >= last - first:
+                    span = as_float32(span)
+                    self.read_seconds += time.perf_counter() - tick
+                    values = (span @ weight)[offsets]
+                else:
+                    values = as_float32(span[offsets])
+                    self.read_seconds += time.perf_counter() - tick
+                    if weight is not None:
+                        values = values @ weight
+                _check_finite(values, wanted[lo:hi], handle, part)
+                yield order[lo:hi], values
 
 
 def load_feature_set(
@@ -251,13 +306,17 @@ def _check_rows_match(handle: FeatureFile, rows: np.ndarray) -> None:
         )
 
 
-def _check_finite(data: np.ndarray, ok: np.ndarray, handle: FeatureFile, name: str) -> None:
-    """Refuse NaN/inf in ok rows (`ok`: of `data`'s rows). One cheap pass: a column sum is
-    finite unless an entry is not."""
-    if np.isfinite(data.sum(axis=0, dtype=np.float64)).all():
+def _check_finite(
+    values: np.ndarray, file_rows: np.ndarray, handle: FeatureFile, name: str
+) -> None:
+    """Refuse NaN/inf in the ok ones of `file_rows` (the file rows `values` were computed
+    from: raw or projected, a non-finite input makes its row non-finite). One cheap pass: a
+    column sum is finite unless an entry is not."""
+    if np.isfinite(values.sum(axis=0, dtype=np.float64)).all():
         return
-    bad = int((~np.isfinite(data[ok])).any(axis=1).sum())
-    if bad:
+    bad_rows = file_rows[~np.isfinite(values).all(axis=1) & handle.ok[file_rows]]
+    if len(bad_rows):
+        bad = len(np.unique(bad_rows))
         raise InputError(f"{handle.path}: {bad} ok rows of {name} hold NaN or inf values")
 
 

@@ -54,11 +54,9 @@ class FittedHead:
         # Raw features are read and projected a chunk at a time; the model then sees every
         # ok row at once. Training predicts val/test rows in chunks of other bounds, so
         # outputs agree with the run's to float32 rounding (matmuls round by batch size).
-        step = loaded.chunk_rows
         Z = np.zeros((len(manifest), self.scaler.n_features_out), dtype=np.float32)
-        for start in range(0, len(ok_rows), step):
-            chunk = ok_rows[start : start + step]
-            Z[chunk] = self.scaler.transform(loaded.take(chunk))
+        for start, block in loaded.scaled_blocks(self.scaler):
+            Z[start : start + len(block)] = block
         if getattr(self.model, "sequence_input", False):  # whole videos, in frame order
             from affectpipe.heads.temporal import sequence_groups
 

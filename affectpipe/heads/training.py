@@ -22,20 +22,26 @@ and finished heads are written in between. Results are identical either way.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import sys
 import tempfile
 import time
+import types
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from sklearn.base import clone
 from sklearn.model_selection import GroupKFold
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from affectpipe import __version__, predictions
@@ -63,6 +69,7 @@ EARLY_STOPPING_SHARE = 0.1  # share of train videos held out to early-stop MLP /
 EARLY_STOPPING_MIN_ROWS = 1000  # fewer train rows: too few held out to early-stop on (noise)
 READ_BLOCK_ROWS = 16384  # projected rows a worker reads from disk at a time
 PREDICT_CHUNK_ROWS = 65536  # rows predicted at a time (bounds the copy of val + test rows)
+WORKER_NICENESS = 10  # fit workers' priority below the main process's (`_start_worker`)
 
 
 @dataclass
@@ -134,14 +141,11 @@ def scale_features(
     """
     sample = fit_rows[:: max(1, len(fit_rows) // SCALER_SAMPLE_ROWS)]
     scaler = FeatureScaler(n_components=n_components).fit(loaded.take(sample))
-    n_rows, width = len(loaded.ok), scaler.n_features_out
-    header = {"descr": "<f4", "fortran_order": False, "shape": (n_rows, width)}
+    shape = (len(loaded.ok), scaler.n_features_out)
+    header = {"descr": "<f4", "fortran_order": False, "shape": shape}
     with open(out, "wb") as handle:
         np.lib.format.write_array_header_1_0(handle, header)
-        for start in range(0, n_rows, loaded.chunk_rows):
-            ok = loaded.ok[start : start + loaded.chunk_rows]
-            block = np.zeros((len(ok), width), dtype=np.float32)
-            block[ok] = scaler.transform(loaded.take(start + np.flatnonzero(ok)))
+        for _, block in loaded.scaled_blocks(scaler):
             block.tofile(handle)
     return scaler
 
@@ -376,36 +380,69 @@ class _InlineExecutor:
             future.set_exception(exc)
         return future
 
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        """Nothing to stop (the executor interface)."""
+
 
 def fit_executor(n_jobs: int) -> Any:
     """Where fits run: this process (n_jobs 1), or n_jobs worker processes that each fit on
-    one thread (processes are what puts the cores to use). Jobs submitted while the next
-    feature set is still being projected start at once."""
+    one thread (processes are what puts the cores to use), started now. Jobs submitted
+    while the next feature set is still being projected start at once; `shutdown` it when
+    done. Workers fork from the fork server (`start_fork_server`) and, unlike plain
+    multiprocessing workers, never re-run the caller's script: a script calling `train`
+    needs no ``if __name__ == "__main__":`` guard."""
     if n_jobs <= 1:
         return _InlineExecutor()
-    from joblib.externals.loky import get_reusable_executor
+    context = start_fork_server()
+    executor = ProcessPoolExecutor(n_jobs, mp_context=context, initializer=_start_worker)
+    # Workers are started by submits; each records the main module to re-import it (what
+    # multiprocessing does so that functions defined there can be unpickled; ours are in
+    # this package). An empty stand-in while they start keeps them from re-running it.
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        for _ in range(n_jobs):
+            executor.submit(int)
+    finally:
+        sys.modules["__main__"] = main
+    return executor
 
-    one_thread = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")
-    return get_reusable_executor(max_workers=n_jobs, env=one_thread)
+
+def start_fork_server() -> multiprocessing.context.BaseContext:
+    """The context fit workers start from (idempotent; starts the server without waiting).
+
+    Linux: a fork server that has imported this module and torch's compiler package once,
+    so workers fork ready to fit. torch.optim imports the latter on an optimizer's first
+    use; with this module's imports that cost every fresh worker ~6 CPU-seconds before its
+    first fit. Started as soon as a run is known to be large, its imports overlap the main
+    process's loading. Elsewhere: spawned workers."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__, "torch._dynamo"])
+    forkserver.ensure_running()
+    return context
+
+
+def _start_worker() -> None:
+    """Set up a fit worker: one thread for every library (fits are many and small: processes,
+    not threads, share the cores out; LightGBM reads OMP_NUM_THREADS, `models`), and a CPU
+    priority below the main process's, which reads and projects the features the next fits
+    need and writes finished heads: on a machine with no spare core it should not wait
+    behind fits that can run later. The total work is unchanged."""
+    one_thread = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    os.environ.update(dict.fromkeys(one_thread, "1"))
+    threadpool_limits(1)
+    os.nice(WORKER_NICENESS)
 
 
 def worker_count(workers: int, n_candidates: int, largest: int) -> int:
     """Processes for the fits of `n_candidates` whose largest scaled feature set holds `largest`
-    values: small problems stay in this process (starting workers, ~2 s of imports each, would
-    cost more than it saves)."""
+    values: small problems stay in this process (starting workers would cost more than it
+    saves)."""
     if n_candidates == 1 or largest < PARALLEL_MIN_VALUES:
         return 1
     return max(1, min(workers, n_candidates))
-
-
-def _warm_up() -> None:
-    """Tiny fits in a fresh worker: a process's first torch backward and optimizer step import
-    ~1 s of modules, paid here while the main process still loads and scales features."""
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((64, 2)).astype(np.float32)
-    y = np.arange(64) % get_task("expr").n_outputs
-    for model, params in (("linear", {}), ("mlp", {"max_epochs": 1})):
-        make_model(model, "expr", params).fit(X, y)
 
 
 def _fit_cost_rank(candidate: Candidate) -> tuple[int, bool]:
@@ -416,7 +453,7 @@ def _fit_cost_rank(candidate: Candidate) -> tuple[int, bool]:
     return rank, candidate.task == "va"
 
 
-def _preds_frame(manifest: pd.DataFrame, folds: int) -> pd.DataFrame:
+def _preds_base(manifest: pd.DataFrame, folds: int) -> pa.Table:
     """The row / image / split columns every prediction file of a run shares: val and test
     rows, plus train rows when cross-fitting. Built once per run (gathering the image strings
     took half of each file's write time)."""
@@ -425,13 +462,14 @@ def _preds_frame(manifest: pd.DataFrame, folds: int) -> pd.DataFrame:
     if folds:
         keep |= split == "train"
     rows = np.flatnonzero(keep)
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "row": rows.astype(np.int64),
             "image": manifest["image"].to_numpy()[rows],
             "split": manifest["split"].to_numpy()[rows],
         }
     )
+    return predictions.prediction_base(frame)
 
 
 def _merge_metrics(path: Path, results: Sequence[CandidateResult], run: str) -> None:
@@ -509,6 +547,9 @@ def train(
     start = time.perf_counter()
     manifest = read_manifest(paths.manifest)
     config = load_config(config_path)
+    workers = config.workers or len(os.sched_getaffinity(0))
+    if workers > 1 and len(manifest) * (config.n_components or 0) >= PARALLEL_MIN_VALUES:
+        start_fork_server()  # large enough for workers: their imports overlap the loading
     rows = Rows.of(manifest, TASKS, strict_labels)
     task_names, skipped = trainable_tasks(rows, list(tasks) if tasks else None, strict_labels)
     problems: list[str] = []
@@ -528,7 +569,6 @@ def train(
     groups: dict[str, list[int]] = {}  # feature set -> indices of its candidates in `chosen`
     for i, candidate in enumerate(chosen):
         groups.setdefault(candidate.features.spec, []).append(i)
-    workers = config.workers or len(os.sched_getaffinity(0))
     stages = dict.fromkeys(("load", "scale", "fit", "write"), 0.0)
     run_dir = paths.run(run)
     invocation = predictions.new_invocation_id()
@@ -582,11 +622,8 @@ def train(
         )
         n_jobs = worker_count(workers, sum(map(len, fit_groups.values())), largest)
         executor = fit_executor(n_jobs)
-        if n_jobs > 1:  # start the workers (and their imports) while features are projected
-            for _ in range(n_jobs):
-                executor.submit(_warm_up)
         results: dict[int, CandidateResult] = {}
-        base = _preds_frame(manifest, folds)
+        base = _preds_base(manifest, folds)
         options = {
             "seed": config.seed,
             "seeds": seeds,
@@ -650,14 +687,17 @@ def train(
 
         # Project one feature set at a time (its raw rows in chunks, into a .npy in the
         # scratch folder) and submit its fits at once: they run in the workers while the
-        # next set is projected, and finished heads are written in between.
+        # next set is projected, and finished heads are written in between. Widest sets
+        # first: the longest projection overlaps the workers' start-up, and the last fits
+        # to be submitted (narrow sets: logits) are short, so the run ends soon after them.
+        widest_first = sorted(fit_groups.items(), key=lambda item: loaded_sets[item[0]].width)
         scratch_dir = run_dir / "heads"
         scratch_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".scaled-", dir=scratch_dir) as name:
             scratch = Path(name)
             rows.save(scratch)
             try:
-                for number, (spec, members) in enumerate(fit_groups.items()):
+                for number, (spec, members) in enumerate(widest_first):
                     loaded = loaded_sets[spec]
                     tick, read_before = time.perf_counter(), loaded.read_seconds
                     fit_rows = np.flatnonzero(loaded.ok & (rows.split == "train"))
@@ -678,8 +718,7 @@ def train(
                     write_finished(block=False)
                 write_finished(block=True)
             finally:
-                for future in pending.values():
-                    future.cancel()
+                executor.shutdown(wait=not pending, cancel_futures=True)
         bar.close()
         ordered = [results[i] for i in sorted(results)]
         metrics_path = run_dir / "heads" / "metrics.json"
@@ -730,7 +769,7 @@ def _save_candidate(
     model: Any,
     outputs: np.ndarray,
     info: dict[str, Any],
-    base: pd.DataFrame,
+    base: pa.Table,
     seed: int,
     seeds: int,
     folds: int,
