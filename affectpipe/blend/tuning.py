@@ -24,6 +24,10 @@ from affectpipe.blend.tasks import TaskRules
 from affectpipe.blend.weights import greedy_weights, mix
 
 TOL = 1e-5
+# Above this many labelled rows the searches score a systematic sample of them: at 30 fps,
+# neighbouring frames are near-duplicates, so every k-th frame of every video carries almost
+# all the information at a fraction of the cost (26,876 s-Aff-Wild2 rows are far below it).
+SEARCH_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class BlendOptions:
     max_steps: int = 20
     crossfit_folds: int = 3
     seed: int = 0
+    # The searches score at most this many labelled rows (`search_rows`); None: all of them.
+    search_rows: int | None = SEARCH_ROWS
     n_jobs: int = 1  # processes for the full fit and the cross-fit folds (1: in-process)
     # "best": the blend unless the cross-fitted best single candidate beats it; "blend": always
     prefer: str = "best"
@@ -216,6 +222,18 @@ def stage_decisions(
     return out
 
 
+def search_rows(labelled: np.ndarray, order: VideoOrder, limit: int | None) -> np.ndarray:
+    """Rows (increasing indices) the searches score: every labelled row, or, when there are
+    more than `limit`, every k-th labelled row in video and frame order (the smallest k that
+    leaves at most `limit`), so every video keeps its share of rows."""
+    rows = np.flatnonzero(labelled)
+    if limit is None or len(rows) <= limit:
+        return rows
+    in_order = order.order[labelled[order.order]]
+    step = -(-len(in_order) // limit)
+    return np.sort(in_order[::step])
+
+
 def fit_task(
     rules: TaskRules,
     candidates: np.ndarray,
@@ -226,33 +244,46 @@ def fit_task(
     log_prior: np.ndarray | None = None,
     sources: GateSources | None = None,
 ) -> TaskBlend:
-    """Tune weights, correction, smoothing and the optional stages on these rows (all of
-    them: tuned = scored). `log_prior` enables logit adjustment, `sources` gating (EXPR)."""
+    """Tune weights, correction, smoothing and the optional stages on these rows.
+
+    The searches score the labelled rows, or a systematic sample of them when there are more
+    than `options.search_rows` (`search_rows`); smoothing always runs over every row of a
+    video. The tuned scores recorded (`stage_scores`, `variant_scores`) are those of every
+    labelled row. `log_prior` enables logit adjustment, `sources` gating (EXPR)."""
     labelled = rules.labelled(labels)
-    lab_labels = labels[labelled]
-    lab_cands = candidates[:, labelled]
+    tune = search_rows(labelled, order, options.search_rows)
+    tune_labels = labels[tune]
+    tune_cands = candidates[:, tune]
     weights = np.stack(
         [
             greedy_weights(
-                lab_cands[:, :, g.columns],
-                rules.objective(lab_labels, g),
+                tune_cands[:, :, g.columns],
+                rules.objective(tune_labels, g),
                 max_steps=options.max_steps,
             )[0]
             for g in rules.groups
         ]
     )
+    del tune_cands
     blended = blend_values(rules, candidates, weights)
     identity = rules.identity_post()
+    lab_labels = labels[labelled]
 
     def score(values: np.ndarray, post: dict[str, Any]) -> float:
+        """Score of every labelled row (the tuned scores recorded)."""
         return rules.score(lab_labels, rules.decide(values[labelled], post))
 
-    def tuned_post(values: np.ndarray) -> tuple[dict[str, Any], float]:
-        if rules.name != "au" and not options.correction:
-            return identity, score(values, identity)
-        return rules.fit_post(lab_labels, values[labelled])
+    # The searches see only the search rows' values (`values` below: [len(tune), K]).
+    def search_score(values: np.ndarray, post: dict[str, Any]) -> float:
+        return rules.score(tune_labels, rules.decide(values, post))
 
-    post, best_score = tuned_post(blended)
+    def tuned_post(values: np.ndarray) -> tuple[dict[str, Any], float]:
+        """The correction tuned on the search rows, and its score there."""
+        if rules.name != "au" and not options.correction:
+            return identity, search_score(values, identity)
+        return rules.fit_post(tune_labels, values)
+
+    post, best_score = tuned_post(blended[tune])
     unsmoothed_post = post
     kernel, half_width = KERNELS[0], 0
     smoother = Smoother(blended, order)
@@ -260,11 +291,11 @@ def fit_task(
         retune_each = rules.name != "expr"
         for trial_kernel in options.kernels:
             for trial_width in rules.windows[1:]:
-                values = smoother(trial_kernel, trial_width)
+                values = smoother.at(trial_kernel, trial_width, tune)
                 if retune_each:
                     trial_post, trial = tuned_post(values)
                 else:
-                    trial_post, trial = post, score(values, post)
+                    trial_post, trial = post, search_score(values, post)
                 if trial > best_score + TOL:
                     best_score, kernel, half_width, post = (
                         trial,
@@ -273,11 +304,11 @@ def fit_task(
                         trial_post,
                     )
         if not retune_each and half_width > 0:
-            refit, refit_score = tuned_post(smoother(kernel, half_width))
+            refit, refit_score = tuned_post(smoother.at(kernel, half_width, tune))
             if refit_score > best_score:
                 post = refit
     smoothed = smoother(kernel, half_width)
-    # Stage scores for the report, all from `affectpipe.metrics` on these rows.
+    # Stage scores for the report, all from `affectpipe.metrics` on every labelled row.
     stages = {
         "blend": score(blended, identity),
         rules.post_name: score(blended, unsmoothed_post),
@@ -296,25 +327,27 @@ def fit_task(
     )
     if not rules.optional_stages:
         return fitted
-    tau, adjusted_post, adjusted_score = 0.0, post, stages["smoothing"]
+    tau, adjusted_post = 0.0, post
     if options.logit_adjustment and log_prior is not None:
-        tau, adjusted_post, adjusted_score = _fit_adjustment(
-            smoothed, log_prior, post, stages["smoothing"], score, tuned_post
+        tune_smoothed = smoothed[tune]
+        base_score = search_score(tune_smoothed, post)
+        tau, adjusted_post, _ = _fit_adjustment(
+            tune_smoothed, log_prior, post, base_score, search_score, tuned_post
         )
     fitted.tuned_tau = tau
     fitted.stage_posts["logit_adjustment"] = adjusted_post
-    fitted.variant_scores["logit_adjustment"] = adjusted_score
-    lab_sources = sources.take(labelled) if sources is not None and options.gating else None
+    gate_sources = sources if sources is not None and options.gating else None
+    tune_sources = gate_sources.take(tune) if gate_sources is not None else None
     for on in (False, True):
-        base = rules.decide(
-            adjust(smoothed, log_prior, tau if on else 0.0)[labelled],
-            fitted.stage_posts[variant_key(on, False)],
-        )
-        fitted.gates[on], fitted.variant_scores[variant_key(on, True)] = fit_gate(
-            lab_labels, base, lab_sources
-        )
+        variant = adjust(smoothed, log_prior, tau if on else 0.0)
+        base = rules.decide(variant, fitted.stage_posts[variant_key(on, False)])
+        fitted.variant_scores[variant_key(on, False)] = rules.score(lab_labels, base[labelled])
+        gate, _ = fit_gate(tune_labels, base[tune], tune_sources)
+        fitted.gates[on] = gate
+        gated = apply_gate(base, gate_sources, gate)
+        fitted.variant_scores[variant_key(on, True)] = rules.score(lab_labels, gated[labelled])
     fitted = fitted.variant(True, True)  # each stage in force where tuning kept it
-    stages["logit_adjustment"] = adjusted_score
+    stages["logit_adjustment"] = fitted.variant_scores["logit_adjustment"]
     stages["gating"] = fitted.variant_scores[variant_key(fitted.tau != 0, True)]
     return fitted
 
