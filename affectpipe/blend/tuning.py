@@ -4,10 +4,11 @@ Stages, in the order they are applied: weighted mix of candidates -> smoothing a
 video -> (EXPR) logit adjustment -> the task's correction (VA calibration, EXPR offsets or AU
 thresholds) -> decision -> (EXPR) confidence gating. They are tuned in the order of the
 report's table: weights, then the correction on the unsmoothed mix, then the smoothing
-window, re-tuning the correction for each window (EXPR keeps its offsets during the window
-search and re-tunes them once for the chosen window, as its offset search is the costliest),
-then the optional EXPR stages of `blend.stages`, each kept only when the cross-fit says it
-helps.
+window, re-tuning the correction for each window (EXPR, whose offset search is the costliest,
+scores every window with the unsmoothed offsets and re-tunes them for the best few:
+`retune_windows`), then the optional EXPR stages of `blend.stages`, each kept only when the
+cross-fit says it helps. Above `SEARCH_ROWS` labelled rows, the searches score a systematic
+sample of them (`search_rows`).
 """
 
 from __future__ import annotations
@@ -288,25 +289,28 @@ def fit_task(
     kernel, half_width = KERNELS[0], 0
     smoother = Smoother(blended, order)
     if options.smoothing:
-        retune_each = rules.name != "expr"
+        shortlist = rules.retune_windows
+        trials = []  # (score with the unsmoothed correction, kernel, width, values)
         for trial_kernel in options.kernels:
             for trial_width in rules.windows[1:]:
                 values = smoother.at(trial_kernel, trial_width, tune)
-                if retune_each:
+                if shortlist is None:
                     trial_post, trial = tuned_post(values)
+                    if trial > best_score + TOL:
+                        best_score, kernel, half_width = trial, trial_kernel, trial_width
+                        post = trial_post
                 else:
-                    trial_post, trial = post, search_score(values, post)
-                if trial > best_score + TOL:
-                    best_score, kernel, half_width, post = (
-                        trial,
-                        trial_kernel,
-                        trial_width,
-                        trial_post,
-                    )
-        if not retune_each and half_width > 0:
-            refit, refit_score = tuned_post(smoother.at(kernel, half_width, tune))
-            if refit_score > best_score:
-                post = refit
+                    trials.append((search_score(values, post), trial_kernel, trial_width, values))
+        # The windows scoring best with the correction fixed, re-tuned in search order (ties
+        # keep the earlier window): a window's best correction can differ a lot from the
+        # unsmoothed one's, so the fixed-correction ranking alone can miss the best window.
+        ranked = sorted(range(len(trials)), key=lambda i: -trials[i][0])[: shortlist or 0]
+        for i in sorted(ranked):
+            _, trial_kernel, trial_width, values = trials[i]
+            trial_post, trial = tuned_post(values)
+            if trial > best_score + TOL:
+                best_score, kernel, half_width, post = trial, trial_kernel, trial_width, trial_post
+        del trials
     smoothed = smoother(kernel, half_width)
     # Stage scores for the report, all from `affectpipe.metrics` on every labelled row.
     stages = {
