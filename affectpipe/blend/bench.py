@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from affectpipe.blend.synthetic import write_scaled_run
+from affectpipe.blend.tuning import worker_count
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError
 
@@ -112,7 +113,7 @@ def prepare(workdir: Path, scale: Scale, n_candidates: int, seed: int) -> Datase
 
 
 def bench_blend(
-    workdir: Path, scale: Scale, *, n_candidates: int = 7, seed: int = 0, n_jobs: int = 1
+    workdir: Path, scale: Scale, *, n_candidates: int = 7, seed: int = 0, n_jobs: int = 0
 ) -> BenchResult:
     """Prepare the run, then time `pipeline blend` (defaults, report included) on it."""
     paths = prepare(workdir, scale, n_candidates, seed)
@@ -157,6 +158,7 @@ def bench_blend(
 
 def markdown(result: BenchResult, command: str, n_candidates: int, n_jobs: int) -> str:
     scale = result.scale
+    workers = worker_count(n_jobs, scale.n_val)
     stages = dict(result.stage_seconds)
     within = {k: stages.pop(k) for k in list(stages) if k.split()[0] in ("tune", "crossfit")}
     accounted = sum(stages.values())
@@ -165,7 +167,8 @@ def markdown(result: BenchResult, command: str, n_candidates: int, n_jobs: int) 
     lines = [
         f"`{command}` on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
         f"(load average {result.load_before:.2f} just before), Python "
-        f"{platform.python_version()}, {n_jobs} worker(s); synthetic run: "
+        f"{platform.python_version()}, {workers} worker(s){'' if n_jobs else ' (auto)'}; "
+        "synthetic run: "
         f"{scale.n_val:,} validation rows, {scale.n_test:,} test rows ({layout}), "
         f"{n_candidates} candidates per task",
         "",
@@ -176,7 +179,7 @@ def markdown(result: BenchResult, command: str, n_candidates: int, n_jobs: int) 
         "- stages (s): "
         + ", ".join(f"{name} {spent:.2f}" for name, spent in stages.items())
         + f"; start-up, imports and the rest {result.wall - accounted:.2f}",
-        f"- within the fits ({'summed over the workers, ' if n_jobs > 1 else ''}s): "
+        f"- within the fits ({'summed over the workers, ' if workers > 1 else ''}s): "
         + ", ".join(f"{name} {spent:.2f}" for name, spent in within.items()),
         f"- written: {written}",
         "",

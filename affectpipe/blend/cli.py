@@ -83,10 +83,11 @@ def echo_outcome(result, partial: bool) -> None:
 )
 @click.option(
     "--jobs",
-    default=1,
+    default=0,
     show_default=True,
-    type=click.IntRange(1),
-    help="Processes for tuning and cross-fit folds (worth it on big validation sets).",
+    type=click.IntRange(0),
+    help="Processes for tuning and cross-fit folds; 0: one per usable core for a task with "
+    "over 20,000 validation rows, else 1.",
 )
 @click.option(
     "--prefer",
@@ -221,7 +222,14 @@ def validate_submission(settings: Settings, file: Path, dataset: str, fmt: str |
 )
 @click.option("--candidates", default=7, show_default=True, help="Candidates per task.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1), help="Processes.")
+@click.option(
+    "--jobs",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="`pipeline blend --jobs`: processes (0: one per usable core above 20,000 validation "
+    "rows).",
+)
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),

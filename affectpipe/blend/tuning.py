@@ -13,6 +13,7 @@ sample of them (`search_rows`).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,6 +30,9 @@ TOL = 1e-5
 # neighbouring frames are near-duplicates, so every k-th frame of every video carries almost
 # all the information at a fraction of the cost (26,876 s-Aff-Wild2 rows are far below it).
 SEARCH_ROWS = 100_000
+# Validation rows above which the fits run in one process per usable core by default; below
+# it, starting the worker processes costs about as much as they save.
+PARALLEL_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,8 @@ class BlendOptions:
     seed: int = 0
     # The searches score at most this many labelled rows (`search_rows`); None: all of them.
     search_rows: int | None = SEARCH_ROWS
-    n_jobs: int = 1  # processes for the full fit and the cross-fit folds (1: in-process)
+    # Processes for the full fit and the cross-fit folds (1: in-process; 0: `worker_count`).
+    n_jobs: int = 0
     # "best": the blend unless the cross-fitted best single candidate beats it; "blend": always
     prefer: str = "best"
     logit_adjustment: bool = True  # EXPR: tau * log prior correction (blend.stages)
@@ -381,6 +386,14 @@ def _fit_adjustment(
     return (best_tau, refit, refit_score) if refit_score > best else (best_tau, post, best)
 
 
+def worker_count(n_jobs: int, n_rows: int) -> int:
+    """Processes for a task's fits: `n_jobs`; when 0, one per usable core for more than
+    `PARALLEL_ROWS` validation rows, else 1 (in-process)."""
+    if n_jobs > 0:
+        return n_jobs
+    return len(os.sched_getaffinity(0)) if n_rows > PARALLEL_ROWS else 1
+
+
 def video_folds(video_codes: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     """Fold number of each row: whole videos go to one fold, shuffled with `seed`."""
     videos, index = np.unique(video_codes, return_inverse=True)
@@ -466,8 +479,8 @@ def tune_task(
     on the other folds. None when there are fewer than two videos or a tuning part has no
     label. The optional stages stay in force only where they raise the cross-fitted score
     (without a cross-fit, where tuning kept them). The full fit and the folds run in
-    `options.n_jobs` processes; `seconds` gets their wall times added under "tune" and
-    "crossfit" (with several processes, summed over them).
+    `worker_count(options.n_jobs, rows)` processes; `seconds` gets their wall times added
+    under "tune" and "crossfit" (with several processes, summed over them).
     """
     extra = {"log_prior": log_prior, "sources": sources, "seconds": seconds}
     return tune_variants(rules, candidates, labels, groups, frames, {"": options}, **extra)[""]
@@ -503,7 +516,8 @@ def tune_variants(
         parts[key] = (len(calls), held_out)
         calls.append((_fit_on, (*shared, everything, options)))
         calls += [(_crossfit_fold, (*shared, held, options)) for held in held_out]
-    n_jobs = min(max(options.n_jobs for options in variants.values()), len(calls))
+    wanted = max(worker_count(options.n_jobs, len(labels)) for options in variants.values())
+    n_jobs = min(wanted, len(calls))
     if n_jobs > 1:
         timed = Parallel(n_jobs=n_jobs)(delayed(_timed)(func, *args) for func, args in calls)
     else:
