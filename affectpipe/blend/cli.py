@@ -16,7 +16,7 @@ from affectpipe.cli_options import (
     submission_out_option,
     tasks_option,
 )
-from affectpipe.config import BLEND_PREFER, Settings
+from affectpipe.config import BLEND_PREFER, BLEND_SEARCH_ROWS, Settings
 from affectpipe.errors import AffectpipeError, InputError
 
 FORMAT_CHOICES = ("mtl", "va", "expr", "au")
@@ -82,6 +82,14 @@ def echo_outcome(result, partial: bool) -> None:
     "--folds", default=3, show_default=True, type=click.IntRange(2), help="Cross-fit folds."
 )
 @click.option(
+    "--search-rows",
+    default=BLEND_SEARCH_ROWS,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Above this many labelled validation rows, the searches score every k-th of them "
+    "in video order (the scores reported are of all); 0: always all.",
+)
+@click.option(
     "--jobs",
     default=0,
     show_default=True,
@@ -113,6 +121,7 @@ def blend(
     no_logit_adjustment: bool,
     no_gating: bool,
     folds: int,
+    search_rows: int,
     jobs: int,
     prefer: str,
     partial: bool,
@@ -141,6 +150,7 @@ def blend(
         logit_adjustment=not no_logit_adjustment,
         gating=not no_gating,
         crossfit_folds=folds,
+        search_rows=search_rows or None,
         n_jobs=jobs,
         prefer=prefer,
     )

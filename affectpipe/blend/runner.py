@@ -604,6 +604,12 @@ def blend_json(
     tasks = {}
     for task, o in outcomes.items():
         rules = rules_for(task)
+        limit = options.search_rows
+        sampled = (
+            f"; the searches scored every k-th labelled row in video order (at most {limit:,})"
+            if limit is not None and o.n_val_labelled > limit
+            else ""
+        )
         tasks[task] = {
             "candidates": o.candidates,
             "candidate_scores": o.candidate_scores,
@@ -622,6 +628,7 @@ def blend_json(
                 "tuned": (
                     f"validation: {o.n_val} rows ({o.n_val_labelled} labelled) in "
                     f"{o.n_val_videos} videos; tuned and scored on the same rows (optimistic)"
+                    + sampled
                 ),
                 "crossfit": (
                     f"validation, {o.crossfit_folds} folds of whole videos: every fold scored "
@@ -642,6 +649,7 @@ def blend_json(
             "max_steps": options.max_steps,
             "crossfit_folds": options.crossfit_folds,
             "seed": options.seed,
+            "search_rows": options.search_rows,
             "prefer": options.prefer,
             "logit_adjustment": options.logit_adjustment,
             "gating": options.gating,

@@ -7,8 +7,8 @@ report's table: weights, then the correction on the unsmoothed mix, then the smo
 window, re-tuning the correction for each window (EXPR, whose offset search is the costliest,
 scores every window with the unsmoothed offsets and re-tunes them for the best few:
 `retune_windows`), then the optional EXPR stages of `blend.stages`, each kept only when the
-cross-fit says it helps. Above `SEARCH_ROWS` labelled rows, the searches score a systematic
-sample of them (`search_rows`).
+cross-fit says it helps. Above `config.BLEND_SEARCH_ROWS` labelled rows, the searches score
+a systematic sample of them (`search_rows`).
 """
 
 from __future__ import annotations
@@ -24,12 +24,9 @@ from affectpipe.blend.smoothing import KERNELS, Smoother, VideoOrder, smooth
 from affectpipe.blend.stages import TAU_GRID, GateSources, adjust, apply_gate, fit_gate
 from affectpipe.blend.tasks import TaskRules
 from affectpipe.blend.weights import greedy_weights, mix
+from affectpipe.config import BLEND_SEARCH_ROWS
 
 TOL = 1e-5
-# Above this many labelled rows the searches score a systematic sample of them: at 30 fps,
-# neighbouring frames are near-duplicates, so every k-th frame of every video carries almost
-# all the information at a fraction of the cost (26,876 s-Aff-Wild2 rows are far below it).
-SEARCH_ROWS = 100_000
 # Validation rows above which the fits run in one process per usable core by default; below
 # it, starting the worker processes costs about as much as they save.
 PARALLEL_ROWS = 20_000
@@ -46,7 +43,7 @@ class BlendOptions:
     crossfit_folds: int = 3
     seed: int = 0
     # The searches score at most this many labelled rows (`search_rows`); None: all of them.
-    search_rows: int | None = SEARCH_ROWS
+    search_rows: int | None = BLEND_SEARCH_ROWS
     # Processes for the full fit and the cross-fit folds (1: in-process; 0: `worker_count`).
     n_jobs: int = 0
     # "best": the blend unless the cross-fitted best single candidate beats it; "blend": always
