@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from affectpipe.blend.runner import _tune_tasks
 from affectpipe.blend.smoothing import Smoother, VideoOrder
 from affectpipe.blend.synthetic import synthetic_task
 from affectpipe.blend.tasks import rules_for
@@ -118,3 +119,34 @@ def test_worker_count_defaults_to_the_usable_cores_for_big_validation_sets():
     assert worker_count(3, 10) == 3
     assert worker_count(0, PARALLEL_ROWS) == 1
     assert worker_count(0, PARALLEL_ROWS + 1) == len(os.sched_getaffinity(0))
+
+
+def _fake_task(events: list[str], name: str, fail: bool = False):
+    """A stand-in for `runner._tune_task`: load, yield the fits, finish."""
+    events.append(f"load {name}")
+
+    def fits():
+        if fail:
+            raise RuntimeError(f"fits of {name} failed")
+        events.append(f"fits {name}")
+        return name.upper(), 0.0
+
+    result, _ = yield fits
+    events.append(f"finish {name}")
+    return result
+
+
+def test_tasks_load_while_the_previous_fits_run_and_keep_their_order():
+    events: list[str] = []
+    seconds: dict[str, float] = {}
+    steps = {name: _fake_task(events, name) for name in ("va", "expr", "au")}
+    outcomes = _tune_tasks(steps, lambda task, exc: None, False, seconds)
+    assert list(outcomes.items()) == [("va", "VA"), ("expr", "EXPR"), ("au", "AU")]
+    assert events.index("load expr") < events.index("finish va")  # overlap
+    assert events.index("load au") < events.index("finish expr")
+    fits = [e for e in events if e.startswith("fits")]
+    assert fits == ["fits va", "fits expr", "fits au"]  # one task's fits at a time
+    assert seconds["waiting for fits"] >= 0
+    steps = {name: _fake_task(events, name, name == "expr") for name in ("va", "expr", "au")}
+    with pytest.raises(RuntimeError, match="fits of expr failed"):
+        _tune_tasks(steps, lambda task, exc: None, False, {})
