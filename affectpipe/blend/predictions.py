@@ -52,9 +52,12 @@ def read_candidate(path: Path, task: str, images: pa.Array, rows: np.ndarray) ->
     out = np.full((len(rows), len(columns)), np.nan, dtype=np.float32)
     position = np.searchsorted(rows, manifest_rows)
     inside = (position < len(rows)) & (rows[np.minimum(position, len(rows) - 1)] == manifest_rows)
+    # The file's values as rows [n, K] first: one scatter of whole rows is cheaper than K
+    # strided column scatters into `out`.
+    block = np.empty((len(manifest_rows), len(columns)), dtype=np.float32)
     for j, column in enumerate(columns):
-        values = table[column].to_numpy().astype(np.float32, copy=False)
-        out[position[inside], j] = values[inside]
+        block[:, j] = table[column].to_numpy()
+    out[position[inside]] = block if inside.all() else block[inside]
     return out
 
 
