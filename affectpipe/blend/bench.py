@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from affectpipe.blend.synthetic import write_scaled_run
+from affectpipe.blend.tuning import worker_count
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError
 
@@ -112,7 +113,7 @@ def prepare(workdir: Path, scale: Scale, n_candidates: int, seed: int) -> Datase
 
 
 def bench_blend(
-    workdir: Path, scale: Scale, *, n_candidates: int = 7, seed: int = 0, n_jobs: int = 1
+    workdir: Path, scale: Scale, *, n_candidates: int = 7, seed: int = 0, n_jobs: int = 0
 ) -> BenchResult:
     """Prepare the run, then time `pipeline blend` (defaults, report included) on it."""
     paths = prepare(workdir, scale, n_candidates, seed)
@@ -157,15 +158,19 @@ def bench_blend(
 
 def markdown(result: BenchResult, command: str, n_candidates: int, n_jobs: int) -> str:
     scale = result.scale
+    workers = worker_count(n_jobs, scale.n_val)
     stages = dict(result.stage_seconds)
     within = {k: stages.pop(k) for k in list(stages) if k.split()[0] in ("tune", "crossfit")}
-    accounted = sum(stages.values())
+    # A task's fits run beside the next task's load and the previous one's apply: the main
+    # thread's time is the other stages plus its waits for the fits.
+    accounted = sum(spent for name, spent in stages.items() if name.split()[0] != "fit")
     layout = "one MTL test list" if scale.layout == "mtl" else "per-task test lists"
     written = ", ".join(f"{name} {n:,} lines" for name, n in result.test_lists.items())
     lines = [
         f"`{command}` on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
         f"(load average {result.load_before:.2f} just before), Python "
-        f"{platform.python_version()}, {n_jobs} worker(s); synthetic run: "
+        f"{platform.python_version()}, {workers} worker(s){'' if n_jobs else ' (auto)'}; "
+        "synthetic run: "
         f"{scale.n_val:,} validation rows, {scale.n_test:,} test rows ({layout}), "
         f"{n_candidates} candidates per task",
         "",
@@ -173,10 +178,11 @@ def markdown(result: BenchResult, command: str, n_candidates: int, n_jobs: int) 
         f"peak RSS **{result.tree_peak_rss / 2**30:.2f} GiB** for the process and its "
         f"workers together (sampled every {TREE_SAMPLE_SECONDS} s), "
         f"{result.peak_rss / 2**30:.2f} GiB for the largest one (getrusage)",
-        "- stages (s): "
+        "- stages (s; each task's fits run beside the next task's load and the previous "
+        "task's apply): "
         + ", ".join(f"{name} {spent:.2f}" for name, spent in stages.items())
         + f"; start-up, imports and the rest {result.wall - accounted:.2f}",
-        f"- within the fits ({'summed over the workers, ' if n_jobs > 1 else ''}s): "
+        f"- within the fits ({'summed over the workers, ' if workers > 1 else ''}s): "
         + ", ".join(f"{name} {spent:.2f}" for name, spent in within.items()),
         f"- written: {written}",
         "",

@@ -16,7 +16,7 @@ from affectpipe.cli_options import (
     submission_out_option,
     tasks_option,
 )
-from affectpipe.config import BLEND_PREFER, Settings
+from affectpipe.config import BLEND_PREFER, BLEND_SEARCH_ROWS, Settings
 from affectpipe.errors import AffectpipeError, InputError
 
 FORMAT_CHOICES = ("mtl", "va", "expr", "au")
@@ -82,11 +82,20 @@ def echo_outcome(result, partial: bool) -> None:
     "--folds", default=3, show_default=True, type=click.IntRange(2), help="Cross-fit folds."
 )
 @click.option(
-    "--jobs",
-    default=1,
+    "--search-rows",
+    default=BLEND_SEARCH_ROWS,
     show_default=True,
-    type=click.IntRange(1),
-    help="Processes for tuning and cross-fit folds (worth it on big validation sets).",
+    type=click.IntRange(0),
+    help="Above this many labelled validation rows, the searches score every k-th of them "
+    "in video order (the scores reported are of all); 0: always all.",
+)
+@click.option(
+    "--jobs",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Processes for tuning and cross-fit folds; 0: one per usable core for a task with "
+    "over 20,000 validation rows, else 1.",
 )
 @click.option(
     "--prefer",
@@ -112,6 +121,7 @@ def blend(
     no_logit_adjustment: bool,
     no_gating: bool,
     folds: int,
+    search_rows: int,
     jobs: int,
     prefer: str,
     partial: bool,
@@ -140,6 +150,7 @@ def blend(
         logit_adjustment=not no_logit_adjustment,
         gating=not no_gating,
         crossfit_folds=folds,
+        search_rows=search_rows or None,
         n_jobs=jobs,
         prefer=prefer,
     )
@@ -221,7 +232,14 @@ def validate_submission(settings: Settings, file: Path, dataset: str, fmt: str |
 )
 @click.option("--candidates", default=7, show_default=True, help="Candidates per task.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1), help="Processes.")
+@click.option(
+    "--jobs",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="`pipeline blend --jobs`: processes (0: one per usable core above 20,000 validation "
+    "rows).",
+)
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),

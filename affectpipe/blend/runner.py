@@ -21,7 +21,8 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata as package_metadata
@@ -219,6 +220,9 @@ def _group_codes(manifest: pd.DataFrame) -> np.ndarray:
     return group_codes(manifest["split"], manifest["video"])
 
 
+Fits = Callable[[], tuple[dict[str, Any], float]]  # a task's fits: (their result, wall seconds)
+
+
 def _tune_task(
     rules: TaskRules,
     manifest: pd.DataFrame,
@@ -230,8 +234,13 @@ def _tune_task(
     warnings: list[str],
     candidates: Sequence[str] | None = None,
     seconds: dict[str, float] | None = None,
-) -> TaskOutcome:
-    """`columns`: the manifest's split (text), frame and group (video within split) per row.
+) -> Generator[Fits, tuple[dict[str, Any], float], TaskOutcome]:
+    """One task in two steps, so that its fits can run beside other tasks' work
+    (`_tune_tasks`): the first `next` loads the task and yields its fits (a callable
+    returning their result and wall seconds); `send` that back and it finishes the task,
+    returning the outcome.
+
+    `columns`: the manifest's split (text), frame and group (video within split) per row.
     `seconds` gets the stages' wall times added ("load", "fit <task>" with its "tune <task>"
     and "crossfit <task>" parts, "apply")."""
     seconds = {} if seconds is None else seconds
@@ -276,20 +285,25 @@ def _tune_task(
         "sources": val_sources,
     }
     seconds["load"] = seconds.get("load", 0.0) + time.perf_counter() - start
-    start = time.perf_counter()
     fit_seconds: dict[str, float] = {}
-    tuned = tune_variants(
-        rules,
-        val_values,
-        val_labels,
-        groups[val_rows],
-        frames[val_rows],
-        # The best single candidate: the same tuning, greedy selection stopping at one.
-        {"blend": options, "single": replace(options, max_steps=1)},
-        **extra,
-        seconds=fit_seconds,
-    )
-    seconds[f"fit {rules.name}"] = time.perf_counter() - start  # tuning and cross-fit, wall
+
+    def fits() -> tuple[dict[str, Any], float]:
+        begin = time.perf_counter()
+        tuned = tune_variants(
+            rules,
+            val_values,
+            val_labels,
+            groups[val_rows],
+            frames[val_rows],
+            # The best single candidate: the same tuning, greedy selection stopping at one.
+            {"blend": options, "single": replace(options, max_steps=1)},
+            **extra,
+            seconds=fit_seconds,
+        )
+        return tuned, time.perf_counter() - begin
+
+    # tuning and cross-fit, wall (they may run beside other tasks' loading and applying)
+    tuned, seconds[f"fit {rules.name}"] = yield fits
     for stage, spent in fit_seconds.items():  # within it, per fit (summed over workers)
         seconds[f"{stage} {rules.name}"] = spent
     start = time.perf_counter()
@@ -351,6 +365,54 @@ def _tune_task(
     )
     seconds["apply"] = seconds.get("apply", 0.0) + time.perf_counter() - start
     return outcome
+
+
+def _tune_tasks(
+    steps: dict[str, Generator],
+    skip: Callable[[str, NoValidationLabels], None],
+    progress: bool,
+    seconds: dict[str, float],
+) -> dict[str, TaskOutcome]:
+    """Run `_tune_task`s, each task's fits (which keep the worker processes busy) beside the
+    main thread loading the next task and finishing the previous one. One thread runs the
+    fits, one task's at a time. A task without validation labels goes to `skip`. `seconds`
+    gets "waiting for fits": the wall time the main thread had nothing else to do."""
+    outcomes: dict[str, TaskOutcome] = {}
+
+    def finish(step: Generator, fits: Future) -> TaskOutcome:
+        start = time.perf_counter()
+        fitted = fits.result()
+        seconds["waiting for fits"] = seconds.get("waiting for fits", 0.0) + (
+            time.perf_counter() - start
+        )
+        bar.update()
+        try:
+            step.send(fitted)
+        except StopIteration as done:
+            return done.value
+        raise RuntimeError("_tune_task yielded twice")
+
+    runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blend-fits")
+    bar = tqdm(total=len(steps), desc="blend", unit="task", disable=not progress)
+    previous = None
+    try:
+        for task, step in steps.items():
+            try:
+                fits = next(step)  # loads the task
+            except NoValidationLabels as exc:
+                skip(task, exc)
+                bar.update()
+                continue
+            current = (task, step, runner.submit(fits))
+            if previous is not None:
+                outcomes[previous[0]] = finish(*previous[1:])
+            previous = current
+        if previous is not None:
+            outcomes[previous[0]] = finish(*previous[1:])
+    finally:
+        runner.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    return dict(sorted(outcomes.items(), key=lambda item: list(steps).index(item[0])))
 
 
 def _per_video_outputs(
@@ -542,6 +604,12 @@ def blend_json(
     tasks = {}
     for task, o in outcomes.items():
         rules = rules_for(task)
+        limit = options.search_rows
+        sampled = (
+            f"; the searches scored every k-th labelled row in video order (at most {limit:,})"
+            if limit is not None and o.n_val_labelled > limit
+            else ""
+        )
         tasks[task] = {
             "candidates": o.candidates,
             "candidate_scores": o.candidate_scores,
@@ -560,6 +628,7 @@ def blend_json(
                 "tuned": (
                     f"validation: {o.n_val} rows ({o.n_val_labelled} labelled) in "
                     f"{o.n_val_videos} videos; tuned and scored on the same rows (optimistic)"
+                    + sampled
                 ),
                 "crossfit": (
                     f"validation, {o.crossfit_folds} folds of whole videos: every fold scored "
@@ -580,6 +649,7 @@ def blend_json(
             "max_steps": options.max_steps,
             "crossfit_folds": options.crossfit_folds,
             "seed": options.seed,
+            "search_rows": options.search_rows,
             "prefer": options.prefer,
             "logit_adjustment": options.logit_adjustment,
             "gating": options.gating,
@@ -678,26 +748,29 @@ def run(
     blend_dir = paths.blend_dir(run)
     out_dir = Path(out_dir) if out_dir else blend_dir / "submission"
     with file_lock(paths.lock):
-        outcomes = {}
-        for task in tqdm(tasks, desc="blend", unit="task", disable=not progress):
-            try:
-                outcomes[task] = _tune_task(
-                    rules_for(task),
-                    manifest,
-                    metadata,
-                    columns,
-                    paths,
-                    run,
-                    options,
-                    warnings,
-                    candidates,
-                    seconds,
-                )
-            except NoValidationLabels as exc:
-                if explicit:
-                    raise
-                warnings.append(f"skipped: {exc}")
-                skipped[task] = str(exc)
+
+        def skip(task: str, exc: NoValidationLabels) -> None:
+            if explicit:
+                raise exc
+            warnings.append(f"skipped: {exc}")
+            skipped[task] = str(exc)
+
+        steps = {
+            task: _tune_task(
+                rules_for(task),
+                manifest,
+                metadata,
+                columns,
+                paths,
+                run,
+                options,
+                warnings,
+                candidates,
+                seconds,
+            )
+            for task in tasks
+        }
+        outcomes = _tune_tasks(steps, skip, progress, seconds)
         if not outcomes:
             raise InputError("no task could be blended: " + "; ".join(warnings))
         train = manifest[split == "train"]

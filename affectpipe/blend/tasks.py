@@ -32,6 +32,7 @@ class VaRules:
     optional_stages: tuple[str, ...] = ()
     groups = (WeightGroup("valence", slice(0, 1)), WeightGroup("arousal", slice(1, 2)))
     windows = (0, 3, 6, 12, 25, 50, 100)
+    retune_windows: int | None = None  # calibration re-tuned at every smoothing window
 
     def labels(self, manifest: pd.DataFrame) -> np.ndarray:
         return manifest[list(VA_COLUMNS)].to_numpy(np.float32)
@@ -84,6 +85,9 @@ class ExprRules:
     optional_stages = OPTIONAL_STAGES  # logit adjustment and confidence gating
     groups = (WeightGroup("expression", slice(0, len(EXPR_NAMES))),)
     windows = (0, 3, 6, 12, 25, 50, 100)
+    # Offsets re-tuned only for the 3 windows that score best with the unsmoothed offsets
+    # (the offset search is the costliest correction).
+    retune_windows: int | None = 3
 
     def labels(self, manifest: pd.DataFrame) -> np.ndarray:
         return manifest["expression"].to_numpy(np.int64)
@@ -140,6 +144,7 @@ class AuRules:
     optional_stages: tuple[str, ...] = ()
     groups = (WeightGroup("aus", slice(0, len(AU_COLUMNS))),)
     windows = (0, 1, 2, 4, 8, 16)
+    retune_windows: int | None = None  # thresholds re-tuned at every smoothing window
 
     def labels(self, manifest: pd.DataFrame) -> np.ndarray:
         return manifest[list(AU_COLUMNS)].to_numpy(np.int64)

@@ -4,14 +4,16 @@ Stages, in the order they are applied: weighted mix of candidates -> smoothing a
 video -> (EXPR) logit adjustment -> the task's correction (VA calibration, EXPR offsets or AU
 thresholds) -> decision -> (EXPR) confidence gating. They are tuned in the order of the
 report's table: weights, then the correction on the unsmoothed mix, then the smoothing
-window, re-tuning the correction for each window (EXPR keeps its offsets during the window
-search and re-tunes them once for the chosen window, as its offset search is the costliest),
-then the optional EXPR stages of `blend.stages`, each kept only when the cross-fit says it
-helps.
+window, re-tuning the correction for each window (EXPR, whose offset search is the costliest,
+scores every window with the unsmoothed offsets and re-tunes them for the best few:
+`retune_windows`), then the optional EXPR stages of `blend.stages`, each kept only when the
+cross-fit says it helps. Above `config.BLEND_SEARCH_ROWS` labelled rows, the searches score
+a systematic sample of them (`search_rows`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,8 +24,12 @@ from affectpipe.blend.smoothing import KERNELS, Smoother, VideoOrder, smooth
 from affectpipe.blend.stages import TAU_GRID, GateSources, adjust, apply_gate, fit_gate
 from affectpipe.blend.tasks import TaskRules
 from affectpipe.blend.weights import greedy_weights, mix
+from affectpipe.config import BLEND_SEARCH_ROWS
 
 TOL = 1e-5
+# Validation rows above which the fits run in one process per usable core by default; below
+# it, starting the worker processes costs about as much as they save.
+PARALLEL_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,10 @@ class BlendOptions:
     max_steps: int = 20
     crossfit_folds: int = 3
     seed: int = 0
-    n_jobs: int = 1  # processes for the full fit and the cross-fit folds (1: in-process)
+    # The searches score at most this many labelled rows (`search_rows`); None: all of them.
+    search_rows: int | None = BLEND_SEARCH_ROWS
+    # Processes for the full fit and the cross-fit folds (1: in-process; 0: `worker_count`).
+    n_jobs: int = 0
     # "best": the blend unless the cross-fitted best single candidate beats it; "blend": always
     prefer: str = "best"
     logit_adjustment: bool = True  # EXPR: tau * log prior correction (blend.stages)
@@ -216,6 +225,18 @@ def stage_decisions(
     return out
 
 
+def search_rows(labelled: np.ndarray, order: VideoOrder, limit: int | None) -> np.ndarray:
+    """Rows (increasing indices) the searches score: every labelled row, or, when there are
+    more than `limit`, every k-th labelled row in video and frame order (the smallest k that
+    leaves at most `limit`), so every video keeps its share of rows."""
+    rows = np.flatnonzero(labelled)
+    if limit is None or len(rows) <= limit:
+        return rows
+    in_order = order.order[labelled[order.order]]
+    step = -(-len(in_order) // limit)
+    return np.sort(in_order[::step])
+
+
 def fit_task(
     rules: TaskRules,
     candidates: np.ndarray,
@@ -226,58 +247,74 @@ def fit_task(
     log_prior: np.ndarray | None = None,
     sources: GateSources | None = None,
 ) -> TaskBlend:
-    """Tune weights, correction, smoothing and the optional stages on these rows (all of
-    them: tuned = scored). `log_prior` enables logit adjustment, `sources` gating (EXPR)."""
+    """Tune weights, correction, smoothing and the optional stages on these rows.
+
+    The searches score the labelled rows, or a systematic sample of them when there are more
+    than `options.search_rows` (`search_rows`); smoothing always runs over every row of a
+    video. The tuned scores recorded (`stage_scores`, `variant_scores`) are those of every
+    labelled row. `log_prior` enables logit adjustment, `sources` gating (EXPR)."""
     labelled = rules.labelled(labels)
-    lab_labels = labels[labelled]
-    lab_cands = candidates[:, labelled]
+    tune = search_rows(labelled, order, options.search_rows)
+    tune_labels = labels[tune]
+    tune_cands = candidates[:, tune]
     weights = np.stack(
         [
             greedy_weights(
-                lab_cands[:, :, g.columns],
-                rules.objective(lab_labels, g),
+                tune_cands[:, :, g.columns],
+                rules.objective(tune_labels, g),
                 max_steps=options.max_steps,
             )[0]
             for g in rules.groups
         ]
     )
+    del tune_cands
     blended = blend_values(rules, candidates, weights)
     identity = rules.identity_post()
+    lab_labels = labels[labelled]
 
     def score(values: np.ndarray, post: dict[str, Any]) -> float:
+        """Score of every labelled row (the tuned scores recorded)."""
         return rules.score(lab_labels, rules.decide(values[labelled], post))
 
-    def tuned_post(values: np.ndarray) -> tuple[dict[str, Any], float]:
-        if rules.name != "au" and not options.correction:
-            return identity, score(values, identity)
-        return rules.fit_post(lab_labels, values[labelled])
+    # The searches see only the search rows' values (`values` below: [len(tune), K]).
+    def search_score(values: np.ndarray, post: dict[str, Any]) -> float:
+        return rules.score(tune_labels, rules.decide(values, post))
 
-    post, best_score = tuned_post(blended)
+    def tuned_post(values: np.ndarray) -> tuple[dict[str, Any], float]:
+        """The correction tuned on the search rows, and its score there."""
+        if rules.name != "au" and not options.correction:
+            return identity, search_score(values, identity)
+        return rules.fit_post(tune_labels, values)
+
+    post, best_score = tuned_post(blended[tune])
     unsmoothed_post = post
     kernel, half_width = KERNELS[0], 0
     smoother = Smoother(blended, order)
     if options.smoothing:
-        retune_each = rules.name != "expr"
+        shortlist = rules.retune_windows
+        trials = []  # (score with the unsmoothed correction, kernel, width, values)
         for trial_kernel in options.kernels:
             for trial_width in rules.windows[1:]:
-                values = smoother(trial_kernel, trial_width)
-                if retune_each:
+                values = smoother.at(trial_kernel, trial_width, tune)
+                if shortlist is None:
                     trial_post, trial = tuned_post(values)
+                    if trial > best_score + TOL:
+                        best_score, kernel, half_width = trial, trial_kernel, trial_width
+                        post = trial_post
                 else:
-                    trial_post, trial = post, score(values, post)
-                if trial > best_score + TOL:
-                    best_score, kernel, half_width, post = (
-                        trial,
-                        trial_kernel,
-                        trial_width,
-                        trial_post,
-                    )
-        if not retune_each and half_width > 0:
-            refit, refit_score = tuned_post(smoother(kernel, half_width))
-            if refit_score > best_score:
-                post = refit
+                    trials.append((search_score(values, post), trial_kernel, trial_width, values))
+        # The windows scoring best with the correction fixed, re-tuned in search order (ties
+        # keep the earlier window): a window's best correction can differ a lot from the
+        # unsmoothed one's, so the fixed-correction ranking alone can miss the best window.
+        ranked = sorted(range(len(trials)), key=lambda i: -trials[i][0])[: shortlist or 0]
+        for i in sorted(ranked):
+            _, trial_kernel, trial_width, values = trials[i]
+            trial_post, trial = tuned_post(values)
+            if trial > best_score + TOL:
+                best_score, kernel, half_width, post = trial, trial_kernel, trial_width, trial_post
+        del trials
     smoothed = smoother(kernel, half_width)
-    # Stage scores for the report, all from `affectpipe.metrics` on these rows.
+    # Stage scores for the report, all from `affectpipe.metrics` on every labelled row.
     stages = {
         "blend": score(blended, identity),
         rules.post_name: score(blended, unsmoothed_post),
@@ -296,25 +333,27 @@ def fit_task(
     )
     if not rules.optional_stages:
         return fitted
-    tau, adjusted_post, adjusted_score = 0.0, post, stages["smoothing"]
+    tau, adjusted_post = 0.0, post
     if options.logit_adjustment and log_prior is not None:
-        tau, adjusted_post, adjusted_score = _fit_adjustment(
-            smoothed, log_prior, post, stages["smoothing"], score, tuned_post
+        tune_smoothed = smoothed[tune]
+        base_score = search_score(tune_smoothed, post)
+        tau, adjusted_post, _ = _fit_adjustment(
+            tune_smoothed, log_prior, post, base_score, search_score, tuned_post
         )
     fitted.tuned_tau = tau
     fitted.stage_posts["logit_adjustment"] = adjusted_post
-    fitted.variant_scores["logit_adjustment"] = adjusted_score
-    lab_sources = sources.take(labelled) if sources is not None and options.gating else None
+    gate_sources = sources if sources is not None and options.gating else None
+    tune_sources = gate_sources.take(tune) if gate_sources is not None else None
     for on in (False, True):
-        base = rules.decide(
-            adjust(smoothed, log_prior, tau if on else 0.0)[labelled],
-            fitted.stage_posts[variant_key(on, False)],
-        )
-        fitted.gates[on], fitted.variant_scores[variant_key(on, True)] = fit_gate(
-            lab_labels, base, lab_sources
-        )
+        variant = adjust(smoothed, log_prior, tau if on else 0.0)
+        base = rules.decide(variant, fitted.stage_posts[variant_key(on, False)])
+        fitted.variant_scores[variant_key(on, False)] = rules.score(lab_labels, base[labelled])
+        gate, _ = fit_gate(tune_labels, base[tune], tune_sources)
+        fitted.gates[on] = gate
+        gated = apply_gate(base, gate_sources, gate)
+        fitted.variant_scores[variant_key(on, True)] = rules.score(lab_labels, gated[labelled])
     fitted = fitted.variant(True, True)  # each stage in force where tuning kept it
-    stages["logit_adjustment"] = adjusted_score
+    stages["logit_adjustment"] = fitted.variant_scores["logit_adjustment"]
     stages["gating"] = fitted.variant_scores[variant_key(fitted.tau != 0, True)]
     return fitted
 
@@ -342,6 +381,14 @@ def _fit_adjustment(
         return 0.0, post, base_score
     refit, refit_score = tuned_post(adjust(smoothed, log_prior, best_tau))
     return (best_tau, refit, refit_score) if refit_score > best else (best_tau, post, best)
+
+
+def worker_count(n_jobs: int, n_rows: int) -> int:
+    """Processes for a task's fits: `n_jobs`; when 0, one per usable core for more than
+    `PARALLEL_ROWS` validation rows, else 1 (in-process)."""
+    if n_jobs > 0:
+        return n_jobs
+    return len(os.sched_getaffinity(0)) if n_rows > PARALLEL_ROWS else 1
 
 
 def video_folds(video_codes: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
@@ -429,8 +476,8 @@ def tune_task(
     on the other folds. None when there are fewer than two videos or a tuning part has no
     label. The optional stages stay in force only where they raise the cross-fitted score
     (without a cross-fit, where tuning kept them). The full fit and the folds run in
-    `options.n_jobs` processes; `seconds` gets their wall times added under "tune" and
-    "crossfit" (with several processes, summed over them).
+    `worker_count(options.n_jobs, rows)` processes; `seconds` gets their wall times added
+    under "tune" and "crossfit" (with several processes, summed over them).
     """
     extra = {"log_prior": log_prior, "sources": sources, "seconds": seconds}
     return tune_variants(rules, candidates, labels, groups, frames, {"": options}, **extra)[""]
@@ -466,7 +513,8 @@ def tune_variants(
         parts[key] = (len(calls), held_out)
         calls.append((_fit_on, (*shared, everything, options)))
         calls += [(_crossfit_fold, (*shared, held, options)) for held in held_out]
-    n_jobs = min(max(options.n_jobs for options in variants.values()), len(calls))
+    wanted = max(worker_count(options.n_jobs, len(labels)) for options in variants.values())
+    n_jobs = min(wanted, len(calls))
     if n_jobs > 1:
         timed = Parallel(n_jobs=n_jobs)(delayed(_timed)(func, *args) for func, args in calls)
     else:
