@@ -153,3 +153,56 @@ def test_row_file_reads_the_rows_a_fit_asks_for(tmp_path: Path, monkeypatch) -> 
     (tmp_path / "short.npy").write_bytes(data[:-40])
     with pytest.raises(InputError, match="shorter"):
         training.RowFile(tmp_path / "short.npy")[np.array([99])]
+
+
+SCRIPT_WITHOUT_MAIN_GUARD = """
+import sys
+from pathlib import Path
+
+from affectpipe.config import DatasetPaths
+from affectpipe.heads import training
+
+with open(sys.argv[2], "a") as marker:  # one line per execution of this script
+    marker.write("ran\\n")
+training.PARALLEL_MIN_VALUES = 0  # tiny data, fitted in worker processes all the same
+config = Path(sys.argv[3])
+config.write_text("[heads]\\nworkers = 2\\ntemporal = false\\n")
+result = training.train(
+    DatasetPaths(Path(sys.argv[1])), run="workers", tasks=["va", "expr"],
+    candidates=["openface:embedding/mlp", "mt-emotieffnet:logits/linear"],
+    config_path=config, progress=False,
+)
+print({(r.task, r.candidate): r.scores for r in result.results})
+"""
+
+
+@pytest.mark.slow  # a subprocess whose fork server imports torch: ~20 s on 2 cores
+def test_fit_workers_never_rerun_the_callers_script(cache: DatasetPaths, tmp_path: Path) -> None:
+    """Fits in worker processes (forked from the fork server) give what fits in this process
+    give, and a script calling `train` without an ``if __name__ == "__main__":`` guard runs
+    once: the workers do not re-import it."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "no_guard.py"
+    script.write_text(SCRIPT_WITHOUT_MAIN_GUARD)
+    marker = tmp_path / "marker.txt"
+    done = subprocess.run(
+        [sys.executable, str(script), str(cache.root), str(marker), str(tmp_path / "w.toml")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert marker.read_text() == "ran\n"
+    inline = train(
+        cache,
+        run="inline",
+        tasks=["va", "expr"],
+        candidates=["openface:embedding/mlp", "mt-emotieffnet:logits/linear"],
+        progress=False,
+    )  # tiny data: fitted in this process
+    for r in inline.results:
+        name = r.candidate
+        in_workers = pd.read_parquet(cache.preds("workers", r.task, name))
+        here = pd.read_parquet(cache.preds("inline", r.task, name))
+        columns = list(PRED_COLUMNS[r.task])
+        np.testing.assert_allclose(in_workers[columns], here[columns], rtol=1e-5, atol=1e-6)

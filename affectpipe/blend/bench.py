@@ -8,7 +8,6 @@ own, not the data generator's.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -20,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from affectpipe.benchtools import SAMPLE_SECONDS, cpu_model, tree_rss
 from affectpipe.blend.synthetic import write_scaled_run
 from affectpipe.blend.tuning import worker_count
 from affectpipe.config import DatasetPaths
@@ -70,30 +70,6 @@ class BenchResult:
     load_before: float  # 1-minute load average just before the blend started
 
 
-TREE_SAMPLE_SECONDS = 0.2
-
-
-def _tree_rss(root: int) -> int:
-    """Resident bytes of process `root` and all its descendants now (Linux /proc; 0 elsewhere)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            # the fields after the ")" that ends the command name: state, ppid, ...
-            parents[int(entry.name)] = int(
-                (entry / "stat").read_text().rpartition(")")[2].split()[1]
-            )
-    tree, frontier = {root}, [root]
-    while frontier:
-        children = [pid for pid, parent in parents.items() if parent in frontier]
-        frontier = [pid for pid in children if pid not in tree]
-        tree.update(frontier)
-    total = 0
-    for pid in tree:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int((Path("/proc") / str(pid) / "statm").read_text().split()[1])
-    return total * os.sysconf("SC_PAGE_SIZE")
-
-
 def prepare(workdir: Path, scale: Scale, n_candidates: int, seed: int) -> DatasetPaths:
     """The synthetic run for `scale` under `workdir`, written unless already there."""
     name = f"blend-{scale.layout}-{scale.n_val}-{scale.n_test}-{n_candidates}-{seed}"
@@ -128,8 +104,8 @@ def bench_blend(
         child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
         tree_peak = 0
         while child.poll() is None:  # the workers' memory adds up: sample the whole tree
-            tree_peak = max(tree_peak, _tree_rss(child.pid))
-            time.sleep(TREE_SAMPLE_SECONDS)
+            tree_peak = max(tree_peak, tree_rss(child.pid))
+            time.sleep(SAMPLE_SECONDS)
         wall = time.perf_counter() - start
         errors.seek(0)
         stderr = errors.read()
@@ -167,7 +143,7 @@ def markdown(result: BenchResult, command: str, n_candidates: int, n_jobs: int) 
     layout = "one MTL test list" if scale.layout == "mtl" else "per-task test lists"
     written = ", ".join(f"{name} {n:,} lines" for name, n in result.test_lists.items())
     lines = [
-        f"`{command}` on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
+        f"`{command}` on {cpu_model()}, {os.cpu_count()} CPUs "
         f"(load average {result.load_before:.2f} just before), Python "
         f"{platform.python_version()}, {workers} worker(s){'' if n_jobs else ' (auto)'}; "
         "synthetic run: "
@@ -176,7 +152,7 @@ def markdown(result: BenchResult, command: str, n_candidates: int, n_jobs: int) 
         "",
         f"- `pipeline blend` end to end: **{result.wall:.1f} s wall**, {result.cpu:.1f} s CPU; "
         f"peak RSS **{result.tree_peak_rss / 2**30:.2f} GiB** for the process and its "
-        f"workers together (sampled every {TREE_SAMPLE_SECONDS} s), "
+        f"workers together (sampled every {SAMPLE_SECONDS} s), "
         f"{result.peak_rss / 2**30:.2f} GiB for the largest one (getrusage)",
         "- stages (s; each task's fits run beside the next task's load and the previous "
         "task's apply): "

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from affectpipe.benchtools import cpu_model
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError
 from affectpipe.manifest import empty_manifest, write_manifest
@@ -119,16 +119,8 @@ def _rate(value: float | None) -> str:
 def machine_info(device: str) -> dict[str, str]:
     import torch
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     info = {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": str(os.cpu_count()),
         "torch": torch.__version__,
         "torch threads": str(torch.get_num_threads()),

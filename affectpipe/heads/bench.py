@@ -7,9 +7,9 @@ weights) and one LogisticRegression per AU (our positive weights), on at most
 subsample, named in the table: at 1M rows the raw train matrix alone would be ~3 GB). Heads
 should score within 0.02 of it.
 
-Peak memory is the peak resident set (VmHWM) of the heads run: this process's, reset after
-the synthetic cache is prepared, plus each worker process's, summed (an upper bound: the
-workers' peaks need not coincide).
+Peak memory is the largest summed resident set of this process, the fork server and the fit
+workers, sampled during the run (`benchtools.TreePeak`); the main process's own peak
+(VmHWM, reset after the synthetic cache is prepared) is shown beside it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from affectpipe import __version__
+from affectpipe.benchtools import SAMPLE_SECONDS, TreePeak, cpu_model, tree_cpu_seconds
 from affectpipe.config import DatasetPaths
 from affectpipe.features import read_feature_file
 from affectpipe.heads.featuresets import (
@@ -58,15 +58,9 @@ def prepare_cache(workdir: Path, scale: str) -> DatasetPaths:
 
 
 def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            model = next(line.split(":", 1)[1].strip() for line in handle if "model name" in line)
-    except (OSError, StopIteration):
-        pass
     cores = len(os.sched_getaffinity(0))
     load = os.getloadavg()[0]
-    return f"{model}, {cores} cores usable, load average {load:.1f} at start"
+    return f"{cpu_model()}, {cores} cores usable, load average {load:.1f} at start"
 
 
 def _reference_score(
@@ -145,24 +139,12 @@ def _peak_rss(pid: int | str = "self") -> int:
     return 0
 
 
-def _children() -> list[int]:
-    """Live child processes of this one (the fit workers), from /proc."""
-    pids: list[int] = []
-    for path in Path("/proc/self/task").glob("*/children"):
-        try:
-            pids += [int(pid) for pid in path.read_text().split()]
-        except OSError:
-            continue
-    return pids
-
-
-def _memory_line(main: int, workers: list[int], reset: bool) -> str:
-    total = main + sum(workers)
-    parts = " + ".join(f"{w / 2**30:.2f}" for w in workers) or "none"
+def _memory_line(tree_peak: int, main: int, reset: bool) -> str:
     how = "" if reset else " (peak not reset: includes preparing the cache)"
     return (
-        f"- peak RSS: **{total / 2**30:.2f} GiB** = main {main / 2**30:.2f}{how} + worker "
-        f"processes {parts} GiB (VmHWM of each, summed)"
+        f"- peak RSS: **{tree_peak / 2**30:.2f} GiB** for the process, the fork server and the "
+        f"fit workers together (sampled every {SAMPLE_SECONDS} s); main process alone "
+        f"{main / 2**30:.2f} GiB (VmHWM{how})"
     )
 
 
@@ -200,9 +182,12 @@ def run_bench(
     gc.collect()
     reset = _reset_peak_rss()
     cpu_start, wall_start = time.process_time(), time.perf_counter()
-    result = train(paths, run="bench", config_path=config, progress=progress)
+    all_cpu_start = tree_cpu_seconds(os.getpid())
+    with TreePeak() as tree:
+        result = train(paths, run="bench", config_path=config, progress=progress)
     wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
-    memory = _memory_line(_peak_rss(), [_peak_rss(pid) for pid in _children()], reset)
+    all_cpu = tree_cpu_seconds(os.getpid()) - all_cpu_start
+    memory = _memory_line(tree.peak, _peak_rss(), reset)
     load_after = os.getloadavg()[0]
     io_floor = _io_floor(paths, result)
     manifest = read_manifest(paths.manifest)
@@ -217,8 +202,9 @@ def run_bench(
         f"- machine: {machine}, {load_after:.1f} after the run",
         f"- rows: {len(manifest):,} manifest rows; {len(result.results)} {which}",
         f"- feature cache: {cache_bytes / 2**30:.2f} GiB on disk ({STORAGE_DTYPE} storage)",
-        f"- default run end to end: **{wall:.2f} s wall**, {cpu:.2f} s CPU in the main "
-        "process (worker processes' CPU is in the per-candidate column)",
+        f"- default run end to end: **{wall:.2f} s wall**; CPU {all_cpu:.2f} s in all "
+        f"processes, {cpu:.2f} s of it in the main one (the fits' own CPU time is in the "
+        "per-candidate column)",
         f"- stages (main process; fits overlap loading and scaling): {stages}",
         memory,
         _temporal_line(result),
