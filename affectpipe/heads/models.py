@@ -30,10 +30,10 @@ SMALL_PROBLEM = 1 << 22  # input values (rows x columns) below which LightGBM us
 
 def lightgbm_threads(n_values: int) -> int:
     """LightGBM threads for `n_values` inputs: one for small problems, else the usable cores,
-    capped by OMP_NUM_THREADS where it is set. joblib's worker processes (heads.training runs
-    fits in one per core) set it to cores // workers, so trees in two workers on two cores
-    take one thread each: measured at load ~6 on 2 cores, two threads per fit used 3x the CPU
-    time of one (42 vs 13 s for a VA fit), spinning while waiting for a core."""
+    capped by OMP_NUM_THREADS where it is set. The heads' fit workers (heads.training runs
+    fits in one per core) set it to 1, so trees in two workers on two cores take one thread
+    each: measured at load ~6 on 2 cores, two threads per fit used 3x the CPU time of one
+    (42 vs 13 s for a VA fit), spinning while waiting for a core."""
     if n_values < SMALL_PROBLEM:
         return 1
     cores = len(os.sched_getaffinity(0))

@@ -8,15 +8,19 @@ and test row (NaN where the features are not ok), score on val. With
 ``folds=K`` the train and val rows get out-of-fold predictions instead, from K refits on
 train+val grouped by video, so a blend can be tuned on honest predictions.
 
-Out of core: a feature set's raw rows are read from the HDF5 files a chunk at a time,
-standardised and projected (scaler fitted on a bounded sample of train rows) into a ``.npy``
-in a scratch folder of the run; each fit reads only the rows it needs from that file
-(`RowFile`). So memory depends on the projected width, not on the raw width times the rows.
+Out of core: a feature set's raw rows are read from the HDF5 files a chunk at a time and
+projected (scaler fitted on a bounded sample of train rows; each part multiplied on its own
+file rows, `LoadedFeatures.transform`) into a ``.npy`` in a scratch folder of the run; each
+fit reads only the rows it needs from that file (`RowFile`). So memory depends on the
+projected width, not on the raw width times the rows.
 
 Fits run on one thread each, in worker processes (``[heads] workers``, default one per usable
-core) when the data is large enough to pay for starting them. A feature set's fits are
-submitted as soon as it is projected, so they run while the next set is read and projected,
-and finished heads are written in between. Results are identical either way.
+core) when the data is large enough to pay for starting them; the workers fork from a fork
+server that imported torch once, and run at a lower priority than this process, which feeds
+them. A feature set's fits are submitted as soon as it is projected (narrowest sets first,
+so the workers start early), so they run while the next set is read and projected, and
+finished heads are written in between. Results are the same either way, up to float32
+rounding.
 """
 
 from __future__ import annotations
