@@ -282,15 +282,12 @@ class MLPHead(_HeadBase):
         for epoch in range(1, epochs + 1):
             module.train()
             order = torch.randperm(len(xs), generator=generator)
-            # One shuffled copy per epoch, then contiguous batches: cheaper than gathering
-            # each batch (index_select of the whole set vs advanced indexing per step).
-            xs_epoch, ts_epoch = xs.index_select(0, order), ts.index_select(0, order)
             for start in range(0, len(xs), batch_size):
-                stop = min(start + batch_size, len(xs))
-                if stop - start < min_batch:
+                idx = order[start : start + batch_size]
+                if len(idx) < min_batch:
                     continue
                 optimizer.zero_grad()
-                loss_fn(module(xs_epoch[start:stop]), ts_epoch[start:stop]).backward()
+                loss_fn(module(xs[idx]), ts[idx]).backward()
                 optimizer.step()
                 schedule.step()
                 self.n_steps_ += 1
