@@ -691,17 +691,17 @@ def train(
 
         # Project one feature set at a time (its raw rows in chunks, into a .npy in the
         # scratch folder) and submit its fits at once: they run in the workers while the
-        # next set is projected, and finished heads are written in between. Widest sets
-        # first: the longest projection overlaps the workers' start-up, and the last fits
-        # to be submitted (narrow sets: logits) are short, so the run ends soon after them.
-        widest_first = sorted(fit_groups.items(), key=lambda item: loaded_sets[item[0]].width)
+        # next set is projected, and finished heads are written in between. Narrowest sets
+        # first: logits are projected in a moment, so the workers have fits as soon as
+        # they are up instead of waiting on the widest projection.
+        narrowest_first = sorted(fit_groups.items(), key=lambda item: loaded_sets[item[0]].width)
         scratch_dir = run_dir / "heads"
         scratch_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".scaled-", dir=scratch_dir) as name:
             scratch = Path(name)
             rows.save(scratch)
             try:
-                for number, (spec, members) in enumerate(widest_first):
+                for number, (spec, members) in enumerate(narrowest_first):
                     loaded = loaded_sets[spec]
                     tick, read_before = time.perf_counter(), loaded.read_seconds
                     fit_rows = np.flatnonzero(loaded.ok & (rows.split == "train"))
