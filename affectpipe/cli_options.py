@@ -144,3 +144,8 @@ def parse_weights_option(items: tuple[str, ...]) -> dict[str, Path]:
             raise InputError(f"bad --weights {item!r}: use NAME=PATH, e.g. ddamfn=ddamfn.pth")
         weights[name.strip()] = Path(path).expanduser()
     return weights
+
+
+def blend_jobs_option(help: str) -> Callable:
+    """--jobs: `pipeline blend`'s processes for tuning and cross-fit folds (0: automatic)."""
+    return click.option("--jobs", default=0, show_default=True, type=click.IntRange(0), help=help)

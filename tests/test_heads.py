@@ -421,8 +421,9 @@ def test_principal_components_match_scikit_learn(n_rows: int) -> None:
 
     rng = np.random.default_rng(0)
     X = (rng.standard_normal((n_rows, 60)) @ rng.standard_normal((60, 60))).astype(np.float32)
-    variance, components, total = _principal_components(X, 20)
+    mean, variance, components, total = _principal_components(X, 20)
     reference = PCA(n_components=20, svd_solver="full").fit(X.astype(np.float64))
+    np.testing.assert_allclose(mean, reference.mean_, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(variance, reference.explained_variance_, rtol=1e-4)
     np.testing.assert_allclose(
         variance / total, reference.explained_variance_ratio_, rtol=1e-4, atol=1e-7

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from affectpipe.cli_options import (
+    blend_jobs_option,
     candidates_option,
     dataset_option,
     max_filled_option,
@@ -89,13 +90,9 @@ def echo_outcome(result, partial: bool) -> None:
     help="Above this many labelled validation rows, the searches score every k-th of them "
     "in video order (the scores reported are of all); 0: always all.",
 )
-@click.option(
-    "--jobs",
-    default=0,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Processes for tuning and cross-fit folds; 0: one per usable core for a task with "
-    "over 20,000 validation rows, else 1.",
+@blend_jobs_option(
+    "Processes for tuning and cross-fit folds; 0: one per usable core for a task with "
+    "over 20,000 validation rows, else 1."
 )
 @click.option(
     "--prefer",
@@ -232,13 +229,8 @@ def validate_submission(settings: Settings, file: Path, dataset: str, fmt: str |
 )
 @click.option("--candidates", default=7, show_default=True, help="Candidates per task.")
 @click.option("--seed", default=0, show_default=True)
-@click.option(
-    "--jobs",
-    default=0,
-    show_default=True,
-    type=click.IntRange(0),
-    help="`pipeline blend --jobs`: processes (0: one per usable core above 20,000 validation "
-    "rows).",
+@blend_jobs_option(
+    "`pipeline blend --jobs`: processes (0: one per usable core above 20,000 validation rows)."
 )
 @click.option(
     "--workdir",

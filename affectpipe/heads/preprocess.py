@@ -76,7 +76,7 @@ class FeatureScaler(TransformerMixin, BaseEstimator):
         standardised = (X - mean.astype(np.float32)) / scale.astype(np.float32)
         # One BLAS thread: the heads' fit workers use the other cores meanwhile.
         with threadpool_limits(1):
-            variance, components, total = _principal_components(standardised, n_keep)
+            centre, variance, components, total = _principal_components(standardised, n_keep)
         kept = int((variance > self.min_variance_ratio * variance[0]).sum())
         weights = components[:kept].T  # [width, kept], float64
         self.whitened_ = self.whiten and len(X) >= self.whiten_min_rows_per_column * X.shape[1]
@@ -85,7 +85,6 @@ class FeatureScaler(TransformerMixin, BaseEstimator):
         else:
             weights = weights / np.sqrt(variance[:kept].mean())
         # Fold standardisation and centring into one affine map: z = x @ W - b.
-        centre = standardised.mean(axis=0, dtype=np.float64)
         self.projection_ = (weights / scale[:, None]).astype(np.float32)
         self.offset_ = ((mean / scale + centre) @ weights).astype(np.float32)
         self.explained_variance_ratio_ = float(variance[:kept].sum() / total)
@@ -108,9 +107,12 @@ class FeatureScaler(TransformerMixin, BaseEstimator):
         return self.n_features_in_ if self.projection_ is None else self.projection_.shape[1]
 
 
-def _principal_components(X: np.ndarray, n_keep: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """The top `n_keep` principal components of X's rows: (variances [n_keep], descending;
-    unit components [n_keep, width]; total variance), variances with n - 1 as divisor.
+def _principal_components(
+    X: np.ndarray, n_keep: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The top `n_keep` principal components of X's rows: (column means [width]; variances
+    [n_keep], descending; unit components [n_keep, width]; total variance), variances with
+    n - 1 as divisor.
 
     Many rows: the covariance (one float32 product over the rows) and only its top
     eigenpairs (LAPACK's syevr), about twice as fast as scikit-learn's full decomposition
@@ -120,11 +122,13 @@ def _principal_components(X: np.ndarray, n_keep: int) -> tuple[np.ndarray, np.nd
     n_rows, width = X.shape
     if n_rows < width:
         pca = PCA(n_components=n_keep, whiten=False, svd_solver="full").fit(X)
+        mean = pca.mean_.astype(np.float64)
         variance = pca.explained_variance_.astype(np.float64)
         components = pca.components_.astype(np.float64)
         total = float(variance.sum() / pca.explained_variance_ratio_.sum())
     else:
-        centred = X - X.mean(axis=0, dtype=np.float64).astype(np.float32)
+        mean = X.mean(axis=0, dtype=np.float64)
+        centred = X - mean.astype(np.float32)
         covariance = (centred.T @ centred).astype(np.float64) / (n_rows - 1)
         total = float(np.trace(covariance))
         variance, vectors = scipy.linalg.eigh(
@@ -132,4 +136,4 @@ def _principal_components(X: np.ndarray, n_keep: int) -> tuple[np.ndarray, np.nd
         )
         variance, components = np.maximum(variance[::-1], 0.0), vectors[:, ::-1].T
     signs = np.sign(components[np.arange(len(components)), np.abs(components).argmax(axis=1)])
-    return variance, components * signs[:, None], total
+    return mean, variance, components * signs[:, None], total
