@@ -17,13 +17,17 @@ candidate's description (task, candidate, features, model, params, seed, ...) an
                        "features": {backbone: `features.feature_fingerprint` of its file}}
     head_fingerprint  sha256 of the head's parameters (model, params, seeds, folds, scaling)
 
-Run record ``runs/<run>/heads/run.json``: removed when a `heads` invocation starts and
-written (atomically) as its very last step, so it exists only for a run whose invocation
-finished. It lists the invocation id, the input fingerprints, the candidates per task and
-the tasks and candidates skipped with the reason. `resolve_candidates` is the one place that
-decides which prediction files a later stage may use: it refuses an unfinished run, files
-from another invocation and files whose inputs changed since (exit 1, naming the file and
-the command that rebuilds it).
+Run record ``runs/<run>/heads/run.json``: the run's ledger of committed candidates. A
+`heads` invocation adds or replaces candidates; each one is committed on its own, right after
+its head and prediction files are written: the ledger entry (``committed[task][name]``: the
+invocation that wrote it, its feature set, model and head fingerprint) is added and the record
+rewritten atomically. ``candidates`` lists the committed names per task (what `blend` uses by
+default). A candidate whose files were being rewritten when an invocation was killed carries
+another invocation id than its ledger entry and is refused until retrained; files that no
+ledger entry lists are never used. `heads --fresh` starts the ledger (and the run's files)
+over. `resolve_candidates` is the one place that decides which prediction files a later
+stage may use: it refuses half-written files and files whose inputs changed since (exit 1,
+naming each file and the command that fixes it).
 """
 
 from __future__ import annotations
@@ -87,8 +91,19 @@ def new_invocation_id() -> str:
     return uuid.uuid4().hex
 
 
-def rerun_command(paths: DatasetPaths, run: str) -> str:
-    return f"`pipeline heads --dataset {paths.root.name} --run {run}`"
+def retrain_command(paths: DatasetPaths, run: str, refs: Sequence[tuple[str, str]]) -> str:
+    """The command(s) that retrain exactly these (task, candidate name) pairs of a run and
+    commit them in place (`heads --candidate` takes the file-name form of a candidate)."""
+    by_task: dict[str, list[str]] = {}
+    for task, name in refs:
+        by_task.setdefault(task, []).append(name)
+    commands = []
+    for task, names in by_task.items():
+        chosen = " ".join(f"--candidate {name}" for name in dict.fromkeys(names))
+        commands.append(
+            f"`pipeline heads --dataset {paths.root.name} --run {run} --task {task} {chosen}`"
+        )
+    return "; ".join(commands)
 
 
 # --- prediction files ----------------------------------------------------------------------
@@ -181,18 +196,60 @@ def write_run_record(paths: DatasetPaths, run: str, record: dict[str, Any]) -> P
     return path
 
 
+def new_run_record(run: str) -> dict[str, Any]:
+    """An empty ledger: no candidate committed yet."""
+    return {"run": run, "invocation": None, "candidates": {}, "committed": {}}
+
+
+def commit_candidate(
+    paths: DatasetPaths, run: str, record: dict[str, Any], task: str, name: str,
+    entry: dict[str, Any],
+) -> None:
+    """Add or replace one candidate in the ledger and write the record (atomically): from
+    now on the candidate's files, written before, are part of the run. Names are kept in
+    sorted order, so a run's candidates are listed the same whatever order they were
+    trained or committed in."""
+    record["committed"].setdefault(task, {})[name] = entry
+    record["candidates"][task] = sorted({*record["candidates"].get(task, []), name})
+    write_run_record(paths, run, record)
+
+
 def read_run_record(paths: DatasetPaths, run: str) -> dict[str, Any] | None:
-    """The run record, None when there is none; InputError naming a damaged one."""
+    """The run's ledger, None when there is none; InputError naming a damaged one. A record
+    of the single-invocation layout (no ``committed``) reads as a ledger whose candidates
+    were all committed by its invocation."""
     path = run_record_path(paths, run)
     if not path.exists():
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(record.get("candidates"), dict) or "invocation" not in record:
-            raise ValueError("lacks candidates or invocation")
-    except (OSError, ValueError, AttributeError) as exc:
+        if not isinstance(record, dict) or not isinstance(record.get("candidates"), dict):
+            raise ValueError("lacks its candidates")
+        for task, names in record["candidates"].items():
+            if task not in TASKS or not isinstance(names, list):
+                raise ValueError(f"candidates of {task!r} are not a list of a known task")
+            if not all(isinstance(name, str) for name in names):
+                raise ValueError(f"candidates of {task!r} are not names")
+        if "committed" not in record:
+            if not isinstance(record.get("invocation"), str):
+                raise ValueError("lacks its invocation")
+            record["committed"] = {
+                task: {name: {"invocation": record["invocation"]} for name in names}
+                for task, names in record["candidates"].items()
+            }
+        committed = record["committed"]
+        for task, names in record["candidates"].items():
+            entries = committed.get(task) if isinstance(committed, dict) else None
+            if not isinstance(entries, dict) or not all(
+                isinstance(entries.get(name), dict)
+                and isinstance(entries[name].get("invocation"), str)
+                for name in names
+            ):
+                raise ValueError(f"candidates of {task!r} lack their ledger entries")
+    except (OSError, ValueError) as exc:
         raise InputError(
-            f"{path}: not a valid heads run record ({exc}); rerun {rerun_command(paths, run)}"
+            f"{path}: not a valid heads run record ({exc}); start the run over with "
+            f"`pipeline heads --dataset {paths.root.name} --run {run} --fresh`"
         ) from None
     return record
 
@@ -217,13 +274,13 @@ def resolve_candidates(
 ) -> list[Path]:
     """The prediction files of `task` that a later stage may use, checked.
 
-    Without `names`: the candidates the run record lists for `task`, all written by the
-    record's invocation. With `names` (``NAME`` or ``TASK/NAME``): those files, whichever
-    invocation wrote them. Either way every file's recorded input fingerprints must match
-    the current manifest and feature files. Raises StaleRunError (exit 1) naming the file
-    and the command to rerun, InputError (exit 2) when there is nothing to load.
+    Without `names`: every candidate the run's ledger lists for `task`, each file written by
+    the invocation that committed it. With `names` (``NAME`` or ``TASK/NAME``): those files,
+    whichever invocation wrote them. Either way every file's recorded input fingerprints must
+    match the current manifest and feature files. Raises StaleRunError (exit 1) naming every
+    file that must not be used and the command that retrains them, InputError (exit 2) when
+    there is nothing to load.
     """
-    rerun = rerun_command(paths, run)
     present = prediction_files(paths, run, task)
     if names:
         chosen = _explicit(paths, run, task, names)
@@ -232,66 +289,64 @@ def resolve_candidates(
                 f"none of the candidates {', '.join(names)} has predictions for task {task} "
                 f"in run {run!r} (available: {', '.join(p.stem for p in present) or 'none'})"
             )
+        problems: list[str] = []
     else:
         record = read_run_record(paths, run)
-        if record is None:
-            if not present:
-                raise InputError(
-                    f"no predictions for task {task!r} under {paths.run(run) / 'preds' / task}: "
-                    f"run {rerun} first"
+        listed = [] if record is None else list(record["candidates"].get(task, []))
+        if not listed:
+            skipped = (record or {}).get("skipped", {}).get(task)
+            if present:
+                raise StaleRunError(
+                    f"no {task} candidate of run {run!r} is committed in "
+                    f"{run_record_path(paths, run)}, but {present[0].parent} holds "
+                    f"{len(present)} prediction file(s) of an unfinished heads invocation"
+                    + (f" ({skipped})" if skipped else "")
+                    + f"; train the task: `pipeline heads --dataset {paths.root.name} "
+                    f"--run {run} --task {task}`"
                 )
-            raise StaleRunError(
-                f"{run_record_path(paths, run)} is missing: the heads run {run!r} did not "
-                f"finish (interrupted, or still running), so its predictions may be partial; "
-                f"rerun {rerun}"
+            raise InputError(
+                f"no predictions for task {task!r} in run {run!r}"
+                + (f" ({skipped})" if skipped else "")
+                + f": run `pipeline heads --dataset {paths.root.name} --run {run}` first"
             )
-        chosen = _recorded(paths, run, task, record, present, rerun)
+        chosen, problems = _committed(paths, run, task, record)
     current: dict[str, str] = {}
     for path in chosen:
-        check_inputs(path, paths, run, current)
+        problem = stale_inputs(path, paths, current)
+        if problem:
+            problems.append(problem)
+    if problems:
+        refs = [(task, Path(p.split(" ", 1)[0]).stem) for p in problems]
+        raise StaleRunError(
+            "; ".join(problems)
+            + f". Retrain: {retrain_command(paths, run, refs)} (or start the run over with "
+            f"`pipeline heads --dataset {paths.root.name} --run {run} --fresh`, or name the "
+            "candidates to use)"
+        )
     return chosen
 
 
-def _recorded(
-    paths: DatasetPaths,
-    run: str,
-    task: str,
-    record: dict[str, Any],
-    present: list[Path],
-    rerun: str,
-) -> list[Path]:
-    listed = list(record["candidates"].get(task, []))
-    invocation = record["invocation"]
-    if not listed:
-        reason = record.get("skipped", {}).get(task)
-        if present:
-            raise StaleRunError(
-                f"{present[0]} comes from an earlier heads invocation: the run's last one "
-                f"({run_record_path(paths, run)}) did not train task {task}"
-                + (f" ({reason})" if reason else "")
-                + f"; rerun {rerun} for every task, leave {task} out (--task), or name the "
-                "candidates to use"
+def _committed(
+    paths: DatasetPaths, run: str, task: str, record: dict[str, Any]
+) -> tuple[list[Path], list[str]]:
+    """The ledger's files for `task`, and a problem line (starting with the file's path) for
+    each one that is missing or was rewritten by an invocation that did not commit it."""
+    chosen, problems = [], []
+    for name in record["candidates"][task]:
+        path = paths.preds(run, task, name)
+        committed_by = record["committed"][task][name]["invocation"]
+        if not path.exists():
+            problems.append(f"{path} is committed in {run_record_path(paths, run)} but missing")
+            continue
+        written_by = read_prediction_metadata(path).get("invocation")
+        if written_by != committed_by:
+            problems.append(
+                f"{path} was rewritten by a heads invocation that did not commit it "
+                f"({written_by or 'unrecorded'}; the ledger's is {committed_by}): half-written"
             )
-        raise InputError(
-            f"run {run!r} has no {task} candidates" + (f": {reason}" if reason else "")
-        )
-    for path in present:
-        meta = read_prediction_metadata(path)
-        if path.stem not in listed or meta.get("invocation") != invocation:
-            raise StaleRunError(
-                f"{path} was written by another heads invocation "
-                f"({meta.get('invocation') or 'unrecorded'}) than the run's last one "
-                f"({invocation}, {run_record_path(paths, run)}): mixing them would blend "
-                f"heads trained differently; rerun {rerun}, delete the file, or name the "
-                "candidates to use"
-            )
-    missing = [name for name in listed if paths.preds(run, task, name) not in present]
-    if missing:
-        raise StaleRunError(
-            f"{paths.preds(run, task, missing[0])} is listed in {run_record_path(paths, run)} "
-            f"but missing; rerun {rerun}"
-        )
-    return [paths.preds(run, task, name) for name in listed]
+            continue
+        chosen.append(path)
+    return chosen, problems
 
 
 def write_prediction_run(
@@ -319,6 +374,10 @@ def write_prediction_run(
         "invocation": invocation,
         "inputs": inputs,
         "candidates": names,
+        "committed": {
+            task: {name: {"invocation": invocation} for name in task_names}
+            for task, task_names in names.items()
+        },
         "skipped": {},
         **record,
     }
@@ -326,40 +385,36 @@ def write_prediction_run(
     return invocation
 
 
-def check_inputs(
-    path: Path, paths: DatasetPaths, run: str, current: dict[str, str] | None = None
-) -> None:
-    """Raise StaleRunError unless the file's recorded inputs are the current manifest and
-    feature files. `current` caches fingerprints across calls (keys: "manifest", file paths)."""
+def stale_inputs(
+    path: Path, paths: DatasetPaths, current: dict[str, str] | None = None
+) -> str | None:
+    """Why the file's recorded inputs are not the current manifest and feature files
+    (a sentence starting with the file's path), None when they are. `current` caches
+    fingerprints across calls (keys: "manifest", file paths)."""
     current = {} if current is None else current
-    rerun = rerun_command(paths, run)
     inputs = read_prediction_metadata(path).get("inputs")
     if not isinstance(inputs, dict) or "manifest" not in inputs:
-        raise StaleRunError(
-            f"{path} records no input fingerprints (written by an older version): rerun {rerun}"
-        )
+        return f"{path} records no input fingerprints (written by an older version)"
     if "manifest" not in current:
         current["manifest"] = manifest_fingerprint(paths.manifest)
     if inputs["manifest"] != current["manifest"]:
-        raise StaleRunError(
-            f"{path} was computed from another manifest than {paths.manifest} (re-indexed "
-            f"since): rerun {rerun}"
+        return (
+            f"{path} was computed from another manifest than {paths.manifest} (re-indexed since)"
         )
-    for backbone, recorded in sorted((inputs.get("features") or {}).items()):
+    features = inputs.get("features") or {}
+    for backbone, recorded in sorted(features.items() if isinstance(features, dict) else ()):
         feature_path = paths.features(backbone)
         key = str(feature_path)
         if key not in current:
             current[key] = feature_fingerprint(feature_path) if feature_path.exists() else ""
         if not current[key]:
-            raise StaleRunError(
-                f"{path} was computed from {feature_path}, which is gone: "
-                f"re-extract {backbone} or rerun {rerun}"
-            )
+            return f"{path} was computed from {feature_path}, which is gone (re-extract {backbone})"
         if recorded != current[key]:
-            raise StaleRunError(
+            return (
                 f"{path} is stale: {feature_path} changed since it was computed (re-extracted, "
-                f"other weights or manifest); rerun {rerun}"
+                "other weights or manifest)"
             )
+    return None
 
 
 def available_tasks(paths: DatasetPaths, run: str) -> list[str]:

@@ -233,7 +233,7 @@ def test_run_record_and_prediction_metadata_agree(tmp_path: Path) -> None:
     result = train(paths, tasks=["expr"], config_path=linear_config(tmp_path), progress=False)
     record = json.loads(result.record_path.read_text())
     assert record["invocation"] == result.invocation
-    assert record["candidates"]["expr"] == [r.candidate for r in result.results]
+    assert record["candidates"]["expr"] == sorted(r.candidate for r in result.results)
     assert record["inputs"]["features"] == {
         "cnn": feature_fingerprint(paths.features("cnn")),
         "openface": feature_fingerprint(paths.features("openface")),
@@ -248,11 +248,13 @@ def test_run_record_and_prediction_metadata_agree(tmp_path: Path) -> None:
     assert load_candidates(paths, "default", "expr", manifest).names == record["candidates"]["expr"]
 
 
-def test_interrupted_heads_run_is_refused_until_rerun(tmp_path: Path, monkeypatch) -> None:
+def test_interrupted_heads_run_keeps_what_it_committed(tmp_path: Path, monkeypatch) -> None:
+    """A kill between two candidates: those committed before it stay in the run (replaced
+    in place), the rest are the previous invocation's, and blend takes them all."""
     paths = tiny_cache(tmp_path / "cut", backbones={"openface": False, "cnn": True})
     manifest = read_manifest(paths.manifest)
     fast = {"tasks": ["expr", "au"], "config_path": linear_config(tmp_path), "progress": False}
-    train(paths, **fast)
+    first = train(paths, **fast)
     saved = []
     original = training._save_candidate
 
@@ -266,11 +268,44 @@ def test_interrupted_heads_run_is_refused_until_rerun(tmp_path: Path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         train(paths, **fast)
     monkeypatch.undo()
-    with pytest.raises(AffectpipeError, match=r"run.json is missing.*did not finish") as caught:
+    record = predictions.read_run_record(paths, "default")
+    assert record["invocation"] == first.invocation  # the killed one never finished
+    writers = {
+        (task, name): entry["invocation"]
+        for task, entries in record["committed"].items()
+        for name, entry in entries.items()
+    }
+    assert sorted(writers.values()).count(first.invocation) == len(writers) - 2
+    chosen = load_candidates(paths, "default", "expr", manifest)
+    assert len(chosen.names) == 2
+
+
+def test_half_written_candidate_is_refused_with_a_command_that_fixes_it(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Killed after a candidate's files were rewritten but before its commit: that file is
+    not the ledger's, so it is refused, naming the command that retrains it."""
+    paths = tiny_cache(tmp_path / "half", backbones={"openface": False, "cnn": True})
+    manifest = read_manifest(paths.manifest)
+    fast = {"tasks": ["expr"], "config_path": linear_config(tmp_path), "progress": False}
+    train(paths, **fast)
+
+    def killed_before_commit(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predictions, "commit_candidate", killed_before_commit)
+    with pytest.raises(KeyboardInterrupt):
+        train(paths, **fast)
+    monkeypatch.undo()
+    with pytest.raises(AffectpipeError, match=r"half-written") as caught:
         load_candidates(paths, "default", "expr", manifest)
     assert caught.value.exit_code == 1
-    assert "`pipeline heads --dataset cut --run default`" in str(caught.value)
-    train(paths, **fast)  # rerunning on the partly written run works
+    message = str(caught.value)
+    command = message[message.index("Retrain: `") + len("Retrain: `") :].split("`")[0]
+    assert command.startswith("pipeline heads --dataset half --run default --task expr ")
+    args = command.split()[1:]  # after `pipeline`
+    done = run_cli("--cache-dir", tmp_path, *args, "--no-progress")
+    assert done.returncode == 0, done.stderr
     assert len(load_candidates(paths, "default", "expr", manifest).names) == 2
 
 
@@ -281,35 +316,41 @@ def linear_config(tmp_path: Path, seed: int = 0) -> Path:
     return path
 
 
-def test_candidates_of_another_invocation_are_refused_unless_named(tmp_path: Path) -> None:
+def test_a_second_invocation_adds_candidates_to_the_run(tmp_path: Path) -> None:
     paths = tiny_cache(tmp_path / "mix", backbones={"openface": False, "cnn": True})
     manifest = read_manifest(paths.manifest)
-    train(paths, config_path=linear_config(tmp_path), progress=False)
-    # a second invocation, other seed, fewer candidates and only one task
+    first = train(paths, config_path=linear_config(tmp_path), progress=False)
+    before = load_candidates(paths, "default", "expr", manifest).names
+    # a second invocation, other seed, another model on one feature set and only one task
     later = train(
         paths,
         tasks=["expr"],
-        candidates=["cnn:embedding+logits/linear"],
+        candidates=["cnn:embedding+logits/mlp", "cnn:embedding+logits/linear"],
         config_path=linear_config(tmp_path, seed=3),
         progress=False,
     )
-    with pytest.raises(AffectpipeError, match=r"\.parquet was written by another heads invocation"):
-        load_candidates(paths, "default", "expr", manifest)
-    with pytest.raises(
-        AffectpipeError,
-        match=r"preds/va/.*earlier heads invocation.*did not "
-        r"train task va",
-    ):
-        load_candidates(paths, "default", "va", manifest)
-    named = ["expr/cnn.embedding+logits__linear", "openface.embedding__linear"]
-    chosen = load_candidates(paths, "default", "expr", manifest, named)
-    assert chosen.names == ["cnn.embedding+logits__linear", "openface.embedding__linear"]
-    assert (
-        later.invocation
-        != predictions.read_prediction_metadata(
-            paths.preds("default", "expr", "openface.embedding__linear")
-        )["invocation"]
+    chosen = load_candidates(paths, "default", "expr", manifest).names
+    assert chosen == sorted([*before, "cnn.embedding+logits__mlp"])  # one replaced, one added
+    record = predictions.read_run_record(paths, "default")
+    committed = record["committed"]["expr"]
+    assert committed["cnn.embedding+logits__linear"]["invocation"] == later.invocation
+    assert committed["openface.embedding__linear"]["invocation"] == first.invocation
+    assert committed["cnn.embedding+logits__mlp"]["model"] == "mlp"
+    # the other tasks keep the first invocation's candidates
+    assert load_candidates(paths, "default", "va", manifest).names == sorted(
+        r.candidate for r in first.results if r.task == "va"
     )
+    # named candidates still work, and --fresh starts the run over
+    named = ["expr/cnn.embedding+logits__mlp", "openface.embedding__linear"]
+    assert load_candidates(paths, "default", "expr", manifest, named).names == [
+        "cnn.embedding+logits__mlp",
+        "openface.embedding__linear",
+    ]
+    train(paths, tasks=["expr"], config_path=linear_config(tmp_path), progress=False, fresh=True)
+    assert not paths.preds("default", "va", before[0]).exists()
+    assert load_candidates(paths, "default", "expr", manifest).names == before
+    with pytest.raises(InputError, match="no predictions for task 'va'"):
+        load_candidates(paths, "default", "va", manifest)
 
 
 def reextract(paths: DatasetPaths, backbone: str, weights_sha256: str) -> None:
@@ -346,10 +387,11 @@ def test_blend_refuses_predictions_of_re_extracted_features_through_the_cli(
     assert refused.returncode == 1, refused.stderr
     assert "openface.embedding__linear.parquet is stale" in refused.stderr
     assert "openface.h5 changed" in refused.stderr
-    assert "`pipeline heads --dataset stale --run r1`" in refused.stderr
+    fix = "pipeline heads --dataset stale --run r1 --task expr --candidate openface.embedding__linear"
+    assert f"`{fix}`" in refused.stderr
     assert not (paths.blend_dir("r1") / "blend.json").exists()
     manifest = read_manifest(paths.manifest)
-    run_cli(*cache, *heads, check=True)  # the command the message names fixes it
+    run_cli(*cache, *fix.split()[1:], check=True)  # the command the message names fixes it
     assert load_candidates(paths, "r1", "expr", manifest).names == ["openface.embedding__linear"]
 
 
@@ -388,17 +430,19 @@ def test_mlps_no_longer_lose_every_pair_on_demo_sized_data(tmp_path: Path) -> No
     assert min(spreads) > 0.5, spreads  # outputs as spread out as the linear heads', roughly
 
 
-def test_blend_cli_takes_named_candidates_of_a_mixed_run(tmp_path: Path) -> None:
-    paths = tiny_cache(tmp_path / "mix", backbones={"openface": False, "cnn": True})
-    train(paths, config_path=linear_config(tmp_path), progress=False)
-    train(paths, tasks=["expr"], candidates=["cnn:embedding+logits/linear"],
-          config_path=linear_config(tmp_path, seed=3), progress=False)
-    base = ("--cache-dir", tmp_path, "blend", "--dataset", "mix", "--task", "expr", "--partial",
-            "--no-report", "--out", tmp_path / "out")
-    mixed = run_cli(*base)
-    assert mixed.returncode == 1, mixed.stdout + mixed.stderr
-    assert "another heads invocation" in mixed.stderr
-    named = run_cli(*base, "--candidate", "expr/cnn.embedding+logits__linear",
-                    "--candidate", "openface.embedding__linear")
-    assert named.returncode == 0, named.stdout + named.stderr
-    assert (tmp_path / "out").is_dir() and any((tmp_path / "out").iterdir())
+@pytest.mark.slow  # three CLI subprocesses
+def test_heads_twice_with_other_candidates_then_blend_through_the_cli(tmp_path: Path) -> None:
+    """The researcher's loop: the defaults, then another model on one feature set, then
+    blend: every committed candidate is blended (exit 0), the second run's one included."""
+    tiny_cache(tmp_path / "loop", backbones={"openface": False, "cnn": True})
+    cache = ("--cache-dir", tmp_path)
+    run_cli(*cache, "heads", "--dataset", "loop", "--config", linear_config(tmp_path),
+            "--no-progress", check=True)
+    run_cli(*cache, "heads", "--dataset", "loop", "--candidate", "openface:embedding/lightgbm",
+            "--no-progress", check=True)
+    blend = run_cli(*cache, "blend", "--dataset", "loop", "--no-report", "--out",
+                    tmp_path / "out")
+    assert blend.returncode == 0, blend.stdout + blend.stderr
+    record = json.loads((tmp_path / "loop/runs/default/blend/blend.json").read_text())
+    for task in ("va", "expr", "au"):
+        assert "openface.embedding__lightgbm" in record["tasks"][task]["candidates"]

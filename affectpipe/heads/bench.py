@@ -184,7 +184,7 @@ def run_bench(
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     all_cpu_start = tree_cpu_seconds(os.getpid())
     with TreePeak() as tree:
-        result = train(paths, run="bench", config_path=config, progress=progress)
+        result = train(paths, run="bench", config_path=config, progress=progress, fresh=True)
     wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
     all_cpu = tree_cpu_seconds(os.getpid()) - all_cpu_start
     memory = _memory_line(tree.peak, _peak_rss(), reset)

@@ -44,6 +44,13 @@ from affectpipe.config import Settings
     is_flag=True,
     help="Train only on rows where all three tasks are labelled (for comparison).",
 )
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Start the run over: remove its heads, predictions and ledger first. Without it, "
+    "the candidates trained now are added to the run (or replace those of the same name) "
+    "and the others stay.",
+)
 @progress_option
 @click.pass_obj
 def heads(
@@ -56,6 +63,7 @@ def heads(
     folds: int,
     seeds: int,
     strict_labels: bool,
+    fresh: bool,
     progress: bool,
 ) -> None:
     """Train shallow heads per task on cached features (CPU, seconds).
@@ -69,9 +77,12 @@ def heads(
     each with the `linear` and `mlp` models (`lightgbm` on request), plus one `temporal`
     candidate per task (a sequence model over each video's frames) on the first CNN
     backbone's embedding+logits (`temporal = false` in the config turns it off).
-    Writes runs/RUN/heads/TASK/CANDIDATE.joblib, runs/RUN/preds/TASK/CANDIDATE.parquet,
-    runs/RUN/heads/metrics.json and, last, runs/RUN/heads/run.json (what `blend` checks:
-    a run without it is unfinished), then prints the validation metrics.
+    Writes runs/RUN/heads/TASK/CANDIDATE.json + .safetensors (the head) and
+    runs/RUN/preds/TASK/CANDIDATE.parquet, then commits the candidate to the run's ledger,
+    runs/RUN/heads/run.json; merges runs/RUN/heads/metrics.json and prints the validation
+    metrics. A run is a ledger: running `heads` again with other candidates adds them (a
+    candidate of the same name is replaced), and `blend` uses every committed candidate
+    whose inputs are current; `--fresh` starts the run over.
     """
     from affectpipe.heads.training import train
 
@@ -85,6 +96,7 @@ def heads(
         seeds=seeds,
         strict_labels=strict_labels,
         progress=progress,
+        fresh=fresh,
     )
     click.echo(result.table())
     for line in result.skipped_lines():

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -533,9 +534,13 @@ def train(
     strict_labels: bool = False,
     progress: bool = True,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    fresh: bool = False,
 ) -> HeadsResult:
-    """Train the selected candidates on cached features; write heads, preds, metrics.json and,
-    last, the run record (`affectpipe.predictions`).
+    """Train the selected candidates on cached features and commit each one to the run's
+    ledger (`affectpipe.predictions`) as soon as its head and predictions are written; then
+    merge metrics.json and record the invocation in the ledger. Candidates of earlier
+    invocations that this one does not retrain stay in the run; `fresh` removes the run's
+    heads, predictions and ledger first.
 
     Features are read and projected `chunk_rows` rows at a time (results do not depend on
     it). Every task with labelled train rows is trained (all three unless `tasks` names some);
@@ -577,9 +582,12 @@ def train(
     run_dir = paths.run(run)
     invocation = predictions.new_invocation_id()
     with file_lock(run_dir / ".lock"):
-        # From here until the new record is written the run is incomplete: a kill leaves no
-        # record, and blend refuses the run instead of mixing old and new predictions.
-        predictions.clear_run_record(paths, run)
+        if fresh:
+            for part in ("heads", "preds"):
+                shutil.rmtree(run_dir / part, ignore_errors=True)
+        # A kill between a candidate's files and its commit leaves files that the ledger
+        # does not vouch for: blend refuses them (or never sees them) until retrained.
+        ledger = predictions.read_run_record(paths, run) or predictions.new_run_record(run)
         inputs = predictions.input_fingerprints(
             paths, sorted({b for c in chosen for b in c.features.backbones})
         )
@@ -684,6 +692,20 @@ def train(
                         strict_labels,
                         provenance,
                     )
+                    predictions.commit_candidate(
+                        paths,
+                        run,
+                        ledger,
+                        candidate.task,
+                        candidate.name,
+                        {
+                            "invocation": invocation,
+                            "features": candidate.features.spec,
+                            "model": candidate.model,
+                            "head_fingerprint": provenance["head_fingerprint"],
+                            "committed": datetime.now(UTC).isoformat(timespec="seconds"),
+                        },
+                    )
                     stages["write"] += time.perf_counter() - tick
                     bar.update()
                 if not block:
@@ -730,22 +752,21 @@ def train(
         trained: dict[str, list[str]] = {}
         for r in ordered:
             trained.setdefault(r.task, []).append(r.candidate)
-        record_path = predictions.write_run_record(
-            paths,
-            run,
+        # The ledger's top-level fields describe its last finished invocation.
+        ledger.update(
             {
-                "run": run,
                 "invocation": invocation,
                 "package_version": __version__,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "inputs": inputs,
                 "options": options,
-                "candidates": trained,
+                "trained": trained,
                 "skipped": {t: explained[t] for t in TASKS if t in explained},
                 "skipped_candidates": skipped_candidates,
                 "notes": notes,
-            },
+            }
         )
+        record_path = predictions.write_run_record(paths, run, ledger)
     return HeadsResult(
         run,
         ordered,
