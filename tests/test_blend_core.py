@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -145,4 +147,14 @@ def test_tuned_blend_beats_best_single_candidate(task):
     )
     assert folds == 3 and rules.score(data.labels, outputs) > max(singles)
     np.testing.assert_array_equal(serial.weights, fitted.weights)
-    assert serial.stage_scores == fitted.stage_scores
+    # The full fit is fit_task's, with the stages the cross-fit dropped switched off.
+    decisions = serial.decisions
+    for entry in decisions.values():
+        assert not entry["kept"] or entry["crossfit"] >= entry["without"]
+    kept = replace(
+        BlendOptions(),
+        correction=decisions[rules.post_name]["kept"],
+        smoothing=decisions["smoothing"]["kept"],
+    )
+    refit = fit_task(rules, data.candidates, data.labels, data.order, kept)
+    assert serial.stage_scores == refit.stage_scores

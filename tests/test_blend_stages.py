@@ -166,3 +166,51 @@ def test_report_has_stage_table_and_time_series_of_temporal_candidates(tmp_path)
     assert "+ logit adjustment (tau * log prior)" in text and "+ confidence gating" in text
     document = result.blend_json.read_text()
     assert '"crossfit_stage_scores"' in document and '"kept"' in document
+
+
+def test_every_stage_is_kept_only_when_the_crossfit_supports_it():
+    """The walk of `decide_stages`: smoothing whose tuned score rose but whose cross-fitted
+    score fell (the real-photos case) is dropped and the caller told to re-tune without
+    it; a stage that only ties or wins is kept; later stages are not judged on top of a
+    dropped one."""
+    from affectpipe.blend.synthetic import synthetic_task
+    from affectpipe.blend.tuning import decide_stages, fit_task
+
+    data = synthetic_task("expr", n_rows=3000, n_videos=12, n_candidates=3, seed=1)
+    fitted = fit_task(RULES, data.candidates, data.labels, data.order, BlendOptions(),
+                      log_prior=log_prior(SKEW))
+    assert fitted.half_width > 0 and fitted.stage_scores["smoothing"] > fitted.stage_scores[
+        "offsets"]
+    scores = {"blend": 0.40, "offsets": 0.45, "smoothing": 0.42, "logit_adjustment": 0.5,
+              "gating": 0.5, "logit_adjustment+gating": 0.5}
+    _, dropped = decide_stages(RULES, fitted, BlendOptions(), scores, {})
+    assert dropped == "smoothing"
+    assert fitted.decisions["offsets"]["kept"] and not fitted.decisions["smoothing"]["kept"]
+    assert "logit_adjustment" not in fitted.decisions  # judged again after the re-tune
+    scores["smoothing"] = 0.45  # a tie keeps it ("at least the score without it")
+    kept, dropped = decide_stages(RULES, fitted, BlendOptions(), scores, {})
+    assert dropped is None and kept.decisions["smoothing"]["kept"]
+    scores["offsets"] = 0.39
+    _, dropped = decide_stages(RULES, fitted, BlendOptions(), scores, {})
+    assert dropped == "correction"
+
+
+def test_crossfit_drops_a_losing_correction_and_retunes_the_rest():
+    """VA on planted data: the calibration loses the cross-fit; the blend in
+    force is the one tuned without it (smoothing re-tuned on the uncalibrated mix)."""
+    from dataclasses import replace
+
+    from affectpipe.blend.synthetic import synthetic_task
+    from affectpipe.blend.tuning import fit_task
+
+    rules = rules_for("va")
+    data = synthetic_task("va", n_rows=3000, n_videos=12, n_candidates=4, seed=1)
+    fitted, _ = tune_task(rules, data.candidates, data.labels, data.groups, data.frames,
+                          BlendOptions(n_jobs=1))
+    calibration = fitted.decisions["calibration"]
+    assert not calibration["kept"] and calibration["crossfit"] < calibration["without"]
+    assert fitted.post == rules.identity_post()
+    assert fitted.decisions["smoothing"]["kept"] and fitted.half_width > 0
+    alone = fit_task(rules, data.candidates, data.labels, data.order,
+                     replace(BlendOptions(), correction=False))
+    assert (fitted.kernel, fitted.half_width) == (alone.kernel, alone.half_width)

@@ -387,7 +387,10 @@ def test_blend_refuses_predictions_of_re_extracted_features_through_the_cli(
     assert refused.returncode == 1, refused.stderr
     assert "openface.embedding__linear.parquet is stale" in refused.stderr
     assert "openface.h5 changed" in refused.stderr
-    fix = "pipeline heads --dataset stale --run r1 --task expr --candidate openface.embedding__linear"
+    fix = (
+        "pipeline heads --dataset stale --run r1 --task expr "
+        "--candidate openface.embedding__linear"
+    )
     assert f"`{fix}`" in refused.stderr
     assert not (paths.blend_dir("r1") / "blend.json").exists()
     manifest = read_manifest(paths.manifest)

@@ -38,6 +38,13 @@ def echo_scores(result) -> None:
             f"{task:<6} {s['best_single']:>12.4f} {s['tuned']:>12.4f} {s['crossfit']:>13.4f} "
             f"{s['single_crossfit']:>13.4f}  {uses}".rstrip()
         )
+    for task, outcome in result.outcomes.items():
+        decided = [
+            f"{stage} {'kept' if entry['kept'] else 'dropped'} ({entry['why']})"
+            for stage, entry in outcome.blend.decisions.items()
+        ]
+        if decided:
+            click.echo(f"{task} stages: " + "; ".join(decided))
 
 
 def echo_outcome(result, partial: bool) -> None:
@@ -71,7 +78,9 @@ def echo_outcome(result, partial: bool) -> None:
     "run [default: every candidate of the last complete heads run].",
     metavar="[TASK/]NAME",
 )
-@click.option("--no-correction", is_flag=True, help="No VA calibration / EXPR class offsets.")
+@click.option(
+    "--no-correction", is_flag=True, help="No VA calibration / EXPR class offsets / AU thresholds."
+)
 @click.option("--no-smoothing", is_flag=True, help="No temporal smoothing.")
 @click.option(
     "--no-logit-adjustment", is_flag=True, help="No EXPR tau * log(prior) class correction."

@@ -211,34 +211,41 @@ def _weights_table(outcome, weights: dict[str, dict[str, float]]) -> str:
 
 
 def _stage_note(stage: str, fitted) -> str:
-    """Whether a stage is in force, and its tuned parameter."""
+    """The tuned parameter of a stage in force."""
     if stage == "logit_adjustment":
-        return f"yes (tau {fitted.tau:+.2f})" if fitted.tau else "no"
+        return f"tau {fitted.tau:+.2f}"
     if stage == "gating":
         gate = fitted.gate
-        return f"yes ({gate['source']} >= {gate['threshold']:.2f})" if gate else "no"
+        return f"{gate['source']} >= {gate['threshold']:.2f}" if gate else ""
     if stage == "smoothing":
-        return "yes" if fitted.half_width else "no (window 0)"
-    return "yes"
+        return f"{fitted.kernel}, half-width {fitted.half_width}" if fitted.half_width else ""
+    return ""
 
 
 def _stage_table(task: str, outcome) -> str:
-    """Stage -> tuned score, cross-fitted score, whether the submission applies it."""
+    """Stage -> tuned score, cross-fitted score, whether the submission applies it and why."""
     fitted = outcome.blend
     rows = []
     for stage, tuned in fitted.stage_scores.items():
         label = STAGE_LABELS[stage]
         if task == "au" and stage == "blend":
             label += ", global threshold 0.5"
+        decision = fitted.decisions.get(stage)
         crossfit = fitted.crossfit_stage_scores.get(stage, float("nan"))
-        rows.append([label, _num(tuned), _num(crossfit), _stage_note(stage, fitted)])
+        if decision is None:
+            kept = "yes" if stage == "blend" else "as tuned (no cross-fit)"
+        elif decision["kept"]:
+            kept = " ".join(filter(None, ["yes:", decision["why"], _stage_note(stage, fitted)]))
+        else:
+            kept = f"no: {decision['why']}"
+        if decision is not None and "crossfit" in decision:
+            tuned, crossfit = decision["tuned"], decision["crossfit"]
+        rows.append([label, _num(tuned), _num(crossfit), html.escape(kept)])
     note = (
-        "<p><i>Each row adds its stage to the rows above it. Logit adjustment and gating are "
-        "tuned inside every fold and kept only when they raise the cross-fitted score over "
-        "the rows above; the gating row is measured on top of the logit adjustment only "
-        "when that is kept.</i></p>"
-        if fitted.kept
-        else ""
+        "<p><i>Each row adds its stage to the stages kept above it. Every stage is tuned "
+        "inside every fold and kept only when its cross-fitted score is at least the score "
+        "without it; a dropped correction or smoothing stage is switched off and the stages "
+        "after it are tuned again without it.</i></p>"
     )
     header = ["stage", "tuned (val)", "cross-fitted", "kept"]
     return _table(header, rows) + note

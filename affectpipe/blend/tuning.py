@@ -6,9 +6,15 @@ thresholds) -> decision -> (EXPR) confidence gating. They are tuned in the order
 report's table: weights, then the correction on the unsmoothed mix, then the smoothing
 window, re-tuning the correction for each window (EXPR, whose offset search is the costliest,
 scores every window with the unsmoothed offsets and re-tunes them for the best few:
-`retune_windows`), then the optional EXPR stages of `blend.stages`, each kept only when the
-cross-fit says it helps. Above `config.BLEND_SEARCH_ROWS` labelled rows, the searches score
-a systematic sample of them (`search_rows`).
+`retune_windows`), then the optional EXPR stages of `blend.stages`.
+
+Every stage after the weights earns its place by cross-fitting (`decide_stages`): walking the
+chain in order, a stage stays only when the cross-fitted score with it is at least the score
+of the stages kept before it. A correction or smoothing stage that loses is switched off and
+the stages after it are tuned again without it (they were tuned on its output); logit
+adjustment and gating are switched off without re-tuning. (The weights themselves are judged
+against the best single candidate, in `blend.runner`.) Above `config.BLEND_SEARCH_ROWS`
+labelled rows, the searches score a systematic sample of them (`search_rows`).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ PARALLEL_ROWS = 20_000
 class BlendOptions:
     """Which optional stages run, and how the honest estimate is made."""
 
-    correction: bool = True  # VA calibration / EXPR offsets (AU thresholds always run)
+    correction: bool = True  # VA calibration / EXPR offsets / AU thresholds
     smoothing: bool = True
     kernels: tuple[str, ...] = KERNELS
     max_steps: int = 20
@@ -78,6 +84,9 @@ class TaskBlend:
     variant_scores: dict[str, float] = field(default_factory=dict)  # tuned, by variant_key
     kept: dict[str, bool] = field(default_factory=dict)  # optional stage -> in force
     crossfit_stage_scores: dict[str, float] = field(default_factory=dict)
+    # stage -> {"tuned", "crossfit", "without", "kept", "why"}: the cross-fit decision of each
+    # stage after the weights (`decide_stages`), in chain order.
+    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def final_score(self) -> float:
@@ -119,6 +128,7 @@ class TaskBlend:
             "smoothing": {"kernel": self.kernel, "half_width": self.half_width},
             rules.post_name: self.post,
             **optional,
+            "stage_decisions": self.decisions,
         }
 
     @classmethod
@@ -282,7 +292,7 @@ def fit_task(
 
     def tuned_post(values: np.ndarray) -> tuple[dict[str, Any], float]:
         """The correction tuned on the search rows, and its score there."""
-        if rules.name != "au" and not options.correction:
+        if not options.correction:
             return identity, search_score(values, identity)
         return rules.fit_post(tune_labels, values)
 
@@ -442,14 +452,78 @@ def _crossfit_fold(
     return stage_decisions(rules, fitted, candidates[:, held], order, held_sources)
 
 
-def _keep_by_crossfit(fitted: TaskBlend, scores: dict[str, float]) -> TaskBlend:
-    """The blend with each optional stage in force only where it raised the cross-fitted
-    score over the stages before it (logit adjustment first, then gating on top)."""
-    adjusted = fitted.tuned_tau != 0 and (scores["logit_adjustment"] > scores["smoothing"] + TOL)
-    gated = fitted.gates.get(adjusted) is not None and (
-        scores[variant_key(adjusted, True)] > scores[variant_key(adjusted, False)] + TOL
-    )
-    return fitted.variant(adjusted, gated)
+# The stages after the weights, in chain order, with the `BlendOptions` flag that turns each
+# off. A correction or smoothing stage that loses the cross-fit needs the stages after it
+# re-tuned; the optional stages are switched off in place (`TaskBlend.variant`).
+RETUNED_STAGES = ("correction", "smoothing")
+
+
+def _stage_chain(rules: TaskRules) -> list[tuple[str, str]]:
+    """(stage key in the stage table, its `BlendOptions` flag), in chain order."""
+    chain = [(rules.post_name, "correction"), ("smoothing", "smoothing")]
+    return chain + [(stage, stage) for stage in rules.optional_stages]
+
+
+def _active(rules: TaskRules, fitted: TaskBlend, stage: str, adjusted: bool) -> bool:
+    """Whether tuning gave the stage anything to do (else it is the identity)."""
+    if stage == "smoothing":
+        return fitted.half_width > 0
+    if stage == "logit_adjustment":
+        return fitted.tuned_tau != 0
+    if stage == "gating":
+        return fitted.gates.get(adjusted) is not None
+    return fitted.stage_posts[stage] != rules.identity_post()
+
+
+def decide_stages(
+    rules: TaskRules,
+    fitted: TaskBlend,
+    options: BlendOptions,
+    scores: dict[str, float],
+    earlier: dict[str, dict[str, Any]],
+) -> tuple[TaskBlend, str | None]:
+    """Walk the stage chain with the cross-fitted scores of every prefix (`scores`, keyed as
+    `stage_decisions`): a stage is kept when its score is at least that of the stages kept
+    before it. Returns the blend with the decisions recorded (`earlier`: those of previous
+    rounds, for stages already switched off) and the flag of the first correction or
+    smoothing stage that lost (None when none did): the caller re-tunes without it."""
+    decisions: dict[str, dict[str, Any]] = {}
+    before, adjusted = "blend", False
+    for stage, flag in _stage_chain(rules):
+        if stage in earlier:
+            decisions[stage] = earlier[stage]
+            continue
+        if not getattr(options, flag):
+            decisions[stage] = {"kept": False, "why": "switched off by an option"}
+            continue
+        key = variant_key(adjusted, True) if stage == "gating" else stage
+        entry = {
+            "tuned": fitted.variant_scores.get(key, fitted.stage_scores.get(stage)),
+            "crossfit": scores[key],
+            "without": scores[before],
+        }
+        if not _active(rules, fitted, stage, adjusted):
+            decisions[stage] = {**entry, "kept": False, "why": "tuning found nothing better"}
+            continue
+        kept = entry["crossfit"] >= entry["without"]
+        why = (
+            f"cross-fitted {entry['crossfit']:.4f} "
+            + (">=" if kept else "<")
+            + f" {entry['without']:.4f} without it"
+        )
+        decisions[stage] = {**entry, "kept": kept, "why": why}
+        if kept:
+            before = key
+            adjusted = adjusted or stage == "logit_adjustment"
+        elif flag in RETUNED_STAGES:
+            fitted.decisions = decisions
+            return fitted, flag
+    if rules.optional_stages:
+        fitted = fitted.variant(
+            decisions["logit_adjustment"]["kept"], decisions["gating"]["kept"]
+        )
+    fitted.decisions = decisions
+    return fitted, None
 
 
 def _timed(func, *args):
@@ -497,37 +571,56 @@ def tune_variants(
 ) -> dict[str, tuple[TaskBlend, tuple[np.ndarray, int] | None]]:
     """`tune_task` for each of several option sets on the same rows (e.g. the blend and the
     best single candidate), with all their fits and folds in one pool of the largest
-    `n_jobs` processes, so that the workers stay busy until the last fit."""
+    `n_jobs` processes, so that the workers stay busy until the last fit.
+
+    A variant whose correction or smoothing stage loses the cross-fit (`decide_stages`) is
+    tuned again without it, in another round, until every stage left in force earns it."""
     from joblib import Parallel, delayed
 
     shared = (rules, candidates, labels, groups, frames, log_prior, sources)
-    calls: list[tuple[Any, tuple]] = []
-    parts: dict[str, tuple[int, list[np.ndarray]]] = {}
-    for key, options in variants.items():
-        n_folds = min(options.crossfit_folds, len(np.unique(groups)))
-        folds = video_folds(groups, max(n_folds, 1), options.seed)
-        held_out = [folds == k for k in range(n_folds)] if n_folds >= 2 else []
-        if any(not rules.labelled(labels[~held]).any() for held in held_out):
-            held_out = []
-        everything = np.ones(len(labels), dtype=bool)
-        parts[key] = (len(calls), held_out)
-        calls.append((_fit_on, (*shared, everything, options)))
-        calls += [(_crossfit_fold, (*shared, held, options)) for held in held_out]
-    wanted = max(worker_count(options.n_jobs, len(labels)) for options in variants.values())
-    n_jobs = min(wanted, len(calls))
-    if n_jobs > 1:
-        timed = Parallel(n_jobs=n_jobs)(delayed(_timed)(func, *args) for func, args in calls)
-    else:
-        timed = [_timed(func, *args) for func, args in calls]
-    results = {}
-    for key, (first, held_out) in parts.items():
-        own = timed[first : first + 1 + len(held_out)]
-        if seconds is not None:
-            seconds["tune"] = seconds.get("tune", 0.0) + own[0][1]
-            seconds["crossfit"] = seconds.get("crossfit", 0.0) + sum(t for _, t in own[1:])
-        fitted, fold_outputs = own[0][0], [result for result, _ in own[1:]]
-        results[key] = _with_crossfit(rules, labels, fitted, held_out, fold_outputs)
-    return results
+    pending = dict(variants)
+    earlier: dict[str, dict[str, dict[str, Any]]] = {key: {} for key in variants}
+    results: dict[str, tuple[TaskBlend, tuple[np.ndarray, int] | None]] = {}
+    while pending:
+        calls: list[tuple[Any, tuple]] = []
+        parts: dict[str, tuple[int, list[np.ndarray]]] = {}
+        for key, options in pending.items():
+            n_folds = min(options.crossfit_folds, len(np.unique(groups)))
+            folds = video_folds(groups, max(n_folds, 1), options.seed)
+            held_out = [folds == k for k in range(n_folds)] if n_folds >= 2 else []
+            if any(not rules.labelled(labels[~held]).any() for held in held_out):
+                held_out = []
+            everything = np.ones(len(labels), dtype=bool)
+            parts[key] = (len(calls), held_out)
+            calls.append((_fit_on, (*shared, everything, options)))
+            calls += [(_crossfit_fold, (*shared, held, options)) for held in held_out]
+        wanted = max(worker_count(options.n_jobs, len(labels)) for options in pending.values())
+        n_jobs = min(wanted, len(calls))
+        if n_jobs > 1:
+            timed = Parallel(n_jobs=n_jobs)(delayed(_timed)(func, *args) for func, args in calls)
+        else:
+            timed = [_timed(func, *args) for func, args in calls]
+        retune: dict[str, BlendOptions] = {}
+        for key, (first, held_out) in parts.items():
+            own = timed[first : first + 1 + len(held_out)]
+            if seconds is not None:
+                seconds["tune"] = seconds.get("tune", 0.0) + own[0][1]
+                seconds["crossfit"] = seconds.get("crossfit", 0.0) + sum(t for _, t in own[1:])
+            fitted, fold_outputs = own[0][0], [result for result, _ in own[1:]]
+            fitted, crossfit, dropped = _with_crossfit(
+                rules, labels, fitted, held_out, fold_outputs, pending[key], earlier[key]
+            )
+            if dropped is None:
+                results[key] = (fitted, crossfit)
+            else:
+                earlier[key] = {
+                    stage: entry
+                    for stage, entry in fitted.decisions.items()
+                    if stage in earlier[key] or not entry["kept"]
+                }
+                retune[key] = replace(pending[key], **{dropped: False})
+        pending = retune
+    return {key: results[key] for key in variants}
 
 
 def _with_crossfit(
@@ -536,21 +629,27 @@ def _with_crossfit(
     fitted: TaskBlend,
     held_out: list[np.ndarray],
     fold_outputs: list[dict[str, np.ndarray]],
-) -> tuple[TaskBlend, tuple[np.ndarray, int] | None]:
-    """Pool the folds' decisions, score them, and keep the optional stages they support."""
+    options: BlendOptions,
+    earlier: dict[str, dict[str, Any]],
+) -> tuple[TaskBlend, tuple[np.ndarray, int] | None, str | None]:
+    """Pool the folds' decisions, score them, and decide the stages (`decide_stages`):
+    (the blend, its cross-fitted outputs with the fold count, the flag of a stage to re-tune
+    without or None). Without folds the stages stay as tuned."""
     if not fold_outputs:
-        return fitted, None
+        return fitted, None, None
     outputs = {}
     for key, first in fold_outputs[0].items():
         outputs[key] = np.empty((len(labels),) + first.shape[1:], dtype=first.dtype)
         for held, decided in zip(held_out, fold_outputs, strict=True):
             outputs[key][held] = decided[key]
     scores = {key: rules.score(labels, out) for key, out in outputs.items()}
+    fitted, dropped = decide_stages(rules, fitted, options, scores, earlier)
+    if dropped is not None:
+        return fitted, None, dropped
     if rules.optional_stages:
-        fitted = _keep_by_crossfit(fitted, scores)
         gate_key = variant_key(fitted.kept["logit_adjustment"], True)
         scores["gating"] = scores[gate_key]
         fitted.stage_scores["gating"] = fitted.variant_scores[gate_key]
     fitted.crossfit_stage_scores = {key: scores[key] for key in fitted.stage_scores}
     final = variant_key(fitted.tau != 0, fitted.gate is not None)
-    return fitted, (outputs[final], len(held_out))
+    return fitted, (outputs[final], len(held_out)), None
