@@ -202,7 +202,11 @@ def new_run_record(run: str) -> dict[str, Any]:
 
 
 def commit_candidate(
-    paths: DatasetPaths, run: str, record: dict[str, Any], task: str, name: str,
+    paths: DatasetPaths,
+    run: str,
+    record: dict[str, Any],
+    task: str,
+    name: str,
     entry: dict[str, Any],
 ) -> None:
     """Add or replace one candidate in the ledger and write the record (atomically): from
@@ -398,9 +402,7 @@ def stale_inputs(
     if "manifest" not in current:
         current["manifest"] = manifest_fingerprint(paths.manifest)
     if inputs["manifest"] != current["manifest"]:
-        return (
-            f"{path} was computed from another manifest than {paths.manifest} (re-indexed since)"
-        )
+        return f"{path} was computed from another manifest than {paths.manifest} (re-indexed since)"
     features = inputs.get("features") or {}
     for backbone, recorded in sorted(features.items() if isinstance(features, dict) else ()):
         feature_path = paths.features(backbone)

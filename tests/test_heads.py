@@ -108,6 +108,23 @@ def test_default_feature_sets_follow_the_papers_and_cover_every_task() -> None:
     assert default_feature_sets({"only-logits": ["logits"]})["va"][0].spec == "only-logits:logits"
 
 
+def test_early_fusion_joins_the_backbones_default_sets_within_the_width_budget() -> None:
+    from affectpipe.heads.candidates import FUSION_MAX_WIDTH
+
+    present = {
+        "fer-minixception": {"embedding": 128, "logits": 7},
+        "openface": {"embedding": 700},
+        "huge": {"embedding": FUSION_MAX_WIDTH},  # would take the fusion past the budget
+    }
+    sets = default_feature_sets(present, fusion=True)
+    fused = "fer-minixception:embedding+logits+openface:embedding"
+    assert [s.spec for s in sets["expr"]][-1] == fused
+    assert [s.spec for s in sets["va"]][-1] == fused  # each backbone's widest VA set
+    assert fused not in [s.spec for s in default_feature_sets(present)["expr"]]  # off
+    alone = default_feature_sets({"openface": {"embedding": 700}}, fusion=True)
+    assert [s.spec for s in alone["expr"]] == ["openface:embedding"]  # one backbone: none
+
+
 # --- label weights and masking ------------------------------------------------------------
 
 

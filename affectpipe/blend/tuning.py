@@ -519,9 +519,7 @@ def decide_stages(
             fitted.decisions = decisions
             return fitted, flag
     if rules.optional_stages:
-        fitted = fitted.variant(
-            decisions["logit_adjustment"]["kept"], decisions["gating"]["kept"]
-        )
+        fitted = fitted.variant(decisions["logit_adjustment"]["kept"], decisions["gating"]["kept"])
     fitted.decisions = decisions
     return fitted, None
 

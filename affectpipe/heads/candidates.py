@@ -12,6 +12,7 @@ Config file (``pipeline.toml``; every key optional, see ``pipeline.example.toml`
     workers = 0           # processes fitting candidates in parallel (0 = one per usable core)
     models = ["linear", "mlp"]   # models of the default candidates
     temporal = true       # plus one `temporal` candidate per task (see temporal_candidates)
+    fusion = true         # plus the early-fusion feature set of several backbones
 
     [heads.params.mlp]    # hyper-parameters of a model, for every task
     hidden = 128
@@ -28,6 +29,7 @@ Config file (``pipeline.toml``; every key optional, see ``pipeline.example.toml`
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,11 @@ from affectpipe.schema import TASKS
 
 DEFAULT_MODELS: tuple[str, ...] = ("linear", "mlp")
 DEFAULT_TEMPORAL = True  # measured on the demo: docs/benchmarks.md, "Temporal heads"
+# Early fusion: one more default feature set per task, the backbones' own default sets
+# concatenated, while their raw width stays within this many columns (the heads project wide
+# sets to `n_components` anyway). Measured on real photos: docs/benchmarks.md, "Early fusion".
+DEFAULT_FUSION = True
+FUSION_MAX_WIDTH = 4096
 
 
 @dataclass(frozen=True)
@@ -73,17 +80,51 @@ def parse_candidate_ref(text: str) -> tuple[FeatureSet, str]:
     return parse_feature_set(spec), model
 
 
-def default_feature_sets(backbones: dict[str, list[str]]) -> dict[str, list[FeatureSet]]:
-    """Default feature sets per task for the backbones present (backbone -> its parts): the
-    feature sets each backbone's registration lists per task (`affectpipe.extract.registry`,
-    torch-free), those whose parts its file has."""
+def default_feature_sets(
+    backbones: Mapping[str, Collection[str]], fusion: bool = False
+) -> dict[str, list[FeatureSet]]:
+    """Default feature sets per task for the backbones present (backbone -> its parts, or
+    {part: width}): the feature sets each backbone's registration lists per task
+    (`affectpipe.extract.registry`, torch-free), those its file has. With `fusion`, one more
+    per task where two or more backbones fit in FUSION_MAX_WIDTH raw columns
+    (`fusion_feature_set`)."""
     sets: dict[str, list[FeatureSet]] = {task: [] for task in TASKS}
     for backbone, parts in backbones.items():
         rules = registry.default_parts(backbone, parts)
         for task in TASKS:
             found = rules.get(task, [])
             sets[task] += [FeatureSet(tuple((backbone, part) for part in r)) for r in found]
+    if fusion:
+        for task in TASKS:
+            fused = fusion_feature_set(sets[task], backbones)
+            if fused is not None:
+                sets[task].append(fused)
     return sets
+
+
+def fusion_feature_set(
+    own: list[FeatureSet], backbones: Mapping[str, Collection[str]]
+) -> FeatureSet | None:
+    """The early-fusion feature set of one task: each backbone's widest default set (most
+    parts), concatenated in the order given, skipping a backbone that would take the raw
+    width past FUSION_MAX_WIDTH; None unless two or more backbones take part. Widths are
+    known when `backbones` maps parts to widths (a feature file's), else counted as 0."""
+    parts: list[tuple[str, str]] = []
+    width, members = 0, 0
+    for backbone, available in backbones.items():
+        mine = [fs for fs in own if fs.backbones == (backbone,)]
+        if not mine:
+            continue
+        widest = max(mine, key=lambda fs: len(fs.parts))
+        extra = sum(
+            int(available[part]) if isinstance(available, Mapping) else 0
+            for _, part in widest.parts
+        )
+        if width + extra > FUSION_MAX_WIDTH:
+            continue
+        parts += widest.parts
+        width, members = width + extra, members + 1
+    return FeatureSet(tuple(parts)) if members >= 2 else None
 
 
 @dataclass
@@ -95,6 +136,7 @@ class HeadsConfig:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     candidates: list[Candidate] | None = None
     temporal: bool = DEFAULT_TEMPORAL  # one `temporal` candidate per task among the defaults
+    fusion: bool = DEFAULT_FUSION  # the early-fusion feature set among the defaults
 
     def model_params(self, model: str, task: str) -> dict[str, Any]:
         """Params of `model` for `task`: model-wide keys, then the task's own table."""
@@ -114,7 +156,16 @@ def load_config(path: Path | None) -> HeadsConfig:
         raise InputError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML: {exc}") from None
-    known = {"seed", "n_components", "workers", "models", "params", "candidates", "temporal"}
+    known = {
+        "seed",
+        "n_components",
+        "workers",
+        "models",
+        "params",
+        "candidates",
+        "temporal",
+        "fusion",
+    }
     unknown = set(raw) - known
     if unknown:
         raise InputError(f"{path}: unknown keys in [heads]: {', '.join(sorted(unknown))}")
@@ -148,11 +199,12 @@ def load_config(path: Path | None) -> HeadsConfig:
         params={k: dict(v) for k, v in raw.get("params", {}).items()},
         candidates=candidates,
         temporal=bool(raw.get("temporal", DEFAULT_TEMPORAL)),
+        fusion=bool(raw.get("fusion", DEFAULT_FUSION)),
     )
 
 
 def temporal_candidates(
-    config: HeadsConfig, backbones: dict[str, list[str]], tasks: list[str]
+    config: HeadsConfig, backbones: Mapping[str, Collection[str]], tasks: list[str]
 ) -> list[Candidate]:
     """One `temporal` candidate per task, on the widest default feature set (embedding and
     logits) of the first backbone with logits (a CNN) by feature-file name: sequence models
@@ -173,7 +225,7 @@ def temporal_candidates(
 
 def select_candidates(
     config: HeadsConfig,
-    backbones: dict[str, list[str]],
+    backbones: Mapping[str, Collection[str]],
     tasks: list[str] | None = None,
     refs: list[str] | None = None,
     *,
@@ -205,7 +257,7 @@ def select_candidates(
             if c.task in tasks
         ]
     else:
-        sets = default_feature_sets(backbones)
+        sets = default_feature_sets(backbones, fusion=config.fusion)
         chosen = [
             Candidate(task, features, model, config.model_params(model, task))
             for task in tasks

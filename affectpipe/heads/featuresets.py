@@ -322,8 +322,8 @@ def _check_finite(
 
 def available_backbones(
     paths: DatasetPaths, problems: list[str] | None = None
-) -> dict[str, list[str]]:
-    """Backbones with a complete feature file in the cache -> their selectable parts.
+) -> dict[str, dict[str, int]]:
+    """Backbones with a complete feature file in the cache -> {selectable part: its width}.
 
     Files that are there but not usable are appended to `problems` (file and why).
     """
@@ -339,5 +339,5 @@ def available_backbones(
             # One shard of a sharded extraction: `pipeline extract --merge` joins them.
             problems.append(f"{path.name} is one shard: run `pipeline extract --merge`")
             continue
-        found[path.stem] = handle.parts()
+        found[path.stem] = {part: handle.width(part) for part in handle.parts()}
     return found
