@@ -171,8 +171,8 @@ def test_report_has_stage_table_and_time_series_of_temporal_candidates(tmp_path)
 def test_every_stage_is_kept_only_when_the_crossfit_supports_it():
     """The walk of `decide_stages`: smoothing whose tuned score rose but whose cross-fitted
     score fell (the real-photos case) is dropped and the caller told to re-tune without
-    it; a stage that only ties or wins is kept; later stages are not judged on top of a
-    dropped one."""
+    it, and so is one that only ties; a stage that wins is kept; later stages are not judged
+    on top of a dropped one."""
     from affectpipe.blend.synthetic import synthetic_task
     from affectpipe.blend.tuning import decide_stages, fit_task
 
@@ -187,7 +187,10 @@ def test_every_stage_is_kept_only_when_the_crossfit_supports_it():
     assert dropped == "smoothing"
     assert fitted.decisions["offsets"]["kept"] and not fitted.decisions["smoothing"]["kept"]
     assert "logit_adjustment" not in fitted.decisions  # judged again after the re-tune
-    scores["smoothing"] = 0.45  # a tie keeps it ("at least the score without it")
+    scores["smoothing"] = 0.45  # a tie shows no gain
+    _, dropped = decide_stages(RULES, fitted, BlendOptions(), scores, {})
+    assert dropped == "smoothing"
+    scores["smoothing"] = 0.46
     kept, dropped = decide_stages(RULES, fitted, BlendOptions(), scores, {})
     assert dropped is None and kept.decisions["smoothing"]["kept"]
     scores["offsets"] = 0.39

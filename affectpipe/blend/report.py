@@ -243,8 +243,8 @@ def _stage_table(task: str, outcome) -> str:
         rows.append([label, _num(tuned), _num(crossfit), html.escape(kept)])
     note = (
         "<p><i>Each row adds its stage to the stages kept above it. Every stage is tuned "
-        "inside every fold and kept only when its cross-fitted score is at least the score "
-        "without it; a dropped correction or smoothing stage is switched off and the stages "
+        "inside every fold and kept only when its cross-fitted score is higher than the "
+        "score without it; a dropped correction or smoothing stage is switched off and the stages "
         "after it are tuned again without it.</i></p>"
     )
     header = ["stage", "tuned (val)", "cross-fitted", "kept"]

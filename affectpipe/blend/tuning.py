@@ -9,8 +9,8 @@ scores every window with the unsmoothed offsets and re-tunes them for the best f
 `retune_windows`), then the optional EXPR stages of `blend.stages`.
 
 Every stage after the weights earns its place by cross-fitting (`decide_stages`): walking the
-chain in order, a stage stays only when the cross-fitted score with it is at least the score
-of the stages kept before it. A correction or smoothing stage that loses is switched off and
+chain in order, a stage stays only when the cross-fitted score with it is higher than the
+score of the stages kept before it. A correction or smoothing stage that loses is switched off and
 the stages after it are tuned again without it (they were tuned on its output); logit
 adjustment and gating are switched off without re-tuning. (The weights themselves are judged
 against the best single candidate, in `blend.runner`.) Above `config.BLEND_SEARCH_ROWS`
@@ -465,7 +465,8 @@ def _stage_chain(rules: TaskRules) -> list[tuple[str, str]]:
 
 
 def _active(rules: TaskRules, fitted: TaskBlend, stage: str, adjusted: bool) -> bool:
-    """Whether tuning gave the stage anything to do (else it is the identity)."""
+    """Whether the stage tuned on every row does anything (else it is the identity there;
+    tuned inside a fold it may not be, so the cross-fit still judges it)."""
     if stage == "smoothing":
         return fitted.half_width > 0
     if stage == "logit_adjustment":
@@ -483,10 +484,12 @@ def decide_stages(
     earlier: dict[str, dict[str, Any]],
 ) -> tuple[TaskBlend, str | None]:
     """Walk the stage chain with the cross-fitted scores of every prefix (`scores`, keyed as
-    `stage_decisions`): a stage is kept when its score is at least that of the stages kept
-    before it. Returns the blend with the decisions recorded (`earlier`: those of previous
+    `stage_decisions`): a stage is kept when its score is higher than that of the stages kept
+    before it (a tie shows no gain, and the stage goes). Returns the blend with the decisions recorded (`earlier`: those of previous
     rounds, for stages already switched off) and the flag of the first correction or
-    smoothing stage that lost (None when none did): the caller re-tunes without it."""
+    smoothing stage that lost (None when none did): the caller re-tunes without it. A stage
+    is judged even when the fit on every row made it the identity: inside the folds it was
+    tuned too, and the cross-fitted scores measure the procedure, not one fit."""
     decisions: dict[str, dict[str, Any]] = {}
     before, adjusted = "blend", False
     for stage, flag in _stage_chain(rules):
@@ -502,15 +505,14 @@ def decide_stages(
             "crossfit": scores[key],
             "without": scores[before],
         }
-        if not _active(rules, fitted, stage, adjusted):
-            decisions[stage] = {**entry, "kept": False, "why": "tuning found nothing better"}
-            continue
-        kept = entry["crossfit"] >= entry["without"]
+        kept = entry["crossfit"] > entry["without"] + TOL
         why = (
             f"cross-fitted {entry['crossfit']:.4f} "
-            + (">=" if kept else "<")
+            + (">" if kept else "<=")
             + f" {entry['without']:.4f} without it"
         )
+        if not _active(rules, fitted, stage, adjusted):
+            why += "; tuned on every row it does nothing"
         decisions[stage] = {**entry, "kept": kept, "why": why}
         if kept:
             before = key
@@ -644,10 +646,13 @@ def _with_crossfit(
     fitted, dropped = decide_stages(rules, fitted, options, scores, earlier)
     if dropped is not None:
         return fitted, None, dropped
+    final = "smoothing"
     if rules.optional_stages:
-        gate_key = variant_key(fitted.kept["logit_adjustment"], True)
+        decided = fitted.decisions
+        adjusted = decided["logit_adjustment"]["kept"]
+        gate_key = variant_key(adjusted, True)
         scores["gating"] = scores[gate_key]
         fitted.stage_scores["gating"] = fitted.variant_scores[gate_key]
+        final = variant_key(adjusted, decided["gating"]["kept"])
     fitted.crossfit_stage_scores = {key: scores[key] for key in fitted.stage_scores}
-    final = variant_key(fitted.tau != 0, fitted.gate is not None)
     return fitted, (outputs[final], len(held_out)), None
