@@ -73,6 +73,16 @@ def expr_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(expr_f1_per_class(y_true, y_pred).mean())
 
 
+def expr_f1_present(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Macro F1 over the codes that occur among the valid labels (NaN if none): beside
+    P_EXPR for data with fewer than 8 classes, where an absent class's 0 caps P_EXPR."""
+    y_true = np.asarray(y_true).ravel()
+    present = np.bincount(y_true[y_true >= 0], minlength=N_EXPR)[:N_EXPR] > 0
+    if not present.any():
+        return float("nan")
+    return float(expr_f1_per_class(y_true, y_pred)[present].mean())
+
+
 def au_f1_per_au(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """Binary F1 (positive = 1) of each AU column over its valid rows; NaN for an AU with none."""
     y_true = np.asarray(y_true)
@@ -93,6 +103,15 @@ def au_f1_per_au(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 def au_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """P_AU: mean binary F1 over the AUs (NaN if any AU has no valid label)."""
     return float(au_f1_per_au(y_true, y_pred).mean())
+
+
+def au_f1_present(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean F1 over the AUs with at least one positive valid label (NaN if none): beside
+    P_AU for data where some AUs never occur (their F1 is 0 by definition)."""
+    present = (np.asarray(y_true) == 1).any(axis=0)
+    if not present.any():
+        return float("nan")
+    return float(au_f1_per_au(y_true, y_pred)[present].mean())
 
 
 def mtl_score(p_va: float, p_expr: float, p_au: float) -> float:

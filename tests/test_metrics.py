@@ -128,3 +128,20 @@ def test_au_f1_edge_cases() -> None:
 
 def test_mtl_score_is_the_sum() -> None:
     assert metrics.mtl_score(0.5, 0.3, 0.4) == pytest.approx(1.2, abs=TOL)
+
+
+def test_present_class_scores_average_only_what_the_labels_contain() -> None:
+    """Smile vs neutral: ABAW's P_EXPR is capped at 0.25 by the 6 absent classes; the
+    present-class score is the macro over the two that occur."""
+    truth = np.array([0, 0, 4, 4, -1])
+    pred = np.array([0, 4, 4, 4, 2])
+    per_class = metrics.expr_f1_per_class(truth, pred)
+    assert metrics.expr_f1(truth, pred) == pytest.approx(per_class.sum() / 8)
+    assert metrics.expr_f1_present(truth, pred) == pytest.approx((per_class[0] + per_class[4]) / 2)
+    assert np.isnan(metrics.expr_f1_present(np.array([-1]), np.array([0])))
+    aus = np.zeros((4, 12), dtype=int)
+    aus[:2, 0] = 1
+    guess = aus.copy()
+    guess[0, 0] = 0
+    assert metrics.au_f1_present(aus, guess) == pytest.approx(metrics.au_f1_per_au(aus, guess)[0])
+    assert metrics.au_f1(aus, guess) == pytest.approx(metrics.au_f1_per_au(aus, guess)[0] / 12)

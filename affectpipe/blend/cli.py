@@ -45,6 +45,9 @@ def echo_scores(result) -> None:
         ]
         if decided:
             click.echo(f"{task} stages: " + "; ".join(decided))
+        present = outcome.present_class_line()
+        if present:
+            click.echo(present)
 
 
 def echo_outcome(result, partial: bool) -> None:

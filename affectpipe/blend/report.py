@@ -259,6 +259,14 @@ def _task_section(task: str, outcome, info: dict[str, Any]) -> str:
     )
     for kind, label in (("blend", "blend"), ("single", "best single candidate")):
         rows.append([f"{label}: cross-fitted", _num(outcome.alternatives[kind]["crossfit"])])
+    present = outcome.present_class_line()
+    if present:
+        key = rules.present_metric
+        crossfit = (outcome.crossfit_details or {}).get(key)
+        rows.append(
+            ["present classes only (not ABAW's metric): tuned", _num(outcome.val_details[key])]
+        )
+        rows.append(["present classes only (not ABAW's metric): cross-fitted", _num(crossfit)])
     smoothing = info["smoothing"]
     window = (
         "none"
@@ -272,6 +280,7 @@ def _task_section(task: str, outcome, info: dict[str, Any]) -> str:
     return (
         f"<h2>{task.upper()}</h2>"
         + f'<p class="{note_class}">Submission uses {used}. {html.escape(outcome.choice_note)}</p>'
+        + (f'<p class="note">{html.escape(present)}</p>' if present else "")
         + _table(["validation score", "value"], rows)
         + "<h3>Stages</h3>"
         + _stage_table(task, outcome)

@@ -117,6 +117,23 @@ class TaskOutcome:
     val_videos: np.ndarray | None = None
     val_frames: np.ndarray | None = None
 
+    def present_class_line(self) -> str | None:
+        """The score over the classes / AUs present in the validation labels, labelled, when
+        some are absent (ABAW's metric, the one tuned, counts an absent one as 0)."""
+        rules = rules_for(self.task)
+        key = rules.present_metric
+        support = self.support["val"]
+        present = sum(1 for count in support.values() if count)
+        if key is None or present == len(support):
+            return None
+        crossfit = (self.crossfit_details or {}).get(key, float("nan"))
+        return (
+            f"{self.task}: present-class macro F1 over the {present} of {len(support)} "
+            f"{rules.items} with validation labels: tuned "
+            f"{self.val_details[key]:.4f}, cross-fitted {crossfit:.4f} (the ABAW metric above, "
+            "tuned and submitted, averages all of them)"
+        )
+
     @property
     def final_score(self) -> float:
         return self.blend.final_score

@@ -29,6 +29,8 @@ class WeightGroup:
 class VaRules:
     name = "va"
     post_name = "calibration"
+    present_metric: str | None = None  # both dimensions are always scored
+    items = "dimensions"
     optional_stages: tuple[str, ...] = ()
     groups = (WeightGroup("valence", slice(0, 1)), WeightGroup("arousal", slice(1, 2)))
     windows = (0, 3, 6, 12, 25, 50, 100)
@@ -82,6 +84,10 @@ class VaRules:
 class ExprRules:
     name = "expr"
     post_name = "offsets"
+    # Macro over the classes that occur in the labels (`metrics.expr_f1_present`), shown
+    # beside P_EXPR when some are absent; never tuned.
+    present_metric: str | None = "p_expr_present"
+    items = "classes"
     optional_stages = OPTIONAL_STAGES  # logit adjustment and confidence gating
     groups = (WeightGroup("expression", slice(0, len(EXPR_NAMES))),)
     windows = (0, 3, 6, 12, 25, 50, 100)
@@ -123,6 +129,7 @@ class ExprRules:
         per_class = metrics.expr_f1_per_class(labels, outputs)
         return {
             "p_expr": float(np.mean(per_class)),
+            "p_expr_present": metrics.expr_f1_present(labels, outputs),
             "f1_per_class": dict(zip(EXPR_NAMES, per_class.tolist(), strict=True)),
         }
 
@@ -141,6 +148,8 @@ class ExprRules:
 class AuRules:
     name = "au"
     post_name = "thresholds"
+    present_metric: str | None = "p_au_present"
+    items = "AUs"
     optional_stages: tuple[str, ...] = ()
     groups = (WeightGroup("aus", slice(0, len(AU_COLUMNS))),)
     windows = (0, 1, 2, 4, 8, 16)
@@ -181,6 +190,7 @@ class AuRules:
         per_au = metrics.au_f1_per_au(labels, outputs)
         return {
             "p_au": float(np.mean(per_au)),
+            "p_au_present": metrics.au_f1_present(labels, outputs),
             "f1_per_au": dict(zip(AU_COLUMNS, per_au.tolist(), strict=True)),
         }
 

@@ -485,9 +485,10 @@ def decide_stages(
 ) -> tuple[TaskBlend, str | None]:
     """Walk the stage chain with the cross-fitted scores of every prefix (`scores`, keyed as
     `stage_decisions`): a stage is kept when its score is higher than that of the stages kept
-    before it (a tie shows no gain, and the stage goes). Returns the blend with the decisions recorded (`earlier`: those of previous
-    rounds, for stages already switched off) and the flag of the first correction or
-    smoothing stage that lost (None when none did): the caller re-tunes without it. A stage
+    before it (a tie shows no gain, and the stage goes). Returns the blend with the decisions
+    recorded (`earlier`: those of previous rounds, for stages already switched off) and the
+    flag of the first correction or smoothing stage that lost (None when none did): the
+    caller re-tunes without it. A stage
     is judged even when the fit on every row made it the identity: inside the folds it was
     tuned too, and the cross-fitted scores measure the procedure, not one fit."""
     decisions: dict[str, dict[str, Any]] = {}

@@ -61,7 +61,11 @@ class ExprTask(Task):
         return y >= 0
 
     def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-        return {"p_expr": metrics.expr_f1(y_true, y_pred.argmax(axis=1))}
+        decided = y_pred.argmax(axis=1)
+        return {
+            "p_expr": metrics.expr_f1(y_true, decided),
+            "p_expr_present": metrics.expr_f1_present(y_true, decided),
+        }
 
 
 class AUTask(Task):
@@ -72,7 +76,11 @@ class AUTask(Task):
         return (y >= 0).any(axis=1)
 
     def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-        return {"p_au": metrics.au_f1(y_true, (y_pred >= 0.5).astype(np.int64))}
+        decided = (y_pred >= 0.5).astype(np.int64)
+        return {
+            "p_au": metrics.au_f1(y_true, decided),
+            "p_au_present": metrics.au_f1_present(y_true, decided),
+        }
 
 
 TASK_DEFS: dict[str, Task] = {

@@ -119,15 +119,27 @@ class HeadsResult:
 
 
 def format_table(results: Sequence[CandidateResult]) -> str:
-    """One line per candidate: its validation metrics and fit time."""
+    """One line per candidate: its validation metrics and fit time. The starred columns
+    average F1 over the classes / AUs present in the validation labels only (ABAW's P_EXPR
+    and P_AU average all 8 / 12, an absent one counting 0)."""
+    keys = ("p_va", "ccc_valence", "ccc_arousal", "p_expr", "p_expr_present", "p_au")
+    keys += ("p_au_present",)
+    width = max([48, *(len(r.candidate) for r in results)])
     lines = [
-        f"{'task':<5} {'candidate':<48} {'P_VA':>6} {'CCC_V':>6} {'CCC_A':>6} "
-        f"{'P_EXPR':>6} {'P_AU':>6} {'n_train':>8} {'fit_s':>6}"
+        f"{'task':<5} {'candidate':<{width}} {'P_VA':>6} {'CCC_V':>6} {'CCC_A':>6} "
+        f"{'P_EXPR':>6} {'EXPR*':>6} {'P_AU':>6} {'AU*':>6} {'n_train':>8} {'fit_s':>6}"
     ]
     for r in results:
-        cells = [r.scores.get(k) for k in ("p_va", "ccc_valence", "ccc_arousal", "p_expr", "p_au")]
+        cells = [r.scores.get(k) for k in keys]
         text = " ".join(f"{v:6.3f}" if v is not None else f"{'':6}" for v in cells)
-        lines.append(f"{r.task:<5} {r.candidate:<48} {text} {r.n_train:8d} {r.fit_seconds:6.2f}")
+        lines.append(
+            f"{r.task:<5} {r.candidate:<{width}} {text} {r.n_train:8d} {r.fit_seconds:6.2f}"
+        )
+    if any(r.task != "va" for r in results):
+        lines.append(
+            "*: macro F1 over the classes / AUs present in the validation labels "
+            "(P_EXPR / P_AU, ABAW's metrics, average all 8 / 12)"
+        )
     return "\n".join(lines)
 
 
