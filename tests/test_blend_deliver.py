@@ -172,7 +172,8 @@ def test_report_shows_support_tables_and_provenance(tmp_path):
         handle.attrs["weights_sha256"] = "f00dfeed" * 8
     result = blend_run(paths, progress=False)
     text = result.report.read_text()
-    assert "AU au15: no positive in validation: its F1 is 0 by definition and says nothing" in text
+    assert "AU: no positives in validation for au15: their F1 is 0 by definition and says " \
+        "nothing" in text
     for header in (
         "train support",
         "val support",
@@ -319,3 +320,18 @@ def test_per_task_test_lists_of_one_dataset_give_three_files(tmp_path):
         "14-30-1920x1080.txt",
     }
     assert not (out / "AU_predictions.txt").exists()  # the previous run's file went with it
+
+
+def test_report_draws_time_series_for_videos_and_none_for_photo_collections():
+    from types import SimpleNamespace
+
+    from affectpipe.blend.report import MIN_TRACE_ROWS, trace_videos
+
+    labels = np.arange(40) % 8
+    photos = SimpleNamespace(task="expr", val_labels=labels, val_videos=np.arange(40) // 2)
+    assert trace_videos(photos) is None  # 2 photos per person: no time in their order
+    clips = SimpleNamespace(
+        task="expr", val_labels=labels, val_videos=np.arange(40) // (2 * MIN_TRACE_ROWS)
+    )
+    clips.val_labels = np.where(clips.val_videos == 1, -1, labels)  # video 1 unlabelled
+    assert list(trace_videos(clips)) == [0, 2, 3]

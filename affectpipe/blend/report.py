@@ -72,8 +72,16 @@ def _va_plot(outcome) -> str:
         ax.hexbin(truth, pred, gridsize=40, extent=(-1, 1, -1, 1), mincnt=1, cmap="viridis")
         ax.plot([-1, 1], [-1, 1], color="red", linewidth=1)
         ax.set(xlabel=f"true {name}", ylabel=f"predicted {name}")
-        ax.set_title(f"{name}: CCC {ccc(truth, pred):.3f}")
+        ax.set_title(
+            f"{name}: CCC {ccc(truth, pred):.3f} tuned, "
+            f"{_crossfit(outcome, f'ccc_{name}')} cross-fitted"
+        )
     return _png(fig)
+
+
+def _crossfit(outcome, key: str) -> str:
+    """A cross-fitted score of the outcome, formatted ("n/a" without a cross-fit)."""
+    return _num((outcome.crossfit_details or {}).get(key))
 
 
 def _expr_plots(outcome) -> str:
@@ -93,7 +101,8 @@ def _expr_plots(outcome) -> str:
     f1 = expr_f1_per_class(outcome.val_labels, outcome.val_outputs)
     ax2.bar(range(8), f1, color="tab:blue")
     ax2.set_xticks(range(8), EXPR_NAMES, rotation=45, ha="right")
-    ax2.set(ylim=(0, 1), ylabel="F1", title=f"per-class F1 (macro {np.mean(f1):.3f})")
+    title = f"per-class F1, tuned (macro {np.mean(f1):.3f}; cross-fitted "
+    ax2.set(ylim=(0, 1), ylabel="F1", title=title + f"{_crossfit(outcome, 'p_expr')})")
     return _png(fig)
 
 
@@ -107,71 +116,128 @@ def _au_plot(outcome) -> str:
         ax.text(i, min(f1[i] + 0.02, 0.97), f"t={t:.3f}", ha="center", fontsize=8)
     ax.set_xticks(range(len(AU_COLUMNS)), [c.upper() for c in AU_COLUMNS])
     ax.set(
-        ylim=(0, 1), ylabel="F1", title=f"per-AU F1 with tuned thresholds (mean {f1.mean():.3f})"
+        ylim=(0, 1),
+        ylabel="F1",
+        title=f"per-AU F1 as submitted, tuned (mean {f1.mean():.3f}; cross-fitted "
+        f"{_crossfit(outcome, 'p_au')})",
     )
     return _png(fig)
 
 
 PLOTS = {"va": _va_plot, "expr": _expr_plots, "au": _au_plot}
-TEMPORAL_MODEL = "__temporal"  # candidate names end in __<model>
 TRACE_VIDEOS = 3
+# Validation "videos" with fewer rows than this (median) are photo collections (a person's
+# photos, say): their order carries no time, so no time series is drawn.
+MIN_TRACE_ROWS = 5
 
 
-def _au_traced(outcome) -> int:
-    """The AU with the most validation positives (the one the time series shows)."""
-    return int(np.argmax((outcome.val_labels == 1).sum(axis=0)))
+def trace_videos(outcome) -> np.ndarray | None:
+    """Codes of the validation videos the time series show (those with the most labelled
+    rows, at most TRACE_VIDEOS), or None for a collection of photos."""
+    videos = outcome.val_videos
+    if videos is None or not len(videos):
+        return None
+    counts = np.bincount(videos)
+    if np.median(counts[counts > 0]) < MIN_TRACE_ROWS:
+        return None
+    labelled = rules_for(outcome.task).labelled(outcome.val_labels)
+    with_labels = np.bincount(videos[labelled], minlength=len(counts))
+    chosen = np.argsort(-with_labels, kind="stable")[:TRACE_VIDEOS]
+    return chosen[with_labels[chosen] > 0]
 
 
-# Per task: (label series, candidate values -> series, y-axis name) of validation rows.
-TRACES = {
-    "va": lambda o: (o.val_labels[:, 0], lambda v: v[:, 0], "valence"),
-    "expr": lambda o: (
-        np.where(o.val_labels >= 0, o.val_labels, np.nan),
-        lambda v: v.argmax(axis=1),
-        "expression code (arg-max)",
-    ),
-    "au": lambda o: (
-        np.where(o.val_labels[:, _au_traced(o)] >= 0, o.val_labels[:, _au_traced(o)], np.nan),
-        lambda v: v[:, _au_traced(o)],
-        f"{AU_COLUMNS[_au_traced(o)].upper()} (label / probability)",
-    ),
-}
+def _video_rows(outcome, video: int) -> np.ndarray:
+    rows = np.flatnonzero(outcome.val_videos == video)
+    return rows[np.argsort(outcome.val_frames[rows], kind="stable")]
+
+
+def _va_traces(outcome, videos: np.ndarray) -> plt.Figure:
+    fig, axes = plt.subplots(len(videos), 2, figsize=(12, 2.4 * len(videos)), squeeze=False)
+    for (ax_v, ax_a), video in zip(axes, videos, strict=True):
+        rows = _video_rows(outcome, video)
+        frames = outcome.val_frames[rows]
+        for d, (ax, name) in enumerate(((ax_v, "valence"), (ax_a, "arousal"))):
+            ax.plot(
+                frames, outcome.val_labels[rows, d], color="black", linewidth=1.5, label="label"
+            )
+            ax.plot(
+                frames,
+                outcome.val_outputs[rows, d],
+                color="tab:blue",
+                linewidth=1,
+                label="submitted blend",
+            )
+            ax.set(ylim=(-1.05, 1.05), xlabel="frame", ylabel=name)
+            ax.legend(fontsize=7, loc="upper right")
+    return fig
+
+
+def _strip(ax, codes: np.ndarray, n_classes: int, cmap: str) -> None:
+    """Categorical codes (NaN: no label, drawn white) as a coloured strip."""
+    colours = plt.get_cmap(cmap, n_classes)
+    ax.imshow(
+        np.ma.masked_invalid(codes),
+        aspect="auto",
+        interpolation="nearest",
+        cmap=colours,
+        vmin=-0.5,
+        vmax=n_classes - 0.5,
+    )
+
+
+def _expr_traces(outcome, videos: np.ndarray) -> plt.Figure:
+    fig, axes = plt.subplots(len(videos), 1, figsize=(12, 1.3 * len(videos) + 0.8), squeeze=False)
+    for ax, video in zip(axes[:, 0], videos, strict=True):
+        rows = _video_rows(outcome, video)
+        labels = np.where(outcome.val_labels[rows] >= 0, outcome.val_labels[rows], np.nan)
+        _strip(ax, np.stack([labels, outcome.val_outputs[rows].astype(float)]), 8, "tab10")
+        ax.set_yticks([0, 1], ["label", "submitted"])
+        ticks = np.linspace(0, len(rows) - 1, min(len(rows), 8)).astype(int)
+        ax.set_xticks(ticks, outcome.val_frames[rows][ticks])
+    handles = [plt.Rectangle((0, 0), 1, 1, color=plt.get_cmap("tab10", 8)(i)) for i in range(8)]
+    fig.legend(handles, EXPR_NAMES, ncol=8, fontsize=7, loc="lower center")
+    fig.subplots_adjust(bottom=0.25 if len(videos) == 1 else 0.12)
+    return fig
+
+
+def _au_traces(outcome, videos: np.ndarray) -> plt.Figure:
+    fig, axes = plt.subplots(len(videos), 2, figsize=(12, 2.8 * len(videos)), squeeze=False)
+    names = [c.upper() for c in AU_COLUMNS]
+    for (ax_label, ax_pred), video in zip(axes, videos, strict=True):
+        rows = _video_rows(outcome, video)
+        labels = np.where(outcome.val_labels[rows] >= 0, outcome.val_labels[rows], np.nan)
+        for ax, values, title in (
+            (ax_label, labels, "label"),
+            (ax_pred, outcome.val_outputs[rows].astype(float), "submitted (active)"),
+        ):
+            _strip(ax, values.T, 2, "Greys")
+            ax.set_yticks(range(len(names)), names, fontsize=6)
+            ticks = np.linspace(0, len(rows) - 1, min(len(rows), 6)).astype(int)
+            ax.set_xticks(ticks, outcome.val_frames[rows][ticks])
+            ax.set(title=title, xlabel="frame")
+    return fig
+
+
+TRACES = {"va": _va_traces, "expr": _expr_traces, "au": _au_traces}
 
 
 def _trace_plot(task: str, outcome) -> str:
-    """Label, best frame head and best temporal head along a few validation videos."""
-    names = outcome.candidates
-    temporal = [i for i, n in enumerate(names) if n.endswith(TEMPORAL_MODEL)]
-    frame = [i for i, n in enumerate(names) if not n.endswith(TEMPORAL_MODEL)]
-    if outcome.val_candidates is None or not temporal or not frame:
+    """The submitted blend's outputs along a few validation videos, beside the labels."""
+    videos = trace_videos(outcome)
+    if videos is None:
+        return (
+            "<p><i>No time series: the validation rows are single photos or very short "
+            "clips (fewer than "
+            f"{MIN_TRACE_ROWS} rows per video on median), whose order carries no time.</i></p>"
+        )
+    if not len(videos):
         return ""
-
-    def best(indices: list[int]) -> int:
-        return max(indices, key=lambda i: outcome.candidate_scores[names[i]])
-
-    labels, series, axis_name = TRACES[task](outcome)
-    labelled = np.isfinite(labels)
-    counts = np.bincount(outcome.val_videos[labelled], minlength=outcome.val_videos.max() + 1)
-    videos = np.argsort(-counts, kind="stable")[:TRACE_VIDEOS]
-    videos = videos[counts[videos] > 0]
-    fig, axes = plt.subplots(len(videos), 1, figsize=(11, 2.6 * len(videos)), squeeze=False)
-    for ax, video in zip(axes[:, 0], videos, strict=True):
-        rows = np.flatnonzero(outcome.val_videos == video)
-        rows = rows[np.argsort(outcome.val_frames[rows], kind="stable")]
-        frames = outcome.val_frames[rows]
-        ax.plot(frames, labels[rows], color="black", linewidth=1.5, label="label")
-        for index, colour, kind in (
-            (best(frame), "tab:blue", "frame head"),
-            (best(temporal), "tab:orange", "temporal head"),
-        ):
-            values = series(outcome.val_candidates[index][rows])
-            ax.plot(frames, values, color=colour, linewidth=1, label=f"{kind}: {names[index]}")
-        ax.set(xlabel="frame", ylabel=axis_name)
-        ax.legend(fontsize=7, loc="upper right")
+    fig = TRACES[task](outcome, videos)
     fig.tight_layout()
+    score = _num(outcome.crossfit_score)
     return (
-        "<h3>Time series on validation videos: label, best frame head, best temporal head</h3>"
-        + _png(fig)
+        "<h3>Time series on validation videos: labels and the submitted blend "
+        f"(tuned on these rows; cross-fitted score {score})</h3>" + _png(fig)
     )
 
 
@@ -183,22 +249,29 @@ def _item_table(rules, outcome, post: dict[str, list[float]]) -> tuple[str, list
     metric = "CCC" if rules.name == "va" else "F1"
     header = ["item", "train support", "val support", f"{metric} tuned", f"{metric} cross-fitted"]
     header += list(post)
-    rows, warnings = [], []
+    rows = []
+    absent: dict[str, list[str]] = {"validation": [], "training": []}
     for i, item in enumerate(tuned):
         train, val = outcome.support["train"][item], outcome.support["val"][item]
         row = [item, str(train), str(val), _num(tuned[item]), _num(crossfit.get(item))]
         rows.append(row + [f"{values[i]:.3f}" for values in post.values()])
-        what = {"va": "labelled row", "expr": "row of this class"}.get(rules.name, "positive")
         if not val:
-            warnings.append(
-                f"{rules.name.upper()} {item}: no {what} in validation: its {metric} is 0 by "
-                "definition and says nothing"
-            )
+            absent["validation"].append(item)
         if not train:
-            warnings.append(
-                f"{rules.name.upper()} {item}: no {what} in training: the heads cannot have "
-                "learnt it"
-            )
+            absent["training"].append(item)
+    what = {"va": "labelled rows", "expr": "rows of the class"}.get(rules.name, "positives")
+    warnings = []
+    if absent["validation"]:
+        warnings.append(
+            f"{rules.name.upper()}: no {what} in validation for "
+            f"{', '.join(absent['validation'])}: their {metric} is 0 by definition and says "
+            "nothing (the present-class score leaves them out)"
+        )
+    if absent["training"]:
+        warnings.append(
+            f"{rules.name.upper()}: no {what} in training for {', '.join(absent['training'])}"
+            ": the heads cannot have learnt them"
+        )
     return _table(header, rows), warnings
 
 
@@ -316,6 +389,16 @@ def _task_section(task: str, outcome, info: dict[str, Any]) -> str:
     )
 
 
+def _sha_cell(record: dict[str, Any]) -> str:
+    """The weights' sha256, the model file's for a descriptor (its landmark model), else
+    'not applicable' (features read from files, no weights)."""
+    if record.get("weights_sha256"):
+        return str(record["weights_sha256"])
+    if record.get("model_sha256"):
+        return f"{record['model_sha256']} (landmark model)"
+    return "not applicable"
+
+
 def _provenance_section(prov: dict[str, Any]) -> str:
     rows = [
         ["date (UTC)", prov["date"]],
@@ -331,7 +414,7 @@ def _provenance_section(prov: dict[str, Any]) -> str:
             [
                 b,
                 "yes" if r["used"] else "no",
-                esc(str(r["weights_sha256"])),
+                esc(_sha_cell(r)),
                 "YES" if r["random_init"] else "no",
                 esc(r["path"]),
             ]

@@ -543,6 +543,7 @@ def feature_records(paths: DatasetPaths) -> dict[str, dict[str, Any]]:
         records[backbone] = {
             "path": str(path),
             "weights_sha256": attrs.get("weights_sha256"),
+            "model_sha256": attrs.get("landmark_model_sha256"),
             "random_init": bool(attrs.get("random_init", False)),
             "package_version": attrs.get("package_version"),
             "complete": attrs.get("complete"),
