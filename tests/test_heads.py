@@ -448,3 +448,36 @@ def test_principal_components_match_scikit_learn(n_rows: int) -> None:
     # Same directions (signs are a convention): |cosine| of each pair ~1.
     cosines = np.abs((components * reference.components_).sum(axis=1))
     np.testing.assert_allclose(cosines, 1.0, atol=1e-3)
+
+
+def test_near_constant_train_columns_are_not_blown_up_on_new_rows() -> None:
+    """A column whose train spread is rounding jitter (but which varies on validation) is
+    only centred: standardising it turned 0.1 into ~10^5 and every probability into ~1."""
+    from affectpipe.heads.preprocess import FeatureScaler
+
+    rng = np.random.default_rng(0)
+    train = rng.standard_normal((60, 5)).astype(np.float32)
+    train[:, 4] = 0.5 + 1e-7 * rng.standard_normal(60)
+    new = rng.standard_normal((20, 5)).astype(np.float32)
+    new[:, 4] = 0.5 + 0.1 * rng.standard_normal(20)
+    scaled = FeatureScaler(n_components=0).fit(train).transform(new)
+    assert np.abs(scaled[:, 4]).max() < 1.0
+    assert scaled[:, :4].std() == pytest.approx(1.0, abs=0.3)  # the rest standardised
+
+
+def test_regularisation_is_chosen_on_held_out_train_videos() -> None:
+    from affectpipe.heads.models import make_model
+    from affectpipe.heads.tasks import get_task
+    from affectpipe.heads.training import choose_regularisation
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 40)).astype(np.float32)
+    y = (X[:, 0] + 2.0 * rng.standard_normal(60) > 0).astype(np.int64) * 4  # weak signal
+    rows, videos = np.arange(60), np.arange(60) // 2
+    model = make_model("linear", "expr")
+    chosen = choose_regularisation(model, get_task("expr"), X, y, rows, videos, {})
+    losses = chosen["held_out_loss"]
+    assert chosen["value"] == model.alpha == float(min(losses, key=losses.get))
+    assert chosen["value"] > 1e-4  # 60 separable rows: more than the large-data default
+    # a strength the candidate's params set is kept; so is a large set's
+    assert choose_regularisation(model, get_task("expr"), X, y, rows, videos, {"alpha": 1}) is None

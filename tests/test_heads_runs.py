@@ -19,6 +19,7 @@ from affectpipe.config import DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError
 from affectpipe.features import feature_fingerprint, write_feature_file
 from affectpipe.heads import train, training
+from affectpipe.heads.featuresets import parse_feature_set
 from affectpipe.heads.models import MLPHead
 from affectpipe.heads.preprocess import FeatureScaler
 from affectpipe.manifest import empty_manifest, read_manifest, write_manifest
@@ -242,7 +243,7 @@ def test_run_record_and_prediction_metadata_agree(tmp_path: Path) -> None:
         meta = predictions.read_prediction_metadata(r.preds_path)
         assert meta["invocation"] == result.invocation
         assert meta["inputs"]["manifest"] == predictions.manifest_fingerprint(paths.manifest)
-        assert set(meta["inputs"]["features"]) == {r.candidate.split(".")[0]}
+        assert set(meta["inputs"]["features"]) == set(parse_feature_set(r.features).backbones)
         assert len(meta["head_fingerprint"]) == 64
     manifest = read_manifest(paths.manifest)
     assert load_candidates(paths, "default", "expr", manifest).names == record["candidates"]["expr"]
@@ -277,7 +278,7 @@ def test_interrupted_heads_run_keeps_what_it_committed(tmp_path: Path, monkeypat
     }
     assert sorted(writers.values()).count(first.invocation) == len(writers) - 2
     chosen = load_candidates(paths, "default", "expr", manifest)
-    assert len(chosen.names) == 2
+    assert len(chosen.names) == 3  # each backbone's set and their early fusion
 
 
 def test_half_written_candidate_is_refused_with_a_command_that_fixes_it(
@@ -306,7 +307,7 @@ def test_half_written_candidate_is_refused_with_a_command_that_fixes_it(
     args = command.split()[1:]  # after `pipeline`
     done = run_cli("--cache-dir", tmp_path, *args, "--no-progress")
     assert done.returncode == 0, done.stderr
-    assert len(load_candidates(paths, "default", "expr", manifest).names) == 2
+    assert len(load_candidates(paths, "default", "expr", manifest).names) == 3
 
 
 def linear_config(tmp_path: Path, seed: int = 0) -> Path:

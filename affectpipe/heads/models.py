@@ -114,7 +114,11 @@ class LinearHead(_HeadBase):
 
     alpha: L2 strength; max_iter: L-BFGS iterations; class_weighting: class / positive
     weights in the loss; focal_gamma: focal loss for expr (0 = plain cross-entropy).
+    On small data `alpha` is chosen from `regularisation`'s grid on held-out train videos
+    (`heads.training.choose_regularisation`) unless the candidate's params set it.
     """
+
+    regularisation = ("alpha", (1e-4, 1e-3, 1e-2, 1e-1, 1.0))
 
     def __init__(
         self,
@@ -206,6 +210,9 @@ class MLPHead(_HeadBase):
 
     EVALUATIONS = 20  # early-stopping checks over the budget (at most one per epoch)
     stops_early = True  # uses `eval_set`: training gives it held-out train rows
+    # AdamW's decoupled decay shrinks by lr * weight_decay per step: 10 is strong over the
+    # ~100 steps of a small set (see LinearHead on how the grid is used).
+    regularisation = ("weight_decay", (1e-2, 1.0, 10.0))
 
     def __init__(
         self,
@@ -496,6 +503,11 @@ class SeedBag(BaseEstimator):
     @property
     def stops_early(self) -> bool:
         return getattr(self.estimator, "stops_early", False)
+
+    @property
+    def regularisation(self) -> tuple[str, tuple[float, ...]] | None:
+        inner = getattr(self.estimator, "regularisation", None)
+        return None if inner is None else (f"estimator__{inner[0]}", inner[1])
 
     def fit(self, X: np.ndarray, y: np.ndarray, eval_set: object = None) -> SeedBag:
         base_seed = int(self.estimator.get_params()["random_state"])

@@ -41,6 +41,11 @@ class Task:
         """Validation metrics of predictions (VA values or probabilities) via affectpipe.metrics."""
         raise NotImplementedError
 
+    def held_out_loss(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+        """Lower is better: what choosing a head's regularisation on held-out train rows
+        minimises (a proper scoring rule for probabilities, so the choice calibrates)."""
+        raise NotImplementedError
+
 
 class VATask(Task):
     def targets(self, manifest: pd.DataFrame) -> np.ndarray:
@@ -51,6 +56,10 @@ class VATask(Task):
 
     def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
         return metrics.va_scores(y_true, y_pred)
+
+    def held_out_loss(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+        p_va = metrics.va_scores(y_true, y_pred)["p_va"]
+        return 1.0 - p_va if np.isfinite(p_va) else np.inf
 
 
 class ExprTask(Task):
@@ -67,6 +76,11 @@ class ExprTask(Task):
             "p_expr_present": metrics.expr_f1_present(y_true, decided),
         }
 
+    def held_out_loss(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+        """Class-balanced cross-entropy: each class present weighs the same."""
+        nll = -np.log(np.clip(y_pred[np.arange(len(y_true)), y_true], 1e-7, 1.0))
+        return float(np.mean([nll[y_true == c].mean() for c in np.unique(y_true)]))
+
 
 class AUTask(Task):
     def targets(self, manifest: pd.DataFrame) -> np.ndarray:
@@ -81,6 +95,14 @@ class AUTask(Task):
             "p_au": metrics.au_f1(y_true, decided),
             "p_au_present": metrics.au_f1_present(y_true, decided),
         }
+
+    def held_out_loss(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+        """Binary cross-entropy over the valid AU entries, averaged per AU."""
+        p = np.clip(y_pred, 1e-7, 1 - 1e-7)
+        bce = -np.where(y_true == 1, np.log(p), np.log(1 - p))
+        valid = y_true >= 0
+        per_au = [bce[valid[:, a], a].mean() for a in range(y_true.shape[1]) if valid[:, a].any()]
+        return float(np.mean(per_au)) if per_au else np.inf
 
 
 TASK_DEFS: dict[str, Task] = {

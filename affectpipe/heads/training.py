@@ -72,6 +72,11 @@ SCALER_SAMPLE_ROWS = 20000  # train rows the scaler / PCA is estimated on
 PARALLEL_MIN_VALUES = 1 << 22  # scaled feature values (rows x columns) worth worker processes
 EARLY_STOPPING_SHARE = 0.1  # share of train videos held out to early-stop MLP / LightGBM fits
 EARLY_STOPPING_MIN_ROWS = 1000  # fewer train rows: too few held out to early-stop on (noise)
+# Regularisation chosen on held-out train videos (`choose_regularisation`) up to this many
+# train rows: where it matters (small sets over-fit) and costs little; larger sets keep the
+# configured strength, which they barely need.
+REGULARISATION_MAX_ROWS = 20_000
+REGULARISATION_FOLDS = 3
 READ_BLOCK_ROWS = 16384  # projected rows a worker reads from disk at a time
 PREDICT_CHUNK_ROWS = 65536  # rows predicted at a time (bounds the copy of val + test rows)
 WORKER_NICENESS = 10  # fit workers' priority below the main process's (`_start_worker`)
@@ -249,11 +254,14 @@ def fit_candidate(
     if len(train_rows) < 2:
         raise InputError(f"{candidate}: fewer than 2 train rows with ok features and a label")
     model = make_model(candidate.model, candidate.task, candidate.params, seeds, seed)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    regularisation = choose_regularisation(
+        model, task, Z, y, train_rows, rows.video, candidate.params
+    )
     fit_rows, stop_rows = train_rows, train_rows[:0]
     if getattr(model, "stops_early", False):
         fit_rows, stop_rows = early_stopping_split(train_rows, rows.video, seed)
     eval_set = (Z[stop_rows], y[stop_rows]) if len(stop_rows) else None
-    start, cpu_start = time.perf_counter(), time.process_time()
     model.fit(Z[fit_rows], y[fit_rows], eval_set=eval_set)
     fit_seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
 
@@ -266,6 +274,7 @@ def fit_candidate(
         "n_train": len(train_rows),
         "n_val": len(val_rows),
         "scores": task.score(y[val_rows], outputs[val_rows]) if len(val_rows) else {},
+        "regularisation": regularisation,
     }
     if folds:
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -274,6 +283,49 @@ def fit_candidate(
         info["cpu_seconds"] += time.process_time() - cpu_start
         info["oof_scores"] = task.score(y[val_rows], outputs[val_rows]) if len(val_rows) else {}
     return model, outputs, info
+
+
+def choose_regularisation(
+    model: Any,
+    task: Any,
+    Z: np.ndarray,
+    y: np.ndarray,
+    train_rows: np.ndarray,
+    video: np.ndarray,
+    params: dict[str, Any],
+) -> dict[str, Any] | None:
+    """Set the model's regularisation strength (its `regularisation`: parameter, grid) to
+    the grid value with the lowest `task.held_out_loss` over REGULARISATION_FOLDS folds of
+    whole train videos; the validation split is never seen. Returns what was chosen and
+    the losses, or None where nothing is searched: a model without a grid, a strength the
+    candidate's params set, over REGULARISATION_MAX_ROWS train rows or too few videos.
+    Ties go to the stronger value (the grid is ordered weakest first)."""
+    search = getattr(model, "regularisation", None)
+    videos = video[train_rows]
+    if (
+        search is None
+        or search[0].rpartition("__")[2] in params
+        or len(train_rows) > REGULARISATION_MAX_ROWS
+        or len(np.unique(videos)) < REGULARISATION_FOLDS
+    ):
+        return None
+    name, grid = search
+    splits = list(GroupKFold(REGULARISATION_FOLDS).split(train_rows, groups=videos))
+    losses = []
+    for value in grid:
+        fold_losses = []
+        for fit_part, held_part in splits:
+            fit, held = train_rows[fit_part], train_rows[held_part]
+            trial = clone(model).set_params(**{name: value}).fit(Z[fit], y[fit])
+            fold_losses.append(task.held_out_loss(y[held], trial.predict_outputs(Z[held])))
+        losses.append(float(np.mean(fold_losses)))
+    best = min(range(len(grid)), key=lambda i: (losses[i], -i))
+    model.set_params(**{name: grid[best]})
+    return {
+        "param": name.rpartition("__")[2],
+        "value": grid[best],
+        "held_out_loss": dict(zip(map(str, grid), losses, strict=True)),
+    }
 
 
 def early_stopping_split(
@@ -830,6 +882,7 @@ def _save_candidate(
         "strict_labels": strict_labels,
         "scores": info["scores"],
         "oof_scores": info.get("oof_scores"),
+        "regularisation": info.get("regularisation"),
         "package_version": __version__,
         **provenance,
     }
