@@ -31,7 +31,7 @@ MIB = 1 << 20
 
 @dataclass(frozen=True)
 class Limits:
-    json_bytes: int = 16 * MIB  # export.json, blend.json, run.json: a few KB in practice
+    json_bytes: int = 16 * MIB  # export.json, blend.json, run.json, configs: a few KB
     head_bytes: int = 256 * MIB  # one head file; 12 AU boosters of 300 rounds are ~10 MB
     run_bytes: int = 2048 * MIB  # an exported run, all files unpacked: ~10 MB in practice
     run_files: int = 10_000  # members of a run archive: 2 per head, plus 3
@@ -78,6 +78,25 @@ def read_json(path: str | Path, max_bytes: int | None = None) -> Any:
         raise InputError(f"{path}: unreadable JSON ({exc})") from None
     if _deeper_than(document, caps.json_depth):
         raise InputError(f"{path}: JSON nested more than {caps.json_depth} levels deep")
+    return document
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML document (a config) from a regular file, capped like `read_json`."""
+    import tomllib
+
+    caps = limits()
+    data = read_regular(path, caps.json_bytes)
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML (not UTF-8: byte {exc.start})") from None
+    except RecursionError:
+        raise InputError(f"{path}: TOML nested too deeply") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML: {exc}") from None
+    if _deeper_than(document, caps.json_depth):
+        raise InputError(f"{path}: TOML nested more than {caps.json_depth} levels deep")
     return document
 
 

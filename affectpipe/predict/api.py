@@ -20,7 +20,7 @@ import functools
 import itertools
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,13 @@ class Predictor:
     ) -> None:
         if every < 1 or batch_size < 1 or workers < 0:
             raise InputError("every and batch_size must be at least 1, workers at least 0")
+        for task, plan in bundle.tasks.items():
+            for head in plan.heads:
+                if getattr(head.model, "sequence_input", False):
+                    raise InputError(
+                        f"{bundle.source}: {task} head {head.candidate} is a temporal (sequence) "
+                        "head, which predict does not apply yet: blend without it"
+                    )
         self.bundle = bundle
         self.device = device
         self.batch_size = batch_size
@@ -143,9 +150,13 @@ class Predictor:
             stream: Iterable[Frame] = (f for p in files for f in video_frames(p, self.every))
             if self.detect:
                 stream = _detected(stream)
-            for batch in _batches(stream, self.batch_size):
-                samples = [engine.dataset.sample(i, f.image, f.reason) for i, f in enumerate(batch)]
-                yield ([f.source for f in batch], [f.frame for f in batch],
+            # Each frame is resized as soon as it is decoded: a batch holds model inputs,
+            # never batch_size full frames (an 8000x8000 video is 192 MB a frame).
+            prepared = ((f.source, f.frame, engine.dataset.sample(0, f.image, f.reason))
+                        for f in stream)
+            for batch in _batches(prepared, self.batch_size):
+                samples = [replace(s, index=i) for i, (_, _, s) in enumerate(batch)]
+                yield ([b[0] for b in batch], [b[1] for b in batch],
                        engine.features(collate(samples)))
             return
         import torch
@@ -202,7 +213,7 @@ def _detected(stream: Iterable[Frame]) -> Iterator[Frame]:
         yield Frame(frame.source, frame.frame, crop, reason)
 
 
-def _batches(stream: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
+def _batches(stream: Iterable[Any], size: int) -> Iterator[list[Any]]:
     iterator = iter(stream)
     while batch := list(itertools.islice(iterator, size)):
         yield batch
@@ -264,6 +275,13 @@ class _Engine:
         recorded = record.identity.get("descriptor")
         if recorded is not None and recorded != describe_descriptor(descriptor):
             raise InputError(f"{record.name}: the run's descriptor parameters differ ({recorded})")
+        from affectpipe.extract.backbones.openface import embed
+
+        try:  # the stored arrays must fit this descriptor's rows (a shared run may not)
+            embed(np.zeros((1, descriptor.raw_dim), np.float32), record.arrays["hog_pca_mean"],
+                  record.arrays["hog_pca_components"])
+        except (KeyError, ValueError) as exc:
+            raise InputError(f"{record.name}: the run's fitted arrays do not fit ({exc})") from None
         return descriptor
 
     def features(self, samples: Any) -> _Features:
@@ -337,8 +355,14 @@ def _task_columns(
         blocks = [_part(records[b], features.arrays[b], p)[rows]
                   for b, p in parse_feature_set(head.feature_set).parts]
         X = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+        if X.shape[1] != head.scaler.n_features_in_:
+            raise InputError(f"head {head.candidate}: its scaler takes "
+                             f"{head.scaler.n_features_in_} columns, {head.feature_set} has "
+                             f"{X.shape[1]}")
         if len(rows):
             candidates[m] = head.predict_features(X)
+    if not np.isfinite(candidates).all():  # finite features in: a broken head
+        raise InputError(f"the run's {plan.rules.name} heads give non-finite outputs")
     gating = _gate_sources(plan, features, records, rows)
     continuous = np.full((len(ok), width), np.nan, dtype=np.float32)
     decided: np.ndarray | None = None
