@@ -232,7 +232,7 @@ def sha256_file(path: str | Path) -> str:
 
 FILE_KINDS = {
     stat.S_IFDIR: "a directory",
-    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFIFO: "a FIFO",
     stat.S_IFSOCK: "a socket",
     stat.S_IFCHR: "a character device",
     stat.S_IFBLK: "a block device",
@@ -240,7 +240,7 @@ FILE_KINDS = {
 
 
 def file_kind(mode: int) -> str | None:
-    """None for a regular file, else what it is (for messages): "a FIFO (named pipe)"..."""
+    """None for a regular file, else what it is (for messages): "a FIFO"..."""
     if stat.S_ISREG(mode):
         return None
     return FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
