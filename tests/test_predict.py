@@ -81,7 +81,8 @@ def test_predict_reproduces_the_runs_own_test_predictions(trained: dict):
                      trained["plain"])
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_parquet(out)
-    assert list(table.columns) == ["source", "face_ok", "expression", *P_EXPR]
+    assert list(table.columns) == ["source", "face_ok", "reason", "expression", *P_EXPR]
+    assert table["reason"].isna().all()
     assert [Path(s).name for s in table["source"]] == [
         f"photo_{i:03d}.jpg" for i in range(len(test))
     ]
@@ -119,6 +120,7 @@ def test_a_corrupt_image_gives_a_row_without_a_face(trained: dict, tmp_path: Pat
     table = pd.read_csv(out)
     assert table["face_ok"].tolist() == [True, False]
     assert table["expression"].tolist()[1] == -1 and table.loc[1, P_EXPR].isna().all()
+    assert pd.isna(table["reason"][0]) and table["reason"][1].startswith("undecodable")
 
 
 def test_detect_finds_and_aligns_the_face_in_a_larger_frame(trained: dict, tmp_path: Path):

@@ -570,7 +570,10 @@ def test_crafted_corpus_ends_in_exit_codes_never_crashes(base: dict[str, Path], 
     for name, (out, rows) in outputs.items():
         table = pd.read_csv(out)
         assert len(table) == rows, name
-        assert (~table["face_ok"]).sum() >= 1, name
+        failed = ~table["face_ok"]
+        assert failed.sum() >= 1, name
+        assert table.loc[failed, "reason"].notna().all(), name
+        assert table.loc[~failed, "reason"].isna().all(), name
     assert not Path("/tmp/affectpipe-escaped").exists()
     assert not (tmp_path / "escaped").exists()
     # The driver cannot see log lines (logging keeps the first case's stderr): the real CLI.

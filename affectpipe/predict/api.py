@@ -47,6 +47,7 @@ class _Features:
 
     arrays: dict[str, dict[str, np.ndarray]]
     ok: np.ndarray  # [N] every backbone processed the frame
+    reasons: list[str | None]  # [N] why a frame is not ok (None where it is)
 
 
 class Predictor:
@@ -110,7 +111,8 @@ class Predictor:
 
     def predict(self, inputs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
         """One row per image / kept video frame: `source`, `frame` (when videos are given),
-        `face_ok`, then the run's task columns (see `columns`)."""
+        `face_ok`, `reason` (why a row has no usable face; empty where it has one), then the
+        run's task columns (see `columns`)."""
         if isinstance(inputs, str | Path):
             inputs = [inputs]
         files = expand(inputs)
@@ -130,12 +132,14 @@ class Predictor:
             {b: {k: np.concatenate([x.arrays[b][k] for x in blocks]) for k in blocks[0].arrays[b]}
              for b in blocks[0].arrays},
             np.concatenate([x.ok for x in blocks]),
+            [r for x in blocks for r in x.reasons],
         )
         table = pd.DataFrame({"source": sources})
         frame_numbers = np.asarray(frame_numbers, dtype=np.int64)
         if any(is_video(f) for f in files):
             table["frame"] = frame_numbers
         table["face_ok"] = features.ok
+        table["reason"] = pd.array(features.reasons, dtype="string")
         for plan in self.bundle.tasks.values():
             columns = _task_columns(plan, features, self.bundle.backbones, sources, frame_numbers)
             for name, values in columns.items():
@@ -196,9 +200,12 @@ class _ImageSamples:
     def __getitem__(self, index: int) -> Any:
         image, reason = load_rgb(self.paths[index], self.decode.draft_side)
         if self.detect and image is not None:
+            from PIL import ImageOps
+
             from affectpipe.predict.faces import detect_and_align
 
-            image, reason = detect_and_align(image)
+            # A phone photo is stored sideways with an EXIF orientation: upright to detect.
+            image, reason = detect_and_align(ImageOps.exif_transpose(image))
         return self.decode.sample(index, image, reason)
 
 
@@ -307,10 +314,13 @@ class _Engine:
                                    stored["hog_pca_components"]),
             }
         ok = samples.ok.all(axis=1)  # an image that was not decoded is not ok for any backbone
+        decoded = ok.copy()
         for parts in arrays.values():
             for values in parts.values():
                 ok &= np.isfinite(values).all(axis=1)
-        return _Features(arrays, ok)
+        reasons = [None if good else (why or ("non-finite features" if fine else "not processed"))
+                   for good, fine, why in zip(ok, decoded, samples.reasons, strict=True)]
+        return _Features(arrays, ok, reasons)
 
 
 def _part(record: BackboneRecord, arrays: dict[str, np.ndarray], part: str) -> np.ndarray:
