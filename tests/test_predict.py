@@ -244,3 +244,22 @@ def test_planted_pickles_are_refused_never_loaded(trained: dict, tmp_path: Path)
     assert "escaped.json" in result.stderr
     assert not marker.exists()
     assert not (tmp_path.parent / "escaped.json").exists()
+
+
+def test_detect_applies_the_exif_orientation(trained: dict, tmp_path: Path):
+    """A photo stored sideways with an EXIF orientation (as phones write them) is turned
+    upright before the face is searched for: without it, no face is found."""
+    from PIL import Image
+
+    face = Image.open(sorted((trained["plain"] / "nested").iterdir())[0]).convert("RGB")
+    canvas = Image.new("RGB", (320, 240), (90, 100, 110))
+    canvas.paste(face.resize((168, 168)), (70, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    canvas.transpose(Image.Transpose.ROTATE_90).save(folder / "sideways.jpg", exif=exif)
+    out = tmp_path / "sideways.csv"
+    run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces", "--detect",
+            "--workers", "0", "--out", out, folder, check=True)
+    assert pd.read_csv(out)["face_ok"].tolist() == [True]
