@@ -1,4 +1,5 @@
-"""Safe file operations: atomic replacement, one-writer locks, disk-full errors, hashes."""
+"""Safe file operations: atomic replacement, one-writer locks, disk-full errors, hashes,
+regular files opened without blocking."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import logging
 import os
 import re
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from affectpipe.errors import AffectpipeError
+from affectpipe.errors import AffectpipeError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -220,9 +223,70 @@ def reserve_space(fd: int, nbytes: int) -> bool:
     return False
 
 
-def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: str | Path) -> str:
     with open(path, "rb") as handle:
-        while block := handle.read(chunk_size):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+# --- regular files only ---------------------------------------------------------------------
+
+FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def file_kind(mode: int) -> str | None:
+    """None for a regular file, else what it is (for messages): "a FIFO"..."""
+    if stat.S_ISREG(mode):
+        return None
+    return FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+@contextlib.contextmanager
+def open_regular(path: str | Path, max_bytes: int | None = None) -> Iterator[BinaryIO]:
+    """`path` opened for reading, refused (InputError naming it) unless it is a regular file
+    (links followed: a link to /dev/zero is a device) of at most `max_bytes`.
+
+    Checked with `stat` before opening, and opened without blocking, then checked again on
+    the open descriptor (the path may have been swapped): a FIFO would block `open` for
+    ever, a device never ends.
+    """
+    try:
+        kind = file_kind(os.stat(path).st_mode)
+        if kind is None:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InputError(f"file not found: {path}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if kind is not None:
+        raise InputError(f"{path} is {kind}: expected a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        kind = file_kind(info.st_mode)
+        if kind is not None:
+            raise InputError(f"{path} is {kind}: expected a regular file")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise InputError(
+                f"{path} is {_size(info.st_size)}, over the limit of {_size(max_bytes)}"
+            )
+        yield handle
+
+
+def read_regular(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most `max_bytes` (see `open_regular`)."""
+    with open_regular(path, max_bytes) as handle:
+        data = handle.read(max_bytes + 1)  # the file may have grown since the check
+    if len(data) > max_bytes:
+        raise InputError(f"{path} is over the limit of {_size(max_bytes)}")
+    return data
+
+
+def sha256_regular(path: str | Path, max_bytes: int) -> str:
+    """`sha256_file` of a regular file of at most `max_bytes` (see `open_regular`)."""
+    with open_regular(path, max_bytes) as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -16,6 +16,8 @@ from typing import Any
 
 from affectpipe.config import DEFAULT_MAX_FILLED, DEFAULT_RUN, DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError
+from affectpipe.schema import TASKS
+from affectpipe.untrusted import check_schema, read_toml
 
 DEMO_DATASET = "demo"
 DEMO_CNN = "fer-minixception"  # the one pretrained CNN any machine with a package index gets
@@ -81,37 +83,40 @@ class StageOptions:
         return {"tasks": list(self.tasks)} if self.tasks else {}
 
 
-# Keys of the [run] table of a pipeline TOML file, with their types (see docs/pipeline.toml).
-RUN_CONFIG_KEYS: dict[str, type | tuple[type, ...]] = {
-    "dataset": str, "data": str, "format": str, "backbones": list, "weights": dict,
-    "random_init": bool, "device": str, "batch_size": int, "workers": int, "run": str,
-    "tasks": list, "candidates": list, "out": str, "partial": bool, "progress": bool,
-    "max_filled": (int, float),
+_TEXT = {"type": "string", "maxLength": 10_000}
+_TEXTS = {"type": "array", "items": _TEXT, "maxItems": 10_000}
+# The [run] table of a pipeline TOML file (see docs/pipeline.example.toml): every key is an
+# option of `pipeline run`, with the range that option accepts.
+RUN_CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "dataset": _TEXT, "data": _TEXT, "format": _TEXT, "device": _TEXT, "run": _TEXT,
+        "out": _TEXT,
+        "backbones": {"anyOf": [_TEXT, _TEXTS]},
+        "weights": {"type": "object", "additionalProperties": _TEXT},
+        "random_init": {"type": "boolean"}, "partial": {"type": "boolean"},
+        "progress": {"type": "boolean"},
+        "batch_size": {"type": "integer", "minimum": 1, "maximum": 1 << 16},
+        "workers": {"type": "integer", "minimum": 0, "maximum": 1024},
+        "tasks": {"type": "array", "items": {"enum": list(TASKS)}, "uniqueItems": True},
+        "candidates": _TEXTS,
+        "max_filled": {"type": "number", "finite": True, "minimum": 0, "maximum": 1},
+    },
 }
 
 
 def load_run_config(path: Path) -> dict[str, Any]:
     """The [run] table of a pipeline TOML file, checked (the [heads] table is read by heads)."""
-    import tomllib
-
-    try:
-        with open(path, "rb") as handle:
-            raw = tomllib.load(handle)
-    except FileNotFoundError:
-        raise InputError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path)
     unknown_tables = set(raw) - {"run", "heads"}
     if unknown_tables:
         raise InputError(f"{path}: unknown tables {sorted(unknown_tables)} (use [run], [heads])")
     table = raw.get("run", {})
-    for key, value in table.items():
-        if key not in RUN_CONFIG_KEYS:
-            raise InputError(f"{path}: unknown key {key!r} in [run]")
-        if not isinstance(value, RUN_CONFIG_KEYS[key]) or isinstance(value, bool) != (
-            RUN_CONFIG_KEYS[key] is bool
-        ):
-            raise InputError(f"{path}: [run] {key} has the wrong type ({type(value).__name__})")
+    check_schema(table, RUN_CONFIG_SCHEMA, f"{path} [run]")
+    from affectpipe.heads.candidates import load_config
+
+    load_config(path)  # the [heads] table too, before any stage runs
     return table
 
 

@@ -141,7 +141,7 @@ def test_tampered_head_json_is_refused(head_path: Path, case, change, reason) ->
 
 def test_tampered_lightgbm_model_is_refused(head_path: Path) -> None:
     """LightGBM boosters are stored in LightGBM's text model format: one that does not parse
-    is an InputError when the head predicts, never code run."""
+    is refused when the head is loaded, before LightGBM sees it, never code run."""
     fitted_head("lightgbm", "expr", {"n_estimators": 3, "min_data_in_leaf": 5}, 1).save(head_path)
     _tamper(
         head_path,
@@ -149,9 +149,8 @@ def test_tampered_lightgbm_model_is_refused(head_path: Path) -> None:
             0, "import os; os.system('touch MARKER')"
         ),
     )
-    head = load_head(head_path)
-    with pytest.raises(InputError, match="not a LightGBM text model"):
-        head.predict_features(X)
+    with pytest.raises(InputError, match="LightGBM booster: does not start with 'tree'"):
+        load_head(head_path)
 
 
 def test_not_json_is_refused(head_path: Path) -> None:

@@ -81,7 +81,8 @@ def test_predict_reproduces_the_runs_own_test_predictions(trained: dict):
                      trained["plain"])
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_parquet(out)
-    assert list(table.columns) == ["source", "face_ok", "expression", *P_EXPR]
+    assert list(table.columns) == ["source", "face_ok", "reason", "expression", *P_EXPR]
+    assert table["reason"].isna().all()
     assert [Path(s).name for s in table["source"]] == [
         f"photo_{i:03d}.jpg" for i in range(len(test))
     ]
@@ -119,6 +120,7 @@ def test_a_corrupt_image_gives_a_row_without_a_face(trained: dict, tmp_path: Pat
     table = pd.read_csv(out)
     assert table["face_ok"].tolist() == [True, False]
     assert table["expression"].tolist()[1] == -1 and table.loc[1, P_EXPR].isna().all()
+    assert pd.isna(table["reason"][0]) and table["reason"][1].startswith("undecodable")
 
 
 def test_detect_finds_and_aligns_the_face_in_a_larger_frame(trained: dict, tmp_path: Path):
@@ -242,3 +244,22 @@ def test_planted_pickles_are_refused_never_loaded(trained: dict, tmp_path: Path)
     assert "escaped.json" in result.stderr
     assert not marker.exists()
     assert not (tmp_path.parent / "escaped.json").exists()
+
+
+def test_detect_applies_the_exif_orientation(trained: dict, tmp_path: Path):
+    """A photo stored sideways with an EXIF orientation (as phones write them) is turned
+    upright before the face is searched for: without it, no face is found."""
+    from PIL import Image
+
+    face = Image.open(sorted((trained["plain"] / "nested").iterdir())[0]).convert("RGB")
+    canvas = Image.new("RGB", (320, 240), (90, 100, 110))
+    canvas.paste(face.resize((168, 168)), (70, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    canvas.transpose(Image.Transpose.ROTATE_90).save(folder / "sideways.jpg", exif=exif)
+    out = tmp_path / "sideways.csv"
+    run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces", "--detect",
+            "--workers", "0", "--out", out, folder, check=True)
+    assert pd.read_csv(out)["face_ok"].tolist() == [True]

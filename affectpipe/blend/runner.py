@@ -607,7 +607,17 @@ def provenance(
             task: {name: sha256_file(paths.preds(run, task, name)) for name in outcome.candidates}
             for task, outcome in outcomes.items()
         },
+        # The head files themselves: `predict` and `export-run` refuse heads changed since.
+        "heads": {
+            task: {name: _head_fingerprint(paths.head(run, task, name))
+                   for name in outcome.candidates}
+            for task, outcome in outcomes.items()
+        },
     }
+
+
+def _head_fingerprint(path: Path) -> str | None:
+    return sha256_file(path) if path.exists() else None
 
 
 def blend_json(

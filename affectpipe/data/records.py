@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from affectpipe.errors import AnnotationError, InputError
+from affectpipe.fsutil import file_kind
 
 # `<folder>/<digits>.<ext>`: the image keys of the ABAW files.
 _FRAME_KEY = re.compile(r"^(?P<video>.+)/(?P<stem>\d+)\.[A-Za-z]+$")
@@ -33,22 +33,13 @@ def check_regular_file(path: Path) -> None:
         raise InputError(f"file not found: {path}") from None
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(mode):
-        kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    kind = file_kind(mode)
+    if kind is not None:
         raise InputError(f"{path} is {kind}: expected an annotation file")
     try:
         os.close(os.open(path, os.O_RDONLY))
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-
-_FILE_KINDS = {
-    stat.S_IFDIR: "a directory",
-    stat.S_IFIFO: "a FIFO (named pipe)",
-    stat.S_IFSOCK: "a socket",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-}
 
 
 def text_lines(text: str) -> list[str]:

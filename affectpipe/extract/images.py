@@ -16,7 +16,6 @@ import contextlib
 import ctypes
 import os
 import signal
-import stat
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 from PIL import Image
+
+from affectpipe.fsutil import file_kind
 
 if TYPE_CHECKING:
     from affectpipe.extract.rawrows import Finalized, RawRows
@@ -96,15 +97,6 @@ def die_with_parent(parent_pid: int, worker_id: int) -> None:
         os._exit(1)
 
 
-_FILE_KINDS = {
-    stat.S_IFDIR: "a directory",
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFSOCK: "a socket",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-}
-
-
 def _unreadable(exc: OSError) -> str:
     if isinstance(exc, FileNotFoundError):
         return "missing file"
@@ -114,9 +106,8 @@ def _unreadable(exc: OSError) -> str:
 
 
 def _not_regular(info: os.stat_result) -> str | None:
-    if stat.S_ISREG(info.st_mode):
-        return None
-    return f"not a regular file ({_FILE_KINDS.get(stat.S_IFMT(info.st_mode), 'special file')})"
+    kind = file_kind(info.st_mode)
+    return None if kind is None else f"not a regular file ({kind})"
 
 
 def load_rgb(

@@ -28,7 +28,6 @@ Config file (``pipeline.toml``; every key optional, see ``pipeline.example.toml`
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from affectpipe.heads.featuresets import FeatureSet, parse_feature_set
 from affectpipe.heads.models import MODELS
 from affectpipe.heads.tasks import get_task
 from affectpipe.schema import TASKS
+from affectpipe.untrusted import check_schema, read_toml
 
 DEFAULT_MODELS: tuple[str, ...] = ("linear", "mlp")
 DEFAULT_TEMPORAL = True  # measured on the demo: docs/benchmarks.md, "Temporal heads"
@@ -145,30 +145,46 @@ class HeadsConfig:
         return {**table, **per_task.get(task, {})}
 
 
+_PARAMS = {"type": "object"}  # model hyper-parameters: each model's constructor checks them
+# The [heads] table: types strict (TOML "false" is a string, not a boolean), counts bounded.
+HEADS_CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+        "n_components": {"type": "integer", "minimum": 0, "maximum": 100_000},
+        "workers": {"type": "integer", "minimum": 0, "maximum": 1024},
+        "models": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
+        "temporal": {"type": "boolean"},
+        "fusion": {"type": "boolean"},
+        "params": {"type": "object", "additionalProperties": _PARAMS},
+        "candidates": {
+            "type": "array",
+            "maxItems": 10_000,
+            "items": {
+                "type": "object",
+                "required": ["task", "features", "model"],
+                "additionalProperties": False,
+                "properties": {
+                    "task": {"enum": list(TASKS)},
+                    "features": {"type": "string", "maxLength": 1000},
+                    "model": {"type": "string"},
+                    "params": _PARAMS,
+                },
+            },
+        },
+    },
+}
+
+
 def load_config(path: Path | None) -> HeadsConfig:
     """Read the ``[heads]`` table of a TOML file (defaults when `path` is None)."""
     if path is None:
         return HeadsConfig()
-    try:
-        with open(path, "rb") as handle:
-            raw = tomllib.load(handle).get("heads", {})
-    except FileNotFoundError:
-        raise InputError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: not valid TOML: {exc}") from None
-    known = {
-        "seed",
-        "n_components",
-        "workers",
-        "models",
-        "params",
-        "candidates",
-        "temporal",
-        "fusion",
-    }
-    unknown = set(raw) - known
+    raw = read_toml(path).get("heads", {})
+    unknown = set(raw) - set(HEADS_CONFIG_SCHEMA["properties"]) if isinstance(raw, dict) else ()
     if unknown:
         raise InputError(f"{path}: unknown keys in [heads]: {', '.join(sorted(unknown))}")
+    check_schema(raw, HEADS_CONFIG_SCHEMA, f"{path} [heads]")
     models = tuple(raw.get("models", DEFAULT_MODELS))
     for model in [*models, *raw.get("params", {})]:
         if model not in MODELS:
@@ -177,12 +193,8 @@ def load_config(path: Path | None) -> HeadsConfig:
     if "candidates" in raw:
         candidates = []
         for i, entry in enumerate(raw["candidates"], start=1):
-            missing = {"task", "features", "model"} - set(entry)
-            if missing:
-                raise InputError(f"{path}: candidate {i} lacks {', '.join(sorted(missing))}")
             if entry["model"] not in MODELS:
                 raise InputError(f"{path}: candidate {i}: unknown model {entry['model']!r}")
-            get_task(entry["task"])
             candidates.append(
                 Candidate(
                     task=entry["task"],

@@ -26,10 +26,12 @@ import pandas as pd
 
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
-from affectpipe.fsutil import atomic_path, sha256_file, write_text_atomic
+from affectpipe.fsutil import atomic_path, sha256_file, sha256_regular, write_text_atomic
+from affectpipe.heads.checks import HEAD_SCHEMA, HeadCheckError, check_head
 from affectpipe.heads.featuresets import load_feature_set, parse_feature_set
 from affectpipe.heads.preprocess import FeatureScaler
 from affectpipe.heads.storage import Decoder, Encoder
+from affectpipe.untrusted import check_schema, limits, read_json
 
 
 @dataclass
@@ -141,15 +143,20 @@ def load_head(path: str | Path) -> FittedHead:
     def bad(why: str) -> InputError:
         return InputError(f"{path}: not a valid affectpipe head ({why}); {_retrain_hint(path)}")
 
+    caps = limits()
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise bad(f"unreadable JSON: {exc}") from exc
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise bad(f"format is not {FORMAT}")
+        document = read_json(path, caps.head_bytes)
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise bad(f"format is not {FORMAT}")
+        check_schema(document, HEAD_SCHEMA, path)
+    except InputError as exc:
+        raise bad(str(exc)) from None
     arrays = arrays_path(path)
-    expected = (document.get("arrays") or {}).get("sha256")
-    if not arrays.exists() or sha256_file(arrays) != expected:
+    try:
+        digest = sha256_regular(arrays, caps.run_bytes)
+    except InputError:
+        digest = None
+    if digest != document["arrays"]["sha256"]:
         raise bad(f"{arrays.name} is missing or does not match the sha256 the head records")
     try:
         tensors = load_file(str(arrays))
@@ -163,10 +170,11 @@ def load_head(path: str | Path) -> FittedHead:
             output_columns=tuple(str(c) for c in document["output_columns"]),
             provenance=dict(document.get("provenance") or {}),
         )
+        check_head(head)
     except InputError:
         raise
+    except HeadCheckError as exc:
+        raise bad(str(exc)) from None
     except Exception as exc:  # a malformed file fails in open-ended ways: all mean "invalid"
         raise bad(f"{type(exc).__name__}: {exc}") from exc
-    if not isinstance(head.scaler, FeatureScaler) or not hasattr(head.model, "predict_outputs"):
-        raise bad("no scaler or model")
     return head

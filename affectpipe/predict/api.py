@@ -20,7 +20,7 @@ import functools
 import itertools
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class _Features:
 
     arrays: dict[str, dict[str, np.ndarray]]
     ok: np.ndarray  # [N] every backbone processed the frame
+    reasons: list[str | None]  # [N] why a frame is not ok (None where it is)
 
 
 class Predictor:
@@ -72,6 +73,13 @@ class Predictor:
     ) -> None:
         if every < 1 or batch_size < 1 or workers < 0:
             raise InputError("every and batch_size must be at least 1, workers at least 0")
+        for task, plan in bundle.tasks.items():
+            for head in plan.heads:
+                if getattr(head.model, "sequence_input", False):
+                    raise InputError(
+                        f"{bundle.source}: {task} head {head.candidate} is a temporal (sequence) "
+                        "head, which predict does not apply yet: blend without it"
+                    )
         self.bundle = bundle
         self.device = device
         self.batch_size = batch_size
@@ -103,7 +111,8 @@ class Predictor:
 
     def predict(self, inputs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
         """One row per image / kept video frame: `source`, `frame` (when videos are given),
-        `face_ok`, then the run's task columns (see `columns`)."""
+        `face_ok`, `reason` (why a row has no usable face; empty where it has one), then the
+        run's task columns (see `columns`)."""
         if isinstance(inputs, str | Path):
             inputs = [inputs]
         files = expand(inputs)
@@ -123,12 +132,14 @@ class Predictor:
             {b: {k: np.concatenate([x.arrays[b][k] for x in blocks]) for k in blocks[0].arrays[b]}
              for b in blocks[0].arrays},
             np.concatenate([x.ok for x in blocks]),
+            [r for x in blocks for r in x.reasons],
         )
         table = pd.DataFrame({"source": sources})
         frame_numbers = np.asarray(frame_numbers, dtype=np.int64)
         if any(is_video(f) for f in files):
             table["frame"] = frame_numbers
         table["face_ok"] = features.ok
+        table["reason"] = pd.array(features.reasons, dtype="string")
         for plan in self.bundle.tasks.values():
             columns = _task_columns(plan, features, self.bundle.backbones, sources, frame_numbers)
             for name, values in columns.items():
@@ -143,9 +154,13 @@ class Predictor:
             stream: Iterable[Frame] = (f for p in files for f in video_frames(p, self.every))
             if self.detect:
                 stream = _detected(stream)
-            for batch in _batches(stream, self.batch_size):
-                samples = [engine.dataset.sample(i, f.image, f.reason) for i, f in enumerate(batch)]
-                yield ([f.source for f in batch], [f.frame for f in batch],
+            # Each frame is resized as soon as it is decoded: a batch holds model inputs,
+            # never batch_size full frames (an 8000x8000 video is 192 MB a frame).
+            prepared = ((f.source, f.frame, engine.dataset.sample(0, f.image, f.reason))
+                        for f in stream)
+            for batch in _batches(prepared, self.batch_size):
+                samples = [replace(s, index=i) for i, (_, _, s) in enumerate(batch)]
+                yield ([b[0] for b in batch], [b[1] for b in batch],
                        engine.features(collate(samples)))
             return
         import torch
@@ -185,9 +200,12 @@ class _ImageSamples:
     def __getitem__(self, index: int) -> Any:
         image, reason = load_rgb(self.paths[index], self.decode.draft_side)
         if self.detect and image is not None:
+            from PIL import ImageOps
+
             from affectpipe.predict.faces import detect_and_align
 
-            image, reason = detect_and_align(image)
+            # A phone photo is stored sideways with an EXIF orientation: upright to detect.
+            image, reason = detect_and_align(ImageOps.exif_transpose(image))
         return self.decode.sample(index, image, reason)
 
 
@@ -202,7 +220,7 @@ def _detected(stream: Iterable[Frame]) -> Iterator[Frame]:
         yield Frame(frame.source, frame.frame, crop, reason)
 
 
-def _batches(stream: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
+def _batches(stream: Iterable[Any], size: int) -> Iterator[list[Any]]:
     iterator = iter(stream)
     while batch := list(itertools.islice(iterator, size)):
         yield batch
@@ -264,6 +282,13 @@ class _Engine:
         recorded = record.identity.get("descriptor")
         if recorded is not None and recorded != describe_descriptor(descriptor):
             raise InputError(f"{record.name}: the run's descriptor parameters differ ({recorded})")
+        from affectpipe.extract.backbones.openface import embed
+
+        try:  # the stored arrays must fit this descriptor's rows (a shared run may not)
+            embed(np.zeros((1, descriptor.raw_dim), np.float32), record.arrays["hog_pca_mean"],
+                  record.arrays["hog_pca_components"])
+        except (KeyError, ValueError) as exc:
+            raise InputError(f"{record.name}: the run's fitted arrays do not fit ({exc})") from None
         return descriptor
 
     def features(self, samples: Any) -> _Features:
@@ -289,10 +314,13 @@ class _Engine:
                                    stored["hog_pca_components"]),
             }
         ok = samples.ok.all(axis=1)  # an image that was not decoded is not ok for any backbone
+        decoded = ok.copy()
         for parts in arrays.values():
             for values in parts.values():
                 ok &= np.isfinite(values).all(axis=1)
-        return _Features(arrays, ok)
+        reasons = [None if good else (why or ("non-finite features" if fine else "not processed"))
+                   for good, fine, why in zip(ok, decoded, samples.reasons, strict=True)]
+        return _Features(arrays, ok, reasons)
 
 
 def _part(record: BackboneRecord, arrays: dict[str, np.ndarray], part: str) -> np.ndarray:
@@ -337,8 +365,14 @@ def _task_columns(
         blocks = [_part(records[b], features.arrays[b], p)[rows]
                   for b, p in parse_feature_set(head.feature_set).parts]
         X = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+        if X.shape[1] != head.scaler.n_features_in_:
+            raise InputError(f"head {head.candidate}: its scaler takes "
+                             f"{head.scaler.n_features_in_} columns, {head.feature_set} has "
+                             f"{X.shape[1]}")
         if len(rows):
             candidates[m] = head.predict_features(X)
+    if not np.isfinite(candidates).all():  # finite features in: a broken head
+        raise InputError(f"the run's {plan.rules.name} heads give non-finite outputs")
     gating = _gate_sources(plan, features, records, rows)
     continuous = np.full((len(ok), width), np.nan, dtype=np.float32)
     decided: np.ndarray | None = None

@@ -7,6 +7,7 @@ decoded is a frame without an image (and a reason), never an exception: its row 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,8 @@ from pathlib import Path
 from PIL import Image
 
 from affectpipe.errors import InputError
-from affectpipe.extract.images import to_rgb
+from affectpipe.extract.images import MAX_DECODE_PIXELS, to_rgb
+from affectpipe.fsutil import file_kind
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"})
@@ -28,17 +30,27 @@ class Frame:
     reason: str | None  # why `image` is None
 
 
+def _folder_files(folder: Path) -> list[Path]:
+    """A folder's image and video files (recursive, sorted); a sub-folder that cannot be read
+    is an error naming it, not a silent gap in the output."""
+
+    def unreadable(exc: OSError) -> None:
+        raise InputError(f"cannot read folder {exc.filename}: {exc.strerror or exc}")
+
+    found = []
+    for parent, _, names in os.walk(folder, onerror=unreadable):
+        found += [Path(parent) / n for n in names
+                  if Path(n).suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+    return sorted(found)
+
+
 def expand(inputs: Sequence[str | Path]) -> list[Path]:
     """Files to read, in order: files as given, folders as their images and videos (sorted)."""
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*")
-                if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES and not p.is_dir()
-            )
-            files += found
+            files += _folder_files(path)
         elif path.exists() or path.is_symlink():
             files.append(path)
         else:
@@ -53,9 +65,17 @@ def is_video(path: Path) -> bool:
 
 
 def video_frames(path: Path, every: int = 1) -> Iterator[Frame]:
-    """Every `every`-th frame of a video, decoded with PyAV; one failed frame if unreadable."""
+    """Every `every`-th frame of a video, decoded with PyAV; one failed frame if unreadable,
+    not a regular file (a FIFO would block for ever), too large a frame or without frames."""
     import av
 
+    try:
+        kind = file_kind(os.stat(path).st_mode)
+    except OSError as exc:
+        kind = f"unreadable ({exc.strerror or exc})"
+    if kind is not None:
+        yield Frame(str(path), 0, None, f"not a regular file ({kind})")
+        return
     try:
         container = av.open(str(path))
     except Exception as exc:  # any demuxer error: an unusable input, not a crash
@@ -64,10 +84,17 @@ def video_frames(path: Path, every: int = 1) -> Iterator[Frame]:
     with container:
         index = 0
         try:
-            for decoded in container.decode(video=0):
+            stream = container.streams.video[0]
+            pixels = stream.codec_context.width * stream.codec_context.height
+            if pixels > MAX_DECODE_PIXELS:
+                raise ValueError(f"{pixels} pixels a frame, over {MAX_DECODE_PIXELS}")
+            for decoded in container.decode(stream):
                 if index % every == 0:
                     yield Frame(str(path), index, to_rgb(decoded.to_image()), None)
                 index += 1
         except Exception as exc:  # a damaged stream ends this video with one failed row
             yield Frame(str(path), index, None, f"undecodable frame: {type(exc).__name__}: {exc}")
+            return
+    if index == 0:
+        yield Frame(str(path), 0, None, "a video without frames")
 
