@@ -467,8 +467,8 @@ def test_near_constant_train_columns_are_not_blown_up_on_new_rows() -> None:
 
 def test_regularisation_is_chosen_on_held_out_train_videos() -> None:
     from affectpipe.heads.models import make_model
+    from affectpipe.heads.regularisation import choose_regularisation
     from affectpipe.heads.tasks import get_task
-    from affectpipe.heads.training import choose_regularisation
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((60, 40)).astype(np.float32)

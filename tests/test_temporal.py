@@ -191,11 +191,16 @@ def test_one_default_temporal_candidate_per_task_unless_turned_off(tmp_path):
     backbones = {"ddamfn": ["embedding", "logits"], "openface": ["embedding"]}
     chosen = [str(c) for c in select_candidates(HeadsConfig(), backbones)]
     temporal = [c for c in chosen if c.endswith("__temporal")]
+    # on the early fusion of the backbones: the frame heads' best inputs
     assert temporal == [
-        "va/ddamfn.embedding+logits__temporal",
-        "expr/ddamfn.embedding+logits__temporal",
-        "au/ddamfn.embedding+logits__temporal",
+        "va/ddamfn.embedding+logits+openface.embedding__temporal",
+        "expr/ddamfn.embedding+logits+openface.embedding__temporal",
+        "au/ddamfn.embedding+logits+openface.embedding__temporal",
     ]
+    alone = select_candidates(HeadsConfig(fusion=False), backbones)
+    assert [str(c) for c in alone if c.model == "temporal"][0] == (
+        "va/ddamfn.embedding+logits__temporal"
+    )
     config = tmp_path / "pipeline.toml"
     config.write_text("[heads]\ntemporal = false\n")
     off = select_candidates(load_config(config), backbones)
@@ -217,3 +222,24 @@ def test_folds_give_out_of_fold_predictions_for_train_and_val_videos():
     _, plain, _ = fit_temporal_candidate(model, "va", X, ok, split, groups, frames, y, 0)
     assert np.isnan(plain[split == "train"]).all()
     np.testing.assert_array_equal(plain[split == "test"], outputs[split == "test"])
+
+
+def test_residual_temporal_head_starts_from_its_frame_head_and_keeps_it_without_signal():
+    """Labels of the current frame only (no temporal signal): the sequence model's
+    correction cannot beat its frame head on the held-out videos, so the head predicts as
+    the frame head does (epoch 0), and as well as a linear frame head on the same rows."""
+    from affectpipe.heads.models import LinearHead
+
+    rng = np.random.default_rng(3)
+    X, groups, frames = _videos(30, 40, 6, rng)
+    y = (X[:, 0] + 0.3 * rng.standard_normal(len(X)) > 0).astype(np.int64) * 4
+    train, test = groups < 20, groups >= 20
+    ok = np.ones(len(X), dtype=bool)
+    head = TemporalHead(task="expr", arch="tcn", **FAST).fit(
+        X[train], y[train], groups[train], frames[train], ok[train]
+    )
+    assert head.base_ is not None
+    temporal = head.predict_outputs(X[test], groups[test], frames[test], ok[test])
+    frame = LinearHead(task="expr").fit(X[train], y[train]).predict_outputs(X[test])
+    f1 = [metrics.expr_f1(y[test], p.argmax(axis=1)) for p in (temporal, frame)]
+    assert f1[0] >= f1[1] - 0.02, f1

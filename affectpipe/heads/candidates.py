@@ -218,17 +218,20 @@ def load_config(path: Path | None) -> HeadsConfig:
 def temporal_candidates(
     config: HeadsConfig, backbones: Mapping[str, Collection[str]], tasks: list[str]
 ) -> list[Candidate]:
-    """One `temporal` candidate per task, on the widest default feature set (embedding and
-    logits) of the first backbone with logits (a CNN) by feature-file name: sequence models
-    cost more than frame heads, so they are not trained on every feature set (ask for more
-    with --candidate)."""
+    """One `temporal` candidate per task: on the early-fusion feature set where there is one
+    (the frame heads' best inputs, so the sequence model is not handicapped against them),
+    else on the widest default set of the first backbone with logits (a CNN) by feature-file
+    name: sequence models cost more than frame heads, so they are not trained on every
+    feature set (ask for more with --candidate)."""
     sets = default_feature_sets(backbones)
+    fused = default_feature_sets(backbones, fusion=config.fusion)
     cnn = [name for name, parts in backbones.items() if "logits" in parts]
     chosen = []
     for task in tasks:
         own = [fs for fs in sets[task] if cnn and fs.backbones == (cnn[0],)]
-        if own:
-            features = max(own, key=lambda fs: len(fs.parts))
+        extra = [fs for fs in fused[task] if fs not in sets[task]]
+        if own or extra:
+            features = extra[0] if extra else max(own, key=lambda fs: len(fs.parts))
             chosen.append(
                 Candidate(task, features, "temporal", config.model_params("temporal", task))
             )

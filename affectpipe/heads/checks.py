@@ -142,6 +142,11 @@ def _check_model(model: Any, task: str, width: int) -> None:
         dilations = tuple(_count(d, "dilation") for d in model.dilations)
         _check_state(getattr(model, "weights_", None), "weights_",
                      lambda: _Net(n_in, model.width, n_out, model.arch_, dilations))
+        base = getattr(model, "base_", None)
+        if base is not None:
+            if not isinstance(base, LinearHead):
+                raise HeadCheckError(f"a temporal head's frame head is a {type(base).__name__}")
+            _check_model(base, task, width)
     else:
         raise HeadCheckError(f"unknown model {name}")
 

@@ -83,6 +83,18 @@ def _outputs(task: str, raw: torch.Tensor) -> np.ndarray:
     return torch.sigmoid(raw).numpy()
 
 
+def _raw_from_outputs(task: str, outputs: np.ndarray) -> np.ndarray:
+    """The inverse of `_outputs` (up to a per-row shift for expr, which softmax ignores):
+    pre-activation values a sequence model can add a correction to."""
+    out = np.asarray(outputs, dtype=np.float32)
+    if task == "va":
+        return np.arctanh(np.clip(out, -0.995, 0.995))
+    clipped = np.clip(out, 1e-6, 1.0 - 1e-6)
+    if task == "expr":
+        return np.log(clipped)
+    return np.log(clipped) - np.log1p(-clipped)
+
+
 class _HeadBase(BaseEstimator):
     """predict / predict_proba on top of `_raw_outputs` (VA values or probabilities)."""
 

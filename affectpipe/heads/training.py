@@ -63,6 +63,7 @@ from affectpipe.heads.featuresets import (
 from affectpipe.heads.fitted import FittedHead
 from affectpipe.heads.models import MODELS, make_model
 from affectpipe.heads.preprocess import FeatureScaler
+from affectpipe.heads.regularisation import choose_regularisation
 from affectpipe.heads.tasks import TASK_DEFS, get_task
 from affectpipe.heads.temporal import fit_temporal_candidate, sequence_groups
 from affectpipe.manifest import read_manifest
@@ -72,11 +73,6 @@ SCALER_SAMPLE_ROWS = 20000  # train rows the scaler / PCA is estimated on
 PARALLEL_MIN_VALUES = 1 << 22  # scaled feature values (rows x columns) worth worker processes
 EARLY_STOPPING_SHARE = 0.1  # share of train videos held out to early-stop MLP / LightGBM fits
 EARLY_STOPPING_MIN_ROWS = 1000  # fewer train rows: too few held out to early-stop on (noise)
-# Regularisation chosen on held-out train videos (`choose_regularisation`) up to this many
-# train rows: where it matters (small sets over-fit) and costs little; larger sets keep the
-# configured strength, which they barely need.
-REGULARISATION_MAX_ROWS = 20_000
-REGULARISATION_FOLDS = 3
 READ_BLOCK_ROWS = 16384  # projected rows a worker reads from disk at a time
 PREDICT_CHUNK_ROWS = 65536  # rows predicted at a time (bounds the copy of val + test rows)
 WORKER_NICENESS = 10  # fit workers' priority below the main process's (`_start_worker`)
@@ -283,49 +279,6 @@ def fit_candidate(
         info["cpu_seconds"] += time.process_time() - cpu_start
         info["oof_scores"] = task.score(y[val_rows], outputs[val_rows]) if len(val_rows) else {}
     return model, outputs, info
-
-
-def choose_regularisation(
-    model: Any,
-    task: Any,
-    Z: np.ndarray,
-    y: np.ndarray,
-    train_rows: np.ndarray,
-    video: np.ndarray,
-    params: dict[str, Any],
-) -> dict[str, Any] | None:
-    """Set the model's regularisation strength (its `regularisation`: parameter, grid) to
-    the grid value with the lowest `task.held_out_loss` over REGULARISATION_FOLDS folds of
-    whole train videos; the validation split is never seen. Returns what was chosen and
-    the losses, or None where nothing is searched: a model without a grid, a strength the
-    candidate's params set, over REGULARISATION_MAX_ROWS train rows or too few videos.
-    Ties go to the stronger value (the grid is ordered weakest first)."""
-    search = getattr(model, "regularisation", None)
-    videos = video[train_rows]
-    if (
-        search is None
-        or search[0].rpartition("__")[2] in params
-        or len(train_rows) > REGULARISATION_MAX_ROWS
-        or len(np.unique(videos)) < REGULARISATION_FOLDS
-    ):
-        return None
-    name, grid = search
-    splits = list(GroupKFold(REGULARISATION_FOLDS).split(train_rows, groups=videos))
-    losses = []
-    for value in grid:
-        fold_losses = []
-        for fit_part, held_part in splits:
-            fit, held = train_rows[fit_part], train_rows[held_part]
-            trial = clone(model).set_params(**{name: value}).fit(Z[fit], y[fit])
-            fold_losses.append(task.held_out_loss(y[held], trial.predict_outputs(Z[held])))
-        losses.append(float(np.mean(fold_losses)))
-    best = min(range(len(grid)), key=lambda i: (losses[i], -i))
-    model.set_params(**{name: grid[best]})
-    return {
-        "param": name.rpartition("__")[2],
-        "value": grid[best],
-        "held_out_loss": dict(zip(map(str, grid), losses, strict=True)),
-    }
 
 
 def early_stopping_split(
