@@ -9,9 +9,11 @@ weights, checked by sha256; same decoding and preprocessing; the OpenFace-style 
 with its stored HOG PCA, never refitted), then the heads the run's blend weights, then the
 tuned blend through `affectpipe.blend.tuning.apply_tuned` (the function `pipeline blend` uses
 for its submission): weights, smoothing along the kept frames of each video, calibration /
-offsets / thresholds. Images are taken as aligned face crops unless `detect=True`.
-Image files are decoded (and faces detected) in `workers` DataLoader processes, with the
-extract stage's decoding (`DecodeDataset.sample`); video frames are decoded in this process.
+offsets / thresholds. Every image or frame is first checked for a face
+(`affectpipe.predict.faces`: the fast crop check, else detection and alignment; `detect=True`
+always detects, `assume_aligned=True` skips the check); the `face_check` column says which
+check decided. Image files are decoded (and checked) in `workers` DataLoader processes, with
+the extract stage's decoding (`DecodeDataset.sample`); video frames are decoded in this process.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import pandas as pd
 from affectpipe.config import DEFAULT_RUN, DatasetPaths
 from affectpipe.errors import InputError
 from affectpipe.extract.images import collate, die_with_parent, load_rgb
+from affectpipe.predict.faces import face_mode, find_face
 from affectpipe.predict.inputs import Frame, expand, is_video, video_frames
 from affectpipe.predict.runfiles import (
     BackboneRecord,
@@ -53,7 +56,8 @@ class Predictor:
     """Predictions of a trained run for new images and videos (see the module docstring).
 
     Parameters: `device` ("cpu", "cuda", "cuda:1"), `batch_size`, `detect` (find and align
-    the largest face of each frame first), `every` (keep every N-th video frame), `weights`
+    the largest face of each frame first), `assume_aligned` (take every image as an aligned
+    face crop: no face check), `every` (keep every N-th video frame), `weights`
     (backbone or weights name -> local weights file), `workers` (processes decoding image
     files while the models run; 0: in this process), `progress` (a frames/s bar).
     """
@@ -65,6 +69,7 @@ class Predictor:
         device: str = "cpu",
         batch_size: int = 32,
         detect: bool = False,
+        assume_aligned: bool = False,
         every: int = 1,
         weights: Mapping[str, Path] | None = None,
         workers: int = 0,
@@ -75,7 +80,7 @@ class Predictor:
         self.bundle = bundle
         self.device = device
         self.batch_size = batch_size
-        self.detect = detect
+        self.face_mode = face_mode(detect, assume_aligned)
         self.every = every
         self.weights = dict(weights or {})
         self.workers = workers
@@ -102,8 +107,9 @@ class Predictor:
         return list(self.bundle.tasks)
 
     def predict(self, inputs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
-        """One row per image / kept video frame: `source`, `frame` (when videos are given),
-        `face_ok`, then the run's task columns (see `columns`)."""
+        """One row per image / kept video frame: `source`, `frame` (1-based) and `timestamp`
+        (seconds) when videos are given, `face_ok`, `face_check`, then the run's task columns
+        (see `columns`)."""
         if isinstance(inputs, str | Path):
             inputs = [inputs]
         files = expand(inputs)
@@ -111,14 +117,16 @@ class Predictor:
         from tqdm.auto import tqdm
 
         bar = tqdm(desc="predict", unit="frame", disable=not self.progress)  # frames/s
-        sources, frame_numbers, blocks = [], [], []
+        sources, frame_numbers, times, checks, blocks = [], [], [], [], []
         with bar:
             for video, group in itertools.groupby(files, key=is_video):
-                for batch_sources, batch_frames, features in self._batches(engine, video, group):
-                    sources += batch_sources
-                    frame_numbers += batch_frames
+                for batch, features in self._batches(engine, video, group):
+                    sources += batch.sources
+                    frame_numbers += batch.frames
+                    times += batch.times
+                    checks += batch.checks
                     blocks.append(features)
-                    bar.update(len(batch_sources))
+                    bar.update(len(batch.sources))
         features = _Features(
             {b: {k: np.concatenate([x.arrays[b][k] for x in blocks]) for k in blocks[0].arrays[b]}
              for b in blocks[0].arrays},
@@ -128,7 +136,9 @@ class Predictor:
         frame_numbers = np.asarray(frame_numbers, dtype=np.int64)
         if any(is_video(f) for f in files):
             table["frame"] = frame_numbers
+            table["timestamp"] = np.asarray(times, dtype=np.float64)
         table["face_ok"] = features.ok
+        table["face_check"] = checks
         for plan in self.bundle.tasks.values():
             columns = _task_columns(plan, features, self.bundle.backbones, sources, frame_numbers)
             for name, values in columns.items():
@@ -137,32 +147,33 @@ class Predictor:
 
     def _batches(
         self, engine: _Engine, video: bool, files: Iterable[Path]
-    ) -> Iterator[tuple[list[str], list[int], _Features]]:
-        """(sources, frame numbers, features) per batch of consecutive image files or videos."""
+    ) -> Iterator[tuple[_Rows, _Features]]:
+        """(rows, features) per batch of consecutive image files or videos."""
         if video:
-            stream: Iterable[Frame] = (f for p in files for f in video_frames(p, self.every))
-            if self.detect:
-                stream = _detected(stream)
-            for batch in _batches(stream, self.batch_size):
-                samples = [engine.dataset.sample(i, f.image, f.reason) for i, f in enumerate(batch)]
-                yield ([f.source for f in batch], [f.frame for f in batch],
-                       engine.features(collate(samples)))
+            stream = (f for p in files for f in video_frames(p, self.every))
+            for frames in _batches(stream, self.batch_size):
+                faces = [find_face(f.image, self.face_mode, f.reason) for f in frames]
+                samples = [engine.dataset.sample(i, face.image, face.reason)
+                           for i, face in enumerate(faces)]
+                rows = _Rows([f.source for f in frames], [f.frame for f in frames],
+                             [f.time for f in frames], [face.check for face in faces])
+                yield rows, engine.features(collate(samples))
             return
         import torch
 
-        images = _ImageSamples([str(p) for p in files], engine.dataset, self.detect)
+        images = _ImageSamples([str(p) for p in files], engine.dataset, self.face_mode)
         loader = torch.utils.data.DataLoader(
             images,
             batch_size=self.batch_size,
             num_workers=self.workers,
-            collate_fn=collate,
+            collate_fn=_collate_checked,
             prefetch_factor=4 if self.workers else None,
             worker_init_fn=functools.partial(die_with_parent, os.getpid()),
         )
-        for batch in loader:
-            yield [images.paths[i] for i in batch.indices], [-1] * len(batch.indices), (
-                engine.features(batch)
-            )
+        for batch, checks in loader:
+            n = len(batch.indices)
+            rows = _Rows([images.paths[i] for i in batch.indices], [-1] * n, [np.nan] * n, checks)
+            yield rows, engine.features(batch)
 
     def _get_engine(self) -> _Engine:
         if self._engine is None:
@@ -171,35 +182,37 @@ class Predictor:
 
 
 @dataclass
+class _Rows:
+    """The output's leading columns for one batch (frame -1 and time NaN for image files)."""
+
+    sources: list[str]
+    frames: list[int]
+    times: list[float]
+    checks: list[str]
+
+
+@dataclass
 class _ImageSamples:
-    """Image files decoded as extraction decodes them (`load_rgb`, then `DecodeDataset.sample`),
-    faces detected first with `detect`; a DataLoader dataset, so this runs in its workers."""
+    """Image files decoded as extraction decodes them (`load_rgb`), checked for a face
+    (`find_face` under `face_mode`), then prepared by `DecodeDataset.sample`; a DataLoader
+    dataset, so this runs in its workers. An item is (sample, which check ran)."""
 
     paths: list[str]
     decode: Any  # DecodeDataset
-    detect: bool
+    face_mode: str
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, index: int) -> tuple[Any, str]:
         image, reason = load_rgb(self.paths[index], self.decode.draft_side)
-        if self.detect and image is not None:
-            from affectpipe.predict.faces import detect_and_align
-
-            image, reason = detect_and_align(image)
-        return self.decode.sample(index, image, reason)
+        face = find_face(image, self.face_mode, reason)
+        return self.decode.sample(index, face.image, face.reason), face.check
 
 
-def _detected(stream: Iterable[Frame]) -> Iterator[Frame]:
-    from affectpipe.predict.faces import detect_and_align
-
-    for frame in stream:
-        if frame.image is None:
-            yield frame
-            continue
-        crop, reason = detect_and_align(frame.image)
-        yield Frame(frame.source, frame.frame, crop, reason)
+def _collate_checked(items: Sequence[tuple[Any, str]]) -> tuple[Any, list[str]]:
+    """`collate` for `_ImageSamples` items (module-level so worker processes can pickle it)."""
+    return collate([sample for sample, _ in items]), [check for _, check in items]
 
 
 def _batches(stream: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
