@@ -30,7 +30,7 @@ from affectpipe.config import Settings
 )
 @config_option(
     "TOML file with a [heads] table: candidates and hyper-parameters "
-    "(see affectpipe/heads/pipeline.example.toml)."
+    "(see docs/pipeline.example.toml)."
 )
 @click.option(
     "--folds",
@@ -69,9 +69,10 @@ def heads(
     each with the `linear` and `mlp` models (`lightgbm` on request), plus one `temporal`
     candidate per task (a sequence model over each video's frames) on the first CNN
     backbone's embedding+logits (`temporal = false` in the config turns it off).
-    Writes runs/RUN/heads/TASK/CANDIDATE.joblib, runs/RUN/preds/TASK/CANDIDATE.parquet,
-    runs/RUN/heads/metrics.json and, last, runs/RUN/heads/run.json (what `blend` checks:
-    a run without it is unfinished), then prints the validation metrics.
+    Writes runs/RUN/heads/TASK/CANDIDATE.json (+ .safetensors arrays; never a pickle),
+    runs/RUN/preds/TASK/CANDIDATE.parquet, runs/RUN/heads/metrics.json and, last,
+    runs/RUN/heads/run.json (what `blend` checks: a run without it is unfinished), then
+    prints the validation metrics. Needs labelled validation rows (exit 2 without them).
     """
     from affectpipe.heads.training import train
 
