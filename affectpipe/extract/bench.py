@@ -260,6 +260,10 @@ def gpu_decode_rate(
     nvJPEG decoding (`torchvision.io.decode_jpeg(device="cuda")`) with an antialiased
     bilinear GPU resize; None on CPU or when this torchvision cannot decode on the GPU."""
     import torch
+
+    from affectpipe.extract.vision import check_torchvision
+
+    check_torchvision()
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
     from affectpipe.extract.backbones import get_backbone
