@@ -24,3 +24,7 @@ class AnnotationError(InputError):
         self.path = Path(path)
         self.line = line
         super().__init__(f"{self.path}:{line}: {message}")
+
+
+class NoValidationError(InputError):
+    """The dataset has no labelled validation rows to score heads and tune a blend on."""

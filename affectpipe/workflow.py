@@ -149,8 +149,8 @@ def run_pipeline(
     options: StageOptions | None = None,
 ) -> WorkflowResult:
     """Index `data_root` (if given), extract `backbones` (empty: the defaults), train the heads
-    and blend, passing `options` on to the stages. Each stage reuses what is cached and still
-    valid. Whether the blend wrote
+    and blend, passing `options` on to the stages. Index and extract reuse what is cached and
+    still valid; heads and blend always run. Whether the blend wrote
     the submission the test list asks for is in `result.blend.missing` (the CLI exits 1)."""
     paths = DatasetPaths.of(cache_dir, dataset)
     if data_root is not None and fmt is None:

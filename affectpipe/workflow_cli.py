@@ -76,7 +76,8 @@ def run(ctx: click.Context, config_path: Path | None, **given) -> None:
     Examples:
       pipeline run --dataset abaw7 --data data/abaw7 --format abaw-mtl --gpu 0
       pipeline run --config pipeline.toml --task expr
-    Every stage reuses valid cached results, so re-running after a change is cheap.
+    Index and extract reuse valid cached results (unchanged inputs are not redone), so
+    re-running after a change is cheap; heads retrain and blend re-tunes every time (seconds).
     Exits 0 only when the submission the test list asks for was written (see `blend`).
     """
     from affectpipe.workflow import StageOptions, load_run_config, run_pipeline

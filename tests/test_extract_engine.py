@@ -519,6 +519,16 @@ def test_bench_times_the_openface_descriptor(fixtures_dir: Path, tmp_path: Path)
     assert all(float(rate) > 0 for rate in cells[6:9])
 
 
+def test_bench_without_images_draws_its_own_faces(tiny: BackboneSpec) -> None:
+    """No --images: synthetic crops, so the bench runs outside the repository too."""
+    from affectpipe.extract.bench import BENCH_FACES
+
+    args = ["bench", "extract", "--repeat", "1", "--backbones", TINY, "--workers", "0"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"| {TINY} | cpu | 64 | 0 | {BENCH_FACES} | random-init |" in result.output
+
+
 def test_bench_without_images_asks_for_them(tmp_path: Path) -> None:
     args = ["bench", "extract", "--images", str(tmp_path / "nowhere")]
     result = CliRunner().invoke(cli, args, standalone_mode=False)

@@ -356,7 +356,7 @@ def test_seed_bagging_averages_seeds(cache: DatasetPaths) -> None:
 
 
 def test_example_config_loads() -> None:
-    example = Path(__file__).resolve().parents[1] / "affectpipe/heads/pipeline.example.toml"
+    example = Path(__file__).resolve().parents[1] / "docs/pipeline.example.toml"
     config = load_config(example)
     assert config.model_params("mlp", "expr")["focal_gamma"] == 0.0
     assert config.model_params("mlp", "va")["hidden"] == 128
@@ -366,6 +366,9 @@ def test_example_config_loads() -> None:
     assert config.candidates[1].features == FeatureSet(
         (("mt-emotieffnet", "embedding"), ("mt-emotieffnet", "logits"), ("ddamfn", "embedding"))
     )
+    from affectpipe.workflow import load_run_config  # the same file drives `pipeline run`
+
+    assert load_run_config(example)["dataset"] == "abaw7"
 
 
 def test_bad_config_names_the_file(tmp_path: Path) -> None:

@@ -81,12 +81,15 @@ def test_predict_reproduces_the_runs_own_test_predictions(trained: dict):
                      trained["plain"])
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_parquet(out)
-    assert list(table.columns) == ["source", "face_ok", "reason", "expression", *P_EXPR]
+    assert list(table.columns) == [
+        "source", "face_ok", "face_check", "reason", "expression", *P_EXPR
+    ]
     assert table["reason"].isna().all()
     assert [Path(s).name for s in table["source"]] == [
         f"photo_{i:03d}.jpg" for i in range(len(test))
     ]
     assert table["face_ok"].all()
+    assert (table["face_check"] == "crop-check").all()  # real crops pass the fast check
     expected = _expected_probabilities(cache, test["image"].tolist())
     np.testing.assert_allclose(table[P_EXPR].to_numpy(np.float64), expected, atol=1e-5)
     submitted = pd.read_csv(trained["root"] / "sub" / "EXPR_predictions.txt")
@@ -119,6 +122,7 @@ def test_a_corrupt_image_gives_a_row_without_a_face(trained: dict, tmp_path: Pat
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_csv(out)
     assert table["face_ok"].tolist() == [True, False]
+    assert table["face_check"].tolist() == ["crop-check", "none"]
     assert table["expression"].tolist()[1] == -1 and table.loc[1, P_EXPR].isna().all()
     assert pd.isna(table["reason"][0]) and table["reason"][1].startswith("undecodable")
 
@@ -146,6 +150,7 @@ def test_detect_finds_and_aligns_the_face_in_a_larger_frame(trained: dict, tmp_p
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_csv(out)
     assert table["face_ok"].tolist() == [True, True, False]
+    assert (table["face_check"] == "detection").all()
     probabilities = table[P_EXPR].to_numpy()
     np.testing.assert_allclose(probabilities[0], probabilities[1], atol=0.05)
     assert np.isnan(probabilities[2]).all() and table["expression"][2] == -1
@@ -153,16 +158,19 @@ def test_detect_finds_and_aligns_the_face_in_a_larger_frame(trained: dict, tmp_p
     pd.testing.assert_frame_equal(api, table, check_dtype=False)
 
 
-def _write_video(path: Path, images: list[Path], fps: int = 10) -> int:
+def _write_video(path: Path, images: list, fps: int = 10, size: tuple = (112, 112)) -> int:
+    """A video of `images` (paths or PIL images of `size`)."""
     import av
     from PIL import Image
 
     with av.open(str(path), "w") as container:
         stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 112, 112, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
         stream.options = {"qscale": "2"}
         for image in images:
-            frame = av.VideoFrame.from_image(Image.open(image).convert("RGB"))
+            if not isinstance(image, Image.Image):
+                image = Image.open(image)
+            frame = av.VideoFrame.from_image(image.convert("RGB"))
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return len(images)
@@ -179,8 +187,9 @@ def test_video_frames_are_subsampled_and_smoothed(trained: dict, tmp_path: Path)
                      "--every", "2", "--out", out, tmp_path / "clip.mp4")
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_csv(out)
-    assert table["frame"].tolist() == list(range(0, n, 2))
-    assert table["face_ok"].all()
+    assert table["frame"].tolist() == list(range(1, n + 1, 2))  # ABAW's frames start at 00001
+    np.testing.assert_allclose(table["timestamp"], (table["frame"] - 1) / 10, atol=1e-6)
+    assert table["face_ok"].all() and (table["face_check"] == "crop-check").all()
 
     # Smoothing: with a tuned window, each kept frame's probabilities are the mean over its
     # kept neighbours within the window (box kernel), computed here from unsmoothed outputs.
@@ -263,3 +272,52 @@ def test_detect_applies_the_exif_orientation(trained: dict, tmp_path: Path):
     run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces", "--detect",
             "--workers", "0", "--out", out, folder, check=True)
     assert pd.read_csv(out)["face_ok"].tolist() == [True]
+
+
+def test_face_ok_means_a_face_was_seen(trained: dict, tmp_path: Path):
+    """No input is taken on trust: a blank grey video and blank / noise images are
+    `face_ok=False` (whatever the heads would say), a real face pasted into a 320x240 webcam-
+    style frame is found by detection (not crop-shaped), and `--assume-aligned` skips the
+    check, saying so. The CLI and the API agree."""
+    from PIL import Image
+
+    from affectpipe import Predictor
+
+    grey = Image.new("RGB", (112, 112), (128, 128, 128))
+    _write_video(tmp_path / "blank.mp4", [grey] * 6)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    face = Image.open(sorted((trained["plain"] / "nested").iterdir())[0]).convert("RGB")
+    face.save(folder / "a_face.png")
+    grey.save(folder / "b_grey.png")
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "c_noise.png")
+    webcam = Image.new("RGB", (320, 240), (90, 100, 110))
+    webcam.paste(face.resize((150, 150)), (100, 50))
+    webcam.save(folder / "d_webcam.png")
+    out = tmp_path / "checked.csv"
+    result = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
+                     "--out", out, folder, tmp_path / "blank.mp4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = pd.read_csv(out)
+    images, video = table[table["frame"] == -1], table[table["frame"] >= 1]
+    assert images["timestamp"].isna().all()
+    assert images["face_ok"].tolist() == [True, False, False, True]
+    assert images["face_check"].tolist() == ["crop-check", "detection", "detection", "detection"]
+    assert len(video) == 6 and not video["face_ok"].any()
+    assert (video["face_check"] == "detection").all() and (video["expression"] == -1).all()
+    assert "10 rows (8 without a usable face)" in result.stdout
+    api = Predictor.load(trained["cache"], "faces").predict([folder, tmp_path / "blank.mp4"])
+    pd.testing.assert_frame_equal(api, table, check_dtype=False)
+
+    assumed = tmp_path / "assumed.csv"
+    run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
+            "--assume-aligned", "--out", assumed, folder, check=True)
+    table = pd.read_csv(assumed)
+    assert table["face_ok"].all() and (table["face_check"] == "assumed").all()
+
+    both = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
+                   "--assume-aligned", "--detect", "--out", assumed, folder)
+    assert both.returncode == 2 and "exclude each other" in both.stderr
+    assert "Traceback" not in both.stderr

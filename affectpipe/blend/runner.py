@@ -48,7 +48,8 @@ from affectpipe.blend.tuning import (
     tune_variants,
 )
 from affectpipe.config import BLEND_PREFER, DEFAULT_MAX_FILLED, DatasetPaths
-from affectpipe.errors import InputError
+from affectpipe.data.summary import no_validation_message
+from affectpipe.errors import InputError, NoValidationError
 from affectpipe.fsutil import file_lock, sha256_file, write_text_atomic
 from affectpipe.manifest import read_manifest, read_manifest_metadata
 from affectpipe.metrics import mtl_score
@@ -57,7 +58,7 @@ from affectpipe.schema import TASKS
 log = logging.getLogger(__name__)
 
 
-class NoValidationLabels(InputError):
+class NoValidationLabels(NoValidationError):
     """A task has predictions but no validation label to tune its blend on."""
 
 
@@ -764,6 +765,8 @@ def run(
     notes = [*notes, *([detected] if detected and not notes else [])]
     manifest = read_manifest(paths.manifest)
     metadata = read_manifest_metadata(paths.manifest)
+    if not (manifest["split"] == "val").any():
+        raise NoValidationError(no_validation_message(metadata))
     explicit = bool(tasks)
     tasks = list(tasks) if tasks else available_tasks(paths, run)
     if not tasks:

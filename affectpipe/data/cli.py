@@ -13,7 +13,8 @@ FORMAT_HELP = """\b
 Formats:
   abaw-mtl   s-Aff-Wild2 (ABAW3/4/7 MTL): training_set_annotations.txt,
              validation_set_annotations.txt, test list (MTL_Challenge_test_set_release.txt,
-             test_set_examples/MTL.txt or MTL.txt), images in cropped_aligned/ and
+             test_set_examples/MTL.txt, MTL.txt or
+             Multi_Task_Learning_Challenge_test_set_release.txt), images in cropped_aligned/ and
              test_data/ | mtl_test_data/ | testset/ cropped_aligned/.
   abaw-va, abaw-expr, abaw-au
              per-task Aff-Wild2 (ABAW3/5/6/8): <task folder>/Train_Set/*.txt and
@@ -28,6 +29,18 @@ Formats:
              default the CSV's folder or its images/ subfolder; absolute paths only with
              --allow-absolute-paths) and any of valence, arousal, expression, au1..au26,
              split, video, frame.
+  Per-task test lists (abaw-va/expr/au, abaw-tasks), the first found in the annotations
+  folder or its parent (abaw-va/expr/au: or --test-list FILE):
+    VA   test_set_examples/CVPR_6th_ABAW_VA_test_set_example.txt,
+         CVPR_5th_ABAW_VA_test_set_sample.txt,
+         Valence_Arousal_Estimation_Challenge_test_set_release.txt
+    EXPR test_set_examples/CVPR_6th_ABAW_Expr_test_set_example.txt,
+         CVPR_5th_ABAW_EXPR_test_set_sample.txt,
+         Expression_Classification_Challenge_test_set_release.txt
+    AU   test_set_examples/CVPR_6th_ABAW_AU_test_set_example.txt,
+         CVPR_5th_ABAW_AU_test_set_sample.txt,
+         Action_Unit_Detection_Challenge_test_set_release.txt
+  Without one, a task has no test rows (and no submission is asked for).
 
 Image keys that leave the image root (`../x.jpg`, absolute paths) are refused with FILE:LINE.
 """

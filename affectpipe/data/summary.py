@@ -56,7 +56,27 @@ def summarize(frame: pd.DataFrame, metadata: dict[str, Any]) -> str:
             f"{', trailing commas' if entry['trailing_comma'] else ''}){where}"
         )
     lines.extend(_test_images_warning(frame, metadata, listed))
+    if "val" not in rows_of:
+        lines.append("WARNING: " + no_validation_message(metadata))
     return "\n".join(lines)
+
+
+def no_validation_message(metadata: dict[str, Any], tasks: str = "") -> str:
+    """Why a dataset without validation rows cannot be scored or blended, and how to make
+    them; `index` warns with it, `heads` and `blend` refuse with it (NoValidationError)."""
+    name = metadata.get("dataset", "NAME")
+    head = (f"dataset {name!r} has no validation rows{' labelled for ' + tasks if tasks else ''}"
+            ": heads are scored and the blend is tuned on the val split.")
+    if metadata.get("format") != "csv":
+        return head + (" Index the validation annotations with the training ones (abaw-mtl:"
+                       " --val-file; per-task formats: the task's Validation_Set/ folder).")
+    table = (metadata.get("options") or {}).get("csv", "labels.csv")
+    return head + (
+        f" Re-index with a held-out share of whole videos: `pipeline index {table} --format csv"
+        f" --name {name} --val-fraction 0.2 --video-column COLUMN` (COLUMN groups the rows"
+        " that must stay together, e.g. a video or person id; default `video`, without one"
+        " each image is its own group), or add a `split` column (train/val/test) to the CSV."
+    )
 
 
 def _test_lists(metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:

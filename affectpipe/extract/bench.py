@@ -2,7 +2,9 @@
 
 The whole path is what `pipeline extract` does (decode in workers -> resize -> normalise ->
 forward -> committed chunks -> final file) on a temporary dataset made of a folder of face
-crops repeated (symlinked) to a few thousand images; on a GPU it is also timed under AMP.
+crops repeated (symlinked) to a few thousand images (without a folder: BENCH_FACES synthetic
+112 x 112 faces drawn as the demo draws them, since speed does not depend on what the crops
+show); on a GPU it is also timed under AMP.
 Forward only times the prepared model on a ready batch in three set-ups (fp32 NCHW, fp32
 channels-last, AMP channels-last). Decode times the input path alone: the CPU decode workers
 (decode + official resize) and, on a GPU, torchvision's batched nvJPEG decode with a GPU
@@ -33,13 +35,36 @@ from affectpipe.errors import AffectpipeError, InputError
 from affectpipe.manifest import empty_manifest, write_manifest
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+BENCH_FACES = 256  # synthetic crops drawn when no --images folder is given
 FORWARD_BATCHES = 5
 AMP_BENCH_DTYPE = "bf16"  # the AMP set-up timed (bf16: no overflow risk, native on A100/H100)
 
 
-def default_images_dir() -> Path:
-    """The shared bench crops next to the repository (``../shared/fixtures/images/bench112``)."""
-    return Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "images" / "bench112"
+def bench_folder(images_dir: Path | None, scratch: Path) -> Path:
+    """`images_dir`, checked; without one, BENCH_FACES synthetic face crops under `scratch`."""
+    if images_dir is None:
+        return _synthetic_faces(scratch / "synthetic-faces")
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise InputError(
+            f"no bench images at {images_dir}: pass --images DIR (a folder of 112x112 face crops)"
+        )
+    return images_dir
+
+
+def _synthetic_faces(folder: Path) -> Path:
+    from affectpipe.data.faces import Identity, draw_face
+    from affectpipe.data.synthetic import JPEG_QUALITY
+    from affectpipe.schema import AU_COLUMNS
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for i in range(BENCH_FACES):
+        au = {c: float(v) for c, v in zip(AU_COLUMNS, rng.uniform(0, 1, len(AU_COLUMNS)),
+                                          strict=True)}
+        image = draw_face(Identity.sample(rng), au, *rng.uniform(-1, 1, 2), rng)
+        image.save(folder / f"{i:03d}.jpg", quality=JPEG_QUALITY)
+    return folder
 
 
 @dataclass(frozen=True)
@@ -235,6 +260,10 @@ def gpu_decode_rate(
     nvJPEG decoding (`torchvision.io.decode_jpeg(device="cuda")`) with an antialiased
     bilinear GPU resize; None on CPU or when this torchvision cannot decode on the GPU."""
     import torch
+
+    from affectpipe.extract.vision import check_torchvision
+
+    check_torchvision()
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
     from affectpipe.extract.backbones import get_backbone
@@ -331,15 +360,11 @@ def run_bench(
     from affectpipe.extract import registry
     from affectpipe.extract.plan import resolve_backbone_weights
 
-    images_dir = Path(images_dir) if images_dir is not None else default_images_dir()
-    if not images_dir.is_dir():
-        raise InputError(
-            f"no bench images at {images_dir}: pass --images DIR (a folder of 112x112 face crops)"
-        )
     if repeat is None:
         repeat = 4 if device == "cpu" else 20
     rows = []
     with tempfile.TemporaryDirectory(prefix="affectpipe-bench-") as tmp:
+        images_dir = bench_folder(images_dir, Path(tmp))
         paths = make_bench_dataset(images_dir, repeat, Path(tmp))
         for backbone in backbones:
             descriptor = registry.get(backbone).kind == "descriptor"
@@ -461,6 +486,15 @@ def descriptor_scaling(
     a child process and does the real finalisation (sample fit, streamed projection, final
     file) on them. `end_to_end` images (repeated crops) also run the whole path for real.
     """
+    with tempfile.TemporaryDirectory(prefix="affectpipe-bench-faces-") as faces:
+        return _descriptor_scaling(counts, backbone, bench_folder(images_dir, Path(faces)),
+                                   end_to_end, workers, seed)
+
+
+def _descriptor_scaling(
+    counts: Sequence[int], backbone: str, images_dir: Path, end_to_end: int, workers: int,
+    seed: int,
+) -> list[ScalingRow]:
     from affectpipe.extract import DEFAULT_CHUNK_ROWS, read_manifest_view
     from affectpipe.extract import registry as backbones
     from affectpipe.extract.images import load_rgb
@@ -468,7 +502,6 @@ def descriptor_scaling(
     from affectpipe.extract.store import PartStore
     from affectpipe.features import read_feature_file
 
-    images_dir = Path(images_dir) if images_dir is not None else default_images_dir()
     files = bench_images(images_dir)
     descriptor = backbones.get(backbone, "descriptor").load()()
     base = np.stack([descriptor.describe(np.asarray(load_rgb(f)[0]))[0] for f in files])

@@ -39,6 +39,7 @@ class ManifestView:
     paths: list[str | None]  # absolute file of each distinct image (None: no image)
     train_mask: np.ndarray  # bool [N]: the image appears in a train row
     fingerprint: str  # sha256 of the image list (keys and whether each has a file)
+    train_fingerprint: str  # sha256 of train_mask: what a descriptor's fit on train rows saw
 
 
 def read_manifest_view(paths: DatasetPaths) -> ManifestView:
@@ -54,7 +55,8 @@ def read_manifest_view(paths: DatasetPaths) -> ManifestView:
     digest = hashlib.sha256()
     for image, file in zip(images, files, strict=True):
         digest.update(f"{image}\t{int(file is not None)}\n".encode())
-    return ManifestView(images, files, train_mask, digest.hexdigest())
+    train_digest = hashlib.sha256(np.packbits(train_mask).tobytes()).hexdigest()
+    return ManifestView(images, files, train_mask, digest.hexdigest(), train_digest)
 
 
 def shard_range(n_rows: int, shard: tuple[int, int] | None) -> tuple[int, int]:
@@ -168,7 +170,9 @@ def plan(
             targets.append(Target(name, "importer", path, identity, importer=entry.load()))
         elif entry.kind == "descriptor":
             descriptor = entry.load()()
-            identity = {**common, "backbone": name, "descriptor": describe_descriptor(descriptor)}
+            identity = {**common, "backbone": name, "descriptor": describe_descriptor(descriptor),
+                        # its projection is fitted on the train images: a new split refits it
+                        "train_images": view.train_fingerprint}
             targets.append(Target(name, "descriptor", path, identity, descriptor=descriptor))
         else:
             spec = get_backbone(name)

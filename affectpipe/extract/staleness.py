@@ -24,6 +24,7 @@ IDENTITY_KEYS = (
     "precision",
     "random_init",
     "descriptor",
+    "train_images",
     "openface_dir",
     "shard",
     "shard_rows",

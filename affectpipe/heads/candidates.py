@@ -4,7 +4,7 @@ A candidate's name is file-name safe: ``<feature-set slug>__<model>``, e.g.
 ``mt-emotieffnet.embedding+logits__mlp``. On the command line it can also be written
 ``mt-emotieffnet:embedding+logits/mlp``.
 
-Config file (``pipeline.toml``; every key optional, see ``pipeline.example.toml``)::
+Config file (``pipeline.toml``; every key optional, see ``docs/pipeline.example.toml``)::
 
     [heads]
     seed = 0              # base seed of every model

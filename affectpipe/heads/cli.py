@@ -30,7 +30,7 @@ from affectpipe.config import Settings
 )
 @config_option(
     "TOML file with a [heads] table: candidates and hyper-parameters "
-    "(see affectpipe/heads/pipeline.example.toml)."
+    "(see docs/pipeline.example.toml)."
 )
 @click.option(
     "--folds",
@@ -77,12 +77,13 @@ def heads(
     each with the `linear` and `mlp` models (`lightgbm` on request), plus one `temporal`
     candidate per task (a sequence model over each video's frames) on the first CNN
     backbone's embedding+logits (`temporal = false` in the config turns it off).
-    Writes runs/RUN/heads/TASK/CANDIDATE.json + .safetensors (the head) and
+    Writes runs/RUN/heads/TASK/CANDIDATE.json + .safetensors (the head; never a pickle) and
     runs/RUN/preds/TASK/CANDIDATE.parquet, then commits the candidate to the run's ledger,
     runs/RUN/heads/run.json; merges runs/RUN/heads/metrics.json and prints the validation
     metrics. A run is a ledger: running `heads` again with other candidates adds them (a
     candidate of the same name is replaced), and `blend` uses every committed candidate
-    whose inputs are current; `--fresh` starts the run over.
+    whose inputs are current; `--fresh` starts the run over. Needs labelled validation
+    rows (exit 2 without them).
     """
     from affectpipe.heads.training import train
 

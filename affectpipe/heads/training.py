@@ -51,7 +51,8 @@ from tqdm.auto import tqdm
 
 from affectpipe import __version__, predictions
 from affectpipe.config import DEFAULT_RUN, DatasetPaths
-from affectpipe.errors import InputError
+from affectpipe.data.summary import no_validation_message
+from affectpipe.errors import InputError, NoValidationError
 from affectpipe.fsutil import file_lock, write_text_atomic
 from affectpipe.heads.candidates import Candidate, load_config, select_candidates
 from affectpipe.heads.featuresets import (
@@ -66,7 +67,7 @@ from affectpipe.heads.preprocess import FeatureScaler
 from affectpipe.heads.regularisation import choose_regularisation
 from affectpipe.heads.tasks import TASK_DEFS, get_task
 from affectpipe.heads.temporal import fit_temporal_candidate, sequence_groups
-from affectpipe.manifest import read_manifest
+from affectpipe.manifest import read_manifest, read_manifest_metadata
 from affectpipe.schema import TASKS
 
 SCALER_SAMPLE_ROWS = 20000  # train rows the scaler / PCA is estimated on
@@ -511,17 +512,24 @@ def _merge_metrics(path: Path, results: Sequence[CandidateResult], run: str) -> 
 
 
 def trainable_tasks(
-    rows: Rows, requested: Sequence[str] | None, strict: bool
+    rows: Rows, requested: Sequence[str] | None, strict: bool, metadata: dict[str, Any]
 ) -> tuple[list[str], dict[str, str]]:
-    """Tasks with labelled train rows, and the reason each other task is skipped.
+    """Tasks with labelled train and validation rows, and the reason each other task is
+    skipped.
 
     A task asked for by name (`requested`) that has no labels is an InputError: the user
-    asked for something the data cannot give.
+    asked for something the data cannot give. Train labels without validation labels (for
+    the task asked for, or for every task) is a NoValidationError saying how to make them.
     """
     tasks, skipped = [], {}
-    train_split = rows.split == "train"
+    train_split, val_split = rows.split == "train", rows.split == "val"
+    no_val = []
     for name in requested or TASKS:
         n_labelled = int((rows.labels[name][1] & train_split).sum())
+        if n_labelled >= 2 and not (rows.labels[name][1] & val_split).any():
+            no_val.append(name)
+            skipped[name] = "no labelled validation rows"
+            continue
         if n_labelled >= 2:
             tasks.append(name)
             continue
@@ -531,6 +539,8 @@ def trainable_tasks(
         if requested:
             raise InputError(f"--task {name}: {reason} in the manifest, nothing to train")
         skipped[name] = reason
+    if no_val and (requested or not tasks):
+        raise NoValidationError(no_validation_message(metadata, ", ".join(no_val)))
     if not tasks:
         raise InputError(
             "nothing to train: "
@@ -577,7 +587,9 @@ def train(
     if workers > 1 and len(manifest) * (config.n_components or 0) >= PARALLEL_MIN_VALUES:
         start_fork_server()  # large enough for workers: their imports overlap the loading
     rows = Rows.of(manifest, TASKS, strict_labels)
-    task_names, skipped = trainable_tasks(rows, list(tasks) if tasks else None, strict_labels)
+    task_names, skipped = trainable_tasks(
+        rows, list(tasks) if tasks else None, strict_labels, read_manifest_metadata(paths.manifest)
+    )
     problems: list[str] = []
     backbones = available_backbones(paths, problems)
     chosen = select_candidates(

@@ -9,9 +9,11 @@ weights, checked by sha256; same decoding and preprocessing; the OpenFace-style 
 with its stored HOG PCA, never refitted), then the heads the run's blend weights, then the
 tuned blend through `affectpipe.blend.tuning.apply_tuned` (the function `pipeline blend` uses
 for its submission): weights, smoothing along the kept frames of each video, calibration /
-offsets / thresholds. Images are taken as aligned face crops unless `detect=True`.
-Image files are decoded (and faces detected) in `workers` DataLoader processes, with the
-extract stage's decoding (`DecodeDataset.sample`); video frames are decoded in this process.
+offsets / thresholds. Every image or frame is first checked for a face
+(`affectpipe.predict.faces`: the fast crop check, else detection and alignment; `detect=True`
+always detects, `assume_aligned=True` skips the check); the `face_check` column says which
+check decided. Image files are decoded (and checked) in `workers` DataLoader processes, with
+the extract stage's decoding (`DecodeDataset.sample`); video frames are decoded in this process.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import pandas as pd
 from affectpipe.config import DEFAULT_RUN, DatasetPaths
 from affectpipe.errors import InputError
 from affectpipe.extract.images import collate, die_with_parent, load_rgb
+from affectpipe.predict.faces import face_mode, find_face
 from affectpipe.predict.inputs import Frame, expand, is_video, video_frames
 from affectpipe.predict.runfiles import (
     BackboneRecord,
@@ -54,7 +57,8 @@ class Predictor:
     """Predictions of a trained run for new images and videos (see the module docstring).
 
     Parameters: `device` ("cpu", "cuda", "cuda:1"), `batch_size`, `detect` (find and align
-    the largest face of each frame first), `every` (keep every N-th video frame), `weights`
+    the largest face of each frame first), `assume_aligned` (take every image as an aligned
+    face crop: no face check), `every` (keep every N-th video frame), `weights`
     (backbone or weights name -> local weights file), `workers` (processes decoding image
     files while the models run; 0: in this process), `progress` (a frames/s bar).
     """
@@ -66,6 +70,7 @@ class Predictor:
         device: str = "cpu",
         batch_size: int = 32,
         detect: bool = False,
+        assume_aligned: bool = False,
         every: int = 1,
         weights: Mapping[str, Path] | None = None,
         workers: int = 0,
@@ -83,7 +88,7 @@ class Predictor:
         self.bundle = bundle
         self.device = device
         self.batch_size = batch_size
-        self.detect = detect
+        self.face_mode = face_mode(detect, assume_aligned)
         self.every = every
         self.weights = dict(weights or {})
         self.workers = workers
@@ -110,9 +115,10 @@ class Predictor:
         return list(self.bundle.tasks)
 
     def predict(self, inputs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
-        """One row per image / kept video frame: `source`, `frame` (when videos are given),
-        `face_ok`, `reason` (why a row has no usable face; empty where it has one), then the
-        run's task columns (see `columns`)."""
+        """One row per image / kept video frame: `source`, `frame` (1-based) and `timestamp`
+        (seconds) when videos are given, `face_ok`, `face_check` (which check decided it),
+        `reason` (why a row has no usable face; empty where it has one), then the run's task
+        columns (see `columns`)."""
         if isinstance(inputs, str | Path):
             inputs = [inputs]
         files = expand(inputs)
@@ -120,14 +126,16 @@ class Predictor:
         from tqdm.auto import tqdm
 
         bar = tqdm(desc="predict", unit="frame", disable=not self.progress)  # frames/s
-        sources, frame_numbers, blocks = [], [], []
+        sources, frame_numbers, times, checks, blocks = [], [], [], [], []
         with bar:
             for video, group in itertools.groupby(files, key=is_video):
-                for batch_sources, batch_frames, features in self._batches(engine, video, group):
-                    sources += batch_sources
-                    frame_numbers += batch_frames
+                for batch, features in self._batches(engine, video, group):
+                    sources += batch.sources
+                    frame_numbers += batch.frames
+                    times += batch.times
+                    checks += batch.checks
                     blocks.append(features)
-                    bar.update(len(batch_sources))
+                    bar.update(len(batch.sources))
         features = _Features(
             {b: {k: np.concatenate([x.arrays[b][k] for x in blocks]) for k in blocks[0].arrays[b]}
              for b in blocks[0].arrays},
@@ -138,7 +146,9 @@ class Predictor:
         frame_numbers = np.asarray(frame_numbers, dtype=np.int64)
         if any(is_video(f) for f in files):
             table["frame"] = frame_numbers
+            table["timestamp"] = np.asarray(times, dtype=np.float64)
         table["face_ok"] = features.ok
+        table["face_check"] = checks
         table["reason"] = pd.array(features.reasons, dtype="string")
         for plan in self.bundle.tasks.values():
             columns = _task_columns(plan, features, self.bundle.backbones, sources, frame_numbers)
@@ -148,36 +158,39 @@ class Predictor:
 
     def _batches(
         self, engine: _Engine, video: bool, files: Iterable[Path]
-    ) -> Iterator[tuple[list[str], list[int], _Features]]:
-        """(sources, frame numbers, features) per batch of consecutive image files or videos."""
+    ) -> Iterator[tuple[_Rows, _Features]]:
+        """(rows, features) per batch of consecutive image files or videos."""
         if video:
-            stream: Iterable[Frame] = (f for p in files for f in video_frames(p, self.every))
-            if self.detect:
-                stream = _detected(stream)
-            # Each frame is resized as soon as it is decoded: a batch holds model inputs,
-            # never batch_size full frames (an 8000x8000 video is 192 MB a frame).
-            prepared = ((f.source, f.frame, engine.dataset.sample(0, f.image, f.reason))
-                        for f in stream)
-            for batch in _batches(prepared, self.batch_size):
+            stream = (f for p in files for f in video_frames(p, self.every))
+
+            def prepared() -> Iterator[tuple[Frame, str, Any]]:
+                # Each frame is checked and resized as soon as it is decoded: a batch holds
+                # model inputs, never batch_size full frames (8000x8000 is 192 MB a frame).
+                for frame in stream:
+                    face = find_face(frame.image, self.face_mode, frame.reason)
+                    yield frame, face.check, engine.dataset.sample(0, face.image, face.reason)
+
+            for batch in _batches(prepared(), self.batch_size):
                 samples = [replace(s, index=i) for i, (_, _, s) in enumerate(batch)]
-                yield ([b[0] for b in batch], [b[1] for b in batch],
-                       engine.features(collate(samples)))
+                rows = _Rows([f.source for f, _, _ in batch], [f.frame for f, _, _ in batch],
+                             [f.time for f, _, _ in batch], [c for _, c, _ in batch])
+                yield rows, engine.features(collate(samples))
             return
         import torch
 
-        images = _ImageSamples([str(p) for p in files], engine.dataset, self.detect)
+        images = _ImageSamples([str(p) for p in files], engine.dataset, self.face_mode)
         loader = torch.utils.data.DataLoader(
             images,
             batch_size=self.batch_size,
             num_workers=self.workers,
-            collate_fn=collate,
+            collate_fn=_collate_checked,
             prefetch_factor=4 if self.workers else None,
             worker_init_fn=functools.partial(die_with_parent, os.getpid()),
         )
-        for batch in loader:
-            yield [images.paths[i] for i in batch.indices], [-1] * len(batch.indices), (
-                engine.features(batch)
-            )
+        for batch, checks in loader:
+            n = len(batch.indices)
+            rows = _Rows([images.paths[i] for i in batch.indices], [-1] * n, [np.nan] * n, checks)
+            yield rows, engine.features(batch)
 
     def _get_engine(self) -> _Engine:
         if self._engine is None:
@@ -186,38 +199,37 @@ class Predictor:
 
 
 @dataclass
+class _Rows:
+    """The output's leading columns for one batch (frame -1 and time NaN for image files)."""
+
+    sources: list[str]
+    frames: list[int]
+    times: list[float]
+    checks: list[str]
+
+
+@dataclass
 class _ImageSamples:
-    """Image files decoded as extraction decodes them (`load_rgb`, then `DecodeDataset.sample`),
-    faces detected first with `detect`; a DataLoader dataset, so this runs in its workers."""
+    """Image files decoded as extraction decodes them (`load_rgb`), checked for a face
+    (`find_face` under `face_mode`), then prepared by `DecodeDataset.sample`; a DataLoader
+    dataset, so this runs in its workers. An item is (sample, which check ran)."""
 
     paths: list[str]
     decode: Any  # DecodeDataset
-    detect: bool
+    face_mode: str
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, index: int) -> tuple[Any, str]:
         image, reason = load_rgb(self.paths[index], self.decode.draft_side)
-        if self.detect and image is not None:
-            from PIL import ImageOps
-
-            from affectpipe.predict.faces import detect_and_align
-
-            # A phone photo is stored sideways with an EXIF orientation: upright to detect.
-            image, reason = detect_and_align(ImageOps.exif_transpose(image))
-        return self.decode.sample(index, image, reason)
+        face = find_face(image, self.face_mode, reason)
+        return self.decode.sample(index, face.image, face.reason), face.check
 
 
-def _detected(stream: Iterable[Frame]) -> Iterator[Frame]:
-    from affectpipe.predict.faces import detect_and_align
-
-    for frame in stream:
-        if frame.image is None:
-            yield frame
-            continue
-        crop, reason = detect_and_align(frame.image)
-        yield Frame(frame.source, frame.frame, crop, reason)
+def _collate_checked(items: Sequence[tuple[Any, str]]) -> tuple[Any, list[str]]:
+    """`collate` for `_ImageSamples` items (module-level so worker processes can pickle it)."""
+    return collate([sample for sample, _ in items]), [check for _, check in items]
 
 
 def _batches(stream: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -38,7 +38,14 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
     type=click.Path(dir_okay=False, path_type=Path),
     help="Output table: FILE.csv or FILE.parquet.",
 )
-@click.option("--detect", is_flag=True, help="Find and align the largest face of each frame.")
+@click.option(
+    "--detect", is_flag=True,
+    help="Always find and align the largest face of each image or frame (raw frames).",
+)
+@click.option(
+    "--assume-aligned", "assume_aligned", is_flag=True,
+    help="Take every image as an aligned face crop: skip the face check (face_check=assumed).",
+)
 @click.option(
     "--every", type=click.IntRange(min=1), default=1, show_default=True,
     help="Keep every N-th video frame.",
@@ -56,6 +63,7 @@ def predict(
     from_run: Path | None,
     out: Path,
     detect: bool,
+    assume_aligned: bool,
     every: int,
     gpu: int | None,
     device: str | None,
@@ -65,6 +73,11 @@ def predict(
     progress: bool,
 ) -> None:
     """Apply a trained run to face crops, folders (recursive) or videos: one row per frame.
+
+    Every image or frame is checked for a face first: a face crop by a fast check, anything
+    else (or a crop that fails it) by detection and alignment. The `face_check` column says
+    which decided (crop-check, detection, assumed); `face_ok` is false where no face was seen.
+    Video rows carry `frame` (1-based, as ABAW's 00001.jpg) and `timestamp` (seconds).
 
     \b
     Examples:
@@ -86,6 +99,7 @@ def predict(
         "batch_size": batch_size,
         "workers": default_workers(device_name) if workers is None else workers,
         "detect": detect,
+        "assume_aligned": assume_aligned,
         "every": every,
         "weights": parse_weights_option(weights_items),
         "progress": progress,

@@ -1,22 +1,129 @@
-"""`--detect`: find the largest face of a frame and align it like ABAW's `cropped_aligned`.
+"""Is there a face? The check every prediction makes, and `--detect`'s find-and-align.
 
-dlib's frontal face detector (the one the OpenFace-style descriptor uses) finds faces; the
-largest box wins; its 68 landmarks are fitted and a similarity transform (rotation, uniform
-scale, translation; least squares on the rigid landmarks: eye corners, nose, ...) maps them
-onto the descriptor's reference face laid out in a 112 x 112 frame, the face's landmark
-extent filling `FACE_FRACTION` of it. The crop is resampled bilinearly in RGB.
+Three ways to treat an input image (`FACE_MODES`), each recorded in the output's
+`face_check` column:
+
+* `check` (default): a crop-shaped image (sides within `CROP_ASPECT`) gets the fast crop
+  check (`crop_has_face`) and, when it passes, goes to the backbones as it is
+  (`face_check = crop-check`). Anything else - a wide frame, or a crop the check rejects -
+  goes to detection (`face_check = detection`), which finds, aligns or rejects it.
+* `detect`: always detection (`--detect`): dlib's frontal face detector (the one the
+  OpenFace-style descriptor uses) finds faces, the largest box wins, its 68 landmarks are
+  fitted and a similarity transform (least squares on the rigid landmarks: eye corners,
+  nose, ...) maps them onto the descriptor's reference face in a 112 x 112 frame. The crop
+  is resampled bilinearly in RGB. A frame without a detection has no face (no fallback box).
+* `assume-aligned` (`--assume-aligned`): no check, the image is taken as an aligned face
+  (`face_check = assumed`), as ABAW's own `cropped_aligned` frames are by `pipeline extract`.
+
+The crop check: dlib's HOG detector misses tight crops (the face fills the frame and its
+80 px window wants context), so the crop is scaled to `CHECK_SIDE`, padded by repeating its
+edges, and scored by the detector on it and its mirror image (averaged: a face scores on
+both, a pattern that happens to look like one rarely does). Clear scores decide at once;
+the uncertain band between `REJECT_BELOW` and `ACCEPT_FROM` asks dlib's CNN face detector
+(MMOD, about 20x slower). Either detector's face must fill `MIN_FACE_FRACTION` of the crop.
+Measured on the 400 real photos of realfaces-smile (all pass) and blank, noise and non-face
+images (none pass): docs/benchmarks.md, "Face check".
 """
 
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image
+import functools
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+from PIL import Image, ImageOps
+
+from affectpipe.errors import InputError
 from affectpipe.extract.backbones import landmarks
 from affectpipe.extract.backbones.openface_geometry import RIGID_POINTS, similarity_transform
 from affectpipe.extract.backbones.openface_hog import ALIGNED_SIZE, reference_to_pixels
 
+FACE_MODES = ("check", "detect", "assume-aligned")
+CROP_CHECK, DETECTION, ASSUMED, NOT_RUN = "crop-check", "detection", "assumed", "none"
+
+CROP_ASPECT = 0.8  # shorter / longer side of an image treated as a face crop
+CHECK_SIDE = 112  # the crop's longer side for the check (ABAW's crops are 112 x 112)
+CHECK_PAD = 0.2  # edge padding on each side, as a fraction of CHECK_SIDE
+# Mean HOG detector score (crop and mirror): at or above ACCEPT_FROM a face, below
+# REJECT_BELOW none, in between the CNN detector decides. Real faces scored -0.64 at least,
+# the 700 non-face images at most -0.39 (docs/benchmarks.md, "Face check").
+ACCEPT_FROM = 0.0
+REJECT_BELOW = -1.5
+MIN_FACE_FRACTION = 0.5  # a detected face's box side / the crop's longer side
+
 _REFERENCE = reference_to_pixels()
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """What the backbones get for one image, which check ran, and why there is no face."""
+
+    image: Image.Image | None  # the crop to use; None: no face
+    check: str  # CROP_CHECK, DETECTION, ASSUMED, or NOT_RUN (no decoded image)
+    reason: str | None  # why `image` is None
+
+
+def face_mode(detect: bool, assume_aligned: bool) -> str:
+    """The mode of `--detect` / `--assume-aligned` (they exclude each other)."""
+    if detect and assume_aligned:
+        raise InputError("--detect and --assume-aligned exclude each other: give one")
+    return "detect" if detect else "assume-aligned" if assume_aligned else "check"
+
+
+def find_face(image: Image.Image | None, mode: str, reason: str | None = None) -> FaceResult:
+    """The face of a decoded image (None: not decoded, for `reason`) under `mode`."""
+    if image is None:
+        return FaceResult(None, NOT_RUN, reason)
+    if mode == "assume-aligned":
+        return FaceResult(image, ASSUMED, None)
+    # A phone photo is stored sideways with an EXIF orientation: upright before looking.
+    image = ImageOps.exif_transpose(image)
+    if mode == "check" and is_crop_shaped(image) and crop_has_face(image):
+        return FaceResult(image, CROP_CHECK, None)
+    crop, why = detect_and_align(image)
+    return FaceResult(crop, DETECTION, why)
+
+
+def is_crop_shaped(image: Image.Image) -> bool:
+    return min(image.size) >= CROP_ASPECT * max(image.size)
+
+
+def crop_has_face(image: Image.Image) -> bool:
+    """The fast check on a face crop (see the module docstring)."""
+    padded = _check_canvas(image)
+    min_side = MIN_FACE_FRACTION * CHECK_SIDE
+    scores = [_best_hog_score(np.ascontiguousarray(pixels), min_side)
+              for pixels in (padded, padded[:, ::-1])]
+    score = float(np.mean(scores))
+    if score >= ACCEPT_FROM:
+        return True
+    if score < REJECT_BELOW:
+        return False
+    return any(min(d.rect.width(), d.rect.height()) >= min_side
+               for d in _cnn_detector()(padded, 0))
+
+
+def _check_canvas(image: Image.Image) -> np.ndarray:
+    scale = CHECK_SIDE / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    pixels = np.asarray(image.convert("RGB").resize(size, Image.Resampling.BILINEAR))
+    pad = round(CHECK_PAD * CHECK_SIDE)
+    return np.ascontiguousarray(np.pad(pixels, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
+
+
+def _best_hog_score(pixels: np.ndarray, min_side: float) -> float:
+    boxes, scores, _ = landmarks.frontal_detector().run(pixels, 0, REJECT_BELOW - 1.0)
+    big = [s for b, s in zip(boxes, scores, strict=True)
+           if min(b.width(), b.height()) >= min_side]
+    return max(big, default=-np.inf)
+
+
+@functools.cache
+def _cnn_detector() -> Any:
+    import dlib
+
+    return dlib.cnn_face_detection_model_v1(str(landmarks.model_file(landmarks.CNN_DETECTOR_FILE)))
 
 
 def align(rgb: np.ndarray, points: np.ndarray) -> Image.Image:

@@ -1,16 +1,19 @@
 """What `predict` reads: image files, folders (recursive, sorted) and videos.
 
 `Predictor` decodes image files as extraction does (`load_rgb`); a video becomes a stream of
-`Frame`s, one per kept frame (`every` N-th, counted from the first). A file that cannot be
-decoded is a frame without an image (and a reason), never an exception: its row says
-`face_ok = false`."""
+`Frame`s, one per kept frame (`every` N-th, counted from the first). Frames are numbered from
+1, as ABAW numbers its `cropped_aligned` frames (00001.jpg is a video's first frame), and carry
+their presentation time in seconds. A file that cannot be decoded is a frame without an image
+(and a reason), never an exception: its row says `face_ok = false`."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -25,7 +28,8 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".m
 @dataclass(frozen=True)
 class Frame:
     source: str
-    frame: int | None  # 0-based index in its video (None for an image file)
+    frame: int  # 1-based number in its video (0: the video could not be opened)
+    time: float  # seconds from the video's start (NaN when unknown)
     image: Image.Image | None
     reason: str | None  # why `image` is None
 
@@ -74,12 +78,13 @@ def video_frames(path: Path, every: int = 1) -> Iterator[Frame]:
     except OSError as exc:
         kind = f"unreadable ({exc.strerror or exc})"
     if kind is not None:
-        yield Frame(str(path), 0, None, f"not a regular file ({kind})")
+        yield Frame(str(path), 0, math.nan, None, f"not a regular file ({kind})")
         return
     try:
         container = av.open(str(path))
     except Exception as exc:  # any demuxer error: an unusable input, not a crash
-        yield Frame(str(path), 0, None, f"undecodable video: {type(exc).__name__}: {exc}")
+        yield Frame(str(path), 0, math.nan, None,
+                    f"undecodable video: {type(exc).__name__}: {exc}")
         return
     with container:
         index = 0
@@ -90,11 +95,22 @@ def video_frames(path: Path, every: int = 1) -> Iterator[Frame]:
                 raise ValueError(f"{pixels} pixels a frame, over {MAX_DECODE_PIXELS}")
             for decoded in container.decode(stream):
                 if index % every == 0:
-                    yield Frame(str(path), index, to_rgb(decoded.to_image()), None)
+                    yield Frame(str(path), index + 1, _seconds(decoded, container),
+                                to_rgb(decoded.to_image()), None)
                 index += 1
         except Exception as exc:  # a damaged stream ends this video with one failed row
-            yield Frame(str(path), index, None, f"undecodable frame: {type(exc).__name__}: {exc}")
+            yield Frame(str(path), index + 1, math.nan, None,
+                        f"undecodable frame: {type(exc).__name__}: {exc}")
             return
     if index == 0:
-        yield Frame(str(path), 0, None, "a video without frames")
+        yield Frame(str(path), 0, math.nan, None, "a video without frames")
+
+
+def _seconds(decoded: Any, container: Any) -> float:
+    """A frame's presentation time from the video's first frame; NaN without timestamps."""
+    if decoded.time is None:
+        return math.nan
+    stream = container.streams.video[0]
+    start = stream.start_time * stream.time_base if stream.start_time is not None else 0
+    return float(decoded.time - start)
 

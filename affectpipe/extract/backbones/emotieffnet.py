@@ -25,12 +25,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
 from affectpipe.errors import InputError
 from affectpipe.extract.backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
+from affectpipe.extract.vision import import_timm
 from affectpipe.extract.weights import checkpoint_globals, load_checkpoint, state_dict_of
 
 # EmotiEffLib's 8-class order (alphabetical ImageFolder order of the training folders).
@@ -136,7 +136,7 @@ class TimmEmotionNet(nn.Module):
 
     def __init__(self, arch: str, num_outputs: int):
         super().__init__()
-        self.net = timm.create_model(arch, pretrained=False, num_classes=num_outputs)
+        self.net = import_timm().create_model(arch, pretrained=False, num_classes=num_outputs)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding = self.net.forward_head(self.net.forward_features(x), pre_logits=True)

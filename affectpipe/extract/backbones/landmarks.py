@@ -9,7 +9,7 @@ face detector. We try the detector first (upsampled once for small crops, where 
 below its 80 px minimum) and otherwise fit the landmarks inside a fixed box covering the
 crop, so every decodable image gets landmarks plus a fit-quality record instead of an error.
 
-The dlib models are loaded lazily, once per process (`_models`), so objects that use this
+The dlib models are loaded lazily, once per process, so objects that use this
 module stay cheap to pickle into worker processes.
 """
 
@@ -27,6 +27,7 @@ from affectpipe.errors import InputError
 
 N_POINTS = 68
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
+CNN_DETECTOR_FILE = "mmod_human_face_detector.dat"  # dlib's CNN face detector, same package
 
 # Landmark index of the mirror-image point (left <-> right of the face), for horizontal flips.
 MIRROR_68: tuple[int, ...] = (
@@ -67,7 +68,12 @@ class LandmarkFit:
 
 
 def predictor_path() -> Path:
-    """The 68-point model file shipped by `face-recognition-models`.
+    """The 68-point model file shipped by `face-recognition-models`."""
+    return model_file(PREDICTOR_FILE)
+
+
+def model_file(name: str) -> Path:
+    """A dlib model file shipped by `face-recognition-models`.
 
     Found without importing that package: its ``__init__`` needs ``pkg_resources``, which
     recent setuptools no longer provides.
@@ -75,20 +81,28 @@ def predictor_path() -> Path:
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise InputError(
-            "the built-in openface descriptor needs the dlib 68-point landmark model: "
+            "the face check and the built-in openface descriptor need dlib's models: "
             "pip install face-recognition-models"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / PREDICTOR_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / name
     if not path.exists():
-        raise InputError(f"dlib landmark model missing at {path}: reinstall the package")
+        raise InputError(f"dlib model missing at {path}: reinstall face-recognition-models")
     return path
 
 
 @functools.cache
-def _models() -> tuple[Any, Any]:
+def frontal_detector() -> Any:
+    """dlib's HOG frontal face detector, built once per process."""
     import dlib
 
-    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(predictor_path()))
+    return dlib.get_frontal_face_detector()
+
+
+@functools.cache
+def _shape_predictor() -> Any:
+    import dlib
+
+    return dlib.shape_predictor(str(predictor_path()))
 
 
 def _plausibility(points: np.ndarray, box_width: float) -> tuple[bool, float]:
@@ -107,7 +121,7 @@ def fit_landmarks(rgb: np.ndarray) -> LandmarkFit:
     """Fit 68 landmarks on an RGB uint8 image [H, W, 3] holding one (main) face."""
     import dlib
 
-    detector, predictor = _models()
+    detector, predictor = frontal_detector(), _shape_predictor()
     image = np.ascontiguousarray(rgb, dtype=np.uint8)
     height, width = image.shape[:2]
     upsample = 1 if min(height, width) < UPSAMPLE_BELOW else 0
