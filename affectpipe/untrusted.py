@@ -18,7 +18,7 @@ import functools
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,37 +66,36 @@ def limits() -> Limits:
 def read_json(path: str | Path, max_bytes: int | None = None) -> Any:
     """A JSON document from a regular file of at most `max_bytes` (default: the JSON cap),
     nested at most `Limits.json_depth` deep; InputError naming the file otherwise."""
-    caps = limits()
-    data = read_regular(path, caps.json_bytes if max_bytes is None else max_bytes)
-    try:
-        document = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: unreadable JSON (not UTF-8: byte {exc.start})") from None
-    except RecursionError:
-        raise InputError(f"{path}: JSON nested too deeply") from None
-    except ValueError as exc:
-        raise InputError(f"{path}: unreadable JSON ({exc})") from None
-    if _deeper_than(document, caps.json_depth):
-        raise InputError(f"{path}: JSON nested more than {caps.json_depth} levels deep")
-    return document
+    return _read_document(path, "JSON", json.loads, ValueError, max_bytes)
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     """A TOML document (a config) from a regular file, capped like `read_json`."""
     import tomllib
 
+    return _read_document(path, "TOML", tomllib.loads, tomllib.TOMLDecodeError, None)
+
+
+def _read_document(
+    path: str | Path,
+    kind: str,
+    parse: Callable[[str], Any],
+    parse_error: type[Exception],
+    max_bytes: int | None,
+) -> Any:
+    """`parse` of a regular file's UTF-8 text, with the size and depth caps of `limits`."""
     caps = limits()
-    data = read_regular(path, caps.json_bytes)
+    data = read_regular(path, caps.json_bytes if max_bytes is None else max_bytes)
     try:
-        document = tomllib.loads(data.decode("utf-8"))
+        document = parse(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not valid TOML (not UTF-8: byte {exc.start})") from None
+        raise InputError(f"{path}: unreadable {kind} (not UTF-8: byte {exc.start})") from None
     except RecursionError:
-        raise InputError(f"{path}: TOML nested too deeply") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: not valid TOML: {exc}") from None
+        raise InputError(f"{path}: {kind} nested too deeply") from None
+    except parse_error as exc:
+        raise InputError(f"{path}: unreadable {kind} ({exc})") from None
     if _deeper_than(document, caps.json_depth):
-        raise InputError(f"{path}: TOML nested more than {caps.json_depth} levels deep")
+        raise InputError(f"{path}: {kind} nested more than {caps.json_depth} levels deep")
     return document
 
 

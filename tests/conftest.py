@@ -13,6 +13,25 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AFFECTPIPE_SHARED", REPO.parent / "shared"))
 
 
+def photo_dataset(realfaces_dir: Path, root: Path, every: int):
+    """Every `every`-th person of realfaces-smile as a csv dataset in `root` (labels.csv and a
+    link to the images): people dealt train, val, train, test in turn; each image its own
+    "video" (photos: nothing to smooth); test rows unlabelled. Returns the table."""
+    import numpy as np
+    import pandas as pd
+
+    labels = pd.read_csv(realfaces_dir / "labels.csv")
+    people = np.array(sorted(labels["person"].unique()))[::every]
+    labels = labels[labels["person"].isin(people)]
+    role = {p: ("val" if i % 4 == 1 else "test" if i % 4 == 3 else "train")
+            for i, p in enumerate(people)}
+    table = labels.assign(split=labels["person"].map(role), video=labels["image"])
+    table.loc[table["split"] == "test", "expression"] = -1
+    table[["image", "expression", "split", "video"]].to_csv(root / "labels.csv", index=False)
+    os.symlink(realfaces_dir / "images", root / "images")
+    return table
+
+
 def require_shared() -> bool:
     """CI sets AFFECTPIPE_REQUIRE_SHARED=1: a missing ../shared is then a failure, not a skip."""
     return os.environ.get("AFFECTPIPE_REQUIRE_SHARED") == "1"

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import run_cli
+from conftest import photo_dataset, run_cli
 
 from affectpipe.pipeline import cli
 from affectpipe.schema import EXPR_NAMES
@@ -31,16 +31,9 @@ P_EXPR = [f"p_{name}" for name in EXPR_NAMES]
 @pytest.fixture(scope="module")
 def trained(realfaces_dir: Path, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("predict")
-    labels = pd.read_csv(realfaces_dir / "labels.csv")
-    people = np.array(sorted(labels["person"].unique()))[::2]  # about half: a quicker test
-    labels = labels[labels["person"].isin(people)]
-    role = {p: ("val" if i % 4 == 1 else "test" if i % 4 == 3 else "train")
-            for i, p in enumerate(people)}
-    # One "video" per image: the run's own test outputs are then unsmoothed, like photos.
-    table = labels.assign(split=labels["person"].map(role), video=labels["image"])
-    table.loc[table["split"] == "test", "expression"] = -1
-    table[["image", "expression", "split", "video"]].to_csv(root / "labels.csv", index=False)
-    os.symlink(realfaces_dir / "images", root / "images")
+    # About half the people (a quicker test); one "video" per image: the run's own test
+    # outputs are then unsmoothed, like photos.
+    table = photo_dataset(realfaces_dir, root, every=2)
     cache = root / "cache"
     common = ("--cache-dir", cache)
     # In process: the run is this module's input; what is tested here runs as subprocesses.

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import REPO, run_cli
+from conftest import REPO, photo_dataset, run_cli
 
 from affectpipe.pipeline import cli
 
@@ -57,15 +57,7 @@ def _sha(path: Path) -> str:
 @pytest.fixture(scope="module")
 def base(realfaces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("corpus")
-    labels = pd.read_csv(realfaces_dir / "labels.csv")
-    people = np.array(sorted(labels["person"].unique()))[::4]
-    labels = labels[labels["person"].isin(people)]
-    role = {p: ("val" if i % 4 == 1 else "test" if i % 4 == 3 else "train")
-            for i, p in enumerate(people)}
-    table = labels.assign(split=labels["person"].map(role), video=labels["image"])
-    table.loc[table["split"] == "test", "expression"] = -1
-    table[["image", "expression", "split", "video"]].to_csv(root / "labels.csv", index=False)
-    os.symlink(realfaces_dir / "images", root / "images")
+    table = photo_dataset(realfaces_dir, root, every=4)
     (root / "heads.toml").write_text(
         '[heads]\nmodels = ["linear", "lightgbm"]\ntemporal = false\n'
         "[heads.params.lightgbm]\nn_estimators = 5\nmin_data_in_leaf = 2\n"
