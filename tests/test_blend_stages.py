@@ -169,51 +169,54 @@ def test_report_has_stage_table_and_time_series_of_temporal_candidates(tmp_path)
 
 
 def test_every_stage_is_kept_only_when_the_crossfit_supports_it():
-    """The walk of `decide_stages`: smoothing whose tuned score rose but whose cross-fitted
-    score fell (the real-photos case) is dropped and the caller told to re-tune without
-    it, and so is one that only ties; a stage that wins is kept; later stages are not judged
-    on top of a dropped one."""
+    """`decide_stages` on crafted cross-fitted scores: the correction and smoothing are
+    judged as a pair (a combination with more stages must beat every simpler one), then
+    the optional stages over what is kept; ties show no gain."""
     from affectpipe.blend.synthetic import synthetic_task
-    from affectpipe.blend.tuning import decide_stages, fit_task
+    from affectpipe.blend.tuning import SMOOTHING_ALONE, decide_stages, fit_task
 
     data = synthetic_task("expr", n_rows=3000, n_videos=12, n_candidates=3, seed=1)
     fitted = fit_task(RULES, data.candidates, data.labels, data.order, BlendOptions(),
                       log_prior=log_prior(SKEW))
-    assert fitted.half_width > 0 and fitted.stage_scores["smoothing"] > fitted.stage_scores[
-        "offsets"]
-    scores = {"blend": 0.40, "offsets": 0.45, "smoothing": 0.42, "logit_adjustment": 0.5,
-              "gating": 0.5, "logit_adjustment+gating": 0.5}
-    _, dropped = decide_stages(RULES, fitted, BlendOptions(), scores, {})
-    assert dropped == "smoothing"
+
+    def decide(blend, offsets, alone, both, **optional):
+        scores = {"blend": blend, "offsets": offsets, SMOOTHING_ALONE: alone, "smoothing": both,
+                  "logit_adjustment": optional.get("adjusted", both),
+                  "gating": optional.get("gated", both),
+                  "logit_adjustment+gating": optional.get("adjusted", both)}
+        return decide_stages(RULES, fitted, BlendOptions(), scores, {})
+
+    # smoothing whose cross-fitted score fell (the real-photos case): dropped, re-tune
+    _, dropped = decide(0.40, 0.45, 0.41, 0.42)
+    assert dropped == ["smoothing"]
     assert fitted.decisions["offsets"]["kept"] and not fitted.decisions["smoothing"]["kept"]
-    assert "logit_adjustment" not in fitted.decisions  # judged again after the re-tune
-    scores["smoothing"] = 0.45  # a tie shows no gain
-    _, dropped = decide_stages(RULES, fitted, BlendOptions(), scores, {})
-    assert dropped == "smoothing"
-    scores["smoothing"] = 0.46
-    kept, dropped = decide_stages(RULES, fitted, BlendOptions(), scores, {})
-    assert dropped is None and kept.decisions["smoothing"]["kept"]
-    scores["offsets"] = 0.39
-    _, dropped = decide_stages(RULES, fitted, BlendOptions(), scores, {})
-    assert dropped == "correction"
+    assert "logit_adjustment" not in fitted.decisions  # judged after the re-tune
+    _, dropped = decide(0.40, 0.45, 0.41, 0.45)  # a tie shows no gain
+    assert dropped == ["smoothing"]
+    # offsets that lose on the raw mix but win on smoothed outputs stay (the demo's case)
+    kept, dropped = decide(0.40, 0.38, 0.42, 0.46)
+    assert dropped == [] and kept.decisions["offsets"]["kept"]
+    assert kept.decisions["offsets"]["without"] == 0.42  # judged against smoothing alone
+    _, dropped = decide(0.40, 0.38, 0.42, 0.42)
+    assert dropped == ["correction"]
+    _, dropped = decide(0.40, 0.39, 0.39, 0.40)
+    assert dropped == ["correction", "smoothing"]
+    # gating that does not raise the score over the kept stages goes, without a re-tune
+    kept, dropped = decide(0.40, 0.45, 0.43, 0.47, adjusted=0.47, gated=0.46)
+    assert dropped == [] and not kept.decisions["gating"]["kept"] and kept.gate is None
 
 
-def test_crossfit_drops_a_losing_correction_and_retunes_the_rest():
-    """VA on planted data: the calibration loses the cross-fit; the blend in
-    force is the one tuned without it (smoothing re-tuned on the uncalibrated mix)."""
-    from dataclasses import replace
-
+def test_a_correction_that_loses_on_the_raw_mix_but_wins_after_smoothing_is_kept():
+    """VA on planted data: the calibration alone cross-fits below the raw mix, but on the
+    smoothed mix it raises the cross-fitted score, so the pair keeps both."""
     from affectpipe.blend.synthetic import synthetic_task
-    from affectpipe.blend.tuning import fit_task
 
     rules = rules_for("va")
     data = synthetic_task("va", n_rows=3000, n_videos=12, n_candidates=4, seed=1)
     fitted, _ = tune_task(rules, data.candidates, data.labels, data.groups, data.frames,
                           BlendOptions(n_jobs=1))
-    calibration = fitted.decisions["calibration"]
-    assert not calibration["kept"] and calibration["crossfit"] < calibration["without"]
-    assert fitted.post == rules.identity_post()
-    assert fitted.decisions["smoothing"]["kept"] and fitted.half_width > 0
-    alone = fit_task(rules, data.candidates, data.labels, data.order,
-                     replace(BlendOptions(), correction=False))
-    assert (fitted.kernel, fitted.half_width) == (alone.kernel, alone.half_width)
+    assert fitted.crossfit_stage_scores["calibration"] < fitted.crossfit_stage_scores["blend"]
+    for stage in ("calibration", "smoothing"):
+        entry = fitted.decisions[stage]
+        assert entry["kept"] and entry["crossfit"] > entry["without"]
+    assert fitted.post != rules.identity_post() and fitted.half_width > 0

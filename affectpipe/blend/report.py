@@ -311,14 +311,15 @@ def _stage_table(task: str, outcome) -> str:
             kept = " ".join(filter(None, ["yes:", decision["why"], _stage_note(stage, fitted)]))
         else:
             kept = f"no: {decision['why']}"
-        if decision is not None and "crossfit" in decision:
-            tuned, crossfit = decision["tuned"], decision["crossfit"]
         rows.append([label, _num(tuned), _num(crossfit), html.escape(kept)])
     note = (
-        "<p><i>Each row adds its stage to the stages kept above it. Every stage is tuned "
-        "inside every fold and kept only when its cross-fitted score is higher than the "
-        "score without it; a dropped correction or smoothing stage is switched off and the stages "
-        "after it are tuned again without it.</i></p>"
+        "<p><i>Each row adds its stage to the rows above it, as tuned on every row (the "
+        "cross-fitted column tunes them inside every fold). A stage is kept only when the "
+        "pipeline with it cross-fits higher than without it; the correction and smoothing "
+        "are judged together (a correction can lose on the raw mix and win on smoothed "
+        "outputs), logit adjustment and gating each over what is kept before them. A "
+        "dropped correction or smoothing stage is switched off and the stages after it are "
+        "tuned again without it.</i></p>"
     )
     header = ["stage", "tuned (val)", "cross-fitted", "kept"]
     return _table(header, rows) + note

@@ -8,11 +8,13 @@ window, re-tuning the correction for each window (EXPR, whose offset search is t
 scores every window with the unsmoothed offsets and re-tunes them for the best few:
 `retune_windows`), then the optional EXPR stages of `blend.stages`.
 
-Every stage after the weights earns its place by cross-fitting (`decide_stages`): walking the
-chain in order, a stage stays only when the cross-fitted score with it is higher than the
-score of the stages kept before it. A correction or smoothing stage that loses is switched off and
-the stages after it are tuned again without it (they were tuned on its output); logit
-adjustment and gating are switched off without re-tuning. (The weights themselves are judged
+Every stage after the weights earns its place by cross-fitting (`decide_stages`): a stage
+stays only when the cross-fitted score with it is higher than without it. The correction and
+smoothing are judged as a pair (each fit also tunes a window without correction, so all four
+combinations are cross-fitted at once); logit adjustment and gating each over what is kept
+before it. A dropped correction or smoothing stage is switched off and the stages after it
+are tuned again without it (they were tuned on its output); logit adjustment and gating are
+switched off without re-tuning. (The weights themselves are judged
 against the best single candidate, in `blend.runner`.) Above `config.BLEND_SEARCH_ROWS`
 labelled rows, the searches score a systematic sample of them (`search_rows`).
 """
@@ -33,6 +35,7 @@ from affectpipe.blend.weights import greedy_weights, mix
 from affectpipe.config import BLEND_SEARCH_ROWS
 
 TOL = 1e-5
+SMOOTHING_ALONE = "smoothing without correction"  # a `stage_decisions` key
 # Validation rows above which the fits run in one process per usable core by default; below
 # it, starting the worker processes costs about as much as they save.
 PARALLEL_ROWS = 20_000
@@ -76,6 +79,8 @@ class TaskBlend:
     stage_scores: dict[str, float] = field(default_factory=dict)  # tuned, per table stage
     # The correction in force after each stage, so that a prefix of the stages can be applied.
     stage_posts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The smoothing window tuned without a correction (kernel, half-width), for the cross-fit.
+    alone_window: tuple[str, int] = (KERNELS[0], 0)
     log_prior: np.ndarray | None = None  # training label prior (EXPR logit adjustment)
     tuned_tau: float = 0.0  # the tuned logit adjustment (0: it did not help when tuned)
     tau: float = 0.0  # the one in force
@@ -221,10 +226,12 @@ def stage_decisions(
     blended = blend_values(rules, candidates, fitted.weights)
     smoothed = smooth(blended, order, fitted.kernel, fitted.half_width)
     posts = fitted.stage_posts
+    alone = smooth(blended, order, *fitted.alone_window)
     out = {
         "blend": rules.decide(blended, rules.identity_post()),
         rules.post_name: rules.decide(blended, posts[rules.post_name]),
         "smoothing": rules.decide(smoothed, posts["smoothing"]),
+        SMOOTHING_ALONE: rules.decide(alone, rules.identity_post()),
     }
     if rules.optional_stages:
         adjusted = adjust(smoothed, fitted.log_prior, fitted.tuned_tau)
@@ -299,6 +306,9 @@ def fit_task(
     post, best_score = tuned_post(blended[tune])
     unsmoothed_post = post
     kernel, half_width = KERNELS[0], 0
+    # The best window without any correction too, so that the cross-fit can judge the
+    # correction and smoothing each with and without the other (`decide_stages`).
+    alone_window, alone_score = (KERNELS[0], 0), search_score(blended[tune], identity)
     smoother = Smoother(blended, order)
     if options.smoothing:
         shortlist = rules.retune_windows
@@ -306,6 +316,9 @@ def fit_task(
         for trial_kernel in options.kernels:
             for trial_width in rules.windows[1:]:
                 values = smoother.at(trial_kernel, trial_width, tune)
+                trial = search_score(values, identity)
+                if trial > alone_score + TOL:
+                    alone_window, alone_score = (trial_kernel, trial_width), trial
                 if shortlist is None:
                     trial_post, trial = tuned_post(values)
                     if trial > best_score + TOL:
@@ -338,8 +351,12 @@ def fit_task(
         post,
         stages,
         stage_posts={rules.post_name: unsmoothed_post, "smoothing": post},
+        alone_window=alone_window,
         log_prior=log_prior,
-        variant_scores={"smoothing": stages["smoothing"]},
+        variant_scores={
+            "smoothing": stages["smoothing"],
+            SMOOTHING_ALONE: score(smoother(*alone_window), identity),
+        },
     )
     if not rules.optional_stages:
         return fitted
@@ -452,28 +469,12 @@ def _crossfit_fold(
     return stage_decisions(rules, fitted, candidates[:, held], order, held_sources)
 
 
-# The stages after the weights, in chain order, with the `BlendOptions` flag that turns each
-# off. A correction or smoothing stage that loses the cross-fit needs the stages after it
-# re-tuned; the optional stages are switched off in place (`TaskBlend.variant`).
-RETUNED_STAGES = ("correction", "smoothing")
-
-
-def _stage_chain(rules: TaskRules) -> list[tuple[str, str]]:
-    """(stage key in the stage table, its `BlendOptions` flag), in chain order."""
-    chain = [(rules.post_name, "correction"), ("smoothing", "smoothing")]
-    return chain + [(stage, stage) for stage in rules.optional_stages]
-
-
-def _active(rules: TaskRules, fitted: TaskBlend, stage: str, adjusted: bool) -> bool:
-    """Whether the stage tuned on every row does anything (else it is the identity there;
-    tuned inside a fold it may not be, so the cross-fit still judges it)."""
-    if stage == "smoothing":
-        return fitted.half_width > 0
+def _active(fitted: TaskBlend, stage: str, adjusted: bool) -> bool:
+    """Whether an optional stage tuned on every row does anything (else it is the identity
+    there; tuned inside a fold it may not be, so the cross-fit still judges it)."""
     if stage == "logit_adjustment":
         return fitted.tuned_tau != 0
-    if stage == "gating":
-        return fitted.gates.get(adjusted) is not None
-    return fitted.stage_posts[stage] != rules.identity_post()
+    return fitted.gates.get(adjusted) is not None
 
 
 def decide_stages(
@@ -482,49 +483,92 @@ def decide_stages(
     options: BlendOptions,
     scores: dict[str, float],
     earlier: dict[str, dict[str, Any]],
-) -> tuple[TaskBlend, str | None]:
-    """Walk the stage chain with the cross-fitted scores of every prefix (`scores`, keyed as
-    `stage_decisions`): a stage is kept when its score is higher than that of the stages kept
-    before it (a tie shows no gain, and the stage goes). Returns the blend with the decisions
-    recorded (`earlier`: those of previous rounds, for stages already switched off) and the
-    flag of the first correction or smoothing stage that lost (None when none did): the
-    caller re-tunes without it. A stage
-    is judged even when the fit on every row made it the identity: inside the folds it was
-    tuned too, and the cross-fitted scores measure the procedure, not one fit."""
-    decisions: dict[str, dict[str, Any]] = {}
-    before, adjusted = "blend", False
-    for stage, flag in _stage_chain(rules):
-        if stage in earlier:
-            decisions[stage] = earlier[stage]
-            continue
-        if not getattr(options, flag):
+) -> tuple[TaskBlend, list[str]]:
+    """Decide the stages from the cross-fitted scores of their combinations (`scores`, keyed
+    as `stage_decisions`); a stage stays only when it raises the cross-fitted score over the
+    same pipeline without it (a tie shows no gain, and the stage goes).
+
+    The correction and smoothing are judged together, as the combination of the two (none,
+    either, both) scoring best: a correction can lose on the raw mix and win on smoothed
+    outputs (EXPR offsets on the demo). A combination with more stages must beat every
+    simpler one. Then logit adjustment and gating, each over the stages kept before it.
+    Returns the blend with the decisions recorded (`earlier`: those of previous rounds, for
+    stages already switched off) and the flags of correction / smoothing stages to switch off
+    and re-tune without (empty when none). A stage is judged even where the fit on every row
+    made it the identity: inside the folds it was tuned too, and the cross-fitted scores
+    measure the procedure, not one fit."""
+    decisions: dict[str, dict[str, Any]] = dict(earlier)
+    dropped = _decide_correction_and_smoothing(rules, fitted, options, scores, decisions)
+    if dropped:
+        fitted.decisions = decisions
+        return fitted, dropped
+    before, adjusted = "smoothing", False  # the key of what is kept so far, in this round
+    for stage in rules.optional_stages:
+        if not getattr(options, stage):
             decisions[stage] = {"kept": False, "why": "switched off by an option"}
             continue
         key = variant_key(adjusted, True) if stage == "gating" else stage
-        entry = {
-            "tuned": fitted.variant_scores.get(key, fitted.stage_scores.get(stage)),
-            "crossfit": scores[key],
-            "without": scores[before],
-        }
-        kept = entry["crossfit"] > entry["without"] + TOL
-        why = (
-            f"cross-fitted {entry['crossfit']:.4f} "
-            + (">" if kept else "<=")
-            + f" {entry['without']:.4f} without it"
-        )
-        if not _active(rules, fitted, stage, adjusted):
-            why += "; tuned on every row it does nothing"
-        decisions[stage] = {**entry, "kept": kept, "why": why}
-        if kept:
-            before = key
-            adjusted = adjusted or stage == "logit_adjustment"
-        elif flag in RETUNED_STAGES:
-            fitted.decisions = decisions
-            return fitted, flag
+        entry = _judged(scores[key], scores[before], _active(fitted, stage, adjusted))
+        decisions[stage] = {"tuned": fitted.variant_scores[key], **entry}
+        if entry["kept"]:
+            before, adjusted = key, adjusted or stage == "logit_adjustment"
     if rules.optional_stages:
         fitted = fitted.variant(decisions["logit_adjustment"]["kept"], decisions["gating"]["kept"])
     fitted.decisions = decisions
-    return fitted, None
+    return fitted, []
+
+
+def _judged(crossfit: float, without: float, active: bool) -> dict[str, Any]:
+    kept = crossfit > without + TOL
+    why = f"cross-fitted {crossfit:.4f} {'>' if kept else '<='} {without:.4f} without it"
+    if not active:
+        why += "; tuned on every row it does nothing"
+    return {"crossfit": crossfit, "without": without, "kept": kept, "why": why}
+
+
+def _decide_correction_and_smoothing(
+    rules: TaskRules,
+    fitted: TaskBlend,
+    options: BlendOptions,
+    scores: dict[str, float],
+    decisions: dict[str, dict[str, Any]],
+) -> list[str]:
+    """Fill `decisions` for the correction and smoothing stages still in play (see
+    `decide_stages`); return the flags of those dropped."""
+    stages = (rules.post_name, "smoothing")
+    flags = ("correction", "smoothing")
+    live = [
+        stage not in decisions and getattr(options, flag)
+        for stage, flag in zip(stages, flags, strict=True)
+    ]
+    for stage, on in zip(stages, live, strict=True):
+        if not on and stage not in decisions:
+            decisions[stage] = {"kept": False, "why": "switched off by an option"}
+    # (correction, smoothing) in force -> the stage_decisions key of that pipeline
+    key_of = {
+        (False, False): "blend",
+        (True, False): rules.post_name,
+        (False, True): SMOOTHING_ALONE,
+        (True, True): "smoothing",
+    }
+    combos = [c for c in key_of if all(live[i] or not c[i] for i in range(2))]
+    best = combos[0]  # ordered by the number of stages: more must beat every simpler one
+    for combo in combos[1:]:
+        if scores[key_of[combo]] > scores[key_of[best]] + TOL:
+            best = combo
+    tuned = {**fitted.stage_scores, SMOOTHING_ALONE: fitted.variant_scores.get(SMOOTHING_ALONE)}
+    active = (fitted.stage_posts[rules.post_name] != rules.identity_post(), fitted.half_width > 0)
+    dropped = []
+    for i, (stage, flag) in enumerate(zip(stages, flags, strict=True)):
+        if not live[i]:
+            continue
+        on, off = list(best), list(best)
+        on[i], off[i] = True, False
+        entry = _judged(scores[key_of[tuple(on)]], scores[key_of[tuple(off)]], active[i])
+        decisions[stage] = {"tuned": tuned[key_of[tuple(on)]], **entry}
+        if not best[i]:
+            dropped.append(flag)
+    return dropped
 
 
 def _timed(func, *args):
@@ -575,7 +619,8 @@ def tune_variants(
     `n_jobs` processes, so that the workers stay busy until the last fit.
 
     A variant whose correction or smoothing stage loses the cross-fit (`decide_stages`) is
-    tuned again without it, in another round, until every stage left in force earns it."""
+    tuned again without it, in a second round, so that the stages after it are tuned on
+    what stays."""
     from joblib import Parallel, delayed
 
     shared = (rules, candidates, labels, groups, frames, log_prior, sources)
@@ -611,7 +656,7 @@ def tune_variants(
             fitted, crossfit, dropped = _with_crossfit(
                 rules, labels, fitted, held_out, fold_outputs, pending[key], earlier[key]
             )
-            if dropped is None:
+            if not dropped:
                 results[key] = (fitted, crossfit)
             else:
                 earlier[key] = {
@@ -619,7 +664,7 @@ def tune_variants(
                     for stage, entry in fitted.decisions.items()
                     if stage in earlier[key] or not entry["kept"]
                 }
-                retune[key] = replace(pending[key], **{dropped: False})
+                retune[key] = replace(pending[key], **dict.fromkeys(dropped, False))
         pending = retune
     return {key: results[key] for key in variants}
 
@@ -632,12 +677,12 @@ def _with_crossfit(
     fold_outputs: list[dict[str, np.ndarray]],
     options: BlendOptions,
     earlier: dict[str, dict[str, Any]],
-) -> tuple[TaskBlend, tuple[np.ndarray, int] | None, str | None]:
+) -> tuple[TaskBlend, tuple[np.ndarray, int] | None, list[str]]:
     """Pool the folds' decisions, score them, and decide the stages (`decide_stages`):
-    (the blend, its cross-fitted outputs with the fold count, the flag of a stage to re-tune
-    without or None). Without folds the stages stay as tuned."""
+    (the blend, its cross-fitted outputs with the fold count, the flags of stages to re-tune
+    without). Without folds the stages stay as tuned."""
     if not fold_outputs:
-        return fitted, None, None
+        return fitted, None, []
     outputs = {}
     for key, first in fold_outputs[0].items():
         outputs[key] = np.empty((len(labels),) + first.shape[1:], dtype=first.dtype)
@@ -645,7 +690,7 @@ def _with_crossfit(
             outputs[key][held] = decided[key]
     scores = {key: rules.score(labels, out) for key, out in outputs.items()}
     fitted, dropped = decide_stages(rules, fitted, options, scores, earlier)
-    if dropped is not None:
+    if dropped:
         return fitted, None, dropped
     final = "smoothing"
     if rules.optional_stages:
@@ -656,4 +701,4 @@ def _with_crossfit(
         fitted.stage_scores["gating"] = fitted.variant_scores[gate_key]
         final = variant_key(adjusted, decided["gating"]["kept"])
     fitted.crossfit_stage_scores = {key: scores[key] for key in fitted.stage_scores}
-    return fitted, (outputs[final], len(held_out)), None
+    return fitted, (outputs[final], len(held_out)), []
