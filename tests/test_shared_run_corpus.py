@@ -43,6 +43,11 @@ pytestmark = pytest.mark.slow
 LGB = "openface.embedding__lightgbm"
 LIN = "openface.embedding__linear"
 DRIVER_TIMEOUT = 900  # the whole corpus; each case also has its own 60 s alarm
+# What no case may exceed: the driver process's resident memory (torch, dlib and LightGBM
+# loaded take ~1 GB of it) and disk under its $TMPDIR (the real run is ~1 MB unpacked; the
+# crafted archives carry unlisted 2 GiB and sparse 200 GiB members that must never be written).
+PEAK_RSS_MB = 3072
+PEAK_TMP_MB = 64
 
 
 def _invoke(*args: Any) -> None:
@@ -531,7 +536,9 @@ def test_crafted_corpus_ends_in_exit_codes_never_crashes(base: dict[str, Path], 
 
     cases_file, results_file = tmp_path / "cases.json", tmp_path / "results.jsonl"
     cases_file.write_text(json.dumps(cases))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    scratch = tmp_path / "tmp"  # the driver's $TMPDIR, measured
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch), "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
     try:
         done = subprocess.run(
@@ -554,9 +561,15 @@ def test_crafted_corpus_ends_in_exit_codes_never_crashes(base: dict[str, Path], 
         elif expect != 0 and not result["stderr"].strip():
             wrong[name] = {"outcome": "refused without a message"}
     refused = sum(results[n]["code"] in (1, 2) for n in expected if n not in wrong)
+    peak_rss = max(r["peak_rss_mb"] for r in results.values())
+    peak_tmp = max(r["peak_tmp_mb"] for r in results.values())
     summary = (f"{len(expected)} tried, {refused} refused cleanly (exit 1/2 with a message), "
-               f"{len(expected) - refused - len(wrong)} accepted (exit 0), {len(wrong)} other")
+               f"{len(expected) - refused - len(wrong)} accepted (exit 0), {len(wrong)} other; "
+               f"peak RSS {peak_rss:.0f} MB, peak temporary disk {peak_tmp:.1f} MB")
     print(summary)
+    for name, result in results.items():
+        assert result["peak_rss_mb"] < PEAK_RSS_MB, (name, result["peak_rss_mb"])
+        assert result["peak_tmp_mb"] < PEAK_TMP_MB, (name, result["peak_tmp_mb"])
     assert not wrong, summary + "\n" + json.dumps(wrong, indent=1)[:20000]
 
     for name, (out, rows) in outputs.items():
