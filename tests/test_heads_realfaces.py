@@ -6,18 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from PIL import Image
 
 from affectpipe.config import DatasetPaths
+from affectpipe.extract.backbones import openface
 from affectpipe.features import write_feature_file
 from affectpipe.heads import train
 from affectpipe.manifest import empty_manifest, write_manifest
-
-openface = pytest.importorskip(
-    "affectpipe.extract.backbones.openface",
-    reason="OpenFaceDescriptor (engineer C) is not available yet",
-)
 
 
 def test_expr_heads_separate_smiles_on_held_out_people(realfaces_dir: Path, tmp_path: Path):
