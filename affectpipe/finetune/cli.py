@@ -129,7 +129,7 @@ def finetune(
     progress: bool,
 ) -> None:
     from affectpipe.extract.cli import default_workers
-    from affectpipe.finetune import finetune as run_finetune
+    from affectpipe.finetune.api import finetune as run_finetune
     from affectpipe.finetune.recipes import get_recipe
 
     recipe = get_recipe(recipe_name).with_options(
