@@ -206,7 +206,7 @@ def test_a_variant_flows_through_extract_heads_blend_predict_and_export(
     run_cli(*common, "extract", "-d", "faces", "--backbones", variant, "--workers", "0",
             env=env, check=True)  # fmt: skip
     heads = run_cli(*common, "heads", "-d", "faces", "--no-progress", env=env, check=True)
-    assert f"{variant}.logits__linear" in heads.stdout  # its task outputs are a candidate
+    assert f"{variant}.embedding+logits__linear" in heads.stdout  # task outputs as logits
     out = tmp_path / "submission"
     run_cli(*common, "blend", "-d", "faces", "--out", out, "--no-report", env=env, check=True)
     test = data["labels"][data["split"] == "test"]

@@ -39,7 +39,7 @@ from affectpipe.finetune.network import FinetuneNet, OutputLayout, build_network
 from affectpipe.finetune.recipes import Recipe
 from affectpipe.fsutil import atomic_path, file_lock, sha256_file, write_text_atomic
 from affectpipe.heads.models import _loss_fn, _outputs, _target_tensor
-from affectpipe.heads.tasks import Task, get_task
+from affectpipe.heads.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,6 @@ class Trainer:
         self.train_data, self.val_data = train, val
         self.device, self.seed, self.bag = device, seed, bag
         self.workers, self.progress = workers, progress
-        self.tasks: dict[str, Task] = {t: get_task(t) for t in layout.tasks}
         module.train().requires_grad_(True)
         channels = channels_of(spec, module, recipe.pool)
         with torch.random.fork_rng(devices=[]):
@@ -220,7 +219,6 @@ class Trainer:
         if recipe.balanced and "expr" in layout.tasks:
             self.positions = balanced_subset(train, _mix(seed, bag) % (1 << 32))
         batches = len(epoch_batches(self.positions, recipe.batch_size, seed, bag, 0))
-        self.steps_per_epoch = batches
         self.total_steps = recipe.epochs * batches
         if max_steps is not None:
             self.total_steps = min(self.total_steps, max_steps)
@@ -375,6 +373,7 @@ class Trainer:
         entry = {
             "epoch": epoch + 1,
             "steps": state["global_step"],
+            "full_epoch": state["step_in_epoch"] == len(batches),  # not cut by max_steps
             "train_loss": mean_loss,
             "train_seconds": state["epoch_train_seconds"],
             "eval_seconds": time.perf_counter() - evaluated,
@@ -547,7 +546,7 @@ def train_variant(
             workers=workers, max_steps=max_steps, progress=progress,
         )  # fmt: skip
         state = trainer.run(checkpoint, identity, checkpoint_every)
-        epochs = [h["train_seconds"] for h in state["history"] if h["train_seconds"] > 0]
+        epochs = [h["train_seconds"] for h in state["history"] if h["full_epoch"]]
         record = {
             "format": variants.RECORD_FORMAT,
             "name": name,
