@@ -6,6 +6,7 @@ The public API, loaded lazily so that ``import affectpipe`` (and the CLI's help)
 * `Predictor` - a trained run applied to new images, folders and videos (`predict.api`);
 * `index_dataset` - build a dataset's manifest (`data.index.index_dataset`);
 * `extract_features` - frozen backbones -> cached feature files (`extract.run`);
+* `finetune_backbone` - fine-tune a backbone into a variant ``BASE@NAME`` (`finetune.api.finetune`);
 * `train_heads` - train the heads of a run (`heads.training.train`);
 * `tune_blend` - tune the blend, write submissions and blend.json (`blend.runner.run`);
 * `load_features` - a feature set of a dataset as arrays beside its manifest
@@ -27,6 +28,7 @@ _EXPORTS = {
     "Predictor": ("affectpipe.predict.api", "Predictor"),
     "index_dataset": ("affectpipe.data.index", "index_dataset"),
     "extract_features": ("affectpipe.extract", "run"),
+    "finetune_backbone": ("affectpipe.finetune.api", "finetune"),
     "train_heads": ("affectpipe.heads.training", "train"),
     "tune_blend": ("affectpipe.blend.runner", "run"),
     "load_features": ("affectpipe.heads.featuresets", "feature_arrays"),

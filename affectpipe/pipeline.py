@@ -19,6 +19,7 @@ from affectpipe.data.cli import index
 from affectpipe.errors import AffectpipeError
 from affectpipe.extract.cli import extract, extract_bench
 from affectpipe.extract.weights_cli import weights
+from affectpipe.finetune.cli import finetune
 from affectpipe.heads.cli import heads, heads_bench
 from affectpipe.predict.cli import export_run, predict
 from affectpipe.workflow_cli import demo, run
@@ -58,7 +59,8 @@ def bench() -> None:
 
 
 for command in (
-    index, extract, weights, heads, blend, validate_submission, predict, export_run, run, demo
+    index, extract, weights, finetune, heads, blend, validate_submission, predict, export_run,
+    run, demo,
 ):
     cli.add_command(command)
 bench.add_command(extract_bench, "extract")

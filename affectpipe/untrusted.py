@@ -146,12 +146,12 @@ def check_schema(document: Any, schema: dict[str, Any], where: str | Path) -> No
 # Schema pieces shared by the run files and configs.
 FINITE = {"type": "number", "finite": True}
 SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
-# A file name part: letters, digits, '.', '_', '+', '-', never starting with '.' (so no '..').
-NAME = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", "maxLength": 200}
+# A file name part: letters, digits, '.', '_', '+', '@', '-', never starting with '.' (so no '..').
+NAME = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._+@-]*$", "maxLength": 200}
 # A relative POSIX path of such parts: never absolute, never climbing out with '..'.
 RELATIVE_PATH = {
     "type": "string",
-    "pattern": r"^[A-Za-z0-9][A-Za-z0-9._+-]*(/[A-Za-z0-9][A-Za-z0-9._+-]*)*$",
+    "pattern": r"^[A-Za-z0-9][A-Za-z0-9._+@-]*(/[A-Za-z0-9][A-Za-z0-9._+@-]*)*$",
     "maxLength": 1000,
 }
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The GPU checks in one go, in under 5 minutes on one GPU (issue 14):
+# The GPU checks in one go, in under 7 minutes on one GPU (issues 14, 24):
 #   1. parity on CUDA with AMP off against the shared fixtures' official outputs (<= 1e-3),
 #      through the local engine and through `--engine ray` (one GPU actor);
 #   2. the throughput table for docs/benchmarks.md: whole path fp32 and bf16, forward only in
-#      three set-ups, CPU decode workers and nvJPEG decode (`pipeline bench extract`).
+#      three set-ups, CPU decode workers and nvJPEG decode (`pipeline bench extract`);
+#   3. a short, timed `pipeline finetune` run of each recipe (issue 24): training images/s and
+#      epoch time, amp auto (bf16), batch 64, 30 steps each (`benchmarks/finetune_timing.py`).
 # Usage: benchmarks/gpu_check.sh [OUT_DIR]   (PYTHON, AFFECTPIPE_SHARED override the defaults)
 # Exit: 0 all checks passed, 1 a check failed, 2 no CUDA device / no fixtures.
 set -euo pipefail
@@ -39,5 +41,7 @@ timeout 240 "$PYTHON" -m affectpipe.pipeline bench extract --device cuda --repea
     --weights "mt-emotieffnet=$F/emotieffnet/enet_b0_8_va_mtl_calib.pt" \
     --weights "ddamfn=$F/ddamfn/ddamfn_affectnet8_calib.pth" \
     --json "$OUT/bench_cuda.json" | tee "$OUT/bench_cuda.md" || status=1
+timeout 240 "$PYTHON" benchmarks/finetune_timing.py "$SHARED" "$OUT/finetune" --device cuda \
+    --steps 30 --batch-size 64 | tee "$OUT/finetune_timing.md" || status=1
 echo "gpu_check: results in $OUT (exit $status)"
 exit "$status"

@@ -102,11 +102,29 @@ def unregister(name: str) -> None:
 
 
 def get(name: str, kind: str | None = None) -> Backbone:
-    """The backbone registered as `name` (of `kind`, when given); InputError otherwise."""
+    """The backbone registered as `name` (of `kind`, when given); InputError otherwise.
+
+    A fine-tuned variant ``BASE@RUN`` (`affectpipe.finetune.variants`) is registered on
+    first use from its record in the weights cache."""
     backbone = _REGISTRY.get(name)
+    if backbone is None and "@" in name:
+        from affectpipe.finetune.variants import variant_backbone
+
+        found = variant_backbone(name)
+        backbone = register(found) if found is not None else None
     if backbone is None or (kind is not None and backbone.kind != kind):
         known = ", ".join(names(kind))
-        raise InputError(f"unknown backbone {name!r}; known {kind or 'all'} backbones: {known}")
+        hint = ""
+        if "@" in name:
+            from affectpipe.finetune.variants import variants_dir
+
+            hint = (
+                f" (no fine-tuned variant of that name in {variants_dir()}: make it with "
+                "`pipeline finetune`, or copy its .json and .safetensors files there)"
+            )
+        raise InputError(
+            f"unknown backbone {name!r}{hint}; known {kind or 'all'} backbones: {known}"
+        )
     return backbone
 
 

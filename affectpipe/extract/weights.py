@@ -53,6 +53,10 @@ class ResolvedWeights:
 
 def get_weights_entry(name: str) -> WeightsEntry:
     """The entry called `name`, or the one of the backbone called `name`."""
+    if name not in WEIGHTS and "@" in name:  # a fine-tuned variant registers on first use
+        from affectpipe.extract import registry
+
+        registry.get(name)
     if name in WEIGHTS:
         return WEIGHTS[name]
     for entry in WEIGHTS.values():

@@ -36,7 +36,7 @@ from affectpipe.features import (
 )
 from affectpipe.heads.preprocess import FeatureScaler
 
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]*$")
 
 
 @dataclass(frozen=True)

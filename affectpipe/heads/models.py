@@ -58,16 +58,19 @@ def _to_numpy_state(module: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
 
 
-def _loss_fn(task: str, y: np.ndarray, focal_gamma: float, class_weighting: bool):
-    """The task's loss as f(outputs, target) with weights from the train labels."""
+def _loss_fn(
+    task: str, y: np.ndarray, focal_gamma: float, class_weighting: bool, device: Any = "cpu"
+):
+    """The task's loss as f(outputs, target) with weights from the train labels (as tensors
+    on `device`, where the outputs are)."""
     if task == "va":
         return lambda out, t: losses.ccc_loss(torch.tanh(out), t)
     if task == "expr":
         weights = class_weights(y) if class_weighting else np.ones(get_task(task).n_outputs)
-        w = torch.tensor(weights, dtype=torch.float32)
+        w = torch.tensor(weights, dtype=torch.float32, device=device)
         return lambda out, t: losses.expr_loss(out, t, w, focal_gamma)
     weights = pos_weights(y) if class_weighting else np.ones(y.shape[1])
-    pw = torch.tensor(weights, dtype=torch.float32)
+    pw = torch.tensor(weights, dtype=torch.float32, device=device)
     return lambda out, t: losses.au_loss(out, t, pw)
 
 

@@ -127,6 +127,10 @@ class DAN(nn.Module):
         self.fc = nn.Linear(EMBEDDING_DIM, num_classes)
         self.bn = nn.BatchNorm1d(num_classes)
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The ResNet-18 trunk's last map (N, 512, 7, 7), before the attention heads."""
+        return self.features(x)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         trunk = self.features(x)
         heads = torch.stack(

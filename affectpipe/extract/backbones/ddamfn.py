@@ -253,6 +253,10 @@ class DDAMFN(nn.Module):
         self.fc = nn.Linear(EMBEDDING_DIM, num_classes)
         self.bn = nn.BatchNorm1d(num_classes)  # in the official checkpoints, unused in forward
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's last map (N, 512, 7, 7), before the attention heads."""
+        return self.features(x)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         trunk = self.features(x)
         attention = self.cat_head0(trunk)

@@ -138,6 +138,10 @@ class TimmEmotionNet(nn.Module):
         super().__init__()
         self.net = import_timm().create_model(arch, pretrained=False, num_classes=num_outputs)
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last map before pooling (N, 1280, 7, 7) for B0 at 224."""
+        return self.net.forward_features(x)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding = self.net.forward_head(self.net.forward_features(x), pre_logits=True)
         return embedding, self.net.get_classifier()(embedding)

@@ -110,10 +110,14 @@ class MiniXception(nn.Module):
         )
         self.classifier = nn.Conv2d(BLOCK_WIDTHS[-1], num_classes, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last residual add (N, 128, 4, 4)."""
         x = F.relu_(self.bn1(self.conv1(x)))  # in place: each BN output is a fresh tensor
         x = F.relu_(self.bn2(self.conv2(x)))
-        hidden = self.blocks(x)
+        return self.blocks(x)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.feature_map(x)
         embedding = hidden.mean(dim=(2, 3))
         return embedding, self.classifier(hidden).mean(dim=(2, 3))
 
