@@ -293,7 +293,7 @@ def resolve_candidates(
                 f"none of the candidates {', '.join(names)} has predictions for task {task} "
                 f"in run {run!r} (available: {', '.join(p.stem for p in present) or 'none'})"
             )
-        problems: list[str] = []
+        problems: list[tuple[Path, str]] = []
     else:
         record = read_run_record(paths, run)
         listed = [] if record is None else list(record["candidates"].get(task, []))
@@ -318,11 +318,11 @@ def resolve_candidates(
     for path in chosen:
         problem = stale_inputs(path, paths, current)
         if problem:
-            problems.append(problem)
+            problems.append((path, problem))
     if problems:
-        refs = [(task, Path(p.split(" ", 1)[0]).stem) for p in problems]
+        refs = [(task, path.stem) for path, _ in problems]
         raise StaleRunError(
-            "; ".join(problems)
+            "; ".join(problem for _, problem in problems)
             + f". Retrain: {retrain_command(paths, run, refs)} (or start the run over with "
             f"`pipeline heads --dataset {paths.root.name} --run {run} --fresh`, or name the "
             "candidates to use)"
@@ -332,22 +332,25 @@ def resolve_candidates(
 
 def _committed(
     paths: DatasetPaths, run: str, task: str, record: dict[str, Any]
-) -> tuple[list[Path], list[str]]:
-    """The ledger's files for `task`, and a problem line (starting with the file's path) for
-    each one that is missing or was rewritten by an invocation that did not commit it."""
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The ledger's files for `task`, and (file, problem) for each one that is missing or
+    was rewritten by an invocation that did not commit it."""
     chosen, problems = [], []
     for name in record["candidates"][task]:
         path = paths.preds(run, task, name)
         committed_by = record["committed"][task][name]["invocation"]
         if not path.exists():
-            problems.append(f"{path} is committed in {run_record_path(paths, run)} but missing")
+            problems.append(
+                (path, f"{path} is committed in {run_record_path(paths, run)} but missing")
+            )
             continue
         written_by = read_prediction_metadata(path).get("invocation")
         if written_by != committed_by:
-            problems.append(
+            why = (
                 f"{path} was rewritten by a heads invocation that did not commit it "
                 f"({written_by or 'unrecorded'}; the ledger's is {committed_by}): half-written"
             )
+            problems.append((path, why))
             continue
         chosen.append(path)
     return chosen, problems
@@ -393,7 +396,7 @@ def stale_inputs(
     path: Path, paths: DatasetPaths, current: dict[str, str] | None = None
 ) -> str | None:
     """Why the file's recorded inputs are not the current manifest and feature files
-    (a sentence starting with the file's path), None when they are. `current` caches
+    (a sentence naming the file), None when they are. `current` caches
     fingerprints across calls (keys: "manifest", file paths)."""
     current = {} if current is None else current
     inputs = read_prediction_metadata(path).get("inputs")
