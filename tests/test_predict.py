@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from conftest import run_cli
 
 from affectpipe.pipeline import cli
+from affectpipe.predict.api import DETECTION_COLUMNS
 from affectpipe.schema import EXPR_NAMES
 
 pytestmark = pytest.mark.slow
@@ -82,8 +83,10 @@ def test_predict_reproduces_the_runs_own_test_predictions(trained: dict):
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_parquet(out)
     assert list(table.columns) == [
-        "source", "face_ok", "face_check", "reason", "expression", *P_EXPR
+        "source", "face_id", "face_ok", "face_check", "reason", *DETECTION_COLUMNS,
+        "expression", *P_EXPR,
     ]
+    assert (table["face_id"] == 0).all() and table[list(DETECTION_COLUMNS)].isna().all().all()
     assert table["reason"].isna().all()
     assert [Path(s).name for s in table["source"]] == [
         f"photo_{i:03d}.jpg" for i in range(len(test))

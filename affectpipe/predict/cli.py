@@ -40,7 +40,12 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
 )
 @click.option(
     "--detect", is_flag=True,
-    help="Always find and align the largest face of each image or frame (raw frames).",
+    help="Always find and align every face of each image or frame (raw frames).",
+)
+@click.option(
+    "--detector", default="mtcnn", show_default=True,
+    help="Face detector for --detect and for frames the crop check does not take: "
+         "mtcnn (CNN, 5 landmarks; weights fetched with pip) or dlib-hog.",
 )
 @click.option(
     "--assume-aligned", "assume_aligned", is_flag=True,
@@ -63,6 +68,7 @@ def predict(
     from_run: Path | None,
     out: Path,
     detect: bool,
+    detector: str,
     assume_aligned: bool,
     every: int,
     gpu: int | None,
@@ -75,9 +81,13 @@ def predict(
     """Apply a trained run to face crops, folders (recursive) or videos: one row per frame.
 
     Every image or frame is checked for a face first: a face crop by a fast check, anything
-    else (or a crop that fails it) by detection and alignment. The `face_check` column says
-    which decided (crop-check, detection, assumed); `face_ok` is false where no face was seen.
-    Video rows carry `frame` (1-based, as ABAW's 00001.jpg) and `timestamp` (seconds).
+    else (or a crop that fails it) by detection (--detector) and the ABAW 5-point alignment
+    to 112x112. The `face_check` column says which decided (crop-check, detection, assumed);
+    `face_ok` is false where no face was seen. Detection gives one row per face with its box
+    (box_x1..box_y2), 5 landmarks (left_eye_x..mouth_right_y) and det_score; `face_id` is the
+    face's track in a video (IoU + landmark distance), its rank by size in an image, -1
+    without a face. Video rows carry `frame` (1-based, as ABAW's 00001.jpg) and `timestamp`
+    (seconds).
 
     \b
     Examples:
@@ -99,6 +109,7 @@ def predict(
         "batch_size": batch_size,
         "workers": default_workers(device_name) if workers is None else workers,
         "detect": detect,
+        "detector": detector,
         "assume_aligned": assume_aligned,
         "every": every,
         "weights": parse_weights_option(weights_items),
