@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from affectpipe.errors import InputError
-from affectpipe.faces import registry
 from affectpipe.extract.backbones.openface_geometry import apply_transform
+from affectpipe.faces import registry
 from affectpipe.faces.align import ALIGNED_SIDE, TEMPLATE, align_face, alignment_matrix
 from affectpipe.faces.detection import Detection, box_iou
 from affectpipe.faces.tracking import Tracker
@@ -110,8 +110,8 @@ def test_alignment_puts_the_landmarks_on_the_template():
 
 def test_detected_faces_align_close_to_the_template(reference: dict, mtcnn_detector):
     """Re-detecting an aligned crop (padded back into a frame) finds its landmarks where the
-    alignment put them (within MTCNN's own few pixels of noise at 112); those sit within a few pixels of the template
-    (a similarity cannot fit a smile's wide mouth exactly)."""
+    alignment put them (within MTCNN's own few pixels of noise at 112); those sit within a
+    few pixels of the template (a similarity cannot fit a smile's wide mouth exactly)."""
     faces = mtcnn_detector.detect(_frames(reference, [7]))[0]
     frame = Image.fromarray(_frames(reference, [7])[0])
     for face in faces:
