@@ -15,7 +15,7 @@ from affectpipe.extract.backbones.openface_geometry import apply_transform
 from affectpipe.faces import registry
 from affectpipe.faces.align import ALIGNED_SIDE, TEMPLATE, align_face, alignment_matrix
 from affectpipe.faces.detection import Detection, box_iou
-from affectpipe.faces.tracking import Tracker
+from affectpipe.faces.tracking import Tracker, VideoFaces
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +155,33 @@ def test_dlib_hog_gives_five_points_in_the_same_order(reference: dict, mtcnn_det
     match = max(mine, key=lambda d: box_iou(d.box, big.box)[0, 0])
     side = big.box[2] - big.box[0]
     assert np.linalg.norm(match.points - big.points, axis=1).max() < 0.15 * side
+
+
+def test_video_faces_refine_between_full_detections(reference: dict, mtcnn_detector):
+    """redetect=4: one full detection, then three frames searched around the previous faces
+    (the same faces: IoU over 0.9 with a full detection's, landmarks within 5% of the box);
+    a lost face brings a full detection at once."""
+    frame = _frames(reference, [8])[0]
+    shifted = [np.roll(frame, 3 * k, axis=1) for k in range(5)]
+    calls = []
+
+    class Counting:
+        def detect(self, images):
+            calls.append(len(images))
+            return mtcnn_detector.detect(images)
+
+        def refine(self, images, previous):
+            return mtcnn_detector.refine(images, previous)
+
+    video = VideoFaces(lambda: Counting(), redetect=4)
+    found = video.detect(shifted)
+    assert calls == [1, 1]  # frames 1 and 5
+    full = mtcnn_detector.detect(shifted)
+    for mine, theirs in zip(found, full, strict=True):
+        assert len(mine) == len(theirs) == 3
+        for a, b in zip(mine, theirs, strict=True):
+            assert box_iou(a.box, b.box)[0, 0] > 0.9
+            side = b.box[2] - b.box[0]
+            assert np.linalg.norm(a.points - b.points, axis=1).max() < 0.05 * side
+    blank = np.full_like(frame, 128)
+    assert video.detect([blank]) == [[]] and calls == [1, 1, 1]

@@ -21,6 +21,9 @@ numerics, so its outputs match it (tests/test_faces.py, on ``shared/fixtures/mtc
 
 Points are (x, y) in image pixels: left eye, right eye, nose, left and right mouth corner (as
 seen in the image). Images of one size are detected as one batch on CPU or GPU.
+
+`refine` skips stage 1 for video: the previous frame's boxes are the candidates of stages 2
+and 3 (`affectpipe.faces.tracking.VideoFaces` decides when a full detection runs instead).
 """
 
 from __future__ import annotations
@@ -236,9 +239,27 @@ class MTCNN:
                 found[indices[k]] = faces
         return found
 
-    def _detect_batch(self, batch: np.ndarray) -> list[list[Detection]]:
+    @torch.inference_mode()
+    def refine(
+        self, images: Sequence[np.ndarray], previous: Sequence[Sequence[Detection]]
+    ) -> list[list[Detection]]:
+        """The faces of each image searched only around `previous` (faces of the frame
+        before): their boxes, squared, are the candidates of stages 2 and 3 (no P-Net, so a
+        face that was not in `previous` is not found)."""
+        found: list[list[Detection]] = []
+        for image, faces in zip(images, previous, strict=True):
+            batch = np.asarray(image, dtype=np.uint8)[None]
+            boxes = torch.tensor(np.array([f.box for f in faces], np.float32).reshape(-1, 4),
+                                 device=self.device)
+            owners = torch.zeros(len(boxes), dtype=torch.long, device=self.device)
+            found += self._detect_batch(batch, (_square(boxes), owners))
+        return found
+
+    def _detect_batch(
+        self, batch: np.ndarray, candidates: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> list[list[Detection]]:
         images = torch.as_tensor(batch, device=self.device).permute(0, 3, 1, 2).float()
-        boxes, owners = self._propose(images)
+        boxes, owners = self._propose(images) if candidates is None else candidates
         boxes, scores, owners = self._refine(images, boxes, owners)
         boxes, scores, owners, points = self._output(images, boxes, scores, owners)
         results: list[list[Detection]] = [[] for _ in range(len(batch))]

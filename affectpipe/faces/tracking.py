@@ -7,16 +7,22 @@ its IoU is at least `min_iou` or its landmark distance is below `max_point_shift
 (a fast move of a face that keeps its shape). An unmatched detection starts a new track.
 A face that leaves for longer than `max_gap` frames and returns gets a new id: there is no
 re-identification by appearance.
+
+`VideoFaces` is the detector of one video's frames: a full detection every `redetect`-th
+frame, and in between, with a detector that can (`refine`, e.g. MTCNN's R- and O-Nets on the
+previous boxes), only a search around the previous frame's faces, which is several times
+faster; a full detection also runs on any frame where a face was lost or none was seen.
+A face that enters while others are tracked is found at the next full detection.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from affectpipe.faces.detection import Detection, box_iou
+from affectpipe.faces.detection import Detection, FaceDetector, box_iou
 
 MIN_IOU = 0.3
 MAX_POINT_SHIFT = 0.6
@@ -76,3 +82,31 @@ class Tracker:
                           for d in detections]) / sides
         allowed = (iou >= self.min_iou) | (shift < self.max_point_shift)
         return np.where(allowed, 1.0 - iou + shift, np.inf)
+
+
+class VideoFaces:
+    """A detector for the frames of one video, in order (see the module docstring)."""
+
+    def __init__(self, load: Callable[[], FaceDetector], redetect: int = 1) -> None:
+        self.load = load  # called at the first detection (a video may need none)
+        self.redetect = redetect
+        self._previous: list[Detection] = []
+        self._since = 0
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        detector = self.load()
+        refine = getattr(detector, "refine", None)
+        if self.redetect <= 1 or refine is None:
+            return detector.detect(images)
+        found = []
+        for image in images:
+            faces: list[Detection] = []
+            if self._previous and self._since < self.redetect - 1:
+                faces = refine([image], [self._previous])[0]
+                self._since += 1
+            if len(faces) < len(self._previous) or not faces:
+                faces = detector.detect([image])[0]
+                self._since = 0
+            self._previous = faces
+            found.append(faces)
+        return found

@@ -36,7 +36,7 @@ from affectpipe.config import DEFAULT_RUN, DatasetPaths
 from affectpipe.errors import InputError
 from affectpipe.extract.images import collate, die_with_parent, load_rgb
 from affectpipe.faces.detection import POINT_NAMES, Detection
-from affectpipe.faces.tracking import Tracker
+from affectpipe.faces.tracking import Tracker, VideoFaces
 from affectpipe.predict.faces import DetectorChoice, FaceResult, face_mode, find_faces
 from affectpipe.predict.inputs import expand, is_video, video_frames
 from affectpipe.predict.runfiles import (
@@ -64,7 +64,9 @@ class Predictor:
     Parameters: `device` ("cpu", "cuda", "cuda:1"), `batch_size`, `detect` (find and align
     every face of each frame first), `detector` (a registered face detector:
     `affectpipe.faces.registry.names()`), `assume_aligned` (take every image as an aligned
-    face crop: no face check), `every` (keep every N-th video frame), `weights`
+    face crop: no face check), `every` (keep every N-th video frame), `redetect` (in videos,
+    a full detection every N-th kept frame, in between a search around the previous faces:
+    `affectpipe.faces.tracking.VideoFaces`), `weights`
     (backbone, detector net or weights name -> local weights file), `workers` (processes
     decoding image files while the models run; 0: in this process), `progress` (a frames/s
     bar).
@@ -80,12 +82,14 @@ class Predictor:
         detector: str = "mtcnn",
         assume_aligned: bool = False,
         every: int = 1,
+        redetect: int = 1,
         weights: Mapping[str, Path] | None = None,
         workers: int = 0,
         progress: bool = False,
     ) -> None:
-        if every < 1 or batch_size < 1 or workers < 0:
-            raise InputError("every and batch_size must be at least 1, workers at least 0")
+        if every < 1 or batch_size < 1 or redetect < 1 or workers < 0:
+            raise InputError("every, redetect and batch_size must be at least 1, workers at "
+                             "least 0")
         for task, plan in bundle.tasks.items():
             for head in plan.heads:
                 if getattr(head.model, "sequence_input", False):
@@ -99,6 +103,7 @@ class Predictor:
         self.face_mode = face_mode(detect, assume_aligned)
         self.detector = DetectorChoice.of(detector, device, weights)
         self.every = every
+        self.redetect = redetect
         self.weights = dict(weights or {})
         self.workers = workers
         self.progress = progress
@@ -206,10 +211,10 @@ class Predictor:
         """(frame, face_id, face) for every face of every kept frame of each video; frames
         are detected in groups (one batch on `device`) and each video's faces tracked."""
         for path in files:
-            tracker = Tracker()
+            tracker, detector = Tracker(), VideoFaces(self.detector.load, self.redetect)
             for frames in _pixel_batches(video_frames(path, self.every), self.batch_size):
                 found = find_faces([f.image for f in frames], [f.reason for f in frames],
-                                   self.face_mode, self.detector)
+                                   self.face_mode, detector)
                 for frame, faces in zip(frames, found, strict=True):
                     tracked = [f for f in faces if f.detection is not None]
                     ids = iter(tracker.update([f.detection for f in tracked]))

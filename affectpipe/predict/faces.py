@@ -76,7 +76,7 @@ def find_faces(
     images: Sequence[Image.Image | None],
     reasons: Sequence[str | None],
     mode: str,
-    detector: DetectorChoice,
+    detector: FaceDetector,
 ) -> list[list[FaceResult]]:
     """The faces of each decoded image (None: not decoded, for its reason) under `mode`: one
     result per face found (largest first), or one result without a face. The images that
@@ -96,7 +96,7 @@ def find_faces(
             else:
                 pending.append((i, image.convert("RGB")))
     if pending:
-        found = detector.load().detect([np.asarray(image) for _, image in pending])
+        found = detector.detect([np.asarray(image) for _, image in pending])
         for (i, image), faces in zip(pending, found, strict=True):
             results[i] = [FaceResult(align_face(image, d.points), DETECTION, None, d)
                           for d in faces] or [FaceResult(None, DETECTION, "no face detected")]
@@ -122,6 +122,10 @@ class DetectorChoice:
 
     def load(self) -> FaceDetector:
         return _load(self)
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """The loaded detector's `detect` (so a choice is a FaceDetector, loaded on use)."""
+        return self.load().detect(images)
 
 
 @functools.cache
