@@ -385,9 +385,24 @@ def test_a_two_person_video_gives_two_tracks(trained: dict, tmp_path: Path):
     _write_video(tmp_path / "two.mp4", _raw_frames([pair] * 8, corners, side=140),
                  size=(640, 480))
     out = tmp_path / "two.csv"
-    run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces", "--detect",
-            "--out", out, tmp_path / "two.mp4", check=True)
-    table = pd.read_csv(out)
+    (tmp_path / "again").mkdir()
+    shutil.copyfile(tmp_path / "two.mp4", tmp_path / "again" / "two.mp4")
+    result = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
+                     "--detect", "--out", out, "--per-video", tmp_path / "csv", "--plot",
+                     tmp_path / "html", tmp_path / "two.mp4", tmp_path / "again" / "two.mp4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    both = pd.read_csv(out)
+    table = both[both["source"] == str(tmp_path / "two.mp4")].reset_index(drop=True)
+    # One CSV per video (the second of the same name numbered), without the source column.
+    assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == ["two.csv", "two_2.csv"]
+    per_video = pd.read_csv(tmp_path / "csv" / "two.csv")
+    pd.testing.assert_frame_equal(
+        per_video, table.drop(columns="source").sort_values(["frame", "face_id"],
+                                                            ignore_index=True))
+    page = (tmp_path / "html" / "two.html").read_text()
+    assert page.count("data:image/jpeg;base64,") == 2  # a thumbnail per track
+    assert "face_id 0: frames 1-8" in page and "face_id 1: frames 1-8" in page
+    assert "<h2>Expression</h2>" in page and "Valence" not in page  # an expr-only run
     assert len(table) == 16 and table["face_ok"].all()
     assert table.groupby("frame").size().eq(2).all()
     assert sorted(table["face_id"].unique()) == [0, 1]

@@ -248,7 +248,7 @@ class MTCNN:
         face that was not in `previous` is not found)."""
         found: list[list[Detection]] = []
         for image, faces in zip(images, previous, strict=True):
-            batch = np.asarray(image, dtype=np.uint8)[None]
+            batch = np.array(image, dtype=np.uint8)[None]  # a writable copy for torch
             boxes = torch.tensor(np.array([f.box for f in faces], np.float32).reshape(-1, 4),
                                  device=self.device)
             owners = torch.zeros(len(boxes), dtype=torch.long, device=self.device)

@@ -108,6 +108,9 @@ class Predictor:
         self.workers = workers
         self.progress = progress
         self._engine: _Engine | None = None
+        # The first face crop of each video track of the last `predict` ((source, face_id) ->
+        # aligned crop): the thumbnails of `--plot`.
+        self.thumbnails: dict[tuple[str, int], Any] = {}
 
     @classmethod
     def load(
@@ -139,6 +142,7 @@ class Predictor:
             inputs = [inputs]
         files = expand(inputs)
         engine = self._get_engine()
+        self.thumbnails = {}
         from tqdm.auto import tqdm
 
         bar = tqdm(desc="predict", unit="frame", disable=not self.progress)  # frames/s
@@ -221,6 +225,8 @@ class Predictor:
                     for face in faces:
                         face_id = next(ids) if face.detection is not None else (
                             0 if face.image is not None else -1)
+                        if face.image is not None:
+                            self.thumbnails.setdefault((str(path), face_id), face.image)
                         yield frame, face_id, face
 
     def _get_engine(self) -> _Engine:

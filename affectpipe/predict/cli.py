@@ -61,6 +61,15 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
     "--every", type=click.IntRange(min=1), default=1, show_default=True,
     help="Keep every N-th video frame.",
 )
+@click.option(
+    "--per-video", "per_video", type=click.Path(file_okay=False, path_type=Path),
+    help="Also write one CSV per video into this folder (its rows by frame and face_id).",
+)
+@click.option(
+    "--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path),
+    help="Also write one HTML page per video into this folder: valence/arousal curves, "
+         "expression strip, AU activations over time and a thumbnail of each track.",
+)
 @with_device_options
 @workers_option
 @weights_option()
@@ -78,6 +87,8 @@ def predict(
     assume_aligned: bool,
     every: int,
     redetect: int,
+    per_video: Path | None,
+    plot_dir: Path | None,
     gpu: int | None,
     device: str | None,
     batch_size: int,
@@ -100,6 +111,7 @@ def predict(
     Examples:
       pipeline predict --dataset faces --out preds.csv photos/
       pipeline predict --from-run run.tar.gz --detect --every 5 --out clip.parquet clip.mp4
+      pipeline predict --dataset faces --out all.csv --per-video csv/ --plot html/ clips/
     """
     if (dataset is None) == (from_run is None):
         raise InputError("give either --dataset (with --run) or --from-run")
@@ -131,6 +143,13 @@ def predict(
     write_table(table, out)
     failed = int((~table["face_ok"]).sum())
     click.echo(f"{len(table)} rows ({failed} without a usable face) -> {out}")
+    from affectpipe.predict.pervideo import write_per_video, write_plots
+
+    if per_video is not None:
+        click.echo(f"{len(write_per_video(table, per_video))} per-video CSV files -> {per_video}")
+    if plot_dir is not None:
+        pages = write_plots(table, predictor.thumbnails, plot_dir)
+        click.echo(f"{len(pages)} per-video HTML pages -> {plot_dir}")
 
 
 def write_table(table, out: Path) -> None:
