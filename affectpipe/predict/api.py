@@ -270,7 +270,7 @@ def detection_columns(detections: Sequence[Detection | None]) -> dict[str, np.nd
 @dataclass
 class _ImageSamples:
     """Image files decoded as extraction decodes them (`load_rgb`), checked for a face
-    (`find_face` under `face_mode`), then prepared by `DecodeDataset.sample`; a DataLoader
+    (`find_faces` under `face_mode`), then prepared by `DecodeDataset.sample`; a DataLoader
     dataset, so this runs in its workers. An item is one (sample, (face, face_id)) per face
     found (face_id: its rank by size), or one without a face."""
 
