@@ -218,7 +218,7 @@ class Predictor:
             tracker, detector = Tracker(), VideoFaces(self.detector.load, self.redetect)
             for frames in _pixel_batches(video_frames(path, self.every), self.batch_size):
                 found = find_faces([f.image for f in frames], [f.reason for f in frames],
-                                   self.face_mode, detector)
+                                   self.face_mode, detector, self.detector.face_score)
                 for frame, faces in zip(frames, found, strict=True):
                     tracked = [f for f in faces if f.detection is not None]
                     ids = iter(tracker.update([f.detection for f in tracked]))
@@ -284,7 +284,8 @@ class _ImageSamples:
 
     def __getitem__(self, index: int) -> list[tuple[Any, tuple[FaceResult, int]]]:
         image, reason = load_rgb(self.paths[index], self.decode.draft_side)
-        faces = find_faces([image], [reason], self.face_mode, self.detector)[0]
+        faces = find_faces([image], [reason], self.face_mode, self.detector,
+                           self.detector.face_score)[0]
         return [(self.decode.sample(index, f.image, f.reason),
                  (f, rank if f.image is not None else -1)) for rank, f in enumerate(faces)]
 

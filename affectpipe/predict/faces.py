@@ -77,10 +77,12 @@ def find_faces(
     reasons: Sequence[str | None],
     mode: str,
     detector: FaceDetector,
+    min_score: float = float("-inf"),
 ) -> list[list[FaceResult]]:
     """The faces of each decoded image (None: not decoded, for its reason) under `mode`: one
-    result per face found (largest first), or one result without a face. The images that
-    need detection are detected together (one batch per image size)."""
+    result per face found with a score of at least `min_score` (largest first), or one
+    result without a face. The images that need detection are detected together (one batch
+    per image size)."""
     results: list[list[FaceResult]] = [[] for _ in images]
     pending: list[tuple[int, Image.Image]] = []
     for i, (image, reason) in enumerate(zip(images, reasons, strict=True)):
@@ -98,8 +100,11 @@ def find_faces(
     if pending:
         found = detector.detect([np.asarray(image) for _, image in pending])
         for (i, image), faces in zip(pending, found, strict=True):
+            kept = [d for d in faces if d.score >= min_score]
+            why = (f"no face detected (best score {max(d.score for d in faces):.3f}, under "
+                   f"{min_score})" if faces else "no face detected")
             results[i] = [FaceResult(align_face(image, d.points), DETECTION, None, d)
-                          for d in faces] or [FaceResult(None, DETECTION, "no face detected")]
+                          for d in kept] or [FaceResult(None, DETECTION, why)]
     return results
 
 
@@ -122,6 +127,13 @@ class DetectorChoice:
 
     def load(self) -> FaceDetector:
         return _load(self)
+
+    @property
+    def face_score(self) -> float:
+        """The score a detection needs to count as a face (the registration's)."""
+        from affectpipe.faces import registry
+
+        return registry.get(self.name).face_score
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
         """The loaded detector's `detect` (so a choice is a FaceDetector, loaded on use)."""

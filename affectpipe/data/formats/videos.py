@@ -122,13 +122,14 @@ def _extract(video: Path, folder: Path, detector: str) -> dict[str, Any]:
     for stale in folder.iterdir():  # an interrupted run's frames: redone from the start
         if stale.is_file():
             stale.unlink()
-    faces_of = VideoFaces(DetectorChoice.of(detector).load)
+    choice = DetectorChoice.of(detector)
+    faces_of = VideoFaces(choice.load)
     missing, written = [], 0
     for frame in video_frames(video):
         if frame.frame == 0:  # the video could not be opened at all
             missing.append((0, frame.reason or "unreadable"))
             break
-        found = find_faces([frame.image], [frame.reason], "detect", faces_of)[0]
+        found = find_faces([frame.image], [frame.reason], "detect", faces_of, choice.face_score)[0]
         if found[0].image is None:  # else found[0] is the largest face
             missing.append((frame.frame, found[0].reason or "no face"))
             continue
