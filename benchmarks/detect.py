@@ -15,7 +15,9 @@ mean of 6 eye-contour points, not a pupil). Frames/s: a 40-frame clip of one 120
 drifting 2 px a frame, one frame at a time (`--redetect` as predict runs it).
 
     python benchmarks/detect.py ../shared/data/realfaces-smile/images [--frames 120] [--seed 0] \\
-        [--threads N] [--device cuda]
+        [--device cuda]
+
+MTCNN runs with `affectpipe.faces.mtcnn.CPU_THREADS` intra-op threads on CPU.
 """
 
 from __future__ import annotations
@@ -153,12 +155,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=120)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args()
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     paths = sorted(args.faces.glob("*.jpg"))
     photos = [Image.open(p).convert("RGB") for p in paths]
