@@ -3,7 +3,9 @@
 #   1. parity on CUDA with AMP off against the shared fixtures' official outputs (<= 1e-3),
 #      through the local engine and through `--engine ray` (one GPU actor);
 #   2. the throughput table for docs/benchmarks.md: whole path fp32 and bf16, forward only in
-#      three set-ups, CPU decode workers and nvJPEG decode (`pipeline bench extract`).
+#      three set-ups, CPU decode workers and nvJPEG decode (`pipeline bench extract`);
+#   3. MTCNN face detection on CUDA: parity with the original's outputs and batched frames/s
+#      (needs the MTCNN weights in $AFFECTPIPE_HOME/weights: `pipeline weights fetch mtcnn`).
 # Usage: benchmarks/gpu_check.sh [OUT_DIR]   (PYTHON, AFFECTPIPE_SHARED override the defaults)
 # Exit: 0 all checks passed, 1 a check failed, 2 no CUDA device / no fixtures.
 set -euo pipefail
@@ -39,5 +41,6 @@ timeout 240 "$PYTHON" -m affectpipe.pipeline bench extract --device cuda --repea
     --weights "mt-emotieffnet=$F/emotieffnet/enet_b0_8_va_mtl_calib.pt" \
     --weights "ddamfn=$F/ddamfn/ddamfn_affectnet8_calib.pth" \
     --json "$OUT/bench_cuda.json" | tee "$OUT/bench_cuda.md" || status=1
+timeout 120 "$PYTHON" benchmarks/gpu_detect.py "$SHARED" | tee "$OUT/detect_cuda.md" || status=1
 echo "gpu_check: results in $OUT (exit $status)"
 exit "$status"
