@@ -11,7 +11,8 @@ re-identification by appearance.
 `VideoFaces` is the detector of one video's frames: a full detection every `redetect`-th
 frame, and in between, with a detector that can (`refine`, e.g. MTCNN's R- and O-Nets on the
 previous boxes), only a search around the previous frame's faces, which is several times
-faster; a full detection also runs on any frame where a face was lost or none was seen.
+faster; a full detection also runs on any frame where a face was lost (or scores under
+`min_score`) or none was seen.
 A face that enters while others are tracked is found at the next full detection.
 """
 
@@ -87,9 +88,13 @@ class Tracker:
 class VideoFaces:
     """A detector for the frames of one video, in order (see the module docstring)."""
 
-    def __init__(self, load: Callable[[], FaceDetector], redetect: int = 1) -> None:
+    def __init__(
+        self, load: Callable[[], FaceDetector], redetect: int = 1,
+        min_score: float = float("-inf"),
+    ) -> None:
         self.load = load  # called at the first detection (a video may need none)
         self.redetect = redetect
+        self.min_score = min_score  # a refined face scoring less counts as lost
         self._previous: list[Detection] = []
         self._since = 0
 
@@ -102,7 +107,8 @@ class VideoFaces:
         for image in images:
             faces: list[Detection] = []
             if self._previous and self._since < self.redetect - 1:
-                faces = refine([image], [self._previous])[0]
+                faces = [f for f in refine([image], [self._previous])[0]
+                         if f.score >= self.min_score]
                 self._since += 1
             if len(faces) < len(self._previous) or not faces:
                 faces = detector.detect([image])[0]

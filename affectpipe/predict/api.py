@@ -215,7 +215,8 @@ class Predictor:
         """(frame, face_id, face) for every face of every kept frame of each video; frames
         are detected in groups (one batch on `device`) and each video's faces tracked."""
         for path in files:
-            tracker, detector = Tracker(), VideoFaces(self.detector.load, self.redetect)
+            tracker = Tracker()
+            detector = VideoFaces(self.detector.load, self.redetect, self.detector.face_score)
             for frames in _pixel_batches(video_frames(path, self.every), self.batch_size):
                 found = find_faces([f.image for f in frames], [f.reason for f in frames],
                                    self.face_mode, detector, self.detector.face_score)
