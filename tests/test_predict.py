@@ -27,6 +27,7 @@ from affectpipe.schema import EXPR_NAMES
 
 pytestmark = pytest.mark.slow
 P_EXPR = [f"p_{name}" for name in EXPR_NAMES]
+# Tests asking for `mtcnn_detector` need MTCNN's weights (fetched once with pip; skipped offline).
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,9 @@ def test_a_corrupt_image_gives_a_row_without_a_face(trained: dict, tmp_path: Pat
     assert pd.isna(table["reason"][0]) and table["reason"][1].startswith("undecodable")
 
 
-def test_detect_finds_and_aligns_the_face_in_a_larger_frame(trained: dict, tmp_path: Path):
+def test_detect_finds_and_aligns_the_face_in_a_larger_frame(
+    trained: dict, mtcnn_detector, tmp_path: Path
+):
     """--detect on raw frames: one face pasted (upscaled) at two places of a plain 320x240
     frame is found and aligned the same way both times, so its predictions agree; an empty
     frame gives a row without a face. Decoding in worker processes (the CLI) and in this
@@ -258,7 +261,7 @@ def test_planted_pickles_are_refused_never_loaded(trained: dict, tmp_path: Path)
     assert not (tmp_path.parent / "escaped.json").exists()
 
 
-def test_detect_applies_the_exif_orientation(trained: dict, tmp_path: Path):
+def test_detect_applies_the_exif_orientation(trained: dict, mtcnn_detector, tmp_path: Path):
     """A photo stored sideways with an EXIF orientation (as phones write them) is turned
     upright before the face is searched for: without it, no face is found."""
     from PIL import Image
@@ -277,7 +280,7 @@ def test_detect_applies_the_exif_orientation(trained: dict, tmp_path: Path):
     assert pd.read_csv(out)["face_ok"].tolist() == [True]
 
 
-def test_face_ok_means_a_face_was_seen(trained: dict, tmp_path: Path):
+def test_face_ok_means_a_face_was_seen(trained: dict, mtcnn_detector, tmp_path: Path):
     """No input is taken on trust: a blank grey video and blank / noise images are
     `face_ok=False` (whatever the heads would say), a real face pasted into a 320x240 webcam-
     style frame is found by detection (not crop-shaped), and `--assume-aligned` skips the
@@ -343,7 +346,7 @@ def _raw_frames(faces: list[Path], corners: list[list[tuple[int, int]]], side: i
 
 
 def test_raw_video_gives_the_crops_predictions_with_boxes_and_landmarks(
-    trained: dict, tmp_path: Path
+    trained: dict, mtcnn_detector, tmp_path: Path
 ):
     """The new user's case: a raw 640x480 video (no --detect). Every frame is too wide for
     the crop check, so MTCNN finds the face, the ABAW alignment crops it, and the predicted
@@ -376,7 +379,7 @@ def test_raw_video_gives_the_crops_predictions_with_boxes_and_landmarks(
     pd.testing.assert_frame_equal(api, table, check_dtype=False)
 
 
-def test_a_two_person_video_gives_two_tracks(trained: dict, tmp_path: Path):
+def test_a_two_person_video_gives_two_tracks(trained: dict, mtcnn_detector, tmp_path: Path):
     """Two people side by side, moving towards each other: two face_ids, each on its own
     side in every frame; smoothing runs along each track. --detector dlib-hog also runs."""
     photos = sorted((trained["plain"] / "nested").iterdir())
