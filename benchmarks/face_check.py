@@ -4,7 +4,7 @@ FACES: folders of face crops (every image should pass). Negatives, none of which
 blank images (5 grey levels), uniform noise (20), blurred noise (20, radius 1-8), and with
 `--non-faces DIR` square patches (5 per image, seeded) of the images under DIR (screenshots,
 diagrams, backgrounds: anything without a face). Prints, per set, the pass rate of
-`find_face(..., "check")` split by which check decided, and ms per image. Usage:
+`find_faces(..., "check", detector)` split by which check decided, and ms per image. Usage:
 
     python benchmarks/face_check.py ../shared/data/realfaces-smile/images \
         ../shared/fixtures/images/bench112 [--non-faces DIR] [--seed 0]
@@ -52,9 +52,13 @@ def _patches(folder: Path, rng: np.random.Generator) -> list[Image.Image]:
     return patches
 
 
+DETECTOR = faces.DetectorChoice()  # MTCNN, as predict's default
+
+
 def _measure(name: str, images: list[Image.Image]) -> None:
     start = time.perf_counter()
-    results = [faces.find_face(image, "check") for image in images]
+    results = [faces.find_faces([image], [None], "check", DETECTOR, DETECTOR.face_score)[0][0]
+               for image in images]
     ms = (time.perf_counter() - start) / len(images) * 1000
     passed = Counter(r.check for r in results if r.image is not None)
     rate = sum(passed.values()) / len(images)
@@ -71,6 +75,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     faces.crop_has_face(Image.new("RGB", (112, 112)))  # load the detectors
     faces._cnn_detector()
+    DETECTOR.load()
     for folder in args.faces:
         _measure(str(folder), _images(folder))
     _measure("blank + noise", _synthetic(rng))

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The GPU checks in one go, in under 7 minutes on one GPU (issues 14, 24):
+# The GPU checks in one go on one GPU (issues 14, 23, 24), each step under its own timeout:
 #   1. parity on CUDA with AMP off against the shared fixtures' official outputs (<= 1e-3),
 #      through the local engine and through `--engine ray` (one GPU actor);
 #   2. the throughput table for docs/benchmarks.md: whole path fp32 and bf16, forward only in
 #      three set-ups, CPU decode workers and nvJPEG decode (`pipeline bench extract`);
 #   3. a short, timed `pipeline finetune` run of each recipe (issue 24): training images/s and
-#      epoch time, amp auto (bf16), batch 64, 30 steps each (`benchmarks/finetune_timing.py`).
+#      epoch time, amp auto (bf16), batch 64, 30 steps each (`benchmarks/finetune_timing.py`);
+#   4. MTCNN face detection on CUDA: parity with the original's outputs and batched frames/s
+#      (needs the MTCNN weights in $AFFECTPIPE_HOME/weights: `pipeline weights fetch mtcnn`).
 # Usage: benchmarks/gpu_check.sh [OUT_DIR]   (PYTHON, AFFECTPIPE_SHARED override the defaults)
 # Exit: 0 all checks passed, 1 a check failed, 2 no CUDA device / no fixtures.
 set -euo pipefail
@@ -43,5 +45,6 @@ timeout 240 "$PYTHON" -m affectpipe.pipeline bench extract --device cuda --repea
     --json "$OUT/bench_cuda.json" | tee "$OUT/bench_cuda.md" || status=1
 timeout 240 "$PYTHON" benchmarks/finetune_timing.py "$SHARED" "$OUT/finetune" --device cuda \
     --steps 30 --batch-size 64 | tee "$OUT/finetune_timing.md" || status=1
+timeout 120 "$PYTHON" benchmarks/gpu_detect.py "$SHARED" | tee "$OUT/detect_cuda.md" || status=1
 echo "gpu_check: results in $OUT (exit $status)"
 exit "$status"

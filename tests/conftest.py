@@ -80,3 +80,16 @@ def realfaces_dir(shared_dir: Path) -> Path:
             pytest.fail(f"AFFECTPIPE_REQUIRE_SHARED=1 but no real face data at {path}")
         pytest.skip(f"real face data not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def mtcnn_detector():
+    """The registered MTCNN with its real weights (fetched once with pip into the user's
+    weights cache, as `pipeline weights fetch mtcnn` does); skips when they cannot be had."""
+    from affectpipe.errors import InputError
+    from affectpipe.faces import registry
+
+    try:
+        return registry.get("mtcnn").build()
+    except InputError as exc:
+        pytest.skip(f"MTCNN weights unavailable: {exc}")

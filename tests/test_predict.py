@@ -22,10 +22,12 @@ from click.testing import CliRunner
 from conftest import photo_dataset, run_cli
 
 from affectpipe.pipeline import cli
+from affectpipe.predict.api import DETECTION_COLUMNS
 from affectpipe.schema import EXPR_NAMES
 
 pytestmark = pytest.mark.slow
 P_EXPR = [f"p_{name}" for name in EXPR_NAMES]
+# Tests asking for `mtcnn_detector` need MTCNN's weights (fetched once with pip; skipped offline).
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +77,10 @@ def test_predict_reproduces_the_runs_own_test_predictions(trained: dict):
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_parquet(out)
     assert list(table.columns) == [
-        "source", "face_ok", "face_check", "reason", "expression", *P_EXPR
+        "source", "face_id", "face_ok", "face_check", "reason", *DETECTION_COLUMNS,
+        "expression", *P_EXPR,
     ]
+    assert (table["face_id"] == 0).all() and table[list(DETECTION_COLUMNS)].isna().all().all()
     assert table["reason"].isna().all()
     assert [Path(s).name for s in table["source"]] == [
         f"photo_{i:03d}.jpg" for i in range(len(test))
@@ -120,7 +124,9 @@ def test_a_corrupt_image_gives_a_row_without_a_face(trained: dict, tmp_path: Pat
     assert pd.isna(table["reason"][0]) and table["reason"][1].startswith("undecodable")
 
 
-def test_detect_finds_and_aligns_the_face_in_a_larger_frame(trained: dict, tmp_path: Path):
+def test_detect_finds_and_aligns_the_face_in_a_larger_frame(
+    trained: dict, mtcnn_detector, tmp_path: Path
+):
     """--detect on raw frames: one face pasted (upscaled) at two places of a plain 320x240
     frame is found and aligned the same way both times, so its predictions agree; an empty
     frame gives a row without a face. Decoding in worker processes (the CLI) and in this
@@ -248,7 +254,7 @@ def test_planted_pickles_are_refused_never_loaded(trained: dict, tmp_path: Path)
     assert not (tmp_path.parent / "escaped.json").exists()
 
 
-def test_detect_applies_the_exif_orientation(trained: dict, tmp_path: Path):
+def test_detect_applies_the_exif_orientation(trained: dict, mtcnn_detector, tmp_path: Path):
     """A photo stored sideways with an EXIF orientation (as phones write them) is turned
     upright before the face is searched for: without it, no face is found."""
     from PIL import Image
@@ -267,7 +273,7 @@ def test_detect_applies_the_exif_orientation(trained: dict, tmp_path: Path):
     assert pd.read_csv(out)["face_ok"].tolist() == [True]
 
 
-def test_face_ok_means_a_face_was_seen(trained: dict, tmp_path: Path):
+def test_face_ok_means_a_face_was_seen(trained: dict, mtcnn_detector, tmp_path: Path):
     """No input is taken on trust: a blank grey video and blank / noise images are
     `face_ok=False` (whatever the heads would say), a real face pasted into a 320x240 webcam-
     style frame is found by detection (not crop-shaped), and `--assume-aligned` skips the
@@ -314,3 +320,95 @@ def test_face_ok_means_a_face_was_seen(trained: dict, tmp_path: Path):
                    "--assume-aligned", "--detect", "--out", assumed, folder)
     assert both.returncode == 2 and "exclude each other" in both.stderr
     assert "Traceback" not in both.stderr
+
+
+def _raw_frames(faces: list[Path], corners: list[list[tuple[int, int]]], side: int = 150) -> list:
+    """640x480 frames on a smooth background, face k of each frame pasted at corners[i][k]."""
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(0)
+    background = Image.fromarray(rng.integers(60, 200, (6, 8, 3), dtype=np.uint8)).resize(
+        (640, 480), Image.Resampling.BICUBIC).filter(ImageFilter.GaussianBlur(8))
+    frames = []
+    for face_paths, places in zip(faces, corners, strict=True):
+        frame = background.copy()
+        for path, corner in zip(face_paths, places, strict=True):
+            frame.paste(Image.open(path).convert("RGB").resize((side, side)), corner)
+        frames.append(frame)
+    return frames
+
+
+def test_raw_video_gives_the_crops_predictions_with_boxes_and_landmarks(
+    trained: dict, mtcnn_detector, tmp_path: Path
+):
+    """The new user's case: a raw 640x480 video (no --detect). Every frame is too wide for
+    the crop check, so MTCNN finds the face, the ABAW alignment crops it, and the predicted
+    expressions agree with those of the photos themselves; the empty frames at the end say
+    face_ok=False. Box, landmarks and score are where the face was pasted. CLI == API."""
+    from affectpipe import Predictor
+
+    photos = sorted((trained["plain"] / "nested").iterdir())[:12]
+    frames = _raw_frames([[p] for p in photos], [[(200 + 8 * i, 120)] for i in range(12)])
+    _write_video(tmp_path / "raw.mp4", frames + _raw_frames([[], []], [[], []]), size=(640, 480))
+    out = tmp_path / "raw.csv"
+    result = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
+                     "--out", out, tmp_path / "raw.mp4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = pd.read_csv(out)
+    assert table["frame"].tolist() == list(range(1, 15))
+    assert table["face_ok"].tolist() == [True] * 12 + [False] * 2
+    assert (table["face_check"] == "detection").all()
+    assert table["face_id"].tolist() == [0] * 12 + [-1] * 2  # one track
+    faces = table[table["face_ok"]]
+    left = 200 + 8 * np.arange(12)
+    assert (faces["box_x1"] > left - 10).all() and (faces["box_x2"] < left + 160).all()
+    assert (faces["left_eye_x"] < faces["nose_x"]).all()
+    assert (faces["nose_x"] < faces["right_eye_x"]).all()
+    assert (faces["det_score"] > 0.9).all()
+    crops = Predictor.load(trained["cache"], "faces").predict(photos)
+    agree = (faces["expression"].to_numpy() == crops["expression"].to_numpy()).mean()
+    assert agree >= 10 / 12, agree
+    api = Predictor.load(trained["cache"], "faces").predict(tmp_path / "raw.mp4")
+    pd.testing.assert_frame_equal(api, table, check_dtype=False)
+
+
+def test_a_two_person_video_gives_two_tracks(trained: dict, mtcnn_detector, tmp_path: Path):
+    """Two people side by side, moving towards each other: two face_ids, each on its own
+    side in every frame; smoothing runs along each track. --detector dlib-hog also runs."""
+    photos = sorted((trained["plain"] / "nested").iterdir())
+    pair = [photos[0], photos[5]]
+    corners = [[(40 + 10 * i, 100), (440 - 10 * i, 160)] for i in range(8)]
+    _write_video(tmp_path / "two.mp4", _raw_frames([pair] * 8, corners, side=140),
+                 size=(640, 480))
+    out = tmp_path / "two.csv"
+    (tmp_path / "again").mkdir()
+    shutil.copyfile(tmp_path / "two.mp4", tmp_path / "again" / "two.mp4")
+    result = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
+                     "--detect", "--out", out, "--per-video", tmp_path / "csv", "--plot",
+                     tmp_path / "html", tmp_path / "two.mp4", tmp_path / "again" / "two.mp4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    both = pd.read_csv(out)
+    table = both[both["source"] == str(tmp_path / "two.mp4")].reset_index(drop=True)
+    # One CSV per video (the second of the same name numbered), without the source column.
+    assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == ["two.csv", "two_2.csv"]
+    per_video = pd.read_csv(tmp_path / "csv" / "two.csv")
+    pd.testing.assert_frame_equal(
+        per_video, table.drop(columns="source").sort_values(["frame", "face_id"],
+                                                            ignore_index=True))
+    page = (tmp_path / "html" / "two.html").read_text()
+    assert page.count("data:image/jpeg;base64,") == 2  # a thumbnail per track
+    assert "face_id 0: frames 1-8" in page and "face_id 1: frames 1-8" in page
+    assert "<h2>Expression</h2>" in page and "Valence" not in page  # an expr-only run
+    assert len(table) == 16 and table["face_ok"].all()
+    assert table.groupby("frame").size().eq(2).all()
+    assert sorted(table["face_id"].unique()) == [0, 1]
+    sides = table.assign(left=table["box_x1"] < 320).groupby("face_id")["left"].agg(["min", "max"])
+    assert (sides["min"] == sides["max"]).all() and sides["min"].nunique() == 2
+
+    hog = tmp_path / "hog.csv"
+    run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces", "--detect",
+            "--detector", "dlib-hog", "--out", hog, tmp_path / "two.mp4", check=True)
+    assert sorted(pd.read_csv(hog)["face_id"].unique()) == [0, 1]
+    bad = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces", "--detect",
+                  "--detector", "nope", "--out", hog, tmp_path / "two.mp4")
+    assert bad.returncode == 2 and "unknown face detector 'nope'" in bad.stderr

@@ -29,6 +29,13 @@ Formats:
              default the CSV's folder or its images/ subfolder; absolute paths only with
              --allow-absolute-paths) and any of valence, arousal, expression, au1..au26,
              split, video, frame.
+  videos     a folder of raw videos (recursive): each is decoded once, the largest face
+             of every frame detected (--detector, default mtcnn), aligned to ABAW's 112x112
+             five-point template and written to CACHE/NAME/frames/<video>/<frame:05d>.jpg
+             (or --frames-dir); frames without a face are listed in <video>/missing.tsv.
+             Finished videos are skipped when indexing again. Labels: --labels DIR --task
+             va|expr|au, an ABAW per-task folder (Train_Set/, Validation_Set/ <video>.txt);
+             other videos become test rows.
   Per-task test lists (abaw-va/expr/au, abaw-tasks), the first found in the annotations
   folder or its parent (abaw-va/expr/au: or --test-list FILE):
     VA   test_set_examples/CVPR_6th_ABAW_VA_test_set_example.txt,
@@ -60,6 +67,20 @@ Image keys that leave the image root (`../x.jpg`, absolute paths) are refused wi
     "--test-image-root",
     type=click.Path(path_type=Path),
     help="Folder of the test images (default: discovered, else --image-root).",
+)
+@click.option(
+    "--labels",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="videos: ABAW per-task annotation folder (Train_Set/, Validation_Set/).",
+)
+@click.option(
+    "--task", type=click.Choice(["va", "expr", "au"]), help="videos: the task of --labels."
+)
+@click.option("--detector", help="videos: face detector (default mtcnn; see `pipeline predict`).")
+@click.option(
+    "--frames-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="videos: where the aligned frames go (default CACHE/NAME/frames).",
 )
 @click.option("--split-column", help="csv: column holding train/val/test (default `split`).")
 @click.option("--video-column", help="csv: column grouping rows into videos (default `video`).")

@@ -64,10 +64,12 @@ def index_dataset(
     if unknown:
         flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
         raise InputError(f"{flags} does not apply to --format {layout.name}")
+    paths = DatasetPaths.of(cache_dir, name)
+    if getattr(layout, "writes_images", False):  # `videos`: its frames go into the cache
+        options.setdefault("frames_dir", paths.root / "frames")
     inputs = layout.resolve(root, **options)
     for source in inputs.sources:  # before hashing: a FIFO would block, a folder would crash
         check_regular_file(source)
-    paths = DatasetPaths.of(cache_dir, name)
 
     images = {r: list_images(r) for r in sorted(set(inputs.image_roots.values()))}
     metadata = _provenance(name, layout.name, inputs, options, lenient, images)

@@ -85,13 +85,20 @@ def register(backbone: Backbone) -> Backbone:
     if backbone.kind not in KINDS:
         raise ValueError(f"backbone {backbone.name!r}: kind must be one of {', '.join(KINDS)}")
     if backbone.weights is not None:
-        if backbone.weights.name in WEIGHTS:
-            raise ValueError(f"weights {backbone.weights.name!r} are already registered")
-        weights = WeightsEntry(**{**vars(backbone.weights), "backbone": backbone.name})
+        weights = register_weights(backbone.weights, backbone.name)
         backbone = Backbone(**{**vars(backbone), "weights": weights})
-        WEIGHTS[weights.name] = weights
     _REGISTRY[backbone.name] = backbone
     return backbone
+
+
+def register_weights(entry: WeightsEntry, owner: str) -> WeightsEntry:
+    """Add a weight file of `owner` (a backbone, or a face detector of `affectpipe.faces`)
+    to the weights manager; a name can be registered only once."""
+    if entry.name in WEIGHTS:
+        raise ValueError(f"weights {entry.name!r} are already registered")
+    weights = WeightsEntry(**{**vars(entry), "backbone": owner})
+    WEIGHTS[weights.name] = weights
+    return weights
 
 
 def unregister(name: str) -> None:
@@ -274,3 +281,6 @@ register(
         EMBEDDING_HEADS,
     )
 )
+
+# The face detectors register their weight files here too (`pipeline weights` serves them).
+import affectpipe.faces.registry  # noqa: E402, F401

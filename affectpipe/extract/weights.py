@@ -66,6 +66,15 @@ def get_weights_entry(name: str) -> WeightsEntry:
     raise InputError(f"unknown weights {name!r}; known weights: {known}")
 
 
+def weights_entries(names: Sequence[str]) -> list[WeightsEntry]:
+    """The entries of each name: every file of a backbone or detector, or one weights name."""
+    entries = []
+    for name in names:
+        owned = [e for e in WEIGHTS.values() if e.backbone == name]
+        entries += owned or [get_weights_entry(name)]
+    return entries
+
+
 def cached_path(entry: WeightsEntry) -> Path:
     """Where the file is cached (and where a user should place it by hand)."""
     return weights_dir() / entry.filename

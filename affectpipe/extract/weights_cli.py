@@ -9,7 +9,7 @@ from affectpipe.errors import AffectpipeError
 
 @click.group()
 def weights() -> None:
-    """List, fetch and verify backbone weight files.
+    """List, fetch and verify the weight files of backbones and face detectors.
 
     \b
     Files are cached in $AFFECTPIPE_HOME/weights (default ~/.cache/affectpipe/weights).
@@ -59,13 +59,12 @@ def list_weights(urls: bool) -> None:
 def fetch(names: tuple[str, ...]) -> None:
     """Download weight files into the cache.
 
-    NAMES are weights or backbone names. Files already cached are verified, not
-    downloaded again.
+    NAMES are weights, backbone or face detector names (a detector's name fetches all its
+    files, e.g. `mtcnn`). Files already cached are verified, not downloaded again.
     """
-    from affectpipe.extract.weights import get_weights_entry, resolve_weights
+    from affectpipe.extract.weights import resolve_weights, weights_entries
 
-    for name in names:
-        entry = get_weights_entry(name)
+    for entry in weights_entries(names):
         resolved = resolve_weights(entry.name, progress=True)
         click.echo(f"{entry.name}: {resolved.path} sha256 {resolved.sha256}")
 
@@ -79,10 +78,15 @@ def verify(names: tuple[str, ...]) -> None:
     where known, else the one recorded when affectpipe downloaded the file. Exit status 1
     if any file does not match.
     """
-    from affectpipe.extract.weights import WEIGHTS, cached_path, expected_sha256, get_weights_entry
+    from affectpipe.extract.weights import (
+        WEIGHTS,
+        cached_path,
+        expected_sha256,
+        weights_entries,
+    )
     from affectpipe.fsutil import sha256_file
 
-    entries = [get_weights_entry(name) for name in names] if names else list(WEIGHTS.values())
+    entries = weights_entries(names) if names else list(WEIGHTS.values())
     mismatched = []
     for entry in entries:
         path = cached_path(entry)

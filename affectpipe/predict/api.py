@@ -12,8 +12,11 @@ for its submission): weights, smoothing along the kept frames of each video, cal
 offsets / thresholds. Every image or frame is first checked for a face
 (`affectpipe.predict.faces`: the fast crop check, else detection and alignment; `detect=True`
 always detects, `assume_aligned=True` skips the check); the `face_check` column says which
-check decided. Image files are decoded (and checked) in `workers` DataLoader processes, with
-the extract stage's decoding (`DecodeDataset.sample`); video frames are decoded in this process.
+check decided. Detection (`detector`, default MTCNN) gives one row per face, with its box,
+5 landmarks and score; in videos faces are tracked (`face_id`, `affectpipe.faces.tracking`)
+and smoothing runs along each track. Image files are decoded (and checked) in `workers`
+DataLoader processes, with the extract stage's decoding (`DecodeDataset.sample`); video
+frames are decoded in this process and detected in batches on `device`.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ import pandas as pd
 from affectpipe.config import DEFAULT_RUN, DatasetPaths
 from affectpipe.errors import InputError
 from affectpipe.extract.images import collate, die_with_parent, load_rgb
-from affectpipe.predict.faces import face_mode, find_face
-from affectpipe.predict.inputs import Frame, expand, is_video, video_frames
+from affectpipe.faces.detection import POINT_NAMES, Detection
+from affectpipe.faces.tracking import Tracker, VideoFaces
+from affectpipe.predict.faces import DetectorChoice, FaceResult, face_mode, find_faces
+from affectpipe.predict.inputs import expand, is_video, video_frames
 from affectpipe.predict.runfiles import (
     BackboneRecord,
     RunBundle,
@@ -57,10 +62,14 @@ class Predictor:
     """Predictions of a trained run for new images and videos (see the module docstring).
 
     Parameters: `device` ("cpu", "cuda", "cuda:1"), `batch_size`, `detect` (find and align
-    the largest face of each frame first), `assume_aligned` (take every image as an aligned
-    face crop: no face check), `every` (keep every N-th video frame), `weights`
-    (backbone or weights name -> local weights file), `workers` (processes decoding image
-    files while the models run; 0: in this process), `progress` (a frames/s bar).
+    every face of each frame first), `detector` (a registered face detector:
+    `affectpipe.faces.registry.names()`), `assume_aligned` (take every image as an aligned
+    face crop: no face check), `every` (keep every N-th video frame), `redetect` (in videos,
+    a full detection every N-th kept frame, in between a search around the previous faces:
+    `affectpipe.faces.tracking.VideoFaces`), `weights`
+    (backbone, detector net or weights name -> local weights file), `workers` (processes
+    decoding image files while the models run; 0: in this process), `progress` (a frames/s
+    bar).
     """
 
     def __init__(
@@ -70,14 +79,17 @@ class Predictor:
         device: str = "cpu",
         batch_size: int = 32,
         detect: bool = False,
+        detector: str = "mtcnn",
         assume_aligned: bool = False,
         every: int = 1,
+        redetect: int = 1,
         weights: Mapping[str, Path] | None = None,
         workers: int = 0,
         progress: bool = False,
     ) -> None:
-        if every < 1 or batch_size < 1 or workers < 0:
-            raise InputError("every and batch_size must be at least 1, workers at least 0")
+        if every < 1 or batch_size < 1 or redetect < 1 or workers < 0:
+            raise InputError("every, redetect and batch_size must be at least 1, workers at "
+                             "least 0")
         for task, plan in bundle.tasks.items():
             for head in plan.heads:
                 if getattr(head.model, "sequence_input", False):
@@ -89,11 +101,16 @@ class Predictor:
         self.device = device
         self.batch_size = batch_size
         self.face_mode = face_mode(detect, assume_aligned)
+        self.detector = DetectorChoice.of(detector, device, weights)
         self.every = every
+        self.redetect = redetect
         self.weights = dict(weights or {})
         self.workers = workers
         self.progress = progress
         self._engine: _Engine | None = None
+        # The first face crop of each video track of the last `predict` ((source, face_id) ->
+        # aligned crop): the thumbnails of `--plot`.
+        self.thumbnails: dict[tuple[str, int], Any] = {}
 
     @classmethod
     def load(
@@ -115,27 +132,28 @@ class Predictor:
         return list(self.bundle.tasks)
 
     def predict(self, inputs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
-        """One row per image / kept video frame: `source`, `frame` (1-based) and `timestamp`
-        (seconds) when videos are given, `face_ok`, `face_check` (which check decided it),
-        `reason` (why a row has no usable face; empty where it has one), then the run's task
-        columns (see `columns`)."""
+        """One row per face of each image / kept video frame (one row without a face where
+        none was found): `source`, `frame` (1-based) and `timestamp` (seconds) when videos
+        are given, `face_id` (the face's track in its video, its rank by size in an image;
+        -1 without a face), `face_ok`, `face_check` (which check decided it), `reason` (why a
+        row has no usable face; empty where it has one), the detection (`DETECTION_COLUMNS`:
+        box, 5 landmarks, score; empty where no detector ran), then the run's task columns."""
         if isinstance(inputs, str | Path):
             inputs = [inputs]
         files = expand(inputs)
         engine = self._get_engine()
+        self.thumbnails = {}
         from tqdm.auto import tqdm
 
         bar = tqdm(desc="predict", unit="frame", disable=not self.progress)  # frames/s
-        sources, frame_numbers, times, checks, blocks = [], [], [], [], []
+        rows, blocks = _Rows([], [], [], [], [], []), []
         with bar:
             for video, group in itertools.groupby(files, key=is_video):
                 for batch, features in self._batches(engine, video, group):
-                    sources += batch.sources
-                    frame_numbers += batch.frames
-                    times += batch.times
-                    checks += batch.checks
+                    rows.extend(batch)
                     blocks.append(features)
                     bar.update(len(batch.sources))
+        sources = rows.sources
         features = _Features(
             {b: {k: np.concatenate([x.arrays[b][k] for x in blocks]) for k in blocks[0].arrays[b]}
              for b in blocks[0].arrays},
@@ -143,15 +161,20 @@ class Predictor:
             [r for x in blocks for r in x.reasons],
         )
         table = pd.DataFrame({"source": sources})
-        frame_numbers = np.asarray(frame_numbers, dtype=np.int64)
+        frame_numbers = np.asarray(rows.frames, dtype=np.int64)
+        face_ids = np.asarray(rows.face_ids, dtype=np.int64)
         if any(is_video(f) for f in files):
             table["frame"] = frame_numbers
-            table["timestamp"] = np.asarray(times, dtype=np.float64)
+            table["timestamp"] = np.asarray(rows.times, dtype=np.float64)
+        table["face_id"] = face_ids
         table["face_ok"] = features.ok
-        table["face_check"] = checks
+        table["face_check"] = rows.checks
         table["reason"] = pd.array(features.reasons, dtype="string")
+        for name, values in detection_columns(rows.detections).items():
+            table[name] = values
         for plan in self.bundle.tasks.values():
-            columns = _task_columns(plan, features, self.bundle.backbones, sources, frame_numbers)
+            columns = _task_columns(plan, features, self.bundle.backbones, sources, frame_numbers,
+                                    face_ids)
             for name, values in columns.items():
                 table[name] = values
         return table
@@ -161,24 +184,18 @@ class Predictor:
     ) -> Iterator[tuple[_Rows, _Features]]:
         """(rows, features) per batch of consecutive image files or videos."""
         if video:
-            stream = (f for p in files for f in video_frames(p, self.every))
-
-            def prepared() -> Iterator[tuple[Frame, str, Any]]:
-                # Each frame is checked and resized as soon as it is decoded: a batch holds
-                # model inputs, never batch_size full frames (8000x8000 is 192 MB a frame).
-                for frame in stream:
-                    face = find_face(frame.image, self.face_mode, frame.reason)
-                    yield frame, face.check, engine.dataset.sample(0, face.image, face.reason)
-
-            for batch in _batches(prepared(), self.batch_size):
-                samples = [replace(s, index=i) for i, (_, _, s) in enumerate(batch)]
+            for batch in _batches(self._video_faces(files), self.batch_size):
+                samples = [engine.dataset.sample(i, face.image, face.reason)
+                           for i, (_, _, face) in enumerate(batch)]
                 rows = _Rows([f.source for f, _, _ in batch], [f.frame for f, _, _ in batch],
-                             [f.time for f, _, _ in batch], [c for _, c, _ in batch])
+                             [f.time for f, _, _ in batch], [c.check for _, _, c in batch],
+                             [i for _, i, _ in batch], [c.detection for _, _, c in batch])
                 yield rows, engine.features(collate(samples))
             return
         import torch
 
-        images = _ImageSamples([str(p) for p in files], engine.dataset, self.face_mode)
+        images = _ImageSamples([str(p) for p in files], engine.dataset, self.face_mode,
+                               replace(self.detector, device="cpu"))
         loader = torch.utils.data.DataLoader(
             images,
             batch_size=self.batch_size,
@@ -187,10 +204,31 @@ class Predictor:
             prefetch_factor=4 if self.workers else None,
             worker_init_fn=functools.partial(die_with_parent, os.getpid()),
         )
-        for batch, checks in loader:
+        for batch, faces in loader:
             n = len(batch.indices)
-            rows = _Rows([images.paths[i] for i in batch.indices], [-1] * n, [np.nan] * n, checks)
+            rows = _Rows([images.paths[i] for i in batch.indices], [-1] * n, [np.nan] * n,
+                         [f.check for f, _ in faces], [i for _, i in faces],
+                         [f.detection for f, _ in faces])
             yield rows, engine.features(batch)
+
+    def _video_faces(self, files: Iterable[Path]) -> Iterator[tuple[Any, int, FaceResult]]:
+        """(frame, face_id, face) for every face of every kept frame of each video; frames
+        are detected in groups (one batch on `device`) and each video's faces tracked."""
+        for path in files:
+            tracker = Tracker()
+            detector = VideoFaces(self.detector.load, self.redetect, self.detector.face_score)
+            for frames in _pixel_batches(video_frames(path, self.every), self.batch_size):
+                found = find_faces([f.image for f in frames], [f.reason for f in frames],
+                                   self.face_mode, detector, self.detector.face_score)
+                for frame, faces in zip(frames, found, strict=True):
+                    tracked = [f for f in faces if f.detection is not None]
+                    ids = iter(tracker.update([f.detection for f in tracked]))
+                    for face in faces:
+                        face_id = next(ids) if face.detection is not None else (
+                            0 if face.image is not None else -1)
+                        if face.image is not None:
+                            self.thumbnails.setdefault((str(path), face_id), face.image)
+                        yield frame, face_id, face
 
     def _get_engine(self) -> _Engine:
         if self._engine is None:
@@ -206,35 +244,82 @@ class _Rows:
     frames: list[int]
     times: list[float]
     checks: list[str]
+    face_ids: list[int]
+    detections: list[Detection | None]
+
+    def extend(self, other: _Rows) -> None:
+        for name, values in vars(other).items():
+            getattr(self, name).extend(values)
+
+
+DETECTION_COLUMNS = (
+    "box_x1", "box_y1", "box_x2", "box_y2",
+    *(f"{point}_{axis}" for point in POINT_NAMES for axis in "xy"),
+    "det_score",
+)
+
+
+def detection_columns(detections: Sequence[Detection | None]) -> dict[str, np.ndarray]:
+    """`DETECTION_COLUMNS` of each row (NaN where no detector ran)."""
+    values = np.full((len(detections), len(DETECTION_COLUMNS)), np.nan)
+    for i, d in enumerate(detections):
+        if d is not None:
+            values[i] = [*d.box, *np.asarray(d.points).reshape(-1), d.score]
+    return {name: values[:, k] for k, name in enumerate(DETECTION_COLUMNS)}
 
 
 @dataclass
 class _ImageSamples:
     """Image files decoded as extraction decodes them (`load_rgb`), checked for a face
-    (`find_face` under `face_mode`), then prepared by `DecodeDataset.sample`; a DataLoader
-    dataset, so this runs in its workers. An item is (sample, which check ran)."""
+    (`find_faces` under `face_mode`), then prepared by `DecodeDataset.sample`; a DataLoader
+    dataset, so this runs in its workers. An item is one (sample, (face, face_id)) per face
+    found (face_id: its rank by size), or one without a face."""
 
     paths: list[str]
     decode: Any  # DecodeDataset
     face_mode: str
+    detector: DetectorChoice
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[Any, str]:
+    def __getitem__(self, index: int) -> list[tuple[Any, tuple[FaceResult, int]]]:
         image, reason = load_rgb(self.paths[index], self.decode.draft_side)
-        face = find_face(image, self.face_mode, reason)
-        return self.decode.sample(index, face.image, face.reason), face.check
+        faces = find_faces([image], [reason], self.face_mode, self.detector,
+                           self.detector.face_score)[0]
+        return [(self.decode.sample(index, f.image, f.reason),
+                 (f, rank if f.image is not None else -1)) for rank, f in enumerate(faces)]
 
 
-def _collate_checked(items: Sequence[tuple[Any, str]]) -> tuple[Any, list[str]]:
+def _collate_checked(
+    items: Sequence[list[tuple[Any, tuple[FaceResult, int]]]],
+) -> tuple[Any, list[tuple[FaceResult, int]]]:
     """`collate` for `_ImageSamples` items (module-level so worker processes can pickle it)."""
-    return collate([sample for sample, _ in items]), [check for _, check in items]
+    flat = [pair for item in items for pair in item]
+    return collate([sample for sample, _ in flat]), [face for _, face in flat]
 
 
 def _batches(stream: Iterable[Any], size: int) -> Iterator[list[Any]]:
     iterator = iter(stream)
     while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+DETECT_PIXELS = 1 << 25  # decoded pixels held at once for one detection batch (~100 MB RGB)
+
+
+def _pixel_batches(frames: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Up to `size` consecutive frames, fewer where they would hold over DETECT_PIXELS."""
+    batch: list[Any] = []
+    pixels = 0
+    for frame in frames:
+        area = frame.image.width * frame.image.height if frame.image is not None else 0
+        if batch and (len(batch) == size or pixels + area > DETECT_PIXELS):
+            yield batch
+            batch, pixels = [], 0
+        batch.append(frame)
+        pixels += area
+    if batch:
         yield batch
 
 
@@ -363,7 +448,7 @@ def _gate_sources(
 
 def _task_columns(
     plan: TaskPlan, features: _Features, records: dict[str, BackboneRecord], sources: list[str],
-    frame_numbers: np.ndarray,
+    frame_numbers: np.ndarray, face_ids: np.ndarray,
 ) -> dict[str, np.ndarray]:
     from affectpipe.blend.smoothing import VideoOrder, group_codes
     from affectpipe.blend.tuning import apply_tuned
@@ -388,14 +473,15 @@ def _task_columns(
     gating = _gate_sources(plan, features, records, rows)
     continuous = np.full((len(ok), width), np.nan, dtype=np.float32)
     decided: np.ndarray | None = None
-    frame_rows = frame_numbers[rows] >= 0  # video frames are smoothed per video
+    frame_rows = frame_numbers[rows] >= 0  # video frames are smoothed per face track
     for subset, ordered in ((~frame_rows, False), (frame_rows, True)):
         if ordered and not subset.any():
             continue
         order = None
         if ordered:
             chosen = rows[subset]
-            order = VideoOrder.of(group_codes(np.asarray(sources)[chosen]), frame_numbers[chosen])
+            tracks = group_codes(np.asarray(sources)[chosen], face_ids[chosen])
+            order = VideoOrder.of(tracks, frame_numbers[chosen])
         values, outputs = apply_tuned(
             plan.rules, plan.blend, candidates[:, subset], order,
             gating.take(subset) if gating is not None else None,

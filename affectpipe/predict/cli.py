@@ -40,7 +40,18 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
 )
 @click.option(
     "--detect", is_flag=True,
-    help="Always find and align the largest face of each image or frame (raw frames).",
+    help="Always find and align every face of each image or frame (raw frames).",
+)
+@click.option(
+    "--detector", default="mtcnn", show_default=True,
+    help="Face detector for --detect and for frames the crop check does not take: "
+         "mtcnn (CNN, 5 landmarks; weights fetched with pip) or dlib-hog.",
+)
+@click.option(
+    "--redetect", type=click.IntRange(min=1), default=1, show_default=True,
+    help="In videos, run the full detection every N-th kept frame; in between MTCNN looks "
+         "only around the previous frame's faces (several times faster; a new face is found "
+         "at the next full detection, a lost one at once).",
 )
 @click.option(
     "--assume-aligned", "assume_aligned", is_flag=True,
@@ -49,6 +60,15 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
 @click.option(
     "--every", type=click.IntRange(min=1), default=1, show_default=True,
     help="Keep every N-th video frame.",
+)
+@click.option(
+    "--per-video", "per_video", type=click.Path(file_okay=False, path_type=Path),
+    help="Also write one CSV per video into this folder (its rows by frame and face_id).",
+)
+@click.option(
+    "--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path),
+    help="Also write one HTML page per video into this folder: valence/arousal curves, "
+         "expression strip, AU activations over time and a thumbnail of each track.",
 )
 @with_device_options
 @workers_option
@@ -63,8 +83,12 @@ def predict(
     from_run: Path | None,
     out: Path,
     detect: bool,
+    detector: str,
     assume_aligned: bool,
     every: int,
+    redetect: int,
+    per_video: Path | None,
+    plot_dir: Path | None,
     gpu: int | None,
     device: str | None,
     batch_size: int,
@@ -75,14 +99,19 @@ def predict(
     """Apply a trained run to face crops, folders (recursive) or videos: one row per frame.
 
     Every image or frame is checked for a face first: a face crop by a fast check, anything
-    else (or a crop that fails it) by detection and alignment. The `face_check` column says
-    which decided (crop-check, detection, assumed); `face_ok` is false where no face was seen.
-    Video rows carry `frame` (1-based, as ABAW's 00001.jpg) and `timestamp` (seconds).
+    else (or a crop that fails it) by detection (--detector) and the ABAW 5-point alignment
+    to 112x112. The `face_check` column says which decided (crop-check, detection, assumed);
+    `face_ok` is false where no face was seen. Detection gives one row per face with its box
+    (box_x1..box_y2), 5 landmarks (left_eye_x..mouth_right_y) and det_score; `face_id` is the
+    face's track in a video (IoU + landmark distance), its rank by size in an image, -1
+    without a face. Video rows carry `frame` (1-based, as ABAW's 00001.jpg) and `timestamp`
+    (seconds).
 
     \b
     Examples:
       pipeline predict --dataset faces --out preds.csv photos/
       pipeline predict --from-run run.tar.gz --detect --every 5 --out clip.parquet clip.mp4
+      pipeline predict --dataset faces --out all.csv --per-video csv/ --plot html/ clips/
     """
     if (dataset is None) == (from_run is None):
         raise InputError("give either --dataset (with --run) or --from-run")
@@ -99,8 +128,10 @@ def predict(
         "batch_size": batch_size,
         "workers": default_workers(device_name) if workers is None else workers,
         "detect": detect,
+        "detector": detector,
         "assume_aligned": assume_aligned,
         "every": every,
+        "redetect": redetect,
         "weights": parse_weights_option(weights_items),
         "progress": progress,
     }
@@ -112,6 +143,13 @@ def predict(
     write_table(table, out)
     failed = int((~table["face_ok"]).sum())
     click.echo(f"{len(table)} rows ({failed} without a usable face) -> {out}")
+    from affectpipe.predict.pervideo import write_per_video, write_plots
+
+    if per_video is not None:
+        click.echo(f"{len(write_per_video(table, per_video))} per-video CSV files -> {per_video}")
+    if plot_dir is not None:
+        pages = write_plots(table, predictor.thumbnails, plot_dir)
+        click.echo(f"{len(pages)} per-video HTML pages -> {plot_dir}")
 
 
 def write_table(table, out: Path) -> None:

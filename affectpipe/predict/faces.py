@@ -7,11 +7,10 @@ Three ways to treat an input image (`FACE_MODES`), each recorded in the output's
   check (`crop_has_face`) and, when it passes, goes to the backbones as it is
   (`face_check = crop-check`). Anything else - a wide frame, or a crop the check rejects -
   goes to detection (`face_check = detection`), which finds, aligns or rejects it.
-* `detect`: always detection (`--detect`): dlib's frontal face detector (the one the
-  OpenFace-style descriptor uses) finds faces, the largest box wins, its 68 landmarks are
-  fitted and a similarity transform (least squares on the rigid landmarks: eye corners,
-  nose, ...) maps them onto the descriptor's reference face in a 112 x 112 frame. The crop
-  is resampled bilinearly in RGB. A frame without a detection has no face (no fallback box).
+* `detect`: always detection (`--detect`): the chosen face detector (`--detector`, default
+  MTCNN; `affectpipe.faces.registry`) finds every face with its 5 landmarks, and each face is
+  aligned to ABAW's 112 x 112 five-point template (`affectpipe.faces.align`): one result per
+  face, largest first. A frame without a detection has no face (no fallback box).
 * `assume-aligned` (`--assume-aligned`): no check, the image is taken as an aligned face
   (`face_check = assumed`), as ABAW's own `cropped_aligned` frames are by `pipeline extract`.
 
@@ -28,7 +27,9 @@ images (none pass): docs/benchmarks.md, "Face check".
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,8 +37,8 @@ from PIL import Image, ImageOps
 
 from affectpipe.errors import InputError
 from affectpipe.extract.backbones import landmarks
-from affectpipe.extract.backbones.openface_geometry import RIGID_POINTS, similarity_transform
-from affectpipe.extract.backbones.openface_hog import ALIGNED_SIZE, reference_to_pixels
+from affectpipe.faces.align import align_face
+from affectpipe.faces.detection import Detection, FaceDetector
 
 FACE_MODES = ("check", "detect", "assume-aligned")
 CROP_CHECK, DETECTION, ASSUMED, NOT_RUN = "crop-check", "detection", "assumed", "none"
@@ -52,16 +53,16 @@ ACCEPT_FROM = 0.0
 REJECT_BELOW = -1.5
 MIN_FACE_FRACTION = 0.5  # a detected face's box side / the crop's longer side
 
-_REFERENCE = reference_to_pixels()
-
 
 @dataclass(frozen=True)
 class FaceResult:
-    """What the backbones get for one image, which check ran, and why there is no face."""
+    """What the backbones get for one face, which check ran, why there is no face, and the
+    detection (box, 5 landmarks, score) where a detector found it."""
 
     image: Image.Image | None  # the crop to use; None: no face
     check: str  # CROP_CHECK, DETECTION, ASSUMED, or NOT_RUN (no decoded image)
     reason: str | None  # why `image` is None
+    detection: Detection | None = None
 
 
 def face_mode(detect: bool, assume_aligned: bool) -> str:
@@ -71,18 +72,79 @@ def face_mode(detect: bool, assume_aligned: bool) -> str:
     return "detect" if detect else "assume-aligned" if assume_aligned else "check"
 
 
-def find_face(image: Image.Image | None, mode: str, reason: str | None = None) -> FaceResult:
-    """The face of a decoded image (None: not decoded, for `reason`) under `mode`."""
-    if image is None:
-        return FaceResult(None, NOT_RUN, reason)
-    if mode == "assume-aligned":
-        return FaceResult(image, ASSUMED, None)
-    # A phone photo is stored sideways with an EXIF orientation: upright before looking.
-    image = ImageOps.exif_transpose(image)
-    if mode == "check" and is_crop_shaped(image) and crop_has_face(image):
-        return FaceResult(image, CROP_CHECK, None)
-    crop, why = detect_and_align(image)
-    return FaceResult(crop, DETECTION, why)
+def find_faces(
+    images: Sequence[Image.Image | None],
+    reasons: Sequence[str | None],
+    mode: str,
+    detector: FaceDetector,
+    min_score: float = float("-inf"),
+) -> list[list[FaceResult]]:
+    """The faces of each decoded image (None: not decoded, for its reason) under `mode`: one
+    result per face found with a score of at least `min_score` (largest first), or one
+    result without a face. The images that need detection are detected together (one batch
+    per image size)."""
+    results: list[list[FaceResult]] = [[] for _ in images]
+    pending: list[tuple[int, Image.Image]] = []
+    for i, (image, reason) in enumerate(zip(images, reasons, strict=True)):
+        if image is None:
+            results[i] = [FaceResult(None, NOT_RUN, reason)]
+        elif mode == "assume-aligned":
+            results[i] = [FaceResult(image, ASSUMED, None)]
+        else:
+            # A phone photo is stored sideways with an EXIF orientation: upright before looking.
+            image = ImageOps.exif_transpose(image)
+            if mode == "check" and is_crop_shaped(image) and crop_has_face(image):
+                results[i] = [FaceResult(image, CROP_CHECK, None)]
+            else:
+                pending.append((i, image.convert("RGB")))
+    if pending:
+        found = detector.detect([np.asarray(image) for _, image in pending])
+        for (i, image), faces in zip(pending, found, strict=True):
+            kept = [d for d in faces if d.score >= min_score]
+            why = (f"no face detected (best score {max(d.score for d in faces):.3f}, under "
+                   f"{min_score})" if faces else "no face detected")
+            results[i] = [FaceResult(align_face(image, d.points), DETECTION, None, d)
+                          for d in kept] or [FaceResult(None, DETECTION, why)]
+    return results
+
+
+@dataclass(frozen=True)
+class DetectorChoice:
+    """Which registered detector runs, where, with which weight files (overrides by weights
+    or net name); picklable, so DataLoader workers build their own (once per process)."""
+
+    name: str = "mtcnn"
+    device: str = "cpu"
+    weights: tuple[tuple[str, Path], ...] = ()
+
+    @classmethod
+    def of(cls, name: str, device: str = "cpu",
+           weights: Mapping[str, Path] | None = None) -> DetectorChoice:
+        from affectpipe.faces import registry
+
+        registry.get(name)  # an unknown name fails now, naming the known ones
+        return cls(name, device, tuple(sorted((weights or {}).items())))
+
+    def load(self) -> FaceDetector:
+        return _load(self)
+
+    @property
+    def face_score(self) -> float:
+        """The score a detection needs to count as a face (the registration's)."""
+        from affectpipe.faces import registry
+
+        return registry.get(self.name).face_score
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """The loaded detector's `detect` (so a choice is a FaceDetector, loaded on use)."""
+        return self.load().detect(images)
+
+
+@functools.cache
+def _load(choice: DetectorChoice) -> FaceDetector:
+    from affectpipe.faces import registry
+
+    return registry.get(choice.name).build(choice.device, dict(choice.weights))
 
 
 def is_crop_shaped(image: Image.Image) -> bool:
@@ -124,25 +186,3 @@ def _cnn_detector() -> Any:
     import dlib
 
     return dlib.cnn_face_detection_model_v1(str(landmarks.model_file(landmarks.CNN_DETECTOR_FILE)))
-
-
-def align(rgb: np.ndarray, points: np.ndarray) -> Image.Image:
-    """The face with landmarks `points` [68, 2] warped to the 112 x 112 reference frame (RGB)."""
-    rigid = list(RIGID_POINTS)
-    # PIL's affine transform maps output pixels to input pixels: fit that direction.
-    _, inverse = similarity_transform(_REFERENCE[rigid], np.asarray(points)[rigid])
-    image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
-    return image.transform(
-        (ALIGNED_SIZE, ALIGNED_SIZE),
-        Image.Transform.AFFINE,
-        data=tuple(inverse.reshape(-1)),
-        resample=Image.Resampling.BILINEAR,
-    )
-
-
-def detect_and_align(image: Image.Image) -> tuple[Image.Image | None, str | None]:
-    """(aligned 112 x 112 RGB crop of the largest face, None), or (None, why not)."""
-    fit = landmarks.fit_landmarks(np.asarray(image.convert("RGB")))
-    if not fit.detected:
-        return None, "no face detected"
-    return align(np.asarray(image.convert("RGB")), fit.points), None

@@ -7,6 +7,7 @@ from affectpipe.data.formats.abaw_mtl import AbawMtl
 from affectpipe.data.formats.abaw_task import AbawTask
 from affectpipe.data.formats.abaw_tasks import AbawTasks
 from affectpipe.data.formats.csv_table import CsvTable
+from affectpipe.data.formats.videos import VideoFolder
 from affectpipe.errors import InputError
 
 _FORMATS: dict[str, DatasetFormat] = {}
@@ -34,3 +35,4 @@ for _task in ("va", "expr", "au"):
     register(AbawTask(_task))
 register(AbawTasks())
 register(CsvTable(), "folder")
+register(VideoFolder())

@@ -99,7 +99,7 @@ def frontal_detector() -> Any:
 
 
 @functools.cache
-def _shape_predictor() -> Any:
+def shape_predictor() -> Any:
     import dlib
 
     return dlib.shape_predictor(str(predictor_path()))
@@ -121,7 +121,7 @@ def fit_landmarks(rgb: np.ndarray) -> LandmarkFit:
     """Fit 68 landmarks on an RGB uint8 image [H, W, 3] holding one (main) face."""
     import dlib
 
-    detector, predictor = frontal_detector(), _shape_predictor()
+    detector, predictor = frontal_detector(), shape_predictor()
     image = np.ascontiguousarray(rgb, dtype=np.uint8)
     height, width = image.shape[:2]
     upsample = 1 if min(height, width) < UPSAMPLE_BELOW else 0
