@@ -142,8 +142,8 @@ def test_blend_cross_fitting_below_the_best_single_candidate_is_not_used(tmp_pat
     assert expr["choice"] == "single" and expr["crossfit_score"] == single_cf
     assert len(expr["weights"]["expression"]) == 1  # one candidate, weight 1
     assert (
-        f"expr: the cross-fitted blend ({blend_cf:.4f}) scores below the cross-fitted best "
-        f"single candidate ({single_cf:.4f}): the submission uses "
+        f"expr: the cross-fitted blend ({blend_cf:.4f}) does not score above the cross-fitted "
+        f"best single candidate ({single_cf:.4f}): the submission uses "
     ) in result.stdout
     assert "(--prefer blend to override)" in result.stdout
     report = (paths.blend_dir() / "report.html").read_text()

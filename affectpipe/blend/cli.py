@@ -111,8 +111,8 @@ def echo_outcome(result, partial: bool) -> None:
     type=click.Choice(BLEND_PREFER),
     default="best",
     show_default=True,
-    help="best: the blend, unless the cross-fitted best single candidate beats it; "
-    "blend: the blend always.",
+    help="best: the blend only when it cross-fits above the best single candidate (a tie "
+    "keeps the single candidate); blend: the blend always.",
 )
 @partial_option
 @max_filled_option

@@ -349,7 +349,7 @@ def _task_section(task: str, outcome, info: dict[str, Any]) -> str:
     )
     items, warnings = _item_table(rules, outcome, info[rules.post_name])
     used = "the blend" if outcome.choice == "blend" else "the best single candidate"
-    note_class = "warn" if "below" in outcome.choice_note else "note"
+    note_class = "warn" if "does not score above" in outcome.choice_note else "note"
     fill = outcome.fill
     return (
         f"<h2>{task.upper()}</h2>"

@@ -196,10 +196,12 @@ def _choose(
         else names[int(np.argmax(row))]
         for group, row in zip(rules.groups, single_fit.weights, strict=True)
     )
-    if single_score > blend_score + TOL:
+    # The blend's weights are a stage like the others: kept only when they raise the
+    # cross-fitted score over the best single candidate (a tie shows no gain).
+    if blend_score <= single_score + TOL:
         loss = (
-            f"{task}: the cross-fitted blend ({blend_score:.4f}) scores below the cross-fitted "
-            f"best single candidate ({single_score:.4f})"
+            f"{task}: the cross-fitted blend ({blend_score:.4f}) does not score above the "
+            f"cross-fitted best single candidate ({single_score:.4f})"
         )
         if prefer == "blend":
             return "blend", f"{loss}; the blend is used as --prefer blend asks"

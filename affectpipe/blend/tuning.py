@@ -55,7 +55,7 @@ class BlendOptions:
     search_rows: int | None = BLEND_SEARCH_ROWS
     # Processes for the full fit and the cross-fit folds (1: in-process; 0: `worker_count`).
     n_jobs: int = 0
-    # "best": the blend unless the cross-fitted best single candidate beats it; "blend": always
+    # "best": the blend only when it cross-fits above the best single candidate; "blend": always
     prefer: str = "best"
     logit_adjustment: bool = True  # EXPR: tau * log prior correction (blend.stages)
     gating: bool = True  # EXPR: a confident backbone's own prediction replaces the blend's
