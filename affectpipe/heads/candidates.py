@@ -224,14 +224,13 @@ def temporal_candidates(
     name: sequence models cost more than frame heads, so they are not trained on every
     feature set (ask for more with --candidate)."""
     sets = default_feature_sets(backbones)
-    fused = default_feature_sets(backbones, fusion=config.fusion)
     cnn = [name for name, parts in backbones.items() if "logits" in parts]
     chosen = []
     for task in tasks:
         own = [fs for fs in sets[task] if cnn and fs.backbones == (cnn[0],)]
-        extra = [fs for fs in fused[task] if fs not in sets[task]]
-        if own or extra:
-            features = extra[0] if extra else max(own, key=lambda fs: len(fs.parts))
+        fused = fusion_feature_set(sets[task], backbones) if config.fusion else None
+        if own or fused is not None:
+            features = fused if fused is not None else max(own, key=lambda fs: len(fs.parts))
             chosen.append(
                 Candidate(task, features, "temporal", config.model_params("temporal", task))
             )
