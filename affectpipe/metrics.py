@@ -48,9 +48,14 @@ def va_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     return {"ccc_valence": ccc_v, "ccc_arousal": ccc_a, "p_va": (ccc_v + ccc_a) / 2.0}
 
 
-def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
-    denom = 2 * tp + fp + fn
-    return np.divide(2 * tp, denom, out=np.zeros(np.shape(tp), dtype=np.float64), where=denom > 0)
+def f1_from_counts(
+    true_pos: np.ndarray, predicted: np.ndarray, actual: np.ndarray
+) -> np.ndarray:
+    """F1 = 2 TP / (predicted positives + actual positives), 0 where both are 0; elementwise,
+    so the blend's grid searches count once and score many decisions with it."""
+    denom = predicted + actual
+    out = np.zeros(np.shape(true_pos), dtype=np.float64)
+    return np.divide(2.0 * true_pos, denom, out=out, where=denom > 0)
 
 
 def expr_f1_per_class(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -63,9 +68,7 @@ def expr_f1_per_class(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     t, p = y_true[mask], y_pred[mask]
     classes = np.arange(N_EXPR)[:, None]
     tp = ((t == classes) & (p == classes)).sum(axis=1)
-    fp = ((t != classes) & (p == classes)).sum(axis=1)
-    fn = ((t == classes) & (p != classes)).sum(axis=1)
-    return _f1_from_counts(tp, fp, fn)
+    return f1_from_counts(tp, (p == classes).sum(axis=1), (t == classes).sum(axis=1))
 
 
 def expr_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -93,9 +96,7 @@ def au_f1_per_au(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     pos_true = (y_true == 1) & valid
     pos_pred = (y_pred == 1) & valid
     tp = (pos_true & pos_pred).sum(axis=0)
-    fp = (~pos_true & pos_pred).sum(axis=0)
-    fn = (pos_true & ~pos_pred).sum(axis=0)
-    f1 = _f1_from_counts(tp, fp, fn)
+    f1 = f1_from_counts(tp, pos_pred.sum(axis=0), pos_true.sum(axis=0))
     f1[~valid.any(axis=0)] = np.nan
     return f1
 

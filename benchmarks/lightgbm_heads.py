@@ -24,9 +24,9 @@ import numpy as np
 from affectpipe.heads.bench import prepare_cache
 from affectpipe.heads.candidates import Candidate
 from affectpipe.heads.featuresets import load_feature_set, parse_feature_set
-from affectpipe.heads.tasks import get_task
 from affectpipe.heads.training import Rows, fit_candidate, scale_features
 from affectpipe.manifest import read_manifest
+from affectpipe.tasks import get_task
 
 
 def main() -> None:

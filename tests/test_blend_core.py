@@ -12,7 +12,7 @@ from affectpipe.blend import calibration, thresholds
 from affectpipe.blend.interpolate import fill_missing
 from affectpipe.blend.smoothing import VideoOrder, group_codes, smooth
 from affectpipe.blend.synthetic import synthetic_task
-from affectpipe.blend.tasks import rules_for
+from affectpipe.blend.task_rules import rules_for
 from affectpipe.blend.tuning import BlendOptions, fit_task, tune_task
 from affectpipe.blend.weights import greedy_weights
 

@@ -12,7 +12,7 @@ import pytest
 from affectpipe.blend.runner import _tune_tasks
 from affectpipe.blend.smoothing import Smoother, VideoOrder
 from affectpipe.blend.synthetic import synthetic_task
-from affectpipe.blend.tasks import rules_for
+from affectpipe.blend.task_rules import rules_for
 from affectpipe.blend.tuning import (
     PARALLEL_ROWS,
     TOL,

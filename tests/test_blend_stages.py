@@ -9,7 +9,7 @@ import pytest
 
 from affectpipe import metrics
 from affectpipe.blend.stages import GateSources, load_gate_sources, log_prior, mapped_probabilities
-from affectpipe.blend.tasks import rules_for
+from affectpipe.blend.task_rules import rules_for
 from affectpipe.blend.tuning import BlendOptions, tune_task
 from affectpipe.config import DatasetPaths
 from affectpipe.features import write_feature_file

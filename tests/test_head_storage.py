@@ -15,9 +15,9 @@ from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
 from affectpipe.fsutil import sha256_file
 from affectpipe.heads.fitted import FittedHead, arrays_path, load_head
-from affectpipe.heads.models import make_model
+from affectpipe.heads.model_registry import make_model
 from affectpipe.heads.preprocess import FeatureScaler
-from affectpipe.heads.tasks import get_task
+from affectpipe.tasks import get_task
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((200, 150)).astype(np.float32)

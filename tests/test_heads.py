@@ -26,12 +26,13 @@ from affectpipe.heads.featuresets import (
     parse_feature_set,
 )
 from affectpipe.heads.fitted import load_head
-from affectpipe.heads.models import LinearHead, MLPHead, make_model
+from affectpipe.heads.model_registry import make_model
+from affectpipe.heads.models import LinearHead, MLPHead
 from affectpipe.heads.synthetic import Scale, write_synthetic_cache
-from affectpipe.heads.tasks import class_weights, pos_weights
 from affectpipe.manifest import read_manifest, write_manifest
 from affectpipe.pipeline import cli
 from affectpipe.schema import PRED_COLUMNS
+from affectpipe.tasks import class_weights, pos_weights
 
 SMALL = Scale(n_train=1600, n_val=600, n_test=300, rows_per_video=100)
 LINEAR_EMB = "mt-emotieffnet:embedding+logits/linear"
@@ -469,9 +470,9 @@ def test_near_constant_train_columns_are_not_blown_up_on_new_rows() -> None:
 
 
 def test_regularisation_is_chosen_on_held_out_train_videos() -> None:
-    from affectpipe.heads.models import make_model
+    from affectpipe.heads.model_registry import make_model
     from affectpipe.heads.regularisation import choose_regularisation
-    from affectpipe.heads.tasks import get_task
+    from affectpipe.tasks import get_task
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((60, 40)).astype(np.float32)

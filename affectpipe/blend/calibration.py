@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from affectpipe.metrics import N_EXPR, ccc
+from affectpipe.metrics import N_EXPR, ccc, f1_from_counts
 
 OFFSET_GRID = np.round(np.arange(-1.0, 1.0001, 0.1), 10)  # log-probability biases
 OFFSET_ROUNDS = 2
@@ -63,11 +63,7 @@ def macro_f1_from_pairs(y_true: np.ndarray, y_pred: np.ndarray, n_sets: int = 1)
 def macro_f1_from_confusion(conf: np.ndarray) -> np.ndarray:
     """Macro F1 of each confusion matrix [set, pred, true] (counts)."""
     tp = np.diagonal(conf, axis1=1, axis2=2)
-    predicted = conf.sum(axis=2)
-    actual = conf.sum(axis=1)
-    denom = predicted + actual
-    f1 = np.divide(2 * tp, denom, out=np.zeros(tp.shape), where=denom > 0)
-    return f1.mean(axis=1)
+    return f1_from_counts(tp, conf.sum(axis=2), conf.sum(axis=1)).mean(axis=1)
 
 
 def fit_expr_offsets(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, float]:

@@ -14,10 +14,11 @@ matplotlib.use("Agg")  # headless: render to memory only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from affectpipe.blend.tasks import rules_for  # noqa: E402
+from affectpipe.blend.task_rules import rules_for  # noqa: E402
 from affectpipe.fsutil import write_text_atomic  # noqa: E402
 from affectpipe.metrics import ccc, expr_f1_per_class  # noqa: E402
 from affectpipe.schema import AU_COLUMNS, EXPR_NAMES  # noqa: E402
+from affectpipe.tasks import DECISION_THRESHOLD  # noqa: E402
 
 STYLE = """
 body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -246,7 +247,7 @@ def _item_table(rules, outcome, post: dict[str, list[float]]) -> tuple[str, list
     correction; and a warning per item without support."""
     tuned = rules.per_item(outcome.val_details)
     crossfit = rules.per_item(outcome.crossfit_details) if outcome.crossfit_details else {}
-    metric = "CCC" if rules.name == "va" else "F1"
+    metric = rules.task.item_metric
     header = ["item", "train support", "val support", f"{metric} tuned", f"{metric} cross-fitted"]
     header += list(post)
     rows = []
@@ -297,12 +298,13 @@ def _stage_note(stage: str, fitted) -> str:
 
 def _stage_table(task: str, outcome) -> str:
     """Stage -> tuned score, cross-fitted score, whether the submission applies it and why."""
+    rules = rules_for(task)
     fitted = outcome.blend
     rows = []
     for stage, tuned in fitted.stage_scores.items():
         label = STAGE_LABELS[stage]
-        if task == "au" and stage == "blend":
-            label += ", global threshold 0.5"
+        if rules.post_name == "thresholds" and stage == "blend":
+            label += f", global threshold {DECISION_THRESHOLD}"
         decision = fitted.decisions.get(stage)
         crossfit = fitted.crossfit_stage_scores.get(stage, float("nan"))
         if decision is None:
@@ -358,7 +360,7 @@ def _task_section(task: str, outcome, info: dict[str, Any]) -> str:
         + _table(["validation score", "value"], rows)
         + "<h3>Stages</h3>"
         + _stage_table(task, outcome)
-        + f"<h3>Per {'dimension' if task == 'va' else 'class' if task == 'expr' else 'AU'}: "
+        + f"<h3>Per item ({html.escape(rules.items)}): "
         f"support, scores and tuned {html.escape(rules.post_name)}</h3>"
         + items
         + "".join(f'<p class="warn">{html.escape(w)}</p>' for w in warnings)

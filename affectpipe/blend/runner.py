@@ -39,7 +39,7 @@ from affectpipe.blend.predictions import available_tasks, load_candidates
 from affectpipe.blend.smoothing import VideoOrder, group_codes
 from affectpipe.blend.stages import load_gate_sources, log_prior
 from affectpipe.blend.submission import STYLES, Request, requested_submissions, task_test_rows
-from affectpipe.blend.tasks import TaskRules, rules_for
+from affectpipe.blend.task_rules import TaskRules, rules_for
 from affectpipe.blend.tuning import (
     TOL,
     BlendOptions,

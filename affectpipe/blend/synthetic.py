@@ -20,6 +20,7 @@ from affectpipe.config import DEFAULT_RUN, DatasetPaths
 from affectpipe.manifest import empty_manifest, write_manifest
 from affectpipe.metrics import N_AU, N_EXPR
 from affectpipe.schema import AU_COLUMNS, MTL_SUBMISSION_HEADER, TASK_HEADERS
+from affectpipe.tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -91,49 +92,61 @@ def synthetic_task(
     return SyntheticTask(candidates, labels, groups, frames.astype(np.int64))
 
 
+def _va_values(rng: np.random.Generator, groups: np.ndarray, quality: np.ndarray):
+    labels = _smooth_signal(rng, groups, 2).astype(np.float32)
+    shared = rng.normal(0, 0.5, size=labels.shape)  # errors the candidates share
+    cands = (
+        q * labels
+        + rng.normal(0, 0.15, size=2)
+        + 0.6 * shared
+        + rng.normal(0, 0.7, size=labels.shape)
+        + 0.4 * _smooth_signal(rng, groups, 2)
+        for q in quality
+    )
+    return labels, cands
+
+
+def _expr_values(rng: np.random.Generator, groups: np.ndarray, quality: np.ndarray):
+    latent = _smooth_signal(rng, groups, N_EXPR) + rng.normal(0, 0.3, size=N_EXPR)
+    labels = latent.argmax(axis=1)
+    labels[_smooth_signal(rng, groups, 1)[:, 0] > 0.3] = -1  # unlabelled stretches
+    onehot = np.eye(N_EXPR)[latent.argmax(axis=1)]
+    shared = rng.normal(0, 1.0, size=onehot.shape)
+    cands = (
+        _softmax(1.2 * q * onehot + shared + rng.normal(0, 1.2, size=onehot.shape))
+        for q in quality
+    )
+    return labels, cands
+
+
+def _au_values(rng: np.random.Generator, groups: np.ndarray, quality: np.ndarray):
+    latent = _smooth_signal(rng, groups, N_AU) - rng.uniform(0.0, 0.6, size=N_AU)
+    labels = (latent > 0).astype(np.int64)
+    shared = rng.normal(0, 1.0, size=latent.shape)
+    cands = (
+        _sigmoid(
+            2 * q * latent + shared + rng.normal(0, 1.5, size=latent.shape) - rng.normal(0.5, 0.5)
+        )
+        for q in quality
+    )
+    return labels, cands
+
+
+# Labels and a lazy sequence of candidate outputs per task (drawn in this order).
+_GENERATORS = {"va": _va_values, "expr": _expr_values, "au": _au_values}
+# Videos labelled per task (all unless listed): a seventh of the videos lack VA labels, as the
+# VA set annotates fewer videos.
+_COVERAGE = {"va": lambda segment: segment % 7 != 3}
+
+
 def _task_values(
     task: str, rng: np.random.Generator, groups: np.ndarray, n_candidates: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(candidates [M, N, K] float32, labels) for rows whose video is `groups`."""
     quality = np.linspace(1.0, 0.5, n_candidates)
-    if task == "va":
-        labels = _smooth_signal(rng, groups, 2).astype(np.float32)
-        shared = rng.normal(0, 0.5, size=labels.shape)  # errors the candidates share
-        cands = (
-            q * labels
-            + rng.normal(0, 0.15, size=2)
-            + 0.6 * shared
-            + rng.normal(0, 0.7, size=labels.shape)
-            + 0.4 * _smooth_signal(rng, groups, 2)
-            for q in quality
-        )
-    elif task == "expr":
-        latent = _smooth_signal(rng, groups, N_EXPR) + rng.normal(0, 0.3, size=N_EXPR)
-        labels = latent.argmax(axis=1)
-        labels[_smooth_signal(rng, groups, 1)[:, 0] > 0.3] = -1  # unlabelled stretches
-        onehot = np.eye(N_EXPR)[latent.argmax(axis=1)]
-        shared = rng.normal(0, 1.0, size=onehot.shape)
-        cands = (
-            _softmax(1.2 * q * onehot + shared + rng.normal(0, 1.2, size=onehot.shape))
-            for q in quality
-        )
-    elif task == "au":
-        latent = _smooth_signal(rng, groups, N_AU) - rng.uniform(0.0, 0.6, size=N_AU)
-        labels = (latent > 0).astype(np.int64)
-        shared = rng.normal(0, 1.0, size=latent.shape)
-        cands = (
-            _sigmoid(
-                2 * q * latent
-                + shared
-                + rng.normal(0, 1.5, size=latent.shape)
-                - rng.normal(0.5, 0.5)
-            )
-            for q in quality
-        )
-    else:
-        raise ValueError(f"unknown task {task!r}")
+    labels, cands = _GENERATORS[task](rng, groups, quality)
     # Candidates are generated one at a time (in draw order) straight into float32.
-    width = {"va": 2, "expr": N_EXPR, "au": N_AU}[task]
+    width = get_task(task).n_outputs
     candidates = np.empty((n_candidates, len(groups), width), dtype=np.float32)
     for m, values in enumerate(cands):
         candidates[m] = values
@@ -294,15 +307,12 @@ def write_scaled_run(
     for task in ("va", "expr", "au"):
         task_rng = np.random.default_rng([seed, ("va", "expr", "au").index(task)])
         candidates, labels = _task_values(task, task_rng, segment, n_candidates)
-        if task == "va":
-            # A seventh of the videos lack VA labels (the VA set annotates fewer videos).
-            va = np.where((labelled & (segment % 7 != 3))[:, None], labels, np.nan)
-            frame["valence"], frame["arousal"] = va[:, 0], va[:, 1]
-        elif task == "expr":
-            frame["expression"] = np.where(labelled, labels, -1)
-        else:
-            for a, column in enumerate(AU_COLUMNS):
-                frame[column] = np.where(labelled, labels[:, a], -1)
+        spec = get_task(task)
+        keep = labelled & _COVERAGE.get(task, lambda seg: True)(segment)
+        columns = np.asarray(labels).reshape(n_rows, -1)
+        missing_label = np.nan if spec.is_regression else -1
+        for j, column in enumerate(spec.label_columns):
+            frame[column] = np.where(keep, columns[:, j], missing_label)
         outputs[task] = {}
         for m in range(n_candidates):
             values = candidates[m][rows]

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from affectpipe.metrics import f1_from_counts
+from affectpipe.tasks import DECISION_THRESHOLD
+
 GRID_BINS = 200  # thresholds k / 200, k = 1..199: steps of 0.005
 GRID = np.arange(1, GRID_BINS) / GRID_BINS
-DEFAULT_THRESHOLD = 0.5
 
 
 def threshold_bins(probs: np.ndarray) -> np.ndarray:
@@ -56,8 +58,7 @@ class F1Grid:
         true_pos = suffix[..., 1]
         predicted = suffix[..., 0] + true_pos
         positives = counts[..., 1].sum(axis=1, keepdims=True)
-        denom = predicted + positives
-        f1 = np.divide(2.0 * true_pos, denom, out=np.zeros(true_pos.shape), where=denom > 0)
+        f1 = f1_from_counts(true_pos, predicted, positives)
         f1[self.no_label] = np.nan
         return f1.T
 
@@ -72,13 +73,13 @@ def best_thresholds(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
     An AU without valid labels keeps 0.5 and gets NaN.
     """
     f1 = F1Grid(labels)(probs)
-    closeness = -np.abs(GRID - DEFAULT_THRESHOLD)
+    closeness = -np.abs(GRID - DECISION_THRESHOLD)
     filled = np.nan_to_num(f1, nan=-1.0)
     # lexsort's last key is the primary one: F1 first, then closeness to 0.5.
     picks = np.array([np.lexsort((closeness, filled[:, a]))[-1] for a in range(f1.shape[1])])
     thresholds = GRID[picks]
     scores = f1[picks, np.arange(f1.shape[1])]
-    thresholds[~np.isfinite(scores)] = DEFAULT_THRESHOLD
+    thresholds[~np.isfinite(scores)] = DECISION_THRESHOLD
     return thresholds, scores
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from affectpipe.blend.smoothing import KERNELS, Smoother, VideoOrder, smooth
 from affectpipe.blend.stages import TAU_GRID, GateSources, adjust, apply_gate, fit_gate
-from affectpipe.blend.tasks import TaskRules
+from affectpipe.blend.task_rules import TaskRules
 from affectpipe.blend.weights import greedy_weights, mix
 from affectpipe.config import BLEND_SEARCH_ROWS
 

@@ -8,18 +8,16 @@ import numpy as np
 import pandas as pd
 
 from affectpipe.schema import AU_COLUMNS, EXPR_NAMES, SPLITS
+from affectpipe.tasks import TASK_DEFS
 
 MAX_LISTED_MISSING = 10
 MOST_TEST_IMAGES_MISSING = 0.5  # share of test rows without image that triggers a warning
 
 
 def label_masks(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Rows labelled for each task: VA both values, EXPR a code, AU all 12 (ABAW convention)."""
-    return {
-        "va": (frame["valence"].notna() & frame["arousal"].notna()).to_numpy(),
-        "expr": (frame["expression"] >= 0).to_numpy(),
-        "au": (frame[list(AU_COLUMNS)] >= 0).all(axis=1).to_numpy(),
-    }
+    """Rows labelled for each task, by the rule heads and blend use (`Task.valid_rows`), so
+    `index` counts the rows they train and score on."""
+    return {task.name: task.valid_rows(task.targets(frame)) for task in TASK_DEFS.values()}
 
 
 def summarize(frame: pd.DataFrame, metadata: dict[str, Any]) -> str:

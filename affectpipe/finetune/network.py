@@ -19,8 +19,8 @@ from torch import nn
 
 from affectpipe.errors import InputError
 from affectpipe.heads.attention import AttentionPool, map_tokens
-from affectpipe.heads.tasks import get_task
 from affectpipe.schema import AU_COLUMNS, EXPR_NAMES, VA_COLUMNS
+from affectpipe.tasks import get_task
 
 # The raw output names of each task, in the order the prediction columns use.
 OUTPUT_NAMES: dict[str, tuple[str, ...]] = {

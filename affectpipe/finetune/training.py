@@ -1,6 +1,6 @@
 """The fine-tuning loop: a registered backbone + task outputs trained on a dataset's train split.
 
-One run (per bag) trains `FinetuneNet` with the heads' task losses (`heads.models._loss_fn`:
+One run (per bag) trains `FinetuneNet` with the heads' task losses (`affectpipe.tasks`' `Task.loss`:
 CCC for VA, class-weighted cross-entropy or focal for EXPR, positive-weighted BCE for AUs;
 a missing label never reaches a loss), AdamW with linear warm-up and cosine decay, mixed
 precision on CUDA, and early stopping on the validation split's task metrics
@@ -38,8 +38,7 @@ from affectpipe.finetune.augment import augment
 from affectpipe.finetune.network import FinetuneNet, OutputLayout, build_network, channels_of
 from affectpipe.finetune.recipes import Recipe
 from affectpipe.fsutil import atomic_path, file_lock, sha256_file, write_text_atomic
-from affectpipe.heads.models import _loss_fn, _outputs, _target_tensor
-from affectpipe.heads.tasks import get_task
+from affectpipe.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +224,9 @@ class Trainer:
         self.loss_fns = {}
         for name in layout.tasks:
             labels = train.labels[name][train.valid[name]]
-            self.loss_fns[name] = _loss_fn_for(name, labels, recipe, device)
+            self.loss_fns[name] = get_task(name).loss(
+                labels, recipe.focal_gamma, recipe.class_weighting, device
+            )
 
     # -- data ---------------------------------------------------------------------------
 
@@ -279,7 +280,7 @@ class Trainer:
             valid = self.train_data.valid[name][positions]
             if valid.sum() < MIN_TASK_ROWS:
                 continue
-            target = _target_tensor(name, self.train_data.labels[name][positions][valid])
+            target = get_task(name).target_tensor(self.train_data.labels[name][positions][valid])
             weight = float(self.recipe.task_weights.get(name, 1.0))
             keep = torch.from_numpy(valid).to(self.device)
             total = total + weight * self.loss_fns[name](out[keep, part], target.to(self.device))
@@ -445,10 +446,6 @@ class Trainer:
         return state
 
 
-def _loss_fn_for(task: str, labels: np.ndarray, recipe: Recipe, device: torch.device) -> Any:
-    return _loss_fn(task, labels, recipe.focal_gamma, recipe.class_weighting, device)
-
-
 def score_outputs(layout: OutputLayout, raw: np.ndarray, data: TrainData) -> dict[str, float]:
     """Each task's metrics on the rows with outputs and a label; `score` sums the main ones."""
     scores: dict[str, float] = {}
@@ -459,7 +456,7 @@ def score_outputs(layout: OutputLayout, raw: np.ndarray, data: TrainData) -> dic
         keep = data.valid[name] & done
         if not keep.any():
             continue
-        outputs = _outputs(name, torch.from_numpy(raw[keep, part]))
+        outputs = task.activate(torch.from_numpy(raw[keep, part]))
         metrics = task.score(data.labels[name][keep], outputs)
         scores.update(metrics)
         if np.isfinite(metrics[task.main_metric]):

@@ -36,9 +36,9 @@ from affectpipe.heads.featuresets import (
     parse_feature_set,
 )
 from affectpipe.heads.synthetic import SCALES, STORAGE_DTYPE, write_synthetic_cache
-from affectpipe.heads.tasks import class_weights, get_task, pos_weights
 from affectpipe.heads.training import HeadsResult, label_rows, train
 from affectpipe.manifest import read_manifest
+from affectpipe.tasks import class_weights, get_task, pos_weights
 
 BENCH_SEED = 0
 GENERATOR_VERSION = 3  # bump when the synthetic generator changes, so old caches regenerate
@@ -63,11 +63,51 @@ def _machine() -> str:
     return f"{cpu_model()}, {cores} cores usable, load average {load:.1f} at start"
 
 
+def _ridge_reference(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray) -> np.ndarray:
+    from sklearn.linear_model import Ridge
+
+    return np.clip(Ridge(alpha=1.0).fit(X_train, y_train).predict(X_val), -1, 1)
+
+
+def _logistic_reference(
+    X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray
+) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+
+    weights = dict(enumerate(class_weights(y_train)))
+    model = LogisticRegression(max_iter=300, class_weight=weights).fit(X_train, y_train)
+    pred = np.zeros((len(X_val), 8))
+    pred[:, model.classes_] = model.predict_proba(X_val)
+    return pred
+
+
+def _per_au_logistic_reference(
+    X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray
+) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+
+    pw = pos_weights(y_train)
+    pred = np.zeros((len(X_val), y_train.shape[1]))
+    for j in range(y_train.shape[1]):
+        rows = y_train[:, j] >= 0
+        model = LogisticRegression(max_iter=300, class_weight={0: 1.0, 1: pw[j]})
+        pred[:, j] = model.fit(X_train[rows], y_train[rows, j]).predict_proba(X_val)[:, 1]
+    return pred
+
+
+# The scikit-learn reference fit of each task, and a cap on its train rows where it has one.
+REFERENCE_FITS = {
+    "va": _ridge_reference,
+    "expr": _logistic_reference,
+    "au": _per_au_logistic_reference,
+}
+REFERENCE_ROWS = {"va": REFERENCE_VA_ROWS}
+
+
 def _reference_score(
     paths: DatasetPaths, manifest, task_name: str, spec: str, max_rows: int
 ) -> tuple[float, float, str]:
     """(score, seconds, note) of the scikit-learn reference fit on the raw features."""
-    from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.preprocessing import StandardScaler
 
     task = get_task(task_name)
@@ -77,8 +117,7 @@ def _reference_score(
     train_rows = np.flatnonzero(valid & loaded.ok & (split == "train"))
     val_rows = np.flatnonzero(valid & loaded.ok & (split == "val"))
     note = ""
-    if task_name == "va":
-        max_rows = REFERENCE_VA_ROWS
+    max_rows = REFERENCE_ROWS.get(task_name, max_rows)
     if max_rows and len(train_rows) > max_rows:
         rng = np.random.default_rng(BENCH_SEED)
         train_rows = np.sort(rng.choice(train_rows, max_rows, replace=False))
@@ -87,21 +126,7 @@ def _reference_score(
     X_train, X_val = loaded.take(train_rows), loaded.take(val_rows)
     scaler = StandardScaler().fit(X_train)
     X_train, X_val = scaler.transform(X_train), scaler.transform(X_val)
-    y_train = y[train_rows]
-    if task_name == "va":
-        pred = np.clip(Ridge(alpha=1.0).fit(X_train, y_train).predict(X_val), -1, 1)
-    elif task_name == "expr":
-        weights = dict(enumerate(class_weights(y_train)))
-        model = LogisticRegression(max_iter=300, class_weight=weights).fit(X_train, y_train)
-        pred = np.zeros((len(val_rows), 8))
-        pred[:, model.classes_] = model.predict_proba(X_val)
-    else:
-        pw = pos_weights(y_train)
-        pred = np.zeros((len(val_rows), y.shape[1]))
-        for j in range(y.shape[1]):
-            rows = y_train[:, j] >= 0
-            model = LogisticRegression(max_iter=300, class_weight={0: 1.0, 1: pw[j]})
-            pred[:, j] = model.fit(X_train[rows], y_train[rows, j]).predict_proba(X_val)[:, 1]
+    pred = REFERENCE_FITS[task_name](X_train, y[train_rows], X_val)
     seconds = time.perf_counter() - start
     return task.score(y[val_rows], pred)[task.main_metric], seconds, note
 

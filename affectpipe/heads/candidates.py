@@ -36,9 +36,9 @@ from typing import Any
 from affectpipe.errors import InputError
 from affectpipe.extract import registry
 from affectpipe.heads.featuresets import FeatureSet, parse_feature_set
-from affectpipe.heads.models import MODELS
-from affectpipe.heads.tasks import get_task
+from affectpipe.heads.model_registry import MODELS
 from affectpipe.schema import TASKS
+from affectpipe.tasks import get_task
 from affectpipe.untrusted import check_schema, read_toml
 
 DEFAULT_MODELS: tuple[str, ...] = ("linear", "mlp")

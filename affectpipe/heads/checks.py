@@ -101,8 +101,8 @@ def _check_state(weights: Any, name: str, build) -> None:
 
 def _check_model(model: Any, task: str, width: int) -> None:
     from affectpipe.heads.models import LightGBMHead, LinearHead, MLPHead, SeedBag
-    from affectpipe.heads.tasks import get_task
     from affectpipe.heads.temporal import ARCHS, TemporalHead, _Net
+    from affectpipe.tasks import get_task
 
     name = type(model).__name__
     if isinstance(model, SeedBag):

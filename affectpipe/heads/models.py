@@ -22,8 +22,7 @@ import torch
 from sklearn.base import BaseEstimator, clone
 
 from affectpipe.errors import InputError
-from affectpipe.heads import losses
-from affectpipe.heads.tasks import class_weights, get_task, pos_weights
+from affectpipe.tasks import get_task
 
 SMALL_PROBLEM = 1 << 22  # input values (rows x columns) below which LightGBM uses one thread
 
@@ -58,46 +57,6 @@ def _to_numpy_state(module: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
 
 
-def _loss_fn(
-    task: str, y: np.ndarray, focal_gamma: float, class_weighting: bool, device: Any = "cpu"
-):
-    """The task's loss as f(outputs, target) with weights from the train labels (as tensors
-    on `device`, where the outputs are)."""
-    if task == "va":
-        return lambda out, t: losses.ccc_loss(torch.tanh(out), t)
-    if task == "expr":
-        weights = class_weights(y) if class_weighting else np.ones(get_task(task).n_outputs)
-        w = torch.tensor(weights, dtype=torch.float32, device=device)
-        return lambda out, t: losses.expr_loss(out, t, w, focal_gamma)
-    weights = pos_weights(y) if class_weighting else np.ones(y.shape[1])
-    pw = torch.tensor(weights, dtype=torch.float32, device=device)
-    return lambda out, t: losses.au_loss(out, t, pw)
-
-
-def _target_tensor(task: str, y: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(y, dtype=torch.float32 if task == "va" else torch.int64)
-
-
-def _outputs(task: str, raw: torch.Tensor) -> np.ndarray:
-    if task == "va":
-        return torch.tanh(raw).numpy()
-    if task == "expr":
-        return torch.softmax(raw, dim=1).numpy()
-    return torch.sigmoid(raw).numpy()
-
-
-def _raw_from_outputs(task: str, outputs: np.ndarray) -> np.ndarray:
-    """The inverse of `_outputs` (up to a per-row shift for expr, which softmax ignores):
-    pre-activation values a sequence model can add a correction to."""
-    out = np.asarray(outputs, dtype=np.float32)
-    if task == "va":
-        return np.arctanh(np.clip(out, -0.995, 0.995))
-    clipped = np.clip(out, 1e-6, 1.0 - 1e-6)
-    if task == "expr":
-        return np.log(clipped)
-    return np.log(clipped) - np.log1p(-clipped)
-
-
 class _HeadBase(BaseEstimator):
     """predict / predict_proba on top of `_raw_outputs` (VA values or probabilities)."""
 
@@ -107,16 +66,11 @@ class _HeadBase(BaseEstimator):
         return self._raw_outputs(np.asarray(X, dtype=np.float32))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        out = self.predict_outputs(X)
-        if self.task == "va":
-            return out
-        if self.task == "expr":
-            return out.argmax(axis=1)
-        return (out >= 0.5).astype(np.int64)
+        return get_task(self.task).decide(self.predict_outputs(X))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        if self.task == "va":
-            raise AttributeError("a VA head is a regressor: use predict")
+        if get_task(self.task).is_regression:
+            raise AttributeError(f"a {self.task} head is a regressor: use predict")
         return self.predict_outputs(X)
 
     def _raw_outputs(self, X: np.ndarray) -> np.ndarray:
@@ -151,7 +105,7 @@ class LinearHead(_HeadBase):
 
     def fit(self, X: np.ndarray, y: np.ndarray, eval_set: object = None) -> LinearHead:
         X = np.asarray(X, dtype=np.float32)
-        if self.task == "va":
+        if get_task(self.task).is_regression:
             self._fit_ridge(X, np.asarray(y, dtype=np.float64))
         else:
             with single_torch_thread():
@@ -169,13 +123,13 @@ class LinearHead(_HeadBase):
         self.intercept_ = (mean_y - mean_x @ coef).astype(np.float32)
 
     def _fit_lbfgs(self, X: np.ndarray, y: np.ndarray) -> None:
-        n_out = get_task(self.task).n_outputs
-        loss_fn = _loss_fn(self.task, y, self.focal_gamma, self.class_weighting)
-        xs, ts = torch.from_numpy(X), _target_tensor(self.task, y)
+        task = get_task(self.task)
+        loss_fn = task.loss(y, self.focal_gamma, self.class_weighting)
+        xs, ts = torch.from_numpy(X), task.target_tensor(y)
         # Weight as [n_out, n_in] for F.linear: on one CPU thread its backward is ~4x faster
         # than that of `xs @ weight` (measured: 15 vs 61 ms on 90k x 138 rows).
-        weight = torch.zeros(n_out, X.shape[1], requires_grad=True)
-        bias = torch.zeros(n_out, requires_grad=True)
+        weight = torch.zeros(task.n_outputs, X.shape[1], requires_grad=True)
+        bias = torch.zeros(task.n_outputs, requires_grad=True)
         optimizer = torch.optim.LBFGS(
             [weight, bias],
             lr=1.0,
@@ -200,9 +154,10 @@ class LinearHead(_HeadBase):
 
     def _raw_outputs(self, X: np.ndarray) -> np.ndarray:
         raw = X @ self.coef_ + self.intercept_
-        if self.task == "va":
+        task = get_task(self.task)
+        if task.is_regression:  # a ridge fit: the values themselves, kept in range
             return np.clip(raw, -1.0, 1.0)
-        return _outputs(self.task, torch.from_numpy(np.ascontiguousarray(raw)))
+        return task.activate(torch.from_numpy(np.ascontiguousarray(raw)))
 
 
 class MLPHead(_HeadBase):
@@ -284,8 +239,8 @@ class MLPHead(_HeadBase):
             module.parameters(), lr=self.lr, weight_decay=self.weight_decay
         )
         xs = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
-        ts = _target_tensor(self.task, np.asarray(y))
-        loss_fn = _loss_fn(self.task, np.asarray(y), self.focal_gamma, self.class_weighting)
+        ts = task.target_tensor(np.asarray(y))
+        loss_fn = task.loss(np.asarray(y), self.focal_gamma, self.class_weighting)
         # A batch keeps >= 64 rows for a stable batch CCC (a smaller last batch is skipped).
         batch_size = min(self.batch_size, max(64, len(xs) // 32))
         min_batch = min(len(xs), 64)
@@ -338,7 +293,8 @@ class MLPHead(_HeadBase):
         module.load_state_dict({k: torch.from_numpy(v) for k, v in self.weights_.items()})
         module.eval()
         with torch.no_grad():
-            return _outputs(self.task, module(torch.from_numpy(np.ascontiguousarray(X))))
+            raw = module(torch.from_numpy(np.ascontiguousarray(X)))
+            return get_task(self.task).activate(raw)
 
     def refit_params(self) -> dict[str, int]:
         """Params for a refit without an eval set (cross-fitting): the early-stopped epochs."""
@@ -390,29 +346,6 @@ class LightGBMHead(_HeadBase):
         self.n_jobs = n_jobs
         self.random_state = random_state
 
-    def _targets(self, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(label, 1 where labelled else 0) of each booster: 2 VA, 1 expr or 12 AU."""
-        if self.task == "expr":
-            return [(y, (y >= 0).astype(np.float64))]
-        if self.task == "va":
-            columns = [np.ascontiguousarray(y[:, j]) for j in range(2)]  # LightGBM copies views
-            return [(col, np.isfinite(col).astype(np.float64)) for col in columns]
-        return [(np.maximum(col, 0), (col >= 0).astype(np.float64)) for col in y.T]
-
-    def _jobs(self, y: np.ndarray) -> list[tuple[dict, np.ndarray, np.ndarray | None]]:
-        """(objective, label, sample weight) of each booster, on the train labels."""
-        targets = self._targets(y)
-        if self.task == "expr":
-            weights = class_weights(y) if self.class_weighting else np.ones(8)
-            return [({"objective": "multiclass", "num_class": 8}, y, weights[y])]
-        if self.task == "va":
-            return [({"objective": "regression"}, label, None) for label, _ in targets]
-        pw = pos_weights(y) if self.class_weighting else np.ones(y.shape[1])
-        return [
-            ({"objective": "binary"}, label, labelled * np.where(label == 1, pw[j], 1.0))
-            for j, (label, labelled) in enumerate(targets)
-        ]
-
     def lightgbm_params(self, n_values: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """(Dataset params, training params) for an input of `n_values` values."""
         binning = {
@@ -448,10 +381,11 @@ class LightGBMHead(_HeadBase):
         if eval_set is not None:
             X_val = np.ascontiguousarray(eval_set[0], dtype=np.float32)
             valid = lgb.Dataset(X_val, reference=train, params=binning).construct()
-            eval_targets = self._targets(np.asarray(eval_set[1]))
+            eval_targets = get_task(self.task).booster_targets(np.asarray(eval_set[1]))
         self.boosters_: list[str] = []
         self.n_rounds_: list[int] = []
-        for j, (objective, label, weight) in enumerate(self._jobs(y)):
+        task = get_task(self.task)
+        for j, (objective, label, weight) in enumerate(task.booster_jobs(y, self.class_weighting)):
             train.set_label(label)
             _set_weight(train, weight)
             valid_sets, callbacks = [], []
@@ -488,10 +422,7 @@ class LightGBMHead(_HeadBase):
             except lgb.basic.LightGBMError as exc:
                 raise InputError(f"not a LightGBM text model: {exc}") from None
             outs.append(booster.predict(X, num_threads=lightgbm_threads(X.size)))
-        if self.task == "expr":
-            return outs[0].astype(np.float32)
-        stacked = np.stack(outs, axis=1).astype(np.float32)
-        return np.clip(stacked, -1.0, 1.0) if self.task == "va" else stacked
+        return get_task(self.task).join_boosters(outs)
 
 
 def _set_weight(dataset: Any, weight: np.ndarray | None) -> None:
@@ -538,36 +469,3 @@ class SeedBag(BaseEstimator):
     def refit_params(self) -> dict[str, object]:
         inner = self.estimators_[0]
         return {f"estimator__{k}": v for k, v in getattr(inner, "refit_params", dict)().items()}
-
-
-# The temporal head builds on the loss and output helpers above, so it is imported here.
-from affectpipe.heads.temporal import TemporalHead  # noqa: E402
-
-MODELS: dict[str, type[BaseEstimator]] = {
-    "linear": LinearHead,
-    "mlp": MLPHead,
-    "lightgbm": LightGBMHead,
-    "temporal": TemporalHead,  # sequences of frames per video (`heads.temporal`)
-}
-
-
-def make_model(
-    name: str, task: str, params: dict | None = None, seeds: int = 1, seed: int = 0
-) -> BaseEstimator:
-    """A fresh model by name, seeded with `seed` unless `params` sets random_state.
-
-    `seeds` > 1 bags that many seeded copies (ignored for deterministic models).
-    """
-    if name not in MODELS:
-        raise InputError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    cls = MODELS[name]
-    try:
-        model = cls(task=task, **(params or {}))
-    except TypeError as exc:
-        raise InputError(f"bad parameters for model {name!r}: {exc}") from None
-    seeded = "random_state" in model.get_params()
-    if seeded and "random_state" not in (params or {}):
-        model.set_params(random_state=seed)
-    if seeds > 1 and seeded:
-        return SeedBag(model, n_seeds=seeds)
-    return model

@@ -28,7 +28,8 @@ _ARRAY_KINDS = "biuf"  # bool, signed, unsigned, float: what safetensors stores
 
 def estimator_classes() -> dict[str, type]:
     """Classes a head file may name: the head models, `SeedBag` and `FeatureScaler`."""
-    from affectpipe.heads.models import MODELS, SeedBag
+    from affectpipe.heads.model_registry import MODELS
+    from affectpipe.heads.models import SeedBag
     from affectpipe.heads.preprocess import FeatureScaler
 
     return {cls.__name__: cls for cls in (FeatureScaler, SeedBag, *MODELS.values())}

@@ -35,10 +35,9 @@ from sklearn.base import BaseEstimator
 from sklearn.model_selection import GroupKFold
 
 from affectpipe.errors import InputError
-
-# `heads.models` registers this head and shares its loss / output helpers with it; they are
-# imported inside the methods, as models.py imports this module at its end.
-from affectpipe.heads.tasks import get_task
+from affectpipe.heads.models import LinearHead, single_torch_thread
+from affectpipe.heads.regularisation import choose_regularisation
+from affectpipe.tasks import get_task
 
 ARCHS = ("tcn", "gru")
 
@@ -176,8 +175,6 @@ class TemporalHead(BaseEstimator):
     ) -> tuple[Sequences, torch.Tensor, np.ndarray, torch.Tensor]:
         """Sequences, per-position inputs [K + 1, D + 3 (+ n_out)] (last row: padding), ok
         [K] and the frame head's pre-activation outputs [K + 1, n_out] (zeros without one)."""
-        from affectpipe.heads.models import _raw_from_outputs
-
         frames = np.asarray(frames, dtype=np.int64)
         seq = Sequences.of(np.asarray(groups), frames, self.window, step)
         ok_key = np.asarray(ok, dtype=bool)[seq.first_row]
@@ -186,7 +183,7 @@ class TemporalHead(BaseEstimator):
         base = np.zeros((len(seq.first_row) + 1, get_task(self.task).n_outputs), np.float32)
         parts = [feats, ok_key[:, None], seq.gap_features()]
         if getattr(self, "base_", None) is not None:
-            raw = _raw_from_outputs(self.task, self.base_.predict_outputs(feats))
+            raw = get_task(self.task).raw_from_outputs(self.base_.predict_outputs(feats))
             base[:-1] = np.where(ok_key[:, None], raw, 0.0)
             parts.append(base[:-1])
         inputs = np.concatenate(parts, axis=1)
@@ -219,8 +216,6 @@ class TemporalHead(BaseEstimator):
         """Fit on every row of the training videos (labels may be missing, features not ok)."""
         if self.arch not in (*ARCHS, "auto"):
             raise InputError(f"temporal head: arch must be tcn, gru or auto, not {self.arch!r}")
-        from affectpipe.heads.models import single_torch_thread
-
         with single_torch_thread():
             # Training windows do not overlap (half the cost); predictions overlap by half.
             self.base_ = None
@@ -262,9 +257,6 @@ class TemporalHead(BaseEstimator):
         """The linear frame head the sequence model corrects, fitted on the rows of the
         fitting videos with ok features and a label (the early-stopping videos stay
         unseen, so the score of the start is honest); None when they are too few."""
-        from affectpipe.heads.models import LinearHead
-        from affectpipe.heads.regularisation import choose_regularisation
-
         held = np.zeros(len(groups), dtype=bool)
         if stop_windows is not None:
             held = np.isin(groups, np.unique(seq.group[stop_windows[:, 0]]))
@@ -301,8 +293,6 @@ class TemporalHead(BaseEstimator):
     ) -> tuple[dict[str, np.ndarray], float, int]:
         """(weights of the best epoch, its held-out score, the epoch) for one architecture.
         With a frame head (`base_`), epoch 0 is the untrained correction: the frame head."""
-        from affectpipe.heads.models import _loss_fn, _target_tensor
-
         task = get_task(self.task)
         torch.manual_seed(int(self.random_state))
         generator = torch.Generator().manual_seed(int(self.random_state))
@@ -313,8 +303,8 @@ class TemporalHead(BaseEstimator):
                 net.out.bias.zero_()
         optimizer = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         train_labels = target[:-1][labelled[:-1]]
-        loss_fn = _loss_fn(self.task, train_labels, self.focal_gamma, self.class_weighting)
-        targets = _target_tensor(self.task, target)
+        loss_fn = task.loss(train_labels, self.focal_gamma, self.class_weighting)
+        targets = task.target_tensor(target)
         mask = torch.from_numpy(labelled)
         windows = torch.from_numpy(fit_windows)
         # Small data still gets ~16 steps per epoch (batches of >= 4 windows).
@@ -374,16 +364,15 @@ class TemporalHead(BaseEstimator):
         n_keys: int,
     ) -> np.ndarray:
         """Outputs per position [n_keys, n_out] from overlapping windows (centre-weighted)."""
-        from affectpipe.heads.models import _outputs
-
         net.eval()
         weights = _centre_weights(self.window)
-        total = np.zeros((n_keys + 1, get_task(self.task).n_outputs), dtype=np.float64)
+        task = get_task(self.task)
+        total = np.zeros((n_keys + 1, task.n_outputs), dtype=np.float64)
         weight_sum = np.zeros(n_keys + 1)
         with torch.no_grad():
             for start in range(0, len(windows), 256):
                 batch = torch.from_numpy(windows[start : start + 256])
-                out = _outputs(self.task, base[batch] + net(inputs[batch]))  # [B, T, n_out]
+                out = task.activate(base[batch] + net(inputs[batch]))  # [B, T, n_out]
                 flat = batch.numpy().ravel()
                 w = np.broadcast_to(weights, batch.shape).ravel()
                 np.add.at(total, flat, out.reshape(len(flat), -1) * w[:, None])
@@ -396,8 +385,6 @@ class TemporalHead(BaseEstimator):
     ) -> np.ndarray:
         """Outputs per row (VA values or probabilities), from whole videos; NaN where the
         row's features are not ok."""
-        from affectpipe.heads.models import single_torch_thread
-
         with single_torch_thread():
             step = max(1, self.window // 2)
             seq, inputs, ok_key, base = self._inputs(X, groups, frames, ok, step)

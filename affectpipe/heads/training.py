@@ -62,13 +62,13 @@ from affectpipe.heads.featuresets import (
     load_feature_set,
 )
 from affectpipe.heads.fitted import FittedHead
-from affectpipe.heads.models import MODELS, make_model
+from affectpipe.heads.model_registry import MODELS, make_model
 from affectpipe.heads.preprocess import FeatureScaler
 from affectpipe.heads.regularisation import choose_regularisation
-from affectpipe.heads.tasks import TASK_DEFS, get_task
 from affectpipe.heads.temporal import fit_temporal_candidate, sequence_groups
 from affectpipe.manifest import read_manifest, read_manifest_metadata
 from affectpipe.schema import TASKS
+from affectpipe.tasks import TASK_DEFS, get_task
 
 SCALER_SAMPLE_ROWS = 20000  # train rows the scaler / PCA is estimated on
 PARALLEL_MIN_VALUES = 1 << 22  # scaled feature values (rows x columns) worth worker processes
@@ -137,7 +137,7 @@ def format_table(results: Sequence[CandidateResult]) -> str:
         lines.append(
             f"{r.task:<5} {r.candidate:<{width}} {text} {r.n_train:8d} {r.fit_seconds:6.2f}"
         )
-    if any(r.task != "va" for r in results):
+    if any(get_task(r.task).present_metric for r in results):
         lines.append(
             "*: macro F1 over the classes / AUs present in the validation labels "
             "(P_EXPR / P_AU, ABAW's metrics, average all 8 / 12)"
@@ -174,12 +174,9 @@ def label_rows(manifest: pd.DataFrame, task: str, strict: bool) -> tuple[np.ndar
     spec = get_task(task)
     y = spec.targets(manifest)
     valid = spec.valid_rows(y)
-    if strict:
-        for other in TASKS:
-            other_spec = TASK_DEFS[other]
-            valid &= other_spec.valid_rows(other_spec.targets(manifest))
-            if other == "au":  # strict also means all 12 AUs labelled
-                valid &= (other_spec.targets(manifest) >= 0).all(axis=1)
+    if strict:  # every task's every label column (all 12 AUs too)
+        for other in TASK_DEFS.values():
+            valid &= other.valid_rows(other.targets(manifest), strict=True)
     return y, valid
 
 
@@ -473,7 +470,7 @@ def _fit_cost_rank(candidate: Candidate) -> tuple[int, bool]:
     sequence models and trees, then MLPs, then L-BFGS linear heads; a VA linear head is a
     closed-form ridge."""
     rank = {"temporal": 0, "lightgbm": 0, "mlp": 1}.get(candidate.model, 2)
-    return rank, candidate.task == "va"
+    return rank, get_task(candidate.task).is_regression
 
 
 def _preds_base(manifest: pd.DataFrame, folds: int) -> pa.Table:

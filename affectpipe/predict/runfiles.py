@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from affectpipe import __version__
-from affectpipe.blend.tasks import TaskRules, rules_for
+from affectpipe.blend.task_rules import TaskRules, rules_for
 from affectpipe.blend.tuning import TaskBlend
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError

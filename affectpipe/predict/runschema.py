@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from affectpipe.blend.smoothing import KERNELS
-from affectpipe.blend.tasks import rules_for
+from affectpipe.blend.task_rules import rules_for
 from affectpipe.schema import AU_COLUMNS, EXPR_NAMES, TASKS
 from affectpipe.untrusted import FINITE, NAME, RELATIVE_PATH, SHA256, finite_array
 

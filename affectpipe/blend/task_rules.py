@@ -1,7 +1,9 @@
-"""What differs between the three tasks when blending: labels, objectives, decisions, scores.
+"""Blend policies composed onto the task objects (`affectpipe.tasks`): weight groups and their
+objectives, the post-blend correction, smoothing windows, per-item report rows.
 
-Each rules object turns blended continuous outputs (VA values, class or AU probabilities)
-into challenge outputs, tunes its post-blend correction and scores with `affectpipe.metrics`.
+Each rules object holds its `Task` (labels, validity, metrics come from there, once) and turns
+blended continuous outputs (VA values, class or AU probabilities) into challenge outputs,
+tunes its post-blend correction and scores with `affectpipe.metrics`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from affectpipe import metrics
+from affectpipe import metrics, tasks
 from affectpipe.blend import calibration, thresholds
 from affectpipe.blend.stages import OPTIONAL_STAGES
 from affectpipe.schema import AU_COLUMNS, EXPR_NAMES, VA_COLUMNS
@@ -26,21 +28,37 @@ class WeightGroup:
     columns: slice
 
 
-class VaRules:
-    name = "va"
+class _Rules:
+    """What every task's rules take from its `Task`."""
+
+    task: tasks.Task
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    @property
+    def present_metric(self) -> str | None:
+        return self.task.present_metric
+
+    @property
+    def items(self) -> str:
+        return self.task.items
+
+    def labels(self, manifest: pd.DataFrame) -> np.ndarray:
+        return self.task.targets(manifest)
+
+    def labelled(self, labels: np.ndarray) -> np.ndarray:
+        return self.task.valid_rows(labels)
+
+
+class VaRules(_Rules):
+    task = tasks.get_task("va")
     post_name = "calibration"
-    present_metric: str | None = None  # both dimensions are always scored
-    items = "dimensions"
     optional_stages: tuple[str, ...] = ()
     groups = (WeightGroup("valence", slice(0, 1)), WeightGroup("arousal", slice(1, 2)))
     windows = (0, 3, 6, 12, 25, 50, 100)
     retune_windows: int | None = None  # calibration re-tuned at every smoothing window
-
-    def labels(self, manifest: pd.DataFrame) -> np.ndarray:
-        return manifest[list(VA_COLUMNS)].to_numpy(np.float32)
-
-    def labelled(self, labels: np.ndarray) -> np.ndarray:
-        return np.isfinite(labels).all(axis=1) & (labels > -5).all(axis=1)
 
     def objective(self, labels: np.ndarray, group: WeightGroup):
         # float64 once here, not in each of the weight search's many calls (same values)
@@ -81,25 +99,15 @@ class VaRules:
         return {"valence": n, "arousal": n}
 
 
-class ExprRules:
-    name = "expr"
+class ExprRules(_Rules):
+    task = tasks.get_task("expr")
     post_name = "offsets"
-    # Macro over the classes that occur in the labels (`metrics.expr_f1_present`), shown
-    # beside P_EXPR when some are absent; never tuned.
-    present_metric: str | None = "p_expr_present"
-    items = "classes"
     optional_stages = OPTIONAL_STAGES  # logit adjustment and confidence gating
     groups = (WeightGroup("expression", slice(0, len(EXPR_NAMES))),)
     windows = (0, 3, 6, 12, 25, 50, 100)
     # Offsets re-tuned only for the 3 windows that score best with the unsmoothed offsets
     # (the offset search is the costliest correction).
     retune_windows: int | None = 3
-
-    def labels(self, manifest: pd.DataFrame) -> np.ndarray:
-        return manifest["expression"].to_numpy(np.int64)
-
-    def labelled(self, labels: np.ndarray) -> np.ndarray:
-        return labels >= 0
 
     def objective(self, labels: np.ndarray, group: WeightGroup):
         return lambda probs: float(
@@ -145,21 +153,13 @@ class ExprRules:
         return dict(zip(EXPR_NAMES, counts.tolist(), strict=True))
 
 
-class AuRules:
-    name = "au"
+class AuRules(_Rules):
+    task = tasks.get_task("au")
     post_name = "thresholds"
-    present_metric: str | None = "p_au_present"
-    items = "AUs"
     optional_stages: tuple[str, ...] = ()
     groups = (WeightGroup("aus", slice(0, len(AU_COLUMNS))),)
     windows = (0, 1, 2, 4, 8, 16)
     retune_windows: int | None = None  # thresholds re-tuned at every smoothing window
-
-    def labels(self, manifest: pd.DataFrame) -> np.ndarray:
-        return manifest[list(AU_COLUMNS)].to_numpy(np.int64)
-
-    def labelled(self, labels: np.ndarray) -> np.ndarray:
-        return (labels >= 0).any(axis=1)
 
     def objective(self, labels: np.ndarray, group: WeightGroup):
         # Thresholds are tuned after blending, so weigh mixes by their best-threshold F1.
@@ -176,7 +176,7 @@ class AuRules:
         return {"thresholds": tuned.tolist()}, float(f1.mean())
 
     def identity_post(self) -> dict[str, Any]:
-        return {"thresholds": [thresholds.DEFAULT_THRESHOLD] * len(AU_COLUMNS)}
+        return {"thresholds": [tasks.DECISION_THRESHOLD] * len(AU_COLUMNS)}
 
     def decide(self, probs: np.ndarray, post: dict[str, Any]) -> np.ndarray:
         return thresholds.apply_thresholds(probs, np.array(post["thresholds"]))
@@ -206,7 +206,7 @@ class AuRules:
 
 
 TaskRules = VaRules | ExprRules | AuRules
-RULES: dict[str, TaskRules] = {"va": VaRules(), "expr": ExprRules(), "au": AuRules()}
+RULES: dict[str, TaskRules] = {r.task.name: r for r in (VaRules(), ExprRules(), AuRules())}
 
 
 def rules_for(task: str) -> TaskRules:
