@@ -9,6 +9,7 @@ feature files hold one row per *distinct* image, in first-occurrence order
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,12 @@ def image_paths(frame: pd.DataFrame, metadata: dict[str, Any]) -> np.ndarray:
         for i, key, present in zip(rows, sub["image"], sub["has_image"], strict=True):
             paths[i] = str(Path(root) / key) if present else None
     return paths
+
+
+def listed_test_rows(manifest: pd.DataFrame, metadata: Mapping[str, Any], task: str) -> np.ndarray:
+    """Manifest rows of `task`'s test list, in list order (its own block with `test_lists`)."""
+    test_lists = metadata.get("test_lists")
+    if test_lists:
+        entry = test_lists.get(task)
+        return np.arange(*entry["rows"], dtype=np.int64) if entry else np.zeros(0, np.int64)
+    return np.flatnonzero((manifest["split"] == "test").to_numpy())

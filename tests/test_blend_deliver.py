@@ -22,15 +22,15 @@ from affectpipe import predictions
 from affectpipe.blend import runner, synthetic
 from affectpipe.blend.runner import run as blend_run
 from affectpipe.blend.tuning import BlendOptions
-from affectpipe.blend.validate import (
+from affectpipe.config import DatasetPaths
+from affectpipe.manifest import read_manifest_metadata, write_manifest
+from affectpipe.schema import MTL_SUBMISSION_HEADER
+from affectpipe.submission.checks import (
     blend_record_warnings,
     constant_columns,
     validate_file,
     validate_video_folder,
 )
-from affectpipe.config import DatasetPaths
-from affectpipe.manifest import read_manifest_metadata, write_manifest
-from affectpipe.schema import MTL_SUBMISSION_HEADER
 
 
 @pytest.mark.slow
@@ -118,12 +118,14 @@ def test_fill_limit_spares_imageless_frames_of_per_task_lists_only(tmp_path):
 
 def test_constant_columns_are_flagged():
     rows = [["0.1", "0.5", "4"], ["0.2", "0.5", "4"], ["0.3", "0.5", "4"]]
-    assert constant_columns([r[:2] for r in rows], "va") == [
+    assert constant_columns([r[:2] for r in rows], ("va",)) == [
         "column arousal is '0.5' on all 3 lines: a constant, not predictions (a training "
         "prior or a default?)"
     ]
-    assert constant_columns([r[2:] for r in rows], "expr")[0].startswith("column expression is '4'")
-    assert constant_columns([["0.1", "0.5"]], "va") == []  # one line says nothing
+    assert constant_columns([r[2:] for r in rows], ("expr",))[0].startswith(
+        "column expression is '4'"
+    )
+    assert constant_columns([["0.1", "0.5"]], ("va",)) == []  # one line says nothing
 
 
 @pytest.mark.slow
@@ -172,8 +174,10 @@ def test_report_shows_support_tables_and_provenance(tmp_path):
         handle.attrs["weights_sha256"] = "f00dfeed" * 8
     result = blend_run(paths, progress=False)
     text = result.report.read_text()
-    assert "AU: no positives in validation for au15: their F1 is 0 by definition and says " \
+    assert (
+        "AU: no positives in validation for au15: their F1 is 0 by definition and says "
         "nothing" in text
+    )
     for header in (
         "train support",
         "val support",

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from affectpipe.blend import calibration, submission, synthetic
+from affectpipe.blend import calibration, synthetic
 from affectpipe.blend.interpolate import fill_missing
 from affectpipe.blend.smoothing import Smoother, VideoOrder, group_codes, kernel_weights, smooth
 from affectpipe.blend.synthetic import ABAW5_TEST_ROWS, write_scaled_run
@@ -17,6 +17,7 @@ from affectpipe.blend.tuning import video_folds
 from affectpipe.config import DatasetPaths
 from affectpipe.manifest import read_manifest, read_manifest_metadata
 from affectpipe.metrics import N_EXPR
+from affectpipe.submission import values
 from tests.conftest import run_cli
 
 # --- references: one video / one row at a time ---------------------------------------------
@@ -169,14 +170,14 @@ def test_submission_lines_equal_per_value_formatting():
     rng = np.random.default_rng(4)
     flags = (rng.random((500, 12)) < 0.3).astype(np.int8)
     flags[0], flags[1] = 0, 1
-    assert submission.format_au(flags) == [",".join(str(int(x)) for x in row) for row in flags]
+    assert values.format_au(flags) == [",".join(str(int(x)) for x in row) for row in flags]
     va = rng.uniform(-1.3, 1.3, (500, 2)).astype(np.float32)
     va[0] = [-0.0, 1e-9]
     expected = [f"{float(np.clip(v, -1, 1)) + 0.0:.6f},{float(np.clip(a, -1, 1)) + 0.0:.6f}"
                 for v, a in va]
-    assert submission.format_va(va) == expected
+    assert values.format_va(va) == expected
     codes = rng.integers(0, 8, 500).astype(np.int8)
-    assert submission.format_expr(codes) == [str(int(c)) for c in codes]
+    assert values.format_expr(codes) == [str(int(c)) for c in codes]
 
 
 def test_synthetic_signal_equals_per_video_generation():

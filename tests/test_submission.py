@@ -11,12 +11,12 @@ from click.testing import CliRunner
 
 from affectpipe.blend.runner import run as blend_run
 from affectpipe.blend.tuning import BlendOptions
-from affectpipe.blend.validate import validate_file, validate_video_folder
 from affectpipe.config import DatasetPaths
 from affectpipe.manifest import empty_manifest, write_manifest
 from affectpipe.pipeline import cli
 from affectpipe.predictions import write_prediction_run
-from affectpipe.schema import AU_COLUMNS, MTL_SUBMISSION_HEADER
+from affectpipe.schema import AU_COLUMNS, MTL_SUBMISSION_HEADER, TASKS
+from affectpipe.submission.checks import validate_file, validate_video_folder
 
 EXACT = BlendOptions(correction=False, smoothing=False)  # one candidate: outputs = its values
 
@@ -228,7 +228,7 @@ def test_validate_flags_header_and_extra_lines(tmp_path):
     text = ABAW4_EXPECTED.replace(MTL_SUBMISSION_HEADER, "image,valence,arousal")
     bad = tmp_path / "bad.txt"
     bad.write_text(text + text.splitlines()[1] + "\n")
-    problems = validate_file(bad, manifest, "mtl")
+    problems = validate_file(bad, manifest, TASKS)
     assert problems[0].line == 1 and "header" in problems[0].message
     assert problems[-1].line == 8 and "extra" in problems[-1].message
 

@@ -199,29 +199,27 @@ def validate_submission(settings: Settings, file: Path, dataset: str, fmt: str |
     columns that never change (a prior is not a prediction) and about a file that differs
     from what the dataset's blend.json recorded for it.
     """
-    from affectpipe.blend import validate
     from affectpipe.manifest import read_manifest, read_manifest_metadata
+    from affectpipe.schema import TASKS
+    from affectpipe.submission import checks, detect_style, get_style
 
     paths = settings.dataset(dataset)
     manifest = read_manifest(paths.manifest)
     metadata = read_manifest_metadata(paths.manifest)
     if not (manifest["split"] == "test").any():
         raise InputError(f"dataset {dataset!r} has no test rows to check against")
-    if file.is_dir():
-        found = validate.validate_video_folder(file, manifest, fmt, metadata)
-        problems = [problem for _, problem in found]
-        for name, problem in found:
-            click.echo(f"{file / name}:{problem}", err=True)
-        kind, rows = fmt or validate.folder_task(file), validate.folder_value_rows(file)
-    else:
-        problems = validate.validate_file(file, manifest, fmt, metadata)
-        for problem in problems:
-            click.echo(f"{file}:{problem}", err=True)
-        with open(file, encoding="utf-8") as handle:
-            kind = fmt or validate.detect_format(handle.readline().rstrip("\r\n"))
-        rows = validate.file_value_rows(file)
-    warnings = validate.constant_columns(rows, kind) if kind else []
-    warnings += validate.blend_record_warnings(paths.root / "runs", file)
+    tasks = None if fmt is None else TASKS if fmt == "mtl" else (fmt,)
+    # A folder is a per-video submission; a file, whichever style its header names (or the
+    # one that holds the --format's tasks when the header is unrecognised).
+    style = detect_style(file) or get_style("video-names" if file.is_dir() else "frame-lines")
+    found = style.validate(file, manifest, metadata, tasks)
+    problems = [problem for _, problem in found]
+    for name, problem in found:
+        shown = file / name if file.is_dir() else file
+        click.echo(f"{shown}:{problem}", err=True)
+    kind = tasks or style.tasks_of(file)
+    warnings = checks.constant_columns(style.value_rows(file), kind) if kind else []
+    warnings += checks.blend_record_warnings(paths.root / "runs", file)
     for warning in warnings:
         click.echo(f"{file}: warning: {warning}", err=True)
     if problems:

@@ -38,7 +38,6 @@ from affectpipe.blend.interpolate import fill_missing, interpolate_at
 from affectpipe.blend.predictions import available_tasks, load_candidates
 from affectpipe.blend.smoothing import VideoOrder, group_codes
 from affectpipe.blend.stages import load_gate_sources, log_prior
-from affectpipe.blend.submission import STYLES, Request, requested_submissions, task_test_rows
 from affectpipe.blend.task_rules import TaskRules, rules_for
 from affectpipe.blend.tuning import (
     TOL,
@@ -51,9 +50,10 @@ from affectpipe.config import BLEND_PREFER, DEFAULT_MAX_FILLED, DatasetPaths
 from affectpipe.data.summary import no_validation_message
 from affectpipe.errors import InputError, NoValidationError
 from affectpipe.fsutil import file_lock, sha256_file, write_text_atomic
-from affectpipe.manifest import read_manifest, read_manifest_metadata
+from affectpipe.manifest import listed_test_rows, read_manifest, read_manifest_metadata
 from affectpipe.metrics import mtl_score
 from affectpipe.schema import TASKS
+from affectpipe.submission import Request, get_style, requested_submissions
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ def _tune_task(
     prior = rules.prior(labels_all[split == "train"])
     # Validation rows and this task's test-list rows (per-task lists share one manifest).
     wanted = split == "val"
-    wanted[task_test_rows(manifest, metadata, rules.name)] = True
+    wanted[listed_test_rows(manifest, metadata, rules.name)] = True
     cands = load_candidates(paths, run, rules.name, manifest, candidates, np.flatnonzero(wanted))
     rows, values = cands.rows, cands.values
     reports, filled = [], {"interpolated": 0, "prior_rows": 0}
@@ -454,10 +454,13 @@ def _per_video_outputs(
 
 def _fill_problem(outcome: TaskOutcome, request: Request, max_filled: float) -> str | None:
     fill = outcome.fill
-    unpredicted = fill.unpredicted(lists_imageless_frames=request.style != "mtl")
+    style = get_style(request.style)
+    unpredicted = fill.unpredicted(lists_imageless_frames=style.lists_imageless_frames)
     if not fill.listed or unpredicted <= max_filled * fill.listed:
         return None
-    imageless = f", {fill.imageless} without an image file" if request.style == "mtl" else ""
+    imageless = (
+        "" if style.lists_imageless_frames else f", {fill.imageless} without an image file"
+    )
     return (
         f"{unpredicted} of its {fill.listed} listed test rows ({unpredicted / fill.listed:.1%}) "
         f"have no real prediction ({fill.interpolated} interpolated{imageless}, {fill.prior} "
@@ -499,7 +502,7 @@ def plan_submissions(
 def _request_outputs(
     request: Request, outcomes: dict[str, TaskOutcome], manifest: pd.DataFrame
 ) -> dict[str, Any]:
-    if request.style == "video-names":
+    if get_style(request.style).per_video:
         task = request.tasks[0]
         return {task: _per_video_outputs(rules_for(task), outcomes[task], manifest)}
     out = {}
@@ -831,7 +834,7 @@ def run(
         files = [
             path
             for request in writes
-            for path in STYLES[request.style](
+            for path in get_style(request.style).write(
                 out_dir, request, images, _request_outputs(request, outcomes, manifest)
             )
         ]

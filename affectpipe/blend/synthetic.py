@@ -15,11 +15,11 @@ import pandas as pd
 
 from affectpipe import predictions
 from affectpipe.blend.smoothing import VideoOrder
-from affectpipe.blend.submission import TASK_FILE_NAMES
 from affectpipe.config import DEFAULT_RUN, DatasetPaths
 from affectpipe.manifest import empty_manifest, write_manifest
 from affectpipe.metrics import N_AU, N_EXPR
 from affectpipe.schema import AU_COLUMNS, MTL_SUBMISSION_HEADER, TASK_HEADERS
+from affectpipe.submission import TASK_FILE_NAMES
 from affectpipe.tasks import get_task
 
 

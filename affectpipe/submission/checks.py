@@ -7,7 +7,6 @@ file that differs from what the blend.json that wrote it recorded.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +14,10 @@ from typing import Any
 
 import pandas as pd
 
-from affectpipe.blend.submission import task_test_rows
 from affectpipe.fsutil import sha256_file
-from affectpipe.schema import MTL_SUBMISSION_HEADER, TASK_HEADERS
-
-VALUE_COUNTS = {"va": 2, "expr": 1, "au": 12}
+from affectpipe.manifest import listed_test_rows
+from affectpipe.schema import MTL_SUBMISSION_HEADER, TASK_HEADERS, TASKS
+from affectpipe.submission.values import check_values, field_names
 
 
 @dataclass(frozen=True)
@@ -31,67 +29,45 @@ class Problem:
         return f"line {self.line}: {self.message}" if self.line else self.message
 
 
-def detect_format(header: str) -> str | None:
+def header_task(fields: list[str]) -> str | None:
+    """The task whose value names `fields` (a header without its image field) are."""
+    names = [f.strip().lower() for f in fields]
+    return next((t for t, h in TASK_HEADERS.items() if names == h.lower().split(",")), None)
+
+
+def _header(tasks: tuple[str, ...]) -> str:
+    if tasks == TASKS:
+        return MTL_SUBMISSION_HEADER
+    return f"image_location,{TASK_HEADERS[tasks[0]]}"
+
+
+def _tasks_of_header(header: str) -> tuple[str, ...] | None:
     if header == MTL_SUBMISSION_HEADER:
-        return "mtl"
-    fields = [f.strip().lower() for f in header.split(",")]
-    for task, names in TASK_HEADERS.items():
-        if fields[1:] == names.lower().split(","):
-            return task
-    return None
+        return TASKS
+    task = header_task(header.split(",")[1:])
+    return (task,) if task else None
 
 
-def _check_va(fields: list[str]) -> list[str]:
-    out = []
-    for name, text in zip(("valence", "arousal"), fields, strict=True):
-        try:
-            value = float(text)
-        except ValueError:
-            out.append(f"{name} {text!r} is not a number")
-            continue
-        if not math.isfinite(value) or not -1.0 <= value <= 1.0:
-            out.append(f"{name} {text} is outside [-1, 1]")
-    return out
-
-
-def _check_expr(fields: list[str]) -> list[str]:
-    text = fields[0]
-    if not (text.isdigit() and 0 <= int(text) <= 7):
-        return [f"expression {text!r} is not an integer 0..7"]
-    return []
-
-
-def _check_au(fields: list[str]) -> list[str]:
-    bad = [i for i, text in enumerate(fields) if text not in ("0", "1")]
-    return [f"AU values must be 0 or 1; field(s) {[fields[i] for i in bad]}"] if bad else []
-
-
-CHECKS = {"va": _check_va, "expr": _check_expr, "au": _check_au}
-
-
-def check_values(fmt: str, values: list[str]) -> list[str]:
-    """Problems with the value fields of one data line (without the image field)."""
-    if fmt == "mtl":
-        parts = (("va", values[0:2]), ("expr", values[2:3]), ("au", values[3:15]))
-        return [p for task, vals in parts for p in CHECKS[task](vals)]
-    return CHECKS[fmt](values)
-
-
-def validate_lines(lines: list[str], expected_images: list[str], fmt: str | None) -> list[Problem]:
-    """Problems of a submission given as text lines (without line ends)."""
+def validate_lines(
+    lines: list[str], expected_images: list[str], tasks: tuple[str, ...] | None
+) -> list[Problem]:
+    """Problems of a submission given as text lines (without line ends) holding `tasks`'
+    values (None: read from the header)."""
     if not lines:
         return [Problem(0, "the file is empty")]
     header = lines[0]
-    detected = detect_format(header)
+    detected = _tasks_of_header(header)
     problems: list[Problem] = []
-    if fmt is None:
+    if tasks is None:
         if detected is None:
             return [Problem(1, f"unrecognised header {header!r}; pass --format")]
-        fmt = detected
-    elif detected != fmt:
-        expected = MTL_SUBMISSION_HEADER if fmt == "mtl" else f"image_location,{TASK_HEADERS[fmt]}"
-        problems.append(Problem(1, f"header {header!r} does not match format {fmt} ({expected})"))
-    n_values = 15 if fmt == "mtl" else VALUE_COUNTS[fmt]
+        tasks = detected
+    elif detected != tasks:
+        expected = _header(tasks)
+        problems.append(
+            Problem(1, f"header {header!r} does not match format {_kind(tasks)} ({expected})")
+        )
+    n_values = len(field_names(tasks))
     data = lines[1:]
     for index, line in enumerate(data):
         number = index + 2
@@ -106,7 +82,7 @@ def validate_lines(lines: list[str], expected_images: list[str], fmt: str | None
         if len(fields) != n_values + 1:
             problems.append(Problem(number, f"{len(fields)} fields, expected {n_values + 1}"))
             continue
-        problems += [Problem(number, m) for m in check_values(fmt, fields[1:])]
+        problems += [Problem(number, m) for m in check_values(tasks, fields[1:])]
     if len(data) < len(expected_images):
         problems.append(
             Problem(
@@ -126,19 +102,26 @@ def validate_lines(lines: list[str], expected_images: list[str], fmt: str | None
     return problems
 
 
-def _listed(manifest: pd.DataFrame, metadata: Mapping[str, Any] | None, fmt: str | None):
-    """Manifest rows of the test list a submission of `fmt` answers (per-task lists of one
+def _kind(tasks: tuple[str, ...]) -> str:
+    """The `--format` name of a submission holding `tasks`: mtl, or the task."""
+    return "mtl" if tasks == TASKS else tasks[0]
+
+
+def _listed(
+    manifest: pd.DataFrame, metadata: Mapping[str, Any] | None, tasks: tuple[str, ...] | None
+):
+    """Manifest rows of the test list a submission of `tasks` answers (per-task lists of one
     dataset: that task's rows)."""
-    task = fmt if fmt in TASK_HEADERS else None
+    task = tasks[0] if tasks and len(tasks) == 1 else None
     if task and metadata and metadata.get("test_lists"):
-        return manifest.iloc[task_test_rows(manifest, metadata, task)]
+        return manifest.iloc[listed_test_rows(manifest, metadata, task)]
     return manifest[manifest["split"] == "test"]
 
 
 def validate_file(
     path: Path,
     manifest: pd.DataFrame,
-    fmt: str | None = None,
+    tasks: tuple[str, ...] | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> list[Problem]:
     """Problems of the submission `path` against the manifest's test rows (in list order);
@@ -153,20 +136,22 @@ def validate_file(
         if line.endswith("\r")
     ]
     lines = [line.rstrip("\r") for line in lines]
-    test = _listed(manifest, metadata, fmt or (detect_format(lines[0]) if lines else None))
-    problems += validate_lines(lines, test["image"].astype(str).tolist(), fmt)
+    test = _listed(manifest, metadata, tasks or (_tasks_of_header(lines[0]) if lines else None))
+    problems += validate_lines(lines, test["image"].astype(str).tolist(), tasks)
     return sorted(problems, key=lambda p: p.line)
 
 
 def validate_video_folder(
     folder: Path,
     manifest: pd.DataFrame,
-    fmt: str | None = None,
+    task: str | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> list[tuple[str, Problem]]:
     """Problems of an ABAW3 per-video submission folder: one `<video>.txt` per test video,
     the task header, then one line per frame 1..last. Returns (file name, problem) pairs."""
-    test = _listed(manifest, metadata, fmt or folder_task(folder))
+    fixed = task
+    task = task or folder_task(folder)
+    test = _listed(manifest, metadata, (task,) if task else None)
     last_frames = test.groupby("video", sort=False)["frame"].max()
     problems: list[tuple[str, Problem]] = []
     expected_names = {f"{video}.txt" for video in last_frames.index}
@@ -179,35 +164,32 @@ def validate_video_folder(
             continue
         lines = path.read_text(encoding="utf-8").splitlines()
         header = lines[0] if lines else ""
-        task = fmt or next((t for t, h in TASK_HEADERS.items() if h == header), None)
-        if task is None or task == "mtl" or header != TASK_HEADERS.get(task):
+        file_task = fixed or next((t for t, h in TASK_HEADERS.items() if h == header), None)
+        if file_task is None or header != TASK_HEADERS.get(file_task):
             problems.append((path.name, Problem(1, f"header {header!r} is not a task header")))
-            if task is None or task == "mtl":
+            if file_task is None:
                 continue
+        width = len(field_names((file_task,)))
         for number, line in enumerate(lines[1:], start=2):
             fields = line.split(",")
-            if len(fields) != VALUE_COUNTS[task]:
-                message = f"{len(fields)} fields, expected {VALUE_COUNTS[task]}"
-                problems.append((path.name, Problem(number, message)))
+            if len(fields) != width:
+                problems.append(
+                    (path.name, Problem(number, f"{len(fields)} fields, expected {width}"))
+                )
                 continue
-            problems += [(path.name, Problem(number, m)) for m in CHECKS[task](fields)]
+            problems += [
+                (path.name, Problem(number, m)) for m in check_values((file_task,), fields)
+            ]
         if len(lines) - 1 != last:
             message = f"{len(lines) - 1} frame lines, expected {last} (frames 1..{last})"
             problems.append((path.name, Problem(len(lines) + 1, message)))
     return problems
 
 
-def _column_names(fmt: str) -> list[str]:
-    """Names of the value fields of a data line (an EXPR line has one: the class code)."""
-    names = {"va": ["valence", "arousal"], "expr": ["expression"]}
-    names["au"] = TASK_HEADERS["au"].split(",")
-    return names["va"] + names["expr"] + names["au"] if fmt == "mtl" else names[fmt]
-
-
-def constant_columns(rows: list[list[str]], fmt: str) -> list[str]:
+def constant_columns(rows: list[list[str]], tasks: tuple[str, ...]) -> list[str]:
     """Warnings for value columns that hold one value on every line (of several): the mark of
     a prior or a default filled in for predictions."""
-    names = _column_names(fmt)
+    names = field_names(tasks)
     rows = [r for r in rows if len(r) == len(names)]
     if len(rows) < 2:
         return []
