@@ -26,7 +26,6 @@ refuse it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -38,7 +37,7 @@ import h5py
 import numpy as np
 
 from affectpipe.errors import InputError
-from affectpipe.fsutil import atomic_path
+from affectpipe.fsutil import atomic_path, json_sha256
 
 JSON_ATTRS = (
     "preprocessing",
@@ -317,5 +316,4 @@ def feature_fingerprint(path: str | Path) -> str:
             f"{path}: not a readable feature file ({exc}); rerun `pipeline extract`"
         ) from None
     identity = {k: v for k, v in attrs.items() if k not in UNFINGERPRINTED_ATTRS}
-    payload = json.dumps({"attrs": identity, "shapes": shapes}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return json_sha256({"attrs": identity, "shapes": shapes})

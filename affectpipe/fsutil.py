@@ -8,6 +8,7 @@ import ctypes
 import errno
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import re
@@ -15,7 +16,7 @@ import shutil
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from affectpipe.errors import AffectpipeError, InputError
 
@@ -221,6 +222,13 @@ def reserve_space(fd: int, nbytes: int) -> bool:
     if code in (errno.ENOSPC, errno.EDQUOT):
         raise OSError(code, os.strerror(code))
     return False
+
+
+def json_sha256(value: Any) -> str:
+    """sha256 of a JSON-serialisable value in canonical form (sorted keys; other objects by
+    `str`): the one fingerprint of records, options and identities."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def sha256_file(path: str | Path) -> str:

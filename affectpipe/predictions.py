@@ -32,7 +32,6 @@ naming each file and the command that fixes it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import Sequence
@@ -47,7 +46,7 @@ import pyarrow.parquet as pq
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError
 from affectpipe.features import feature_fingerprint
-from affectpipe.fsutil import atomic_path, sha256_file, write_text_atomic
+from affectpipe.fsutil import atomic_path, json_sha256, sha256_file, write_text_atomic
 from affectpipe.manifest import read_manifest_metadata
 from affectpipe.schema import PRED_COLUMNS, TASKS
 
@@ -83,8 +82,7 @@ def input_fingerprints(paths: DatasetPaths, backbones: Sequence[str]) -> dict[st
 
 def head_fingerprint(description: dict[str, Any]) -> str:
     """sha256 of a head's parameters (any JSON-serialisable description)."""
-    text = json.dumps(description, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return json_sha256(description)
 
 
 def new_invocation_id() -> str:

@@ -18,9 +18,9 @@ from affectpipe.blend.tuning import (
     TOL,
     BlendOptions,
     apply_tuned,
+    blend_processes,
     fit_task,
     search_rows,
-    worker_count,
 )
 
 
@@ -115,10 +115,10 @@ def test_expr_window_shortlist_never_scores_below_the_single_best_window():
     assert max(gains) > 0.1  # seeds 2 and 3: about +0.17
 
 
-def test_worker_count_defaults_to_the_usable_cores_for_big_validation_sets():
-    assert worker_count(3, 10) == 3
-    assert worker_count(0, PARALLEL_ROWS) == 1
-    assert worker_count(0, PARALLEL_ROWS + 1) == len(os.sched_getaffinity(0))
+def test_blend_processes_defaults_to_the_usable_cores_for_big_validation_sets():
+    assert blend_processes(3, 10) == 3
+    assert blend_processes(0, PARALLEL_ROWS) == 1
+    assert blend_processes(0, PARALLEL_ROWS + 1) == len(os.sched_getaffinity(0))
 
 
 def _fake_task(events: list[str], name: str, fail: bool = False):

@@ -21,9 +21,10 @@ from pathlib import Path
 
 from affectpipe.benchtools import SAMPLE_SECONDS, cpu_model, tree_rss
 from affectpipe.blend.synthetic import write_scaled_run
-from affectpipe.blend.tuning import worker_count
+from affectpipe.blend.tuning import blend_processes
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError
+from affectpipe.machine import usable_cores
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def bench_blend(
 
 def markdown(result: BenchResult, command: str, n_candidates: int, n_jobs: int) -> str:
     scale = result.scale
-    workers = worker_count(n_jobs, scale.n_val)
+    workers = blend_processes(n_jobs, scale.n_val)
     stages = dict(result.stage_seconds)
     within = {k: stages.pop(k) for k in list(stages) if k.split()[0] in ("tune", "crossfit")}
     # A task's fits run beside the next task's load and the previous one's apply: the main
@@ -143,7 +144,7 @@ def markdown(result: BenchResult, command: str, n_candidates: int, n_jobs: int) 
     layout = "one MTL test list" if scale.layout == "mtl" else "per-task test lists"
     written = ", ".join(f"{name} {n:,} lines" for name, n in result.test_lists.items())
     lines = [
-        f"`{command}` on {cpu_model()}, {os.cpu_count()} CPUs "
+        f"`{command}` on {cpu_model()}, {usable_cores()} CPUs "
         f"(load average {result.load_before:.2f} just before), Python "
         f"{platform.python_version()}, {workers} worker(s){'' if n_jobs else ' (auto)'}; "
         "synthetic run: "

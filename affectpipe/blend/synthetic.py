@@ -6,8 +6,6 @@ and per-frame noise, so mixing candidates and smoothing along a video both pay o
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +14,7 @@ import pandas as pd
 from affectpipe import predictions
 from affectpipe.blend.smoothing import VideoOrder
 from affectpipe.config import DEFAULT_RUN, DatasetPaths
+from affectpipe.fsutil import json_sha256
 from affectpipe.manifest import empty_manifest, write_manifest
 from affectpipe.metrics import N_AU, N_EXPR
 from affectpipe.schema import AU_COLUMNS, MTL_SUBMISSION_HEADER, TASK_HEADERS
@@ -208,7 +207,7 @@ def write_synthetic_run(
     }
     # What went into the manifest, as `pipeline index` records it: predictions check it.
     identity = [n_rows, n_videos, n_candidates, seed, nan_every]
-    metadata["fingerprint"] = hashlib.sha256(json.dumps(identity).encode()).hexdigest()
+    metadata["fingerprint"] = json_sha256(identity)
     write_manifest(frame, paths.manifest, metadata)
     rows = np.flatnonzero(split != "train")
     base = pd.DataFrame(
@@ -351,7 +350,7 @@ def write_scaled_run(
             "trailing_comma": False,
         }
     identity = ["scaled", n_val, n_test, layout, n_candidates, seed, nan_every, imageless]
-    metadata["fingerprint"] = hashlib.sha256(json.dumps(identity).encode()).hexdigest()
+    metadata["fingerprint"] = json_sha256(identity)
     write_manifest(frame, paths.manifest, metadata)
     base = pd.DataFrame(
         {"row": rows, "image": frame["image"].to_numpy()[rows], "split": split[rows]}

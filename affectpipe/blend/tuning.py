@@ -21,7 +21,6 @@ labelled rows, the searches score a systematic sample of them (`search_rows`).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,6 +32,7 @@ from affectpipe.blend.stages import TAU_GRID, GateSources, adjust, apply_gate, f
 from affectpipe.blend.task_rules import TaskRules
 from affectpipe.blend.weights import greedy_weights, mix
 from affectpipe.config import BLEND_SEARCH_ROWS
+from affectpipe.machine import usable_cores
 
 TOL = 1e-5
 SMOOTHING_ALONE = "smoothing without correction"  # a `stage_decisions` key
@@ -53,7 +53,7 @@ class BlendOptions:
     seed: int = 0
     # The searches score at most this many labelled rows (`search_rows`); None: all of them.
     search_rows: int | None = BLEND_SEARCH_ROWS
-    # Processes for the full fit and the cross-fit folds (1: in-process; 0: `worker_count`).
+    # Processes for the full fit and the cross-fit folds (1: in-process; 0: `blend_processes`).
     n_jobs: int = 0
     # "best": the blend only when it cross-fits above the best single candidate; "blend": always
     prefer: str = "best"
@@ -410,12 +410,12 @@ def _fit_adjustment(
     return (best_tau, refit, refit_score) if refit_score > best else (best_tau, post, best)
 
 
-def worker_count(n_jobs: int, n_rows: int) -> int:
+def blend_processes(n_jobs: int, n_rows: int) -> int:
     """Processes for a task's fits: `n_jobs`; when 0, one per usable core for more than
     `PARALLEL_ROWS` validation rows, else 1 (in-process)."""
     if n_jobs > 0:
         return n_jobs
-    return len(os.sched_getaffinity(0)) if n_rows > PARALLEL_ROWS else 1
+    return usable_cores() if n_rows > PARALLEL_ROWS else 1
 
 
 def video_folds(video_codes: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
@@ -595,7 +595,7 @@ def tune_task(
     on the other folds. None when there are fewer than two videos or a tuning part has no
     label. The optional stages stay in force only where they raise the cross-fitted score
     (without a cross-fit, where tuning kept them). The full fit and the folds run in
-    `worker_count(options.n_jobs, rows)` processes; `seconds` gets their wall times added
+    `blend_processes(options.n_jobs, rows)` processes; `seconds` gets their wall times added
     under "tune" and "crossfit" (with several processes, summed over them).
     """
     extra = {"log_prior": log_prior, "sources": sources, "seconds": seconds}
@@ -640,7 +640,7 @@ def tune_variants(
             parts[key] = (len(calls), held_out)
             calls.append((_fit_on, (*shared, everything, options)))
             calls += [(_crossfit_fold, (*shared, held, options)) for held in held_out]
-        wanted = max(worker_count(options.n_jobs, len(labels)) for options in pending.values())
+        wanted = max(blend_processes(options.n_jobs, len(labels)) for options in pending.values())
         n_jobs = min(wanted, len(calls))
         if n_jobs > 1:
             timed = Parallel(n_jobs=n_jobs)(delayed(_timed)(func, *args) for func, args in calls)

@@ -31,10 +31,15 @@ class TestList:
     """How a challenge test list is written, so submissions can be written the same way."""
 
     path: Path
-    style: str  # "mtl" | "video-names" | "frame-lines"
+    style: str  # a registered submission style (`affectpipe.submission`): mtl, frame-lines, ...
     header: str | None
     trailing_comma: bool
     rows: tuple[int, int] | None = None  # [start, stop) manifest rows, where one of several
+
+    def __post_init__(self) -> None:
+        from affectpipe.submission import get_style
+
+        get_style(self.style)  # a format naming an unregistered style fails here, not at blend
 
 
 @dataclass

@@ -7,7 +7,9 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+# Image files every stage reads (PIL decodes them all): what `index` lists, `predict` takes
+# from a folder and `bench extract` times.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
 def list_images(root: Path) -> frozenset[str]:

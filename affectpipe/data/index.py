@@ -7,8 +7,6 @@ version); indexing again with an unchanged fingerprint reuses the manifest.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,14 +15,14 @@ import numpy as np
 import pandas as pd
 
 from affectpipe import __version__
-from affectpipe.config import DatasetPaths
+from affectpipe.config import DatasetPaths, checked_name
 from affectpipe.data.dataset import Inputs, Table, TestList
 from affectpipe.data.formats import get_format
 from affectpipe.data.images import keys_digest, list_images
 from affectpipe.data.records import check_regular_file
 from affectpipe.data.summary import summarize
 from affectpipe.errors import InputError
-from affectpipe.fsutil import file_lock, sha256_file
+from affectpipe.fsutil import file_lock, json_sha256, sha256_file
 from affectpipe.manifest import conform, read_manifest, read_manifest_metadata, write_manifest
 from affectpipe.schema import AU_COLUMNS, VA_COLUMNS
 
@@ -56,8 +54,7 @@ def index_dataset(
     root = Path(root).expanduser()
     if not root.exists():
         raise InputError(f"dataset root not found: {root}")
-    if not name or "/" in name or name.startswith("."):
-        raise InputError(f"invalid dataset name {name!r}: use a plain folder name")
+    checked_name("dataset", name)
     layout = get_format(fmt)
     options = {k: v for k, v in format_options.items() if v is not None}
     unknown = sorted(set(options) - set(layout.option_names))
@@ -115,7 +112,7 @@ def _provenance(
         "image_roots": {s: str(p) for s, p in inputs.image_roots.items()},
         "package_version": __version__,
     }
-    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    fingerprint = json_sha256(identity)
     return {"dataset": name, **identity, "fingerprint": fingerprint}
 
 

@@ -31,10 +31,11 @@ import numpy as np
 
 from affectpipe.benchtools import cpu_model
 from affectpipe.config import DatasetPaths
+from affectpipe.data.images import IMAGE_SUFFIXES
 from affectpipe.errors import AffectpipeError, InputError
+from affectpipe.machine import usable_cores
 from affectpipe.manifest import empty_manifest, write_manifest
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 BENCH_FACES = 256  # synthetic crops drawn when no --images folder is given
 FORWARD_BATCHES = 5
 AMP_BENCH_DTYPE = "bf16"  # the AMP set-up timed (bf16: no overflow risk, native on A100/H100)
@@ -146,7 +147,7 @@ def machine_info(device: str) -> dict[str, str]:
 
     info = {
         "cpu": cpu_model(),
-        "cores": str(os.cpu_count()),
+        "cores": str(usable_cores()),
         "torch": torch.__version__,
         "torch threads": str(torch.get_num_threads()),
         "device": device,

@@ -19,6 +19,7 @@ from affectpipe.cli_options import (
 )
 from affectpipe.config import Settings
 from affectpipe.errors import InputError
+from affectpipe.machine import usable_cores
 
 
 def _split_names(value: str | None) -> list[str]:
@@ -44,9 +45,8 @@ channels_last_option = click.option(
 
 def default_workers(device: str) -> int:
     """CPU: one decoder overlapped with the model (more steal the model's cores); GPU: all cores."""
-    import os
 
-    return 1 if device == "cpu" else max(2, (os.cpu_count() or 2) - 1)
+    return 1 if device == "cpu" else max(2, usable_cores() - 1)
 
 
 @click.command()

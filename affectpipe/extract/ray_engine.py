@@ -19,7 +19,6 @@ max_restarts=-1, max_task_retries=-1) and retries failed decode tasks.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from affectpipe.extract.engine import (
     resolve_device,
 )
 from affectpipe.extract.images import DecodeDataset, collate
+from affectpipe.machine import usable_cores
 
 INSTALL_HINT = "pip install 'affectpipe[ray]'  (or: pip install 'ray[data]>=2.50')"
 DECODE_CPUS = 1  # one decode task per core
@@ -93,7 +93,7 @@ class RayEngine:
             raise InputError(f"unsupported device {device!r} for --engine ray: use cpu or cuda")
         if not ray.is_initialized():
             if self.address is None:
-                cores = os.cpu_count() or 1
+                cores = usable_cores()
                 # Decode tasks and model actors share the cores, as in the local engine.
                 wanted = 0 if gpu else (self.actors or 1) * CPU_ACTOR_CPUS + DECODE_CPUS
                 ray.init(num_cpus=max(cores, wanted), include_dashboard=False)

@@ -37,6 +37,7 @@ from affectpipe.heads.featuresets import (
 )
 from affectpipe.heads.synthetic import SCALES, STORAGE_DTYPE, write_synthetic_cache
 from affectpipe.heads.training import HeadsResult, label_rows, train
+from affectpipe.machine import usable_cores
 from affectpipe.manifest import read_manifest
 from affectpipe.tasks import class_weights, get_task, pos_weights
 
@@ -58,7 +59,7 @@ def prepare_cache(workdir: Path, scale: str) -> DatasetPaths:
 
 
 def _machine() -> str:
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     load = os.getloadavg()[0]
     return f"{cpu_model()}, {cores} cores usable, load average {load:.1f} at start"
 

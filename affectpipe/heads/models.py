@@ -22,6 +22,7 @@ import torch
 from sklearn.base import BaseEstimator, clone
 
 from affectpipe.errors import InputError
+from affectpipe.machine import usable_cores
 from affectpipe.tasks import get_task
 
 SMALL_PROBLEM = 1 << 22  # input values (rows x columns) below which LightGBM uses one thread
@@ -35,7 +36,7 @@ def lightgbm_threads(n_values: int) -> int:
     (42 vs 13 s for a VA fit), spinning while waiting for a core."""
     if n_values < SMALL_PROBLEM:
         return 1
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     budget = os.environ.get("OMP_NUM_THREADS", "")
     return max(1, min(cores, int(budget))) if budget.isdigit() else cores
 

@@ -66,6 +66,7 @@ from affectpipe.heads.model_registry import MODELS, make_model
 from affectpipe.heads.preprocess import FeatureScaler
 from affectpipe.heads.regularisation import choose_regularisation
 from affectpipe.heads.temporal import fit_temporal_candidate, sequence_groups
+from affectpipe.machine import usable_cores
 from affectpipe.manifest import read_manifest, read_manifest_metadata
 from affectpipe.schema import TASKS
 from affectpipe.tasks import TASK_DEFS, get_task
@@ -390,7 +391,7 @@ def _fit_job(
 
 
 class _InlineExecutor:
-    """Runs each submitted call at once, in this process (small problems: `worker_count`)."""
+    """Runs each submitted call at once, in this process (small problems: `fit_processes`)."""
 
     def submit(self, fn: Any, *args: Any) -> Future:
         future: Future = Future()
@@ -456,7 +457,7 @@ def _start_worker() -> None:
     os.nice(WORKER_NICENESS)
 
 
-def worker_count(workers: int, n_candidates: int, largest: int) -> int:
+def fit_processes(workers: int, n_candidates: int, largest: int) -> int:
     """Processes for the fits of `n_candidates` whose largest scaled feature set holds `largest`
     values: small problems stay in this process (starting workers would cost more than it
     saves)."""
@@ -580,7 +581,7 @@ def train(
     start = time.perf_counter()
     manifest = read_manifest(paths.manifest)
     config = load_config(config_path)
-    workers = config.workers or len(os.sched_getaffinity(0))
+    workers = config.workers or usable_cores()
     if workers > 1 and len(manifest) * (config.n_components or 0) >= PARALLEL_MIN_VALUES:
         start_fork_server()  # large enough for workers: their imports overlap the loading
     rows = Rows.of(manifest, TASKS, strict_labels)
@@ -658,7 +659,7 @@ def train(
             len(manifest) * min(loaded_sets[spec].width, config.n_components or 1 << 30)
             for spec in fit_groups
         )
-        n_jobs = worker_count(workers, sum(map(len, fit_groups.values())), largest)
+        n_jobs = fit_processes(workers, sum(map(len, fit_groups.values())), largest)
         executor = fit_executor(n_jobs)
         results: dict[int, CandidateResult] = {}
         base = _preds_base(manifest, folds)

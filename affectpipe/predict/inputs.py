@@ -17,11 +17,11 @@ from typing import Any
 
 from PIL import Image
 
+from affectpipe.data.images import IMAGE_SUFFIXES
 from affectpipe.errors import InputError
 from affectpipe.extract.images import MAX_DECODE_PIXELS, to_rgb
 from affectpipe.fsutil import file_kind
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"})
 
 
@@ -44,7 +44,7 @@ def _folder_files(folder: Path) -> list[Path]:
     found = []
     for parent, _, names in os.walk(folder, onerror=unreadable):
         found += [Path(parent) / n for n in names
-                  if Path(n).suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+                  if Path(n).suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)]
     return sorted(found)
 
 
