@@ -21,6 +21,7 @@ from affectpipe.extract.cli import extract, extract_bench
 from affectpipe.extract.weights_cli import weights
 from affectpipe.finetune.cli import finetune
 from affectpipe.heads.cli import heads, heads_bench
+from affectpipe.plugins import load_plugins
 from affectpipe.predict.cli import export_run, predict
 from affectpipe.workflow_cli import demo, run
 
@@ -47,6 +48,10 @@ def cli(ctx: click.Context, cache_dir: Path, verbose: int) -> None:
       pipeline heads   --dataset abaw7
       pipeline blend   --dataset abaw7
     or `pipeline demo` for the whole chain on built-in synthetic data.
+
+    Extensions (backbones, head models, dataset formats, submission styles) load from the
+    modules named in $AFFECTPIPE_PLUGINS (comma-separated) and the `affectpipe.plugins`
+    entry points.
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -69,8 +74,9 @@ bench.add_command(blend_bench, "blend")
 
 
 def main() -> None:
-    """Entry point: run the CLI and map affectpipe errors to exit codes."""
+    """Entry point: load plugins, run the CLI and map affectpipe errors to exit codes."""
     try:
+        load_plugins()
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

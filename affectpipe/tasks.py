@@ -109,6 +109,10 @@ class Task:
         raise NotImplementedError
 
     # --- gradient-boosted trees: one booster per independent output -------------------------
+    @property
+    def n_boosters(self) -> int:
+        return self.n_outputs
+
     def booster_targets(self, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """(label, 1 where labelled else 0) of each booster."""
         raise NotImplementedError
@@ -208,6 +212,10 @@ class ExprTask(Task):
         weights = class_weights(y) if class_weighting else np.ones(self.n_outputs)
         w = torch.tensor(weights, dtype=torch.float32, device=device)
         return lambda out, t: losses.expr_loss(out, t, w, focal_gamma)
+
+    @property
+    def n_boosters(self) -> int:
+        return 1  # one multiclass booster
 
     def booster_targets(self, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         return [(y, (y >= 0).astype(np.float64))]

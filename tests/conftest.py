@@ -43,7 +43,7 @@ def run_cli(*args: str | Path, cwd: Path | None = None, check: bool = False,
     full_env = {**os.environ, **(env or {})}
     # The checkout under test comes first, whichever copy of the package the venv points at.
     full_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
+        p for p in (str(REPO), full_env.get("PYTHONPATH", "")) if p
     )
     result = subprocess.run(
         [sys.executable, "-m", "affectpipe.pipeline", *map(str, args)],

@@ -23,7 +23,13 @@ from affectpipe.data.records import check_regular_file
 from affectpipe.data.summary import summarize
 from affectpipe.errors import InputError
 from affectpipe.fsutil import file_lock, json_sha256, sha256_file
-from affectpipe.manifest import conform, read_manifest, read_manifest_metadata, write_manifest
+from affectpipe.manifest import (
+    conform,
+    empty_manifest,
+    read_manifest,
+    read_manifest_metadata,
+    write_manifest,
+)
 from affectpipe.schema import AU_COLUMNS, VA_COLUMNS
 
 
@@ -126,8 +132,17 @@ def _unchanged(manifest: Path, fingerprint: str) -> bool:
 
 
 def _finish(table: Table, inputs: Inputs, images: dict[Path, frozenset[str]]) -> pd.DataFrame:
-    """Add `has_image` (where the format did not), order columns, apply the contract dtypes."""
+    """Add what the format left out (`video`: each image its own; `frame`: list order within
+    its video; `has_image`), order columns, apply the contract dtypes."""
     frame = table.frame
+    if "video" not in frame:
+        frame["video"] = frame["image"]
+    if "frame" not in frame:
+        frame["frame"] = frame.groupby("video", sort=False).cumcount() + 1
+    blank = empty_manifest(len(frame))
+    for column in (*VA_COLUMNS, "expression", *AU_COLUMNS):  # labels it does not have
+        if column not in frame:
+            frame[column] = blank[column].to_numpy()
     if "has_image" not in frame:
         has_image = np.zeros(len(frame), dtype=bool)
         for split, root in inputs.image_roots.items():

@@ -127,7 +127,7 @@ def _check_model(model: Any, task: str, width: int) -> None:
         _check_state(getattr(model, "weights_", None), "weights_", lambda: model._module(width))
     elif isinstance(model, LightGBMHead):
         boosters = getattr(model, "boosters_", None)
-        wanted = n_out if task != "expr" else 1  # expr: one multiclass booster
+        wanted = get_task(task).n_boosters
         if not isinstance(boosters, list) or len(boosters) != wanted:
             raise HeadCheckError(f"a {task} LightGBM head has {wanted} boosters")
         try:
@@ -147,8 +147,14 @@ def _check_model(model: Any, task: str, width: int) -> None:
             if not isinstance(base, LinearHead):
                 raise HeadCheckError(f"a temporal head's frame head is a {type(base).__name__}")
             _check_model(base, task, width)
+    elif callable(getattr(model, "check_fitted", None)):
+        # A registered model from elsewhere checks its own fitted state (ValueError if bad).
+        try:
+            model.check_fitted(task, width)
+        except ValueError as exc:
+            raise HeadCheckError(f"its {name}: {exc}") from None
     else:
-        raise HeadCheckError(f"unknown model {name}")
+        raise HeadCheckError(f"unknown model {name} (no check_fitted(task, width) to check it)")
 
 
 def check_head(head: Any) -> None:

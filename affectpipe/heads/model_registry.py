@@ -2,7 +2,10 @@
 
 A head model is a scikit-learn-style estimator whose `__init__` takes `task` (and its params),
 with `fit(X, y, eval_set=None)` and `predict_outputs(X)`; its fitted state is numpy arrays,
-plain values and lists (what `heads.storage` writes). Adding one = its module + one
+plain values and lists (what `heads.storage` writes). A model registered from outside the
+package also defines `check_fitted(task, width)`, raising ValueError when a loaded head's
+state cannot predict `task` from `width` inputs (runs from elsewhere are untrusted:
+`heads.checks`). Adding one = its module + one
 `register_head_model` call; a plugin module outside the package does the same
 (`affectpipe.plugins`).
 """

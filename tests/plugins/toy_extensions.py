@@ -1,0 +1,127 @@
+"""A plugin outside the package: one module, one registration call per extension.
+
+- head model `centroid`: expression probabilities from distances to the class means;
+- dataset format `toy-jsonl`: a JSON-lines file of {"image", "expression", "split"} whose
+  test list asks for the `toy-jsonl` submission style;
+- submission style `toy-jsonl`: `predictions.jsonl`, one {"image", "expression"} per line.
+
+Loaded by `pipeline` through AFFECTPIPE_PLUGINS=toy_extensions (tests/test_extensions.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+
+from affectpipe.data.dataset import Inputs, Table, TestList
+from affectpipe.data.formats import register
+from affectpipe.fsutil import write_text_atomic
+from affectpipe.heads.model_registry import register_head_model
+from affectpipe.manifest import listed_test_rows
+from affectpipe.submission import Problem, SubmissionStyle, register_style
+from affectpipe.tasks import get_task
+
+
+class CentroidHead(BaseEstimator):
+    def __init__(self, task: str = "expr", temperature: float = 1.0):
+        self.task = task
+        self.temperature = temperature
+
+    def fit(self, X: np.ndarray, y: np.ndarray, eval_set: object = None) -> CentroidHead:
+        n = get_task(self.task).n_outputs
+        X = np.asarray(X, dtype=np.float32)
+        self.means_ = np.stack(
+            [
+                X[y == c].mean(axis=0) if (y == c).any() else np.full(X.shape[1], 1e6)
+                for c in range(n)
+            ]
+        ).astype(np.float32)
+        return self
+
+    def check_fitted(self, task: str, width: int) -> None:
+        means = getattr(self, "means_", None)
+        wanted = (get_task(task).n_outputs, width)
+        if not isinstance(means, np.ndarray) or means.shape != wanted or means.dtype.kind != "f":
+            raise ValueError(f"means_ is not a float array of shape {wanted}")
+
+    def predict_outputs(self, X: np.ndarray) -> np.ndarray:
+        d = ((np.asarray(X, np.float32)[:, None, :] - self.means_[None]) ** 2).sum(axis=2)
+        scores = -d / (self.temperature * X.shape[1])
+        scores -= scores.max(axis=1, keepdims=True)
+        p = np.exp(scores)
+        return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class ToyJsonl:
+    name = "toy-jsonl"
+    option_names = ()
+
+    def resolve(self, root: Path, **options: Any) -> Inputs:
+        root = root.resolve()
+        images = root / "images"
+        return Inputs((root / "faces.jsonl",), {s: images for s in ("train", "val", "test")}, {})
+
+    def read(
+        self, inputs: Inputs, images: Mapping[Path, frozenset[str]], *, lenient: bool
+    ) -> Table:
+        path = inputs.sources[0]
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        frame = pd.DataFrame(rows)
+        test_list = TestList(path, ToyStyle.name, None, False)
+        return Table(frame[["image", "expression", "split"]], test_list)
+
+
+class ToyStyle(SubmissionStyle):
+    name = "toy-jsonl"
+
+    def file_name(self, tasks: tuple[str, ...]) -> str:
+        return "predictions.jsonl"
+
+    def write(self, out_dir, request, images, outputs) -> list[Path]:
+        listed = images[request.rows].tolist()
+        codes = np.asarray(outputs["expr"]).tolist()
+        lines = [
+            json.dumps({"image": i, "expression": int(c)})
+            for i, c in zip(listed, codes, strict=True)
+        ]
+        path = out_dir / self.file_name(request.tasks)
+        write_text_atomic(path, "\n".join(lines) + "\n")
+        return [path]
+
+    def recognises(self, path: Path) -> bool:
+        return path.is_file() and path.suffix == ".jsonl"
+
+    def tasks_of(self, path: Path) -> tuple[str, ...] | None:
+        return ("expr",)
+
+    def validate(self, path, manifest, metadata, tasks) -> list[tuple[str, Problem]]:
+        expected = manifest["image"].to_numpy(object)[listed_test_rows(manifest, metadata, "expr")]
+        problems = []
+        lines = path.read_text().splitlines()
+        for number, line in enumerate(lines, start=1):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                problems.append((path.name, Problem(number, "not JSON")))
+                continue
+            if number > len(expected) or entry.get("image") != expected[number - 1]:
+                problems.append((path.name, Problem(number, "not the listed image")))
+            if entry.get("expression") not in range(8):
+                problems.append((path.name, Problem(number, "expression not 0..7")))
+        if len(lines) != len(expected):
+            problems.append((path.name, Problem(0, f"{len(lines)} lines, {len(expected)} listed")))
+        return problems
+
+    def value_rows(self, path: Path) -> list[list[str]]:
+        return [[str(json.loads(line)["expression"])] for line in path.read_text().splitlines()]
+
+
+register_head_model("centroid", CentroidHead)
+register(ToyJsonl())
+register_style(ToyStyle())
