@@ -14,6 +14,7 @@ import click
 
 from affectpipe.config import DEFAULT_MAX_FILLED, DEFAULT_RUN
 from affectpipe.errors import InputError
+from affectpipe.machine import DEFAULT_BATCH_SIZE
 from affectpipe.schema import TASKS
 
 DATASET_HELP = "Dataset name (as given to `pipeline index --name`)."
@@ -113,7 +114,7 @@ device_options = [
     click.option(
         "--batch-size",
         type=click.IntRange(min=1),
-        default=64,
+        default=DEFAULT_BATCH_SIZE,
         show_default=True,
         help="Images per forward pass (try 256-512 on a GPU).",
     ),

@@ -13,6 +13,7 @@ from affectpipe.cli_options import (
     dataset_option,
     max_filled_option,
     partial_option,
+    progress_option,
     run_option,
     submission_out_option,
     tasks_option,
@@ -117,6 +118,7 @@ def echo_outcome(result, partial: bool) -> None:
 @partial_option
 @max_filled_option
 @click.option("--no-report", is_flag=True, help="Skip report.html.")
+@progress_option
 @click.pass_obj
 def blend(
     settings: Settings,
@@ -136,6 +138,7 @@ def blend(
     partial: bool,
     max_filled: float,
     no_report: bool,
+    progress: bool,
 ) -> None:
     """Tune blends on validation and write submission files and a report.
 
@@ -168,7 +171,7 @@ def blend(
         run=run_name,
         out_dir=out_dir,
         tasks=tasks or None,
-        progress=True,
+        progress=progress,
         options=options,
         report=not no_report,
         max_filled=max_filled,

@@ -38,6 +38,7 @@ from affectpipe.extract.results import BackboneReport, ExtractSummary
 from affectpipe.extract.shards import merge, merge_scratch
 from affectpipe.extract.staleness import IDENTITY_KEYS, is_current, retry_rows
 from affectpipe.fsutil import disk_full_as_error, file_lock, remove_stale_temps
+from affectpipe.machine import DEFAULT_BATCH_SIZE, default_workers
 
 __all__ = [
     "DEFAULT_CHUNK_ROWS",
@@ -82,8 +83,8 @@ def run(
     device: str = "cpu",
     weights: Mapping[str, Path] | None = None,
     random_init: bool = False,
-    batch_size: int = 64,
-    workers: int = 2,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
     shard: tuple[int, int] | None = None,
     force: bool = False,
     amp: str | None = None,
@@ -104,7 +105,9 @@ def run(
     ``features/<backbone>.shard-i-of-n.h5`` (join them with `merge`). `amp` is None/"off",
     "bf16" or "fp16" (changes the features slightly: recorded as the file's precision).
     `engine` runs the passes elsewhere (e.g. `ray_engine.RayEngine`); None: in this process.
+    `workers` None: `machine.default_workers(device)`, as the CLI.
     """
+    workers = default_workers(device) if workers is None else workers
     if batch_size < 1 or workers < 0 or chunk_rows < 1:
         raise InputError("batch size and chunk rows must be >= 1, workers >= 0")
     precision = "fp32" if amp in (None, "off", "fp32") else amp

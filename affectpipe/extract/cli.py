@@ -19,7 +19,6 @@ from affectpipe.cli_options import (
 )
 from affectpipe.config import Settings
 from affectpipe.errors import InputError
-from affectpipe.machine import usable_cores
 
 
 def _split_names(value: str | None) -> list[str]:
@@ -41,12 +40,6 @@ channels_last_option = click.option(
     show_default=True,
     help="Channels-last memory layout for the CNNs (faster convolutions).",
 )
-
-
-def default_workers(device: str) -> int:
-    """CPU: one decoder overlapped with the model (more steal the model's cores); GPU: all cores."""
-
-    return 1 if device == "cpu" else max(2, usable_cores() - 1)
 
 
 @click.command()
@@ -178,7 +171,7 @@ def extract(
             weights=parse_weights_option(weights_items),
             random_init=random_init,
             batch_size=batch_size,
-            workers=default_workers(device_name) if workers is None else workers,
+            workers=workers,
             shard=_parse_shard(shard),
             force=force,
             retry_failed=retry_failed,
@@ -284,7 +277,7 @@ def extract_bench(
         backbones=_split_names(backbones),
         device=device_name,
         batch_size=batch_size,
-        workers=default_workers(device_name) if workers is None else workers,
+        workers=workers,
         weights=parse_weights_option(weights_items),
         channels_last=channels_last,
     )

@@ -128,9 +128,9 @@ def finetune(
     force: bool,
     progress: bool,
 ) -> None:
-    from affectpipe.extract.cli import default_workers
     from affectpipe.finetune.api import finetune as run_finetune
     from affectpipe.finetune.recipes import get_recipe
+    from affectpipe.machine import default_workers
 
     recipe = get_recipe(recipe_name).with_options(
         epochs=epochs, batch_size=batch_size, lr=lr, amp=amp

@@ -37,6 +37,7 @@ from affectpipe.errors import InputError
 from affectpipe.extract.images import collate, die_with_parent, load_rgb
 from affectpipe.faces.detection import POINT_NAMES, Detection
 from affectpipe.faces.tracking import Tracker, VideoFaces
+from affectpipe.machine import DEFAULT_BATCH_SIZE, default_workers
 from affectpipe.predict.faces import DetectorChoice, FaceResult, face_mode, find_faces
 from affectpipe.predict.inputs import expand, is_video, video_frames
 from affectpipe.predict.runfiles import (
@@ -68,7 +69,8 @@ class Predictor:
     a full detection every N-th kept frame, in between a search around the previous faces:
     `affectpipe.faces.tracking.VideoFaces`), `weights`
     (backbone, detector net or weights name -> local weights file), `workers` (processes
-    decoding image files while the models run; 0: in this process), `progress` (a frames/s
+    decoding image files while the models run; 0: in this process; None:
+    `machine.default_workers(device)`, as the CLI), `progress` (a frames/s
     bar).
     """
 
@@ -77,16 +79,17 @@ class Predictor:
         bundle: RunBundle,
         *,
         device: str = "cpu",
-        batch_size: int = 32,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         detect: bool = False,
         detector: str = "mtcnn",
         assume_aligned: bool = False,
         every: int = 1,
         redetect: int = 1,
         weights: Mapping[str, Path] | None = None,
-        workers: int = 0,
+        workers: int | None = None,
         progress: bool = False,
     ) -> None:
+        workers = default_workers(device) if workers is None else workers
         if every < 1 or batch_size < 1 or redetect < 1 or workers < 0:
             raise InputError("every, redetect and batch_size must be at least 1, workers at "
                              "least 0")

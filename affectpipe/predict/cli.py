@@ -119,14 +119,13 @@ def predict(
         raise InputError(f"--out must end in {' or '.join(OUTPUT_SUFFIXES)}: {out}")
     if dataset is not None and not settings.dataset(dataset).manifest.exists():
         raise InputError(f"no dataset {dataset!r} in {settings.cache_dir}: run `pipeline index`")
-    from affectpipe.extract.cli import default_workers
     from affectpipe.predict.api import Predictor
 
     device_name = device_of(gpu, device)
     options = {
         "device": device_name,
         "batch_size": batch_size,
-        "workers": default_workers(device_name) if workers is None else workers,
+        "workers": workers,
         "detect": detect,
         "detector": detector,
         "assume_aligned": assume_aligned,
