@@ -10,7 +10,7 @@ The public API, loaded lazily so that ``import affectpipe`` (and the CLI's help)
 * `train_heads` - train the heads of a run (`heads.training.train`);
 * `tune_blend` - tune the blend, write submissions and blend.json (`blend.runner.run`);
 * `load_features` - a feature set of a dataset as arrays beside its manifest
-  (`heads.featuresets.feature_arrays`);
+  (`featuresets.feature_arrays`);
 * `DatasetPaths` - where a dataset's files live in a cache.
 
 See docs/api.md for a notebook-style walk through.
@@ -31,7 +31,7 @@ _EXPORTS = {
     "finetune_backbone": ("affectpipe.finetune.api", "finetune"),
     "train_heads": ("affectpipe.heads.training", "train"),
     "tune_blend": ("affectpipe.blend.runner", "run"),
-    "load_features": ("affectpipe.heads.featuresets", "feature_arrays"),
+    "load_features": ("affectpipe.featuresets", "feature_arrays"),
     "DatasetPaths": ("affectpipe.config", "DatasetPaths"),
 }
 __all__ = ["__version__", *_EXPORTS]

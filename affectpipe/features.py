@@ -37,7 +37,7 @@ import h5py
 import numpy as np
 
 from affectpipe.errors import InputError
-from affectpipe.fsutil import atomic_path, json_sha256
+from affectpipe.fsutil import atomic_path, ensure_free_space, json_sha256, reserve_space
 
 JSON_ATTRS = (
     "preprocessing",
@@ -48,6 +48,8 @@ JSON_ATTRS = (
     "shard_rows",
 )
 STRING_DTYPE = h5py.string_dtype(encoding="utf-8")
+H5_CHUNK_ROWS = 1024  # rows per HDF5 chunk, and per block of `row_blocks`
+DATA_NAMES = ("embedding", "logits", "ok")  # the per-row arrays of a feature file
 MAX_COMPRESSION = 1000  # declared/stored size ratio a compressed array may have
 # Attrs that say nothing about the rows' values: left out of `feature_fingerprint`.
 UNFINGERPRINTED_ATTRS = ("complete", "committed_rows")
@@ -278,19 +280,139 @@ def write_feature_file(
     n = len(images)
     if embedding.shape[0] != n or ok.shape[0] != n or (logits is not None and len(logits) != n):
         raise ValueError("images, embedding, logits and ok must have the same number of rows")
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
-        handle.create_dataset("image", data=np.asarray(images, dtype=object), dtype=STRING_DTYPE)
-        handle.create_dataset("embedding", data=embedding.astype(np.float32))
-        if logits is not None:
-            handle.create_dataset("logits", data=logits.astype(np.float32))
-        handle.create_dataset("ok", data=ok.astype(bool))
-        scalars = {}
-        for key, value in attrs.items():
-            if isinstance(value, np.ndarray):
+    block = {"embedding": embedding, "ok": ok, **({"logits": logits} if logits is not None else {})}
+    write_feature_file_streamed(
+        Path(path),
+        images,
+        iter([(0, block)]),
+        attrs,
+        embedding_dim=embedding.shape[1],
+        logits_dim=None if logits is None else logits.shape[1],
+    )
+
+
+def estimated_file_bytes(
+    images: np.ndarray, columns: int, extra_bytes: int = 0, itemsize: int = 4
+) -> int:
+    """A generous size of a feature file: float columns (`itemsize` bytes each), ok, image
+    keys and HDF5 overhead."""
+    keys = sum(len(str(image).encode()) + 48 for image in images)  # + heap ids and headers
+    data = len(images) * (itemsize * columns + 1) + keys + extra_bytes
+    return data + data // 20 + (256 << 10)
+
+
+def write_feature_file_streamed(
+    path: Path,
+    images: np.ndarray,
+    chunks: Iterator[tuple[int, dict[str, np.ndarray]]],
+    attrs: dict[str, Any],
+    *,
+    embedding_dim: int,
+    logits_dim: int | None,
+    dtype: str = "float32",
+) -> None:
+    """Write a complete feature file (see `affectpipe.features`) chunk by chunk, atomically.
+    `dtype`: float32, or float16 where disk matters more than precision (the synthetic
+    1M-row heads bench cache).
+
+    `chunks` yields (first row, {"embedding", "ok"[, "logits"]}) covering every row once, in
+    order; the file becomes visible only after the last chunk and the attrs are written.
+    Array-valued attrs go under ``extra/``, as `features.write_feature_file` does.
+
+    The file's estimated size is checked and reserved on disk (fallocate) before HDF5
+    writes anything: HDF5 cannot recover from a failed write (the process segfaults when the
+    broken file is released), so running out of space must happen before it starts.
+    """
+    n = len(images)
+    scalars = {k: v for k, v in attrs.items() if not isinstance(v, np.ndarray)}
+    arrays = {k: v for k, v in attrs.items() if isinstance(v, np.ndarray)}
+    columns = embedding_dim + (logits_dim or 0)
+    extra_bytes = sum(a.nbytes for a in arrays.values())
+    needed = estimated_file_bytes(images, columns, extra_bytes, np.dtype(dtype).itemsize)
+    ensure_free_space(path, needed)
+    chunk_shape = max(1, min(n, H5_CHUNK_ROWS))
+    with atomic_path(path) as tmp, open(tmp, "w+b") as file:
+        reserve_space(file.fileno(), needed)
+        with h5py.File(file, "w") as handle:
+            handle.create_dataset(
+                "image", data=np.asarray(images, dtype=object), dtype=STRING_DTYPE
+            )
+            embedding = handle.create_dataset(
+                "embedding", (n, embedding_dim), dtype, chunks=(chunk_shape, embedding_dim)
+            )
+            logits = None
+            if logits_dim is not None:
+                logits = handle.create_dataset(
+                    "logits", (n, logits_dim), dtype, chunks=(chunk_shape, logits_dim)
+                )
+            ok = handle.create_dataset("ok", (n,), "bool")
+            covered = 0
+            for start, block in chunks:
+                if start != covered:
+                    raise ValueError(f"{path}: rows {covered}..{start} are missing")
+                stop = start + len(block["ok"])
+                embedding[start:stop] = block["embedding"]
+                ok[start:stop] = block["ok"]
+                if logits is not None:
+                    logits[start:stop] = block["logits"]
+                covered = stop
+            if covered != n:
+                raise ValueError(f"{path}: {covered} of {n} rows written")
+            for key, value in arrays.items():
                 handle.create_dataset(f"extra/{key}", data=value)
-            else:
-                scalars[key] = value
-        encode_attrs(handle.attrs, {**scalars, "committed_rows": n, "complete": True})
+            encode_attrs(handle.attrs, {**scalars, "committed_rows": n, "complete": True})
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """A feature file's attrs, decoded (no feature data read). Raises OSError if unreadable."""
+    with _open_h5(Path(path)) as handle:
+        return decode_attrs(handle.attrs)
+
+
+def part_dims(path: str | Path) -> dict[str, int | None]:
+    """`embedding_dim` and `logits_dim` (None without logits): what the writer takes."""
+    with _open_h5(Path(path)) as handle:
+        return {
+            "embedding_dim": handle["embedding"].shape[1],
+            "logits_dim": handle["logits"].shape[1] if "logits" in handle else None,
+        }
+
+
+def ok_mask(path: str | Path) -> np.ndarray:
+    """The file's `ok` column: rows whose features were computed."""
+    with _open_h5(Path(path)) as handle:
+        return handle["ok"][...].astype(bool)
+
+
+def row_blocks(
+    path: str | Path,
+    block_rows: int = H5_CHUNK_ROWS,
+    names: tuple[str, ...] = DATA_NAMES,
+    wanted: np.ndarray | None = None,
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """(first row, {name: rows}) of the file's data arrays (those of `names` it has), in
+    blocks of `block_rows`: the one block reader for re-writing and scanning files. With
+    `wanted` (sorted row indices), blocks holding none of them are not read."""
+    with _open_h5(Path(path)) as handle:
+        present = [name for name in names if name in handle]
+        for start in range(0, len(handle["ok"]), block_rows):
+            if wanted is not None:
+                lo, hi = np.searchsorted(wanted, [start, start + block_rows])
+                if hi == lo:
+                    continue
+            yield start, {name: handle[name][start : start + block_rows] for name in present}
+
+
+def non_finite_ok_rows(path: str | Path) -> int:
+    """Rows marked ok whose features hold NaN or inf (never written so: the file is damaged)."""
+    bad = 0
+    for _, block in row_blocks(path):
+        finite = np.ones(len(block["ok"]), dtype=bool)
+        for name in ("embedding", "logits"):
+            if name in block:
+                finite &= np.isfinite(block[name]).all(axis=1)
+        bad += int((block["ok"].astype(bool) & ~finite).sum())
+    return bad
 
 
 def feature_fingerprint(path: str | Path) -> str:

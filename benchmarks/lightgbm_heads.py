@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from affectpipe.featuresets import load_feature_set, parse_feature_set
 from affectpipe.heads.bench import prepare_cache
 from affectpipe.heads.candidates import Candidate
-from affectpipe.heads.featuresets import load_feature_set, parse_feature_set
 from affectpipe.heads.training import Rows, fit_candidate, scale_features
 from affectpipe.manifest import read_manifest
 from affectpipe.tasks import get_task

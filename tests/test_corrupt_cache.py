@@ -16,8 +16,8 @@ import pytest
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
 from affectpipe.features import read_feature_file, write_feature_file
+from affectpipe.featuresets import clear_cache
 from affectpipe.heads import train
-from affectpipe.heads.featuresets import clear_cache
 from affectpipe.heads.synthetic import Scale, write_synthetic_cache
 from affectpipe.manifest import METADATA_KEY, read_manifest, read_manifest_metadata
 from tests.conftest import run_cli

@@ -30,6 +30,7 @@ from test_extract_engine import (
 )
 
 from affectpipe import extract
+from affectpipe import features as features_module
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError
 from affectpipe.extract import images as decode
@@ -415,7 +416,7 @@ def test_disk_full_when_reserving_the_final_file(tiny, tmp_path, monkeypatch, ca
     def no_room(fd: int, nbytes: int) -> bool:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_module, "reserve_space", no_room)
+    monkeypatch.setattr(features_module, "reserve_space", no_room)
     code, _, err = run_main(monkeypatch, capsys, *extract_args(paths))
     assert code == 1 and "Traceback" not in err
     assert f"no space left on device at {paths.features(TINY)}; 25 rows committed" in err
@@ -476,8 +477,8 @@ def test_real_full_disk_ends_in_a_message_not_a_segfault(tiny, tmp_path: Path) -
             f"sys.path.insert(0, {str(TESTS)!r})\n"
             "import test_extract_engine as t\n"
             "t.register_tiny()\n"
-            "import affectpipe.extract.store as store\n"
-            "store.ensure_free_space = lambda *a, **k: None  # only the reservation guards\n"
+            "import affectpipe.features as features\n"
+            "features.ensure_free_space = lambda *a, **k: None  # only the reservation guards\n"
             "from affectpipe.pipeline import main\n"
             "sys.argv = ['pipeline', *sys.argv[1:]]\n"
             "main()\n"

@@ -17,14 +17,14 @@ from click.testing import CliRunner
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
 from affectpipe.features import read_feature_file, write_feature_file
-from affectpipe.heads import losses, train, training
-from affectpipe.heads.candidates import default_feature_sets, load_config, parse_candidate_ref
-from affectpipe.heads.featuresets import (
+from affectpipe.featuresets import (
     FeatureSet,
     available_backbones,
     load_feature_set,
     parse_feature_set,
 )
+from affectpipe.heads import losses, train, training
+from affectpipe.heads.candidates import default_feature_sets, load_config, parse_candidate_ref
 from affectpipe.heads.fitted import load_head
 from affectpipe.heads.model_registry import make_model
 from affectpipe.heads.models import LinearHead, MLPHead

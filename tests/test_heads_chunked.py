@@ -11,13 +11,13 @@ import pytest
 
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
-from affectpipe.heads import training
-from affectpipe.heads.featuresets import (
+from affectpipe.featuresets import (
     clear_cache,
     load_feature_set,
     manifest_rows_to_feature_rows,
     parse_feature_set,
 )
+from affectpipe.heads import training
 from affectpipe.heads.preprocess import FeatureScaler
 from affectpipe.heads.synthetic import Scale, write_synthetic_cache
 from affectpipe.heads.training import scale_features, train

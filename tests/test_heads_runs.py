@@ -18,8 +18,8 @@ from affectpipe.blend.predictions import load_candidates
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError
 from affectpipe.features import feature_fingerprint, write_feature_file
+from affectpipe.featuresets import parse_feature_set
 from affectpipe.heads import train, training
-from affectpipe.heads.featuresets import parse_feature_set
 from affectpipe.heads.models import MLPHead
 from affectpipe.heads.preprocess import FeatureScaler
 from affectpipe.manifest import empty_manifest, read_manifest, write_manifest

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from affectpipe import extract
+from affectpipe import features as features_module
 from affectpipe.config import DatasetPaths
-from affectpipe.extract import store as store_module
 from affectpipe.extract.backbones import openface
 from affectpipe.extract.backbones.openface import SHAPE_DIM, OpenFaceDescriptor
 from affectpipe.extract.rawrows import ArrayRows, StoreRows, reblock
@@ -133,7 +133,7 @@ def test_an_interrupted_finalisation_resumes_from_its_saved_fit(
 ) -> None:
     paths = faces_dataset(crops, tmp_path)
     monkeypatch.setattr(openface, "APPLY_BLOCK_ROWS", 4)
-    real_write = store_module.write_feature_file_streamed
+    real_write = features_module.write_feature_file_streamed
 
     def killed_after_one_block(path, images, chunks, attrs, **dims):
         def blocks():
@@ -144,7 +144,7 @@ def test_an_interrupted_finalisation_resumes_from_its_saved_fit(
 
         real_write(path, images, blocks(), attrs, **dims)
 
-    monkeypatch.setattr(store_module, "write_feature_file_streamed", killed_after_one_block)
+    monkeypatch.setattr(features_module, "write_feature_file_streamed", killed_after_one_block)
     run = dict(workers=0, batch_size=4, chunk_rows=4, progress=False)
     with pytest.raises(KeyboardInterrupt):
         extract.run(paths, ["openface"], **run)
@@ -153,7 +153,7 @@ def test_an_interrupted_finalisation_resumes_from_its_saved_fit(
     saved = parts_dir(final) / "openface-hog-pca.npz"
     assert saved.exists()  # the fit is kept with the staged raw rows
 
-    monkeypatch.setattr(store_module, "write_feature_file_streamed", real_write)
+    monkeypatch.setattr(features_module, "write_feature_file_streamed", real_write)
 
     def no_refit(*args, **kwargs):
         raise AssertionError("the saved fit should have been reused")

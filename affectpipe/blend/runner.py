@@ -534,15 +534,12 @@ def summarise(outcomes: dict[str, TaskOutcome]) -> tuple[dict, dict | None]:
 
 def feature_records(paths: DatasetPaths) -> dict[str, dict[str, Any]]:
     """Identity attrs of the cached feature files, by backbone (unreadable files skipped)."""
-    import h5py
-
-    from affectpipe.features import decode_attrs
+    from affectpipe.features import read_header
 
     records = {}
     for path in sorted(paths.features_dir.glob("*.h5")):
         try:
-            with h5py.File(path, "r") as handle:
-                attrs = decode_attrs(handle.attrs)
+            attrs = read_header(path)
         except OSError:
             continue  # unreadable files are reported by the stages that read them
         backbone = str(attrs.get("backbone", path.stem))
@@ -571,13 +568,13 @@ def random_init_note(records: dict[str, dict[str, Any]]) -> str | None:
 
 def _candidate_backbones(name: str) -> tuple[str, ...]:
     """Backbones a heads candidate (`<feature-set slug>__<model>`) reads; () if not one."""
-    from affectpipe.heads.featuresets import parse_feature_set
+    from affectpipe.featuresets import parse_feature_set, split_candidate_name
 
-    slug, separator, _ = name.rpartition("__")
-    if not separator:
+    parts = split_candidate_name(name)
+    if parts is None:
         return ()
     try:
-        return parse_feature_set(slug).backbones
+        return parse_feature_set(parts[0]).backbones
     except InputError:
         return ()
 

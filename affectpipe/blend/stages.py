@@ -119,7 +119,7 @@ def load_gate_sources(paths: Any, manifest: pd.DataFrame, rows: np.ndarray) -> G
     Files that are incomplete, shards, without logits or unreadable are no gate source
     (the stages that read them report them)."""
     from affectpipe.errors import InputError
-    from affectpipe.heads.featuresets import load_feature_set, load_part, parse_feature_set
+    from affectpipe.featuresets import load_feature_set, load_part, parse_feature_set
 
     names, values = [], []
     for path in sorted(paths.features_dir.glob("*.h5")):

@@ -22,7 +22,8 @@ def finish(target: Target, view: ManifestView, rows: tuple[int, int]) -> dict[st
     are removed only once the file is in place.
     """
     from affectpipe.extract.rawrows import StoreRows
-    from affectpipe.extract.store import failure_attrs, write_feature_file_streamed
+    from affectpipe.extract.store import failure_attrs
+    from affectpipe.features import write_feature_file_streamed
 
     store = target.store
     if target.retry_rows is not None:
@@ -67,21 +68,21 @@ def retry_store_target(path: Path) -> Path:
 
 def finish_retry(target: Target, view: ManifestView, rows: tuple[int, int]) -> dict[str, Any]:
     """Rewrite the complete file with its re-attempted rows replaced; other rows are copied."""
-    import h5py
-
-    from affectpipe.extract.store import H5_CHUNK_ROWS, failure_attrs, write_feature_file_streamed
-    from affectpipe.features import decode_attrs
+    from affectpipe.extract.store import failure_attrs
+    from affectpipe.features import (
+        ok_mask,
+        part_dims,
+        read_header,
+        row_blocks,
+        write_feature_file_streamed,
+    )
 
     store, redo = target.store, target.retry_rows
     images = view.images[rows[0] : rows[1]]
-    with h5py.File(target.path, "r") as handle:
-        attrs = decode_attrs(handle.attrs)
-        still_failed = ~handle["ok"][...].astype(bool)
-        names = [name for name in ("embedding", "logits", "ok") if name in handle]
-        dims = {
-            "embedding_dim": handle["embedding"].shape[1],
-            "logits_dim": handle["logits"].shape[1] if "logits" in handle else None,
-        }
+    attrs = read_header(target.path)
+    still_failed = ~ok_mask(target.path)
+    dims = part_dims(target.path)
+    names = ["embedding", *(["logits"] if dims["logits_dim"] else []), "ok"]
     still_failed[redo] = False
     failed = {int(r): "no image file (has_image is false)" for r in np.flatnonzero(still_failed)}
     failed.update({int(redo[i]): reason for i, reason in store.failures().items()})
@@ -91,13 +92,12 @@ def finish_retry(target: Target, view: ManifestView, rows: tuple[int, int]) -> d
     new = {name: store.load_rows(name) for name in names}
 
     def chunks():
-        with h5py.File(target.path, "r") as handle:
-            for start in range(0, len(images), H5_CHUNK_ROWS):
-                arrays = {name: handle[name][start : start + H5_CHUNK_ROWS] for name in names}
-                inside = np.flatnonzero((redo >= start) & (redo < start + H5_CHUNK_ROWS))
-                for name in names:
-                    arrays[name][redo[inside] - start] = new[name][inside]
-                yield start, arrays
+        for start, arrays in row_blocks(target.path):
+            stop = start + len(arrays["ok"])
+            inside = np.flatnonzero((redo >= start) & (redo < stop))
+            for name in names:
+                arrays[name][redo[inside] - start] = new[name][inside]
+            yield start, arrays
 
     with disk_full_as_error(target.path, lambda: len(images)):
         write_feature_file_streamed(target.path, images, chunks(), attrs, **dims)

@@ -134,14 +134,10 @@ class ShardRows:
     """The raw rows of complete shard files, in order (`starts`: each file's first row)."""
 
     def __init__(self, files: Sequence[Path], starts: Sequence[int], n_rows: int, key: str):
-        import h5py
+        from affectpipe.features import ok_mask
 
         self.files, self.starts, self.n_rows, self.key = list(files), list(starts), n_rows, key
-        oks = []
-        for path in self.files:
-            with h5py.File(path, "r") as handle:
-                oks.append(handle["ok"][...].astype(bool))
-        self.ok = np.concatenate(oks)
+        self.ok = np.concatenate([ok_mask(path) for path in self.files])
 
     def _spans(self) -> Iterator[tuple[int, int, Path]]:
         for i, path in enumerate(self.files):
@@ -149,20 +145,17 @@ class ShardRows:
             yield self.starts[i], stop, path
 
     def take(self, rows: np.ndarray) -> Iterator[np.ndarray]:
-        import h5py
+        from affectpipe.features import row_blocks
 
         for first, stop, path in self._spans():
-            with h5py.File(path, "r") as handle:
-                for at in range(first, stop, READ_ROWS):
-                    lo, hi = np.searchsorted(rows, [at, min(at + READ_ROWS, stop)])
-                    if hi > lo:  # windows without a wanted row are not read
-                        window = handle["embedding"][at - first : at - first + READ_ROWS]
-                        yield window[rows[lo:hi] - at]
+            own = rows[(rows >= first) & (rows < stop)] - first
+            for at, block in row_blocks(path, READ_ROWS, ("embedding",), wanted=own):
+                lo, hi = np.searchsorted(own, [at, at + READ_ROWS])
+                yield block["embedding"][own[lo:hi] - at]
 
     def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
-        import h5py
+        from affectpipe.features import row_blocks
 
-        for first, stop, path in self._spans():
-            with h5py.File(path, "r") as handle:
-                for at in range(0, stop - first, READ_ROWS):
-                    yield first + at, handle["embedding"][at : at + READ_ROWS]
+        for first, _stop, path in self._spans():
+            for at, block in row_blocks(path, READ_ROWS, ("embedding",)):
+                yield first + at, block["embedding"]

@@ -69,11 +69,9 @@ def _shard_files(paths: DatasetPaths, backbone: str) -> list[Path]:
 def _merge_one(
     paths: DatasetPaths, view: ManifestView, backbone: str, final: Path
 ) -> BackboneReport:
-    import h5py
-
     from affectpipe.extract.rawrows import ShardRows
-    from affectpipe.extract.store import FAILED_LIST_CAP, write_feature_file_streamed
-    from affectpipe.features import decode_attrs
+    from affectpipe.extract.store import FAILED_LIST_CAP
+    from affectpipe.features import part_dims, read_header, row_blocks, write_feature_file_streamed
 
     shards = _shard_files(paths, backbone)
     metas = []
@@ -113,13 +111,9 @@ def _merge_one(
 
     def chunks():
         for path, attrs in zip(shards, metas, strict=True):
-            with h5py.File(path, "r") as handle:
-                arrays = {
-                    name: handle[name][...]
-                    for name in ("embedding", "logits", "ok")
-                    if name in handle
-                }
-            yield attrs["shard_rows"][0], arrays
+            first = attrs["shard_rows"][0]
+            for start, arrays in row_blocks(path):
+                yield first + start, arrays
 
     failed = [f for attrs in metas for f in attrs.get("failed_images") or ()]
     merged = {
@@ -140,16 +134,11 @@ def _merge_one(
             blocks = done.chunks
             dims = {"embedding_dim": done.embedding_dim, "logits_dim": None}
         else:
-            with h5py.File(shards[0], "r") as handle:
-                dims = {
-                    "embedding_dim": handle["embedding"].shape[1],
-                    "logits_dim": handle["logits"].shape[1] if "logits" in handle else None,
-                }
+            dims = part_dims(shards[0])
             blocks = chunks()
         write_feature_file_streamed(final, view.images, blocks, merged, **dims)
     shutil.rmtree(scratch, ignore_errors=True)  # a descriptor's fitted state, now written
-    with h5py.File(final, "r") as handle:
-        written = decode_attrs(handle.attrs)
+    written = read_header(final)
     return BackboneReport(
         backbone=backbone,
         path=final,

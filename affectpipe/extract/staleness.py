@@ -33,38 +33,16 @@ IDENTITY_KEYS = (
 
 def existing_identity(path: Path) -> dict[str, Any] | None:
     """Identity attrs of a complete file at `path`, or None if absent/incomplete/unreadable."""
-    import h5py
-
-    from affectpipe.features import decode_attrs
+    from affectpipe.features import read_header
 
     if not path.exists():
         return None
     try:
-        with h5py.File(path, "r") as handle:
-            attrs = decode_attrs(handle.attrs)
+        attrs = read_header(path)
     except Exception as exc:  # a damaged file of any kind is rebuilt, never trusted
         logger.warning("%s is unreadable (%s): rebuilding it", path, exc)
         return None
     return attrs if attrs.get("complete") else None
-
-
-def non_finite_ok_rows(path: Path) -> int:
-    """Rows marked ok whose features hold NaN or inf (never written so: the file is damaged)."""
-    import h5py
-
-    from affectpipe.extract.store import H5_CHUNK_ROWS
-
-    bad = 0
-    with h5py.File(path, "r") as handle:
-        ok = handle["ok"][...].astype(bool)
-        for start in range(0, len(ok), H5_CHUNK_ROWS):
-            block = slice(start, start + H5_CHUNK_ROWS)
-            finite = np.ones(len(ok[block]), dtype=bool)
-            for name in ("embedding", "logits"):
-                if name in handle:
-                    finite &= np.isfinite(handle[name][block]).all(axis=1)
-            bad += int((ok[block] & ~finite).sum())
-    return bad
 
 
 def is_current(target: Target) -> dict[str, Any] | None:
@@ -77,6 +55,8 @@ def is_current(target: Target) -> dict[str, Any] | None:
         logger.warning("%s is stale (changed: %s): recomputing", target.path, ", ".join(changed))
         return None
     try:
+        from affectpipe.features import non_finite_ok_rows
+
         bad = non_finite_ok_rows(target.path)
     except Exception as exc:
         logger.warning("%s is unreadable (%s): rebuilding it", target.path, exc)
@@ -89,8 +69,7 @@ def is_current(target: Target) -> dict[str, Any] | None:
 
 def retry_rows(target: Target, view: ManifestView, rows: tuple[int, int]) -> np.ndarray:
     """Rows of the complete file to re-attempt: ok false, and an image file to read."""
-    import h5py
+    from affectpipe.features import ok_mask
 
-    with h5py.File(target.path, "r") as handle:
-        failed = np.flatnonzero(~handle["ok"][...].astype(bool))
+    failed = np.flatnonzero(~ok_mask(target.path))
     return np.array([r for r in failed if view.paths[rows[0] + r] is not None], dtype=np.int64)

@@ -23,14 +23,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
-from affectpipe.features import STRING_DTYPE, encode_attrs
-from affectpipe.fsutil import atomic_path, disk_full_as_error, ensure_free_space, reserve_space
+from affectpipe.fsutil import atomic_path, disk_full_as_error
 
 FAILED_LIST_CAP = 100  # failed images listed by name in the file's attrs; all are counted
-H5_CHUNK_ROWS = 1024
 
 
 def parts_dir(target: Path) -> Path:
@@ -166,75 +163,3 @@ def failure_attrs(images: np.ndarray, failed: dict[int, str]) -> dict[str, Any]:
     """The `failed_count` / `failed_images` attrs: every failure counted, the first few listed."""
     listed = [{"image": str(images[row]), "reason": failed[row]} for row in sorted(failed)]
     return {"failed_count": len(failed), "failed_images": listed[:FAILED_LIST_CAP]}
-
-
-def estimated_file_bytes(
-    images: np.ndarray, columns: int, extra_bytes: int = 0, itemsize: int = 4
-) -> int:
-    """A generous size of a feature file: float columns (`itemsize` bytes each), ok, image
-    keys and HDF5 overhead."""
-    keys = sum(len(str(image).encode()) + 48 for image in images)  # + heap ids and headers
-    data = len(images) * (itemsize * columns + 1) + keys + extra_bytes
-    return data + data // 20 + (256 << 10)
-
-
-def write_feature_file_streamed(
-    path: Path,
-    images: np.ndarray,
-    chunks: Iterator[tuple[int, dict[str, np.ndarray]]],
-    attrs: dict[str, Any],
-    *,
-    embedding_dim: int,
-    logits_dim: int | None,
-    dtype: str = "float32",
-) -> None:
-    """Write a complete feature file (see `affectpipe.features`) chunk by chunk, atomically.
-    `dtype`: float32, or float16 where disk matters more than precision (the synthetic
-    1M-row heads bench cache).
-
-    `chunks` yields (first row, {"embedding", "ok"[, "logits"]}) covering every row once, in
-    order; the file becomes visible only after the last chunk and the attrs are written.
-    Array-valued attrs go under ``extra/``, as `features.write_feature_file` does.
-
-    The file's estimated size is checked and reserved on disk (fallocate) before HDF5
-    writes anything: HDF5 cannot recover from a failed write (the process segfaults when the
-    broken file is released), so running out of space must happen before it starts.
-    """
-    n = len(images)
-    scalars = {k: v for k, v in attrs.items() if not isinstance(v, np.ndarray)}
-    arrays = {k: v for k, v in attrs.items() if isinstance(v, np.ndarray)}
-    columns = embedding_dim + (logits_dim or 0)
-    extra_bytes = sum(a.nbytes for a in arrays.values())
-    needed = estimated_file_bytes(images, columns, extra_bytes, np.dtype(dtype).itemsize)
-    ensure_free_space(path, needed)
-    chunk_shape = max(1, min(n, H5_CHUNK_ROWS))
-    with atomic_path(path) as tmp, open(tmp, "w+b") as file:
-        reserve_space(file.fileno(), needed)
-        with h5py.File(file, "w") as handle:
-            handle.create_dataset(
-                "image", data=np.asarray(images, dtype=object), dtype=STRING_DTYPE
-            )
-            embedding = handle.create_dataset(
-                "embedding", (n, embedding_dim), dtype, chunks=(chunk_shape, embedding_dim)
-            )
-            logits = None
-            if logits_dim is not None:
-                logits = handle.create_dataset(
-                    "logits", (n, logits_dim), dtype, chunks=(chunk_shape, logits_dim)
-                )
-            ok = handle.create_dataset("ok", (n,), "bool")
-            covered = 0
-            for start, block in chunks:
-                if start != covered:
-                    raise ValueError(f"{path}: rows {covered}..{start} are missing")
-                stop = start + len(block["ok"])
-                embedding[start:stop] = block["embedding"]
-                ok[start:stop] = block["ok"]
-                if logits is not None:
-                    logits[start:stop] = block["logits"]
-                covered = stop
-            if covered != n:
-                raise ValueError(f"{path}: {covered} of {n} rows written")
-            for key, value in arrays.items():
-                handle.create_dataset(f"extra/{key}", data=value)
-            encode_attrs(handle.attrs, {**scalars, "committed_rows": n, "complete": True})

@@ -29,7 +29,7 @@ from affectpipe import __version__
 from affectpipe.benchtools import SAMPLE_SECONDS, TreePeak, cpu_model, tree_cpu_seconds
 from affectpipe.config import DatasetPaths
 from affectpipe.features import read_feature_file
-from affectpipe.heads.featuresets import (
+from affectpipe.featuresets import (
     DEFAULT_CHUNK_ROWS,
     clear_cache,
     load_feature_set,

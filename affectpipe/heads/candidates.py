@@ -35,7 +35,12 @@ from typing import Any
 
 from affectpipe.errors import InputError
 from affectpipe.extract import registry
-from affectpipe.heads.featuresets import FeatureSet, parse_feature_set
+from affectpipe.featuresets import (
+    FeatureSet,
+    candidate_name,
+    parse_feature_set,
+    split_candidate_name,
+)
 from affectpipe.heads.model_registry import MODELS
 from affectpipe.schema import TASKS
 from affectpipe.tasks import get_task
@@ -59,7 +64,7 @@ class Candidate:
 
     @property
     def name(self) -> str:
-        return f"{self.features.slug}__{self.model}"
+        return candidate_name(self.features, self.model)
 
     def __str__(self) -> str:
         return f"{self.task}/{self.name}"
@@ -69,8 +74,8 @@ def parse_candidate_ref(text: str) -> tuple[FeatureSet, str]:
     """``SPEC/MODEL`` or the file-name form ``SLUG__MODEL`` -> (feature set, model)."""
     if "/" in text:
         spec, _, model = text.rpartition("/")
-    elif "__" in text:
-        spec, _, model = text.rpartition("__")
+    elif split_candidate_name(text):
+        spec, model = split_candidate_name(text)
     else:
         raise InputError(
             f"candidate {text!r}: expected FEATURES/MODEL, e.g. mt-emotieffnet:logits/mlp"

@@ -26,9 +26,9 @@ import pandas as pd
 
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
+from affectpipe.featuresets import load_feature_set, parse_feature_set
 from affectpipe.fsutil import atomic_path, sha256_file, sha256_regular, write_text_atomic
 from affectpipe.heads.checks import HEAD_SCHEMA, HeadCheckError, check_head
-from affectpipe.heads.featuresets import load_feature_set, parse_feature_set
 from affectpipe.heads.preprocess import FeatureScaler
 from affectpipe.heads.storage import Decoder, Encoder
 from affectpipe.untrusted import check_schema, limits, read_json

@@ -22,7 +22,7 @@ import torch
 
 from affectpipe import __version__
 from affectpipe.config import DatasetPaths
-from affectpipe.extract.store import write_feature_file_streamed
+from affectpipe.features import write_feature_file_streamed
 from affectpipe.manifest import distinct_images, empty_manifest, write_manifest
 from affectpipe.schema import AU_COLUMNS
 

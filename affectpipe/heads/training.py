@@ -53,14 +53,14 @@ from affectpipe import __version__, predictions
 from affectpipe.config import DEFAULT_RUN, DatasetPaths
 from affectpipe.data.summary import no_validation_message
 from affectpipe.errors import InputError, NoValidationError
-from affectpipe.fsutil import file_lock, write_text_atomic
-from affectpipe.heads.candidates import Candidate, load_config, select_candidates
-from affectpipe.heads.featuresets import (
+from affectpipe.featuresets import (
     DEFAULT_CHUNK_ROWS,
     LoadedFeatures,
     available_backbones,
     load_feature_set,
 )
+from affectpipe.fsutil import file_lock, write_text_atomic
+from affectpipe.heads.candidates import Candidate, load_config, select_candidates
 from affectpipe.heads.fitted import FittedHead
 from affectpipe.heads.model_registry import MODELS, make_model
 from affectpipe.heads.preprocess import FeatureScaler

@@ -455,7 +455,7 @@ def _task_columns(
 ) -> dict[str, np.ndarray]:
     from affectpipe.blend.smoothing import VideoOrder, group_codes
     from affectpipe.blend.tuning import apply_tuned
-    from affectpipe.heads.featuresets import parse_feature_set
+    from affectpipe.featuresets import parse_feature_set
 
     ok = features.ok
     rows = np.flatnonzero(ok)

@@ -42,6 +42,7 @@ from affectpipe.blend.task_rules import TaskRules, rules_for
 from affectpipe.blend.tuning import TaskBlend
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError
+from affectpipe.featuresets import parse_feature_set
 from affectpipe.fsutil import (
     file_kind,
     open_regular,
@@ -49,7 +50,6 @@ from affectpipe.fsutil import (
     sha256_regular,
     write_text_atomic,
 )
-from affectpipe.heads.featuresets import parse_feature_set
 from affectpipe.heads.fitted import FittedHead, arrays_path, load_head, refuse_pickles
 from affectpipe.predict.runschema import (
     BLEND_SCHEMA,

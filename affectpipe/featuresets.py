@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,9 @@ from affectpipe.features import (
     corrupt,
     read_feature_file,
 )
-from affectpipe.heads.preprocess import FeatureScaler
+
+if TYPE_CHECKING:  # the heads' scaler, applied block by block here
+    from affectpipe.heads.preprocess import FeatureScaler
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]*$")
 
@@ -65,6 +68,20 @@ class FeatureSet:
 
     def __str__(self) -> str:
         return self.spec
+
+
+CANDIDATE_SEPARATOR = "__"  # between a feature set's slug and the model in a candidate name
+
+
+def candidate_name(features: FeatureSet, model: str) -> str:
+    """A candidate's name, ``<feature-set slug>__<model>``: its prediction and head files'."""
+    return f"{features.slug}{CANDIDATE_SEPARATOR}{model}"
+
+
+def split_candidate_name(name: str) -> tuple[str, str] | None:
+    """(feature-set slug, model) of a candidate name; None if `name` is not one."""
+    slug, separator, model = name.rpartition(CANDIDATE_SEPARATOR)
+    return (slug, model) if separator and slug and model else None
 
 
 def parse_feature_set(spec: str) -> FeatureSet:
