@@ -5,12 +5,18 @@ Layout:
     embedding  [N, D] float32 (float16 accepted: readers widen it to float32; the synthetic
                heads-bench caches use it to halve their disk, see heads/synthetic.py)
     logits     [N, K] as embedding, only for backbones that have logits
+    spatial    [N, G*G*C] float16, only when extracted with a spatial grid (`pipeline extract
+               --spatial-grid G`): the backbone's last feature map [C, H, W] average-pooled
+               to G x G cells, the cells (tokens) in row-major order, each its C channels:
+               column t*C + c is channel c of cell t (`spatial_tokens` gives T and C). float16
+               halves a part that is G*G times as wide as the embedding; readers widen it.
     ok         [N]    bool: the image was decoded and processed (else zero features)
 attrs:
     backbone, package_version, weights_sha256, preprocessing (JSON), logit_names (JSON list),
     abaw_expr_index (JSON list of 8 logit indices giving ABAW codes 0..7, null for a class the
     backbone does not predict; or absent),
     groups (JSON {name: [start, stop]}: named column ranges of `embedding`),
+    spatial_grid (int G, only with a `spatial` dataset),
     committed_rows (int), complete (bool), plus any provenance the writer adds; the extraction
     engine adds failed_count and failed_images (JSON list of {image, reason}, capped), and
     shard files add shard ("i/n") and shard_rows (JSON [start, stop]).
@@ -50,6 +56,10 @@ JSON_ATTRS = (
 )
 STRING_DTYPE = h5py.string_dtype(encoding="utf-8")
 MAX_COMPRESSION = 1000  # declared/stored size ratio a compressed array may have
+# The float datasets of a feature file, each [N, columns]; each is a selectable part.
+FLOAT_PARTS = ("embedding", "logits", "spatial")
+SPATIAL_DTYPE = "float16"
+MAX_SPATIAL_GRID = 16  # cells per side of the pooled map: a few fit a face's parts
 # Attrs that say nothing about the rows' values: left out of `feature_fingerprint`.
 UNFINGERPRINTED_ATTRS = ("complete", "committed_rows")
 
@@ -96,13 +106,15 @@ class FeatureFile:
         return str(self.attrs.get("backbone", self.path.stem))
 
     def parts(self) -> list[str]:
-        """Selectable parts: `embedding`, `logits` (if present) and the named groups."""
+        """Selectable parts: `embedding`, `logits` and `spatial` (where present) and the
+        named groups."""
         with _open_h5(self.path) as handle:
-            names = [name for name in ("embedding", "logits") if name in handle]
+            names = [name for name in FLOAT_PARTS if name in handle]
         return names + list(self.attrs.get("groups", {}))
 
     def load(self, part: str) -> np.ndarray:
-        """Load `embedding`, `logits` or a named group of embedding columns as float32."""
+        """Load a float dataset (`FLOAT_PARTS`) or a named group of embedding columns as
+        float32."""
         with self.reader(part) as read:
             return read(slice(None))
 
@@ -115,7 +127,7 @@ class FeatureFile:
     def _part(self, handle: h5py.File, part: str) -> tuple[h5py.Dataset, slice]:
         """The dataset holding `part` and its columns there."""
         groups = self.attrs.get("groups", {})
-        if part in ("embedding", "logits") and part in handle:
+        if part in FLOAT_PARTS and part in handle:
             return handle[part], slice(None)
         if part in groups:
             return handle["embedding"], slice(*groups[part])
@@ -240,8 +252,7 @@ def read_feature_file(path: str | Path) -> FeatureFile:
             )
         ok = _dataset(path, handle, "ok", 1, "biu")
         arrays = [_dataset(path, handle, "embedding", 2, "f")]
-        if "logits" in handle:
-            arrays.append(_dataset(path, handle, "logits", 2, "f"))
+        arrays += [_dataset(path, handle, n, 2, "f") for n in FLOAT_PARTS[1:] if n in handle]
         rows = {d.name.lstrip("/"): d.shape[0] for d in (image, ok, *arrays)}
         if len(set(rows.values())) != 1:
             raise corrupt(path, f"datasets disagree on the number of rows: {rows}")
@@ -250,8 +261,19 @@ def read_feature_file(path: str | Path) -> FeatureFile:
         except (OSError, ValueError, TypeError, UnicodeDecodeError) as exc:
             raise corrupt(path, f"cannot read /image: {exc}") from exc
         ok_values = _read(path, ok, ...).astype(bool)
+        if "spatial" in handle:
+            spatial_tokens(attrs, handle["spatial"].shape[1], path)
     _check_groups(path, attrs.get("groups", {}), arrays[0].shape[1])
     return FeatureFile(path=path, images=np.asarray(images, dtype=str), ok=ok_values, attrs=attrs)
+
+
+def spatial_tokens(attrs: dict[str, Any], width: int, path: Path) -> tuple[int, int]:
+    """(tokens, channels) of a `spatial` part of `width` columns, from the file's
+    `spatial_grid` attr; `CorruptFeatureFile` when they do not fit."""
+    grid = attrs.get("spatial_grid")
+    if type(grid) is not int or not 1 <= grid <= MAX_SPATIAL_GRID or width % (grid * grid):
+        raise corrupt(path, f"spatial_grid {grid!r} does not fit {width} spatial columns")
+    return grid * grid, width // (grid * grid)
 
 
 def _check_groups(path: Path, groups: Any, width: int) -> None:
@@ -309,7 +331,7 @@ def feature_fingerprint(path: str | Path) -> str:
             attrs = decode_attrs(handle.attrs)
             shapes = {
                 name: list(handle[name].shape)
-                for name in ("image", "embedding", "logits", "ok")
+                for name in ("image", *FLOAT_PARTS, "ok")
                 if name in handle
             }
     except (OSError, ValueError) as exc:

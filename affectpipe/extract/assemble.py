@@ -52,6 +52,9 @@ def finish(target: Target, view: ManifestView, rows: tuple[int, int]) -> dict[st
                     "embedding_dim": target.spec.embedding_dim,
                     "logits_dim": len(target.spec.logit_names),
                 }
+                if target.identity.get("spatial_grid"):
+                    _, first = next(store.iter_chunks(["spatial"], starts=[0]))
+                    dims["spatial_dim"] = first["spatial"].shape[1]
             else:
                 dims = {"embedding_dim": target.descriptor.raw_dim, "logits_dim": None}
             chunks = store.iter_chunks()
@@ -70,17 +73,18 @@ def finish_retry(target: Target, view: ManifestView, rows: tuple[int, int]) -> d
     import h5py
 
     from affectpipe.extract.store import H5_CHUNK_ROWS, failure_attrs, write_feature_file_streamed
-    from affectpipe.features import decode_attrs
+    from affectpipe.features import FLOAT_PARTS, decode_attrs
 
     store, redo = target.store, target.retry_rows
     images = view.images[rows[0] : rows[1]]
     with h5py.File(target.path, "r") as handle:
         attrs = decode_attrs(handle.attrs)
         still_failed = ~handle["ok"][...].astype(bool)
-        names = [name for name in ("embedding", "logits", "ok") if name in handle]
+        names = [name for name in (*FLOAT_PARTS, "ok") if name in handle]
         dims = {
             "embedding_dim": handle["embedding"].shape[1],
             "logits_dim": handle["logits"].shape[1] if "logits" in handle else None,
+            "spatial_dim": handle["spatial"].shape[1] if "spatial" in handle else None,
         }
     still_failed[redo] = False
     failed = {int(r): "no image file (has_image is false)" for r in np.flatnonzero(still_failed)}

@@ -73,7 +73,7 @@ def _merge_one(
 
     from affectpipe.extract.rawrows import ShardRows
     from affectpipe.extract.store import FAILED_LIST_CAP, write_feature_file_streamed
-    from affectpipe.features import decode_attrs
+    from affectpipe.features import FLOAT_PARTS, decode_attrs
 
     shards = _shard_files(paths, backbone)
     metas = []
@@ -115,9 +115,7 @@ def _merge_one(
         for path, attrs in zip(shards, metas, strict=True):
             with h5py.File(path, "r") as handle:
                 arrays = {
-                    name: handle[name][...]
-                    for name in ("embedding", "logits", "ok")
-                    if name in handle
+                    name: handle[name][...] for name in (*FLOAT_PARTS, "ok") if name in handle
                 }
             yield attrs["shard_rows"][0], arrays
 
@@ -144,6 +142,7 @@ def _merge_one(
                 dims = {
                     "embedding_dim": handle["embedding"].shape[1],
                     "logits_dim": handle["logits"].shape[1] if "logits" in handle else None,
+                    "spatial_dim": handle["spatial"].shape[1] if "spatial" in handle else None,
                 }
             blocks = chunks()
         write_feature_file_streamed(final, view.images, blocks, merged, **dims)

@@ -26,7 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from affectpipe.features import STRING_DTYPE, encode_attrs
+from affectpipe.features import SPATIAL_DTYPE, STRING_DTYPE, encode_attrs
 from affectpipe.fsutil import atomic_path, disk_full_as_error, ensure_free_space, reserve_space
 
 FAILED_LIST_CAP = 100  # failed images listed by name in the file's attrs; all are counted
@@ -186,14 +186,18 @@ def write_feature_file_streamed(
     *,
     embedding_dim: int,
     logits_dim: int | None,
+    spatial_dim: int | None = None,
     dtype: str = "float32",
 ) -> None:
     """Write a complete feature file (see `affectpipe.features`) chunk by chunk, atomically.
     `dtype`: float32, or float16 where disk matters more than precision (the synthetic
     1M-row heads bench cache).
 
-    `chunks` yields (first row, {"embedding", "ok"[, "logits"]}) covering every row once, in
-    order; the file becomes visible only after the last chunk and the attrs are written.
+    `spatial_dim`: the width of a `spatial` part (always stored as float16), or None.
+
+    `chunks` yields (first row, {"embedding", "ok"[, "logits", "spatial"]}) covering every
+    row once, in order; the file becomes visible only after the last chunk and the attrs
+    are written.
     Array-valued attrs go under ``extra/``, as `features.write_feature_file` does.
 
     The file's estimated size is checked and reserved on disk (fallocate) before HDF5
@@ -205,6 +209,7 @@ def write_feature_file_streamed(
     arrays = {k: v for k, v in attrs.items() if isinstance(v, np.ndarray)}
     columns = embedding_dim + (logits_dim or 0)
     extra_bytes = sum(a.nbytes for a in arrays.values())
+    extra_bytes += len(images) * (spatial_dim or 0) * np.dtype(SPATIAL_DTYPE).itemsize
     needed = estimated_file_bytes(images, columns, extra_bytes, np.dtype(dtype).itemsize)
     ensure_free_space(path, needed)
     chunk_shape = max(1, min(n, H5_CHUNK_ROWS))
@@ -222,6 +227,11 @@ def write_feature_file_streamed(
                 logits = handle.create_dataset(
                     "logits", (n, logits_dim), dtype, chunks=(chunk_shape, logits_dim)
                 )
+            spatial = None
+            if spatial_dim is not None:
+                spatial = handle.create_dataset(
+                    "spatial", (n, spatial_dim), SPATIAL_DTYPE, chunks=(chunk_shape, spatial_dim)
+                )
             ok = handle.create_dataset("ok", (n,), "bool")
             covered = 0
             for start, block in chunks:
@@ -232,6 +242,8 @@ def write_feature_file_streamed(
                 ok[start:stop] = block["ok"]
                 if logits is not None:
                     logits[start:stop] = block["logits"]
+                if spatial is not None:
+                    spatial[start:stop] = block["spatial"]
                 covered = stop
             if covered != n:
                 raise ValueError(f"{path}: {covered} of {n} rows written")

@@ -62,7 +62,8 @@ from affectpipe.untrusted import Limits, check_schema, limits, read_json
 log = logging.getLogger(__name__)
 DESCRIPTOR_ARRAYS = {"openface": ("hog_pca_mean", "hog_pca_components")}
 IDENTITY_ATTRS = ("weights_sha256", "random_init", "precision", "preprocessing", "descriptor",
-                  "weights_name", "official_sha256", "logit_names", "abaw_expr_index")
+                  "weights_name", "official_sha256", "logit_names", "abaw_expr_index",
+                  "spatial_grid")
 
 
 @dataclass
