@@ -169,6 +169,12 @@ EXPORT_SCHEMA: dict[str, Any] = {
                     },
                     "arrays": RELATIVE_PATH,
                     "weights_source": {"type": "object"},
+                    "variant": {
+                        "type": "object",
+                        "required": ["weights", "record"],
+                        "additionalProperties": False,
+                        "properties": {"weights": RELATIVE_PATH, "record": RELATIVE_PATH},
+                    },
                 },
             },
         },
