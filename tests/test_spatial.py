@@ -73,6 +73,22 @@ def test_the_spatial_part_pools_the_last_feature_map(faces: dict, fixtures_dir: 
     assert bad.returncode == 2 and "bad spatial grid" in bad.stderr
 
 
+@pytest.mark.slow
+def test_shards_carry_the_spatial_part_into_the_merged_file(
+    faces: dict, fixtures_dir: Path, tmp_path: Path
+):
+    cache = tmp_path / "cache"
+    run_cli("--cache-dir", cache, "index", faces["root"] / "data" / "labels.csv", "--format",
+            "csv", "--name", "faces", check=True)  # fmt: skip
+    for shard in ("1/2", "2/2"):
+        _extract(cache, fixtures_dir, "--spatial-grid", "2", "--shard", shard)
+    run_cli("--cache-dir", cache, "extract", "--dataset", "faces", "--merge", check=True)
+    merged = read_feature_file(cache / "faces" / "features" / f"{FER}.h5")
+    assert merged.attrs["spatial_grid"] == 2 and "shard" not in merged.attrs
+    ok, spatial = merged.ok, merged.load("spatial").reshape(len(merged.ok), 4, 128)
+    np.testing.assert_allclose(spatial[ok].mean(axis=1), merged.load("embedding")[ok], atol=2e-3)
+
+
 def _probabilities(run: Path, candidate: str, images: list[str]) -> np.ndarray:
     preds = pd.read_parquet(run / "preds" / "expr" / f"{candidate}.parquet")
     return preds.drop_duplicates("image").set_index("image").loc[images, P_EXPR].to_numpy()
