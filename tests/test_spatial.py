@@ -42,6 +42,7 @@ def faces(realfaces_dir: Path, tmp_path_factory) -> dict:
     return {"root": root, "cache": cache, "table": table}
 
 
+@pytest.mark.slow
 def test_the_spatial_part_pools_the_last_feature_map(faces: dict, fixtures_dir: Path):
     cache = faces["cache"]
     path = cache / "faces" / "features" / f"{FER}.h5"
@@ -153,6 +154,25 @@ def test_a_head_whose_tokens_do_not_fit_its_inputs_is_refused():
     model.tokens = 5  # a shared head claiming another layout
     with pytest.raises(HeadCheckError, match="tokens"):
         _check_model(model, "expr", 24)
+
+
+def test_a_spatial_part_that_does_not_fit_its_grid_is_a_corrupt_file(tmp_path: Path):
+    import h5py
+
+    from affectpipe.features import CorruptFeatureFile, write_feature_file
+
+    path = tmp_path / "features" / "x.h5"
+    path.parent.mkdir()
+    images = np.array(["a.jpg", "b.jpg"])
+    write_feature_file(path, images, np.zeros((2, 3), np.float32), np.ones(2, bool), {})
+    with h5py.File(path, "a") as handle:
+        handle.create_dataset("spatial", data=np.zeros((2, 4 * 3), np.float16))
+        handle.attrs["spatial_grid"] = 2
+    assert read_feature_file(path).parts() == ["embedding", "spatial"]
+    with h5py.File(path, "a") as handle:
+        handle.attrs["spatial_grid"] = 3  # 9 cells cannot hold 12 columns
+    with pytest.raises(CorruptFeatureFile, match="spatial_grid 3 does not fit 12"):
+        read_feature_file(path)
 
 
 def test_the_export_schema_bounds_the_grid_as_the_feature_file_does():

@@ -352,7 +352,7 @@ class AttentionHead(MLPHead):
 
     tokens: cells per row (``spatial_grid`` squared; training sets it from the feature
     file, see `heads.training`); hidden: width of the attention scorer. The input's columns
-    must be the part's own, standardised but not projected (`training.scale_features`).
+    must be the part's own, standardised but not projected (`LoadedFeatures.has_spatial`).
     """
 
     token_input = True  # reads one `spatial` part, columns unprojected
