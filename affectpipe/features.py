@@ -5,12 +5,18 @@ Layout:
     embedding  [N, D] float32 (float16 accepted: readers widen it to float32; the synthetic
                heads-bench caches use it to halve their disk, see heads/synthetic.py)
     logits     [N, K] as embedding, only for backbones that have logits
+    spatial    [N, G*G*C] float16, only when extracted with a spatial grid (`pipeline extract
+               --spatial-grid G`): the backbone's last feature map [C, H, W] average-pooled
+               to G x G cells, the cells (tokens) in row-major order, each its C channels:
+               column t*C + c is channel c of cell t (`spatial_tokens` gives T and C). float16
+               halves a part that is G*G times as wide as the embedding; readers widen it.
     ok         [N]    bool: the image was decoded and processed (else zero features)
 attrs:
     backbone, package_version, weights_sha256, preprocessing (JSON), logit_names (JSON list),
     abaw_expr_index (JSON list of 8 logit indices giving ABAW codes 0..7, null for a class the
     backbone does not predict; or absent),
     groups (JSON {name: [start, stop]}: named column ranges of `embedding`),
+    spatial_grid (int G, only with a `spatial` dataset),
     committed_rows (int), complete (bool), plus any provenance the writer adds; the extraction
     engine adds failed_count and failed_images (JSON list of {image, reason}, capped), and
     shard files add shard ("i/n") and shard_rows (JSON [start, stop]).
@@ -49,8 +55,12 @@ JSON_ATTRS = (
 )
 STRING_DTYPE = h5py.string_dtype(encoding="utf-8")
 H5_CHUNK_ROWS = 1024  # rows per HDF5 chunk, and per block of `row_blocks`
-DATA_NAMES = ("embedding", "logits", "ok")  # the per-row arrays of a feature file
+DATA_NAMES = ("embedding", "logits", "spatial", "ok")  # the per-row arrays of a feature file
 MAX_COMPRESSION = 1000  # declared/stored size ratio a compressed array may have
+# The float datasets of a feature file, each [N, columns]; each is a selectable part.
+FLOAT_PARTS = ("embedding", "logits", "spatial")
+SPATIAL_DTYPE = "float16"
+MAX_SPATIAL_GRID = 16  # cells per side of the pooled map: a few fit a face's parts
 # Attrs that say nothing about the rows' values: left out of `feature_fingerprint`.
 UNFINGERPRINTED_ATTRS = ("complete", "committed_rows")
 
@@ -97,13 +107,15 @@ class FeatureFile:
         return str(self.attrs.get("backbone", self.path.stem))
 
     def parts(self) -> list[str]:
-        """Selectable parts: `embedding`, `logits` (if present) and the named groups."""
+        """Selectable parts: `embedding`, `logits` and `spatial` (where present) and the
+        named groups."""
         with _open_h5(self.path) as handle:
-            names = [name for name in ("embedding", "logits") if name in handle]
+            names = [name for name in FLOAT_PARTS if name in handle]
         return names + list(self.attrs.get("groups", {}))
 
     def load(self, part: str) -> np.ndarray:
-        """Load `embedding`, `logits` or a named group of embedding columns as float32."""
+        """Load a float dataset (`FLOAT_PARTS`) or a named group of embedding columns as
+        float32."""
         with self.reader(part) as read:
             return read(slice(None))
 
@@ -116,7 +128,7 @@ class FeatureFile:
     def _part(self, handle: h5py.File, part: str) -> tuple[h5py.Dataset, slice]:
         """The dataset holding `part` and its columns there."""
         groups = self.attrs.get("groups", {})
-        if part in ("embedding", "logits") and part in handle:
+        if part in FLOAT_PARTS and part in handle:
             return handle[part], slice(None)
         if part in groups:
             return handle["embedding"], slice(*groups[part])
@@ -241,8 +253,7 @@ def read_feature_file(path: str | Path) -> FeatureFile:
             )
         ok = _dataset(path, handle, "ok", 1, "biu")
         arrays = [_dataset(path, handle, "embedding", 2, "f")]
-        if "logits" in handle:
-            arrays.append(_dataset(path, handle, "logits", 2, "f"))
+        arrays += [_dataset(path, handle, n, 2, "f") for n in FLOAT_PARTS[1:] if n in handle]
         rows = {d.name.lstrip("/"): d.shape[0] for d in (image, ok, *arrays)}
         if len(set(rows.values())) != 1:
             raise corrupt(path, f"datasets disagree on the number of rows: {rows}")
@@ -251,8 +262,19 @@ def read_feature_file(path: str | Path) -> FeatureFile:
         except (OSError, ValueError, TypeError, UnicodeDecodeError) as exc:
             raise corrupt(path, f"cannot read /image: {exc}") from exc
         ok_values = _read(path, ok, ...).astype(bool)
+        if "spatial" in handle:
+            spatial_tokens(attrs, handle["spatial"].shape[1], path)
     _check_groups(path, attrs.get("groups", {}), arrays[0].shape[1])
     return FeatureFile(path=path, images=np.asarray(images, dtype=str), ok=ok_values, attrs=attrs)
+
+
+def spatial_tokens(attrs: dict[str, Any], width: int, path: Path) -> tuple[int, int]:
+    """(tokens, channels) of a `spatial` part of `width` columns, from the file's
+    `spatial_grid` attr; `CorruptFeatureFile` when they do not fit."""
+    grid = attrs.get("spatial_grid")
+    if type(grid) is not int or not 1 <= grid <= MAX_SPATIAL_GRID or width % (grid * grid):
+        raise corrupt(path, f"spatial_grid {grid!r} does not fit {width} spatial columns")
+    return grid * grid, width // (grid * grid)
 
 
 def _check_groups(path: Path, groups: Any, width: int) -> None:
@@ -309,15 +331,17 @@ def write_feature_file_streamed(
     *,
     embedding_dim: int,
     logits_dim: int | None,
+    spatial_dim: int | None = None,
     dtype: str = "float32",
 ) -> None:
     """Write a complete feature file (see `affectpipe.features`) chunk by chunk, atomically.
     `dtype`: float32, or float16 where disk matters more than precision (the synthetic
-    1M-row heads bench cache).
+    1M-row heads bench cache). `spatial_dim`: the width of a `spatial` part (always stored
+    as float16), or None.
 
-    `chunks` yields (first row, {"embedding", "ok"[, "logits"]}) covering every row once, in
-    order; the file becomes visible only after the last chunk and the attrs are written.
-    Array-valued attrs go under ``extra/``, as `features.write_feature_file` does.
+    `chunks` yields (first row, {"embedding", "ok"[, "logits", "spatial"]}) covering every
+    row once, in order; the file becomes visible only after the last chunk and the attrs
+    are written. Array-valued attrs go under ``extra/``.
 
     The file's estimated size is checked and reserved on disk (fallocate) before HDF5
     writes anything: HDF5 cannot recover from a failed write (the process segfaults when the
@@ -328,6 +352,7 @@ def write_feature_file_streamed(
     arrays = {k: v for k, v in attrs.items() if isinstance(v, np.ndarray)}
     columns = embedding_dim + (logits_dim or 0)
     extra_bytes = sum(a.nbytes for a in arrays.values())
+    extra_bytes += len(images) * (spatial_dim or 0) * np.dtype(SPATIAL_DTYPE).itemsize
     needed = estimated_file_bytes(images, columns, extra_bytes, np.dtype(dtype).itemsize)
     ensure_free_space(path, needed)
     chunk_shape = max(1, min(n, H5_CHUNK_ROWS))
@@ -345,6 +370,11 @@ def write_feature_file_streamed(
                 logits = handle.create_dataset(
                     "logits", (n, logits_dim), dtype, chunks=(chunk_shape, logits_dim)
                 )
+            spatial = None
+            if spatial_dim is not None:
+                spatial = handle.create_dataset(
+                    "spatial", (n, spatial_dim), SPATIAL_DTYPE, chunks=(chunk_shape, spatial_dim)
+                )
             ok = handle.create_dataset("ok", (n,), "bool")
             covered = 0
             for start, block in chunks:
@@ -355,6 +385,8 @@ def write_feature_file_streamed(
                 ok[start:stop] = block["ok"]
                 if logits is not None:
                     logits[start:stop] = block["logits"]
+                if spatial is not None:
+                    spatial[start:stop] = block["spatial"]
                 covered = stop
             if covered != n:
                 raise ValueError(f"{path}: {covered} of {n} rows written")
@@ -370,11 +402,13 @@ def read_header(path: str | Path) -> dict[str, Any]:
 
 
 def part_dims(path: str | Path) -> dict[str, int | None]:
-    """`embedding_dim` and `logits_dim` (None without logits): what the writer takes."""
+    """`embedding_dim`, `logits_dim` and `spatial_dim` (None for a part the file lacks):
+    what the writer takes."""
     with _open_h5(Path(path)) as handle:
         return {
             "embedding_dim": handle["embedding"].shape[1],
             "logits_dim": handle["logits"].shape[1] if "logits" in handle else None,
+            "spatial_dim": handle["spatial"].shape[1] if "spatial" in handle else None,
         }
 
 
@@ -408,7 +442,7 @@ def non_finite_ok_rows(path: str | Path) -> int:
     bad = 0
     for _, block in row_blocks(path):
         finite = np.ones(len(block["ok"]), dtype=bool)
-        for name in ("embedding", "logits"):
+        for name in FLOAT_PARTS:
             if name in block:
                 finite &= np.isfinite(block[name]).all(axis=1)
         bad += int((block["ok"].astype(bool) & ~finite).sum())
@@ -430,7 +464,7 @@ def feature_fingerprint(path: str | Path) -> str:
             attrs = decode_attrs(handle.attrs)
             shapes = {
                 name: list(handle[name].shape)
-                for name in ("image", "embedding", "logits", "ok")
+                for name in ("image", *FLOAT_PARTS, "ok")
                 if name in handle
             }
     except (OSError, ValueError) as exc:

@@ -34,6 +34,7 @@ from affectpipe.features import (
     as_float32,
     corrupt,
     read_feature_file,
+    spatial_tokens,
 )
 
 if TYPE_CHECKING:  # the heads' scaler, applied block by block here
@@ -182,6 +183,23 @@ class LoadedFeatures:
     @property
     def width(self) -> int:
         return sum(self.widths)
+
+    @property
+    def has_spatial(self) -> bool:
+        """Whether a part is a `spatial` one: such a set is standardised, never projected,
+        so that its columns stay the cells' channels (the `attention` head's tokens)."""
+        return any(part == "spatial" for _, part in self.feature_set.parts)
+
+    def spatial_tokens(self) -> int:
+        """Tokens per row of a set that is one ``BACKBONE:spatial`` part (InputError for any
+        other set: the `attention` head reads only that)."""
+        if [part for _, part in self.feature_set.parts] != ["spatial"]:
+            raise InputError(
+                f"{self.feature_set}: the attention head reads one BACKBONE:spatial part "
+                "(extracted with `pipeline extract --spatial-grid G`)"
+            )
+        handle, _ = self.sources[0]
+        return spatial_tokens(handle.attrs, self.widths[0], handle.path)[0]
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Features of manifest rows `rows` as one float32 [len(rows), width] array."""

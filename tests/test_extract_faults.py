@@ -632,9 +632,9 @@ def test_non_finite_model_outputs_become_failed_rows(
     real_forward = engine.forward
 
     def forward_with_nan(job, pixels, *args, **kwargs):
-        embedding, logits = real_forward(job, pixels, *args, **kwargs)
-        embedding[pixels.reshape(len(pixels), -1).float().mean(1).numpy() > 0, :1] = np.nan
-        return embedding, logits
+        parts = real_forward(job, pixels, *args, **kwargs)
+        parts["embedding"][pixels.reshape(len(pixels), -1).float().mean(1).numpy() > 0, :1] = np.nan
+        return parts
 
     monkeypatch.setattr(engine, "forward", forward_with_nan)
     paths = make_dataset(tmp_path)

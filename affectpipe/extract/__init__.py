@@ -94,6 +94,7 @@ def run(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     retry_failed: bool = False,
     engine: Any = None,
+    spatial_grid: int | None = None,
 ) -> ExtractSummary:
     """Extract features of every distinct manifest image with each backbone.
 
@@ -105,7 +106,9 @@ def run(
     ``features/<backbone>.shard-i-of-n.h5`` (join them with `merge`). `amp` is None/"off",
     "bf16" or "fp16" (changes the features slightly: recorded as the file's precision).
     `engine` runs the passes elsewhere (e.g. `ray_engine.RayEngine`); None: in this process.
-    `workers` None: `machine.default_workers(device)`, as the CLI.
+    `workers` None: `machine.default_workers(device)`, as the CLI. `spatial_grid` G adds
+    the `spatial` part to the CNN backbones' files (their last feature map pooled to G x G
+    cells, see `affectpipe.features`); a file that has one keeps it.
     """
     workers = default_workers(device) if workers is None else workers
     if batch_size < 1 or workers < 0 or chunk_rows < 1:
@@ -113,6 +116,8 @@ def run(
     precision = "fp32" if amp in (None, "off", "fp32") else amp
     if precision not in PRECISIONS:
         raise InputError(f"bad --amp {amp!r}: use off, bf16 or fp16")
+    if spatial_grid is not None and engine is not None:
+        raise InputError("--spatial-grid runs in this process only: drop --engine ray")
     view = read_manifest_view(paths)
     backbones = list(backbones) or default_backbones(weights)
     targets = plan(
@@ -124,6 +129,7 @@ def run(
         shard=shard,
         precision=precision,
         openface_dir=openface_dir,
+        spatial_grid=spatial_grid,
     )
     if random_init and any(t.kind == "model" for t in targets):
         logger.warning("--random-init: CNN backbones use fixed-seed RANDOM weights, not official")
@@ -296,23 +302,17 @@ def _pass(
 
     if not group:
         return {}
-    model_jobs = [
-        ModelJob(
-            t.spec,
-            prepare_model(
-                build_model(t.spec, t.weights_path),
-                device,
-                channels_last=channels_last,
-                probe=probe_batch(t.spec),
+    model_jobs = []
+    for t in (t for t in group if t.kind == "model"):
+        model = build_model(t.spec, t.weights_path)
+        grid = t.identity.get("spatial_grid")
+        if grid and not hasattr(model, "feature_map"):
+            raise InputError(f"{t.backbone} exposes no feature map: extract it without a grid")
+        if engine is None:  # another engine prepares models where they run
+            model = prepare_model(
+                model, device, channels_last=channels_last, probe=probe_batch(t.spec)
             )
-            if engine is None
-            # another engine prepares models where they run
-            else build_model(t.spec, t.weights_path),
-            t.store,
-        )
-        for t in group
-        if t.kind == "model"
-    ]
+        model_jobs.append(ModelJob(t.spec, model, t.store, grid))
     descriptor_jobs = [DescriptorJob(t.descriptor, t.store) for t in group if t.kind != "model"]
     stats = (extract_pass if engine is None else engine.extract_pass)(
         paths,

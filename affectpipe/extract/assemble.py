@@ -53,6 +53,9 @@ def finish(target: Target, view: ManifestView, rows: tuple[int, int]) -> dict[st
                     "embedding_dim": target.spec.embedding_dim,
                     "logits_dim": len(target.spec.logit_names),
                 }
+                if target.identity.get("spatial_grid"):
+                    _, first = next(store.iter_chunks(["spatial"], starts=[0]))
+                    dims["spatial_dim"] = first["spatial"].shape[1]
             else:
                 dims = {"embedding_dim": target.descriptor.raw_dim, "logits_dim": None}
             chunks = store.iter_chunks()
@@ -70,6 +73,7 @@ def finish_retry(target: Target, view: ManifestView, rows: tuple[int, int]) -> d
     """Rewrite the complete file with its re-attempted rows replaced; other rows are copied."""
     from affectpipe.extract.store import failure_attrs
     from affectpipe.features import (
+        DATA_NAMES,
         ok_mask,
         part_dims,
         read_header,
@@ -82,7 +86,7 @@ def finish_retry(target: Target, view: ManifestView, rows: tuple[int, int]) -> d
     attrs = read_header(target.path)
     still_failed = ~ok_mask(target.path)
     dims = part_dims(target.path)
-    names = ["embedding", *(["logits"] if dims["logits_dim"] else []), "ok"]
+    names = [name for name in DATA_NAMES if dims.get(f"{name}_dim") or name == "ok"]
     still_failed[redo] = False
     failed = {int(r): "no image file (has_image is false)" for r in np.flatnonzero(still_failed)}
     failed.update({int(redo[i]): reason for i, reason in store.failures().items()})

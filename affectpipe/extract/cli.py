@@ -58,6 +58,15 @@ channels_last_option = click.option(
     "~0.03, embeddings by ~0.15 abs); recorded in the file's attrs.",
 )
 @channels_last_option
+@click.option(
+    "--spatial-grid",
+    type=click.IntRange(min=1),  # the upper bound is checked with the plan (no h5py here)
+    default=None,
+    metavar="G",
+    help="Also store each CNN's last feature map average-pooled to GxG cells: the `spatial` "
+    "part (float16), which the `attention` head reads (BACKBONE:spatial/attention). Costs one "
+    "more pass through each trunk. A file that has the part keeps it on later runs.",
+)
 @click.option("--shard", default=None, metavar="I/N", help="Extract only block I of N (1-based).")
 @click.option("--merge", is_flag=True, help="Join finished --shard files into the final files.")
 @click.option("--force", is_flag=True, help="Recompute even if the features are up to date.")
@@ -106,6 +115,7 @@ def extract(
     random_init: bool,
     amp: str,
     channels_last: bool,
+    spatial_grid: int | None,
     shard: str | None,
     merge: bool,
     force: bool,
@@ -131,6 +141,7 @@ def extract(
       pipeline extract --dataset abaw7 --gpu 0 --shard 1/4     # on four machines ...
       pipeline extract --dataset abaw7 --merge                  # ... then join
       pipeline extract --dataset abaw7 --retry-failed           # after fixing bad files
+      pipeline extract --dataset abaw7 --spatial-grid 4         # + the `spatial` part
       pipeline extract --dataset abaw7 --engine ray --address auto --device cuda
     """
     from affectpipe import extract as stage
@@ -180,6 +191,7 @@ def extract(
             channels_last=channels_last,
             progress=True,
             engine=ray_engine,
+            spatial_grid=spatial_grid,
         )
     except KeyboardInterrupt:
         click.echo("interrupted: committed chunks are kept; rerun the command to resume", err=True)

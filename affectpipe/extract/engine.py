@@ -23,17 +23,20 @@ from tqdm.auto import tqdm
 from affectpipe.extract.backbones import BackboneSpec
 from affectpipe.extract.images import DecodeDataset, Descriptor, collate, die_with_parent
 from affectpipe.extract.store import PartStore
+from affectpipe.heads.attention import map_tokens
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
 class ModelJob:
-    """One CNN backbone in a pass: its spec, its prepared model and where its rows go."""
+    """One CNN backbone in a pass: its spec, its prepared model and where its rows go;
+    `spatial_grid` G: also the `spatial` part, its last feature map pooled to G x G cells."""
 
     spec: BackboneSpec
     model: torch.nn.Module
     store: PartStore
+    spatial_grid: int | None = None
 
 
 @dataclass
@@ -218,6 +221,13 @@ def prepare_model(
     return model
 
 
+def pooled_tokens(feature_map: torch.Tensor, grid: int) -> torch.Tensor:
+    """A feature map [N, C, H, W] average-pooled to grid x grid cells, as the `spatial`
+    part's rows [N, grid * grid * C] (cell by cell, see `affectpipe.features`)."""
+    pooled = torch.nn.functional.adaptive_avg_pool2d(feature_map.float(), grid)
+    return map_tokens(pooled).flatten(1)
+
+
 def forward(
     job: ModelJob,
     pixels: torch.Tensor,
@@ -225,8 +235,9 @@ def forward(
     *,
     channels_last: bool,
     amp_dtype: torch.dtype | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 ``[B, S, S, 3]`` -> (embedding, logits) as float32 numpy arrays."""
+) -> dict[str, np.ndarray]:
+    """uint8 ``[B, S, S, 3]`` -> the job's parts as numpy arrays: ``embedding`` and
+    ``logits`` (float32), and ``spatial`` (float16) when the job has a spatial grid."""
     x = job.spec.normalize(pixels.to(device, non_blocking=True))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -237,7 +248,14 @@ def forward(
     )
     with autocast, torch_threads(job.spec.max_threads if device.type == "cpu" else None):
         embedding, logits = job.model(x)
-    return embedding.float().cpu().numpy(), logits.float().cpu().numpy()
+        parts = {"embedding": embedding, "logits": logits}
+        if job.spatial_grid:
+            # A second pass through the trunk: the backbones' forward does not return its map.
+            tokens = pooled_tokens(job.model.feature_map(x), job.spatial_grid)
+            parts["spatial"] = tokens.to(torch.float16)
+    return {
+        name: (t if name == "spatial" else t.float()).cpu().numpy() for name, t in parts.items()
+    }
 
 
 @contextlib.contextmanager
@@ -341,14 +359,13 @@ def extract_pass(
                     continue  # this backbone committed the chunk before an interruption
                 ok = batch.ok[:, k]
                 if k < len(model_jobs):
-                    embedding, logits = forward(
+                    arrays = forward(
                         job,
                         batch.inputs[k],
                         device,
                         channels_last=channels_last,
                         amp_dtype=amp_dtype,
                     )
-                    arrays = {"embedding": embedding, "logits": logits}
                 else:
                     arrays = {"embedding": batch.raws[k - len(model_jobs)].copy()}
                 failures = checked_rows(arrays, ok, batch.reasons, local)

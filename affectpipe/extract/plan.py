@@ -143,8 +143,14 @@ def plan(
     shard: tuple[int, int] | None,
     precision: str,
     openface_dir: Path | None,
+    spatial_grid: int | None = None,
 ) -> list[Target]:
+    """One `Target` per backbone; `spatial_grid` adds the `spatial` part to the models'."""
     from affectpipe.extract.backbones import get_backbone
+    from affectpipe.features import MAX_SPATIAL_GRID
+
+    if spatial_grid is not None and not 1 <= spatial_grid <= MAX_SPATIAL_GRID:
+        raise InputError(f"bad spatial grid {spatial_grid}: use 1..{MAX_SPATIAL_GRID}")
 
     start, stop = shard_range(len(view.images), shard)
     common: dict[str, Any] = {
@@ -193,6 +199,8 @@ def plan(
                 "precision": precision,
                 "random_init": random_init,
             }
+            if spatial_grid is not None:
+                identity["spatial_grid"] = spatial_grid
             attrs = {
                 "weights_name": entry.weights.name if entry.weights else None,
                 "official_sha256": official,

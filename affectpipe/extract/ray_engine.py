@@ -253,13 +253,14 @@ class _Backbones:
             for k, job in enumerate(self.jobs):
                 pixels = torch.from_numpy(np.array(batch[f"pixels_{k}"][0]))  # Ray's is read-only
                 if need[k]:
-                    embedding, logits = forward(
+                    parts = forward(
                         job,
                         pixels,
                         self.device,
                         channels_last=self.channels_last,
                         amp_dtype=self.amp_dtype,
                     )
+                    embedding, logits = parts["embedding"], parts["logits"]
                 else:  # this backbone committed the chunk before an interruption
                     embedding = logits = np.zeros((len(pixels), 0), np.float32)
                 out[f"embedding_{k}"], out[f"logits_{k}"] = embedding[None], logits[None]

@@ -28,7 +28,10 @@ IDENTITY_KEYS = (
     "openface_dir",
     "shard",
     "shard_rows",
+    "spatial_grid",
 )
+# Identity keys of optional parts: a run that does not ask for the part keeps the file's.
+OPTIONAL_KEYS = ("spatial_grid",)
 
 
 def existing_identity(path: Path) -> dict[str, Any] | None:
@@ -46,11 +49,19 @@ def existing_identity(path: Path) -> dict[str, Any] | None:
 
 
 def is_current(target: Target) -> dict[str, Any] | None:
-    """The existing file's attrs when it is complete, sound and computed from the same inputs."""
+    """The existing file's attrs when it is complete, sound and computed from the same inputs.
+
+    A file with an optional part (`OPTIONAL_KEYS`) the run does not ask for is current: the
+    run adopts the part (its target's identity takes the file's key), so a plain rerun, or
+    a --retry-failed, keeps it rather than recomputing the file without it."""
     attrs = existing_identity(target.path)
     if attrs is None:
         return None
-    changed = [k for k in IDENTITY_KEYS if attrs.get(k) != target.identity.get(k)]
+    wanted = dict(target.identity)
+    for key in OPTIONAL_KEYS:
+        if key not in wanted and attrs.get(key) is not None:
+            wanted[key] = attrs[key]
+    changed = [k for k in IDENTITY_KEYS if attrs.get(k) != wanted.get(k)]
     if changed:
         logger.warning("%s is stale (changed: %s): recomputing", target.path, ", ".join(changed))
         return None
@@ -64,6 +75,7 @@ def is_current(target: Target) -> dict[str, Any] | None:
     if bad:
         logger.warning("%s has %d rows of NaN/inf features: rebuilding it", target.path, bad)
         return None
+    target.identity = wanted
     return attrs
 
 

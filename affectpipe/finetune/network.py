@@ -67,11 +67,15 @@ class FinetuneNet(nn.Module):
         self.attention = AttentionPool(channels) if pool == "attention" else None
         self.head = nn.Linear(2 * channels if self.attention else channels, n_outputs)
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's last feature map (a variant's `spatial` part pools it)."""
+        return self.backbone.feature_map(x)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.attention is None:
             embedding, _ = self.backbone(x)
         else:
-            embedding = self.attention(map_tokens(self.backbone.feature_map(x)))
+            embedding = self.attention(map_tokens(self.feature_map(x)))
         return embedding, self.head(embedding)
 
     def new_parameters(self) -> list[nn.Parameter]:

@@ -91,6 +91,44 @@ def read_record(name: str) -> dict[str, Any] | None:
     return record
 
 
+def install_variant(
+    name: str, record_file: Path, weights_file: Path, where: str, expected: str | None = None
+) -> None:
+    """Put variant `name` of a shared run (its record and weights files, untrusted: `where`
+    names them in errors) into the weights cache, where every stage finds it. The record
+    must pass its schema, name `name` and record the weights sha256 `expected` (the run's
+    features', when given); the weights must match it (size capped by the run limit). A
+    variant already there with the same weights is kept; one with other weights is never
+    replaced (InputError)."""
+    import shutil
+
+    from affectpipe.fsutil import atomic_path, sha256_regular
+    from affectpipe.untrusted import limits, read_json
+
+    base, _, run = name.partition(SEPARATOR)
+    record = read_json(record_file)
+    check_schema(record, RECORD_SCHEMA, where)
+    if record["name"] != name or record["base"] != base or not _RUN_NAME.fullmatch(run):
+        raise InputError(f"{where}: the record is for {record['name']!r}, not {name!r}")
+    registry.get(base, "model")
+    if expected is not None and record["weights_sha256"] != expected:
+        raise InputError(f"{where}: {name}'s weights are not those of the run's features")
+    if sha256_regular(weights_file, limits().run_bytes) != record["weights_sha256"]:
+        raise InputError(f"{where}: the weights of {name} do not match its record's sha256")
+    local = read_record(name)
+    if local is not None and local["weights_sha256"] != record["weights_sha256"]:
+        raise InputError(
+            f"{record_path(name)} is another variant of the name {name} (other weights) than "
+            f"{where}'s: remove it (or predict with another AFFECTPIPE_HOME)"
+        )
+    if local is not None and weights_path(name).is_file():
+        return  # the same weights: resolving them checks the file's sha256
+    variants_dir().mkdir(parents=True, exist_ok=True)
+    for source, target in ((weights_file, weights_path(name)), (record_file, record_path(name))):
+        with atomic_path(target) as tmp:  # the record last: it makes the variant known
+            shutil.copyfile(source, tmp)
+
+
 def variant_backbone(name: str) -> registry.Backbone | None:
     """The registry entry of variant `name`, made from its record (None: no such variant)."""
     base, sep, run = name.partition(SEPARATOR)

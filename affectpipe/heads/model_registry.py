@@ -15,7 +15,7 @@ from __future__ import annotations
 from sklearn.base import BaseEstimator
 
 from affectpipe.errors import InputError
-from affectpipe.heads.models import LightGBMHead, LinearHead, MLPHead, SeedBag
+from affectpipe.heads.models import AttentionHead, LightGBMHead, LinearHead, MLPHead, SeedBag
 from affectpipe.heads.temporal import TemporalHead
 
 MODELS: dict[str, type[BaseEstimator]] = {}
@@ -34,6 +34,7 @@ def register_head_model(name: str, cls: type[BaseEstimator]) -> type[BaseEstimat
 register_head_model("linear", LinearHead)
 register_head_model("mlp", MLPHead)
 register_head_model("lightgbm", LightGBMHead)
+register_head_model("attention", AttentionHead)  # a `spatial` part's tokens (--spatial-grid)
 register_head_model("temporal", TemporalHead)  # sequences of frames per video (`heads.temporal`)
 
 

@@ -302,6 +302,45 @@ class MLPHead(_HeadBase):
         return {"max_epochs": max(1, self.best_epoch_), "min_steps": 0}
 
 
+class AttentionHead(MLPHead):
+    """`AttentionPool` over the tokens of a ``BACKBONE:spatial`` part (the cells of the
+    backbone's pooled last feature map), then dropout and a linear output: MLPHead's
+    training (losses, AdamW, budget, early stopping, regularisation grid) on another network.
+
+    tokens: cells per row (``spatial_grid`` squared; training sets it from the feature
+    file, see `heads.training`); hidden: width of the attention scorer. The input's columns
+    must be the part's own, standardised but not projected (`LoadedFeatures.has_spatial`).
+    """
+
+    token_input = True  # reads one `spatial` part, columns unprojected
+
+    def __init__(self, task: str = "expr", tokens: int = 0, **params: Any):
+        super().__init__(task=task, **params)
+        self.tokens = tokens
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        return sorted({"tokens", *MLPHead._get_param_names()})
+
+    def _module(self, n_in: int) -> torch.nn.Sequential:
+        from affectpipe.heads.attention import AttentionPool
+
+        tokens = self.tokens
+        if type(tokens) is not int or tokens < 1 or n_in % tokens or self.hidden < 1:
+            raise ValueError(
+                f"an attention head needs tokens >= 1 dividing its {n_in} inputs and hidden "
+                f">= 1 (tokens={tokens!r}, hidden={self.hidden!r}): train it on a "
+                "BACKBONE:spatial part"
+            )
+        channels = n_in // tokens
+        return torch.nn.Sequential(
+            torch.nn.Unflatten(1, (tokens, channels)),
+            AttentionPool(channels, self.hidden),
+            torch.nn.Dropout(self.dropout),
+            torch.nn.Linear(2 * channels, get_task(self.task).n_outputs),
+        )
+
+
 class LightGBMHead(_HeadBase):
     """Gradient-boosted trees (LightGBM) on the projected input, set up for speed.
 

@@ -35,7 +35,7 @@ import time
 import types
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from multiprocessing import forkserver
 from pathlib import Path
@@ -629,6 +629,10 @@ def train(
             for spec, members in groups.items()
         }
         stages["load"] += time.perf_counter() - tick
+        for i, candidate in enumerate(chosen):  # token models learn the file's token count
+            if getattr(MODELS[candidate.model], "token_input", False):
+                tokens = loaded_sets[candidate.features.spec].spatial_tokens()
+                chosen[i] = replace(candidate, params={**candidate.params, "tokens": tokens})
         fit_groups: dict[str, list[int]] = {}  # feature set -> its candidates, slowest first
         for spec, members in groups.items():
             loaded = loaded_sets[spec]
@@ -756,7 +760,8 @@ def train(
                     fit_rows = np.flatnonzero(loaded.ok & (rows.split == "train"))
                     scaled = scratch / f"{number}.npy"
                     np.save(scaled.with_suffix(".ok.npy"), loaded.ok)
-                    scalers[spec] = scale_features(loaded, fit_rows, config.n_components, scaled)
+                    components = 0 if loaded.has_spatial else config.n_components
+                    scalers[spec] = scale_features(loaded, fit_rows, components, scaled)
                     if scalers[spec].note_:
                         notes.append(f"{loaded.feature_set}: {scalers[spec].note_}")
                     read = loaded.read_seconds - read_before

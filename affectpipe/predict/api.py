@@ -235,7 +235,12 @@ class Predictor:
 
     def _get_engine(self) -> _Engine:
         if self._engine is None:
-            self._engine = _Engine(self.bundle.backbones, self.device, self.weights)
+            from affectpipe.featuresets import parse_feature_set
+
+            spatial = {b for plan in self.bundle.tasks.values() for head in plan.heads
+                       for b, part in parse_feature_set(head.feature_set).parts
+                       if part == "spatial"}
+            self._engine = _Engine(self.bundle.backbones, self.device, self.weights, spatial)
         return self._engine
 
 
@@ -327,11 +332,13 @@ def _pixel_batches(frames: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 class _Engine:
-    """The run's backbones, built once: CNNs with their verified weights, descriptors with
-    their stored fitted arrays."""
+    """The run's backbones, built once: CNNs with their verified weights (and, for those in
+    `spatial`, their `spatial` part on the recorded grid), descriptors with their stored
+    fitted arrays."""
 
     def __init__(
-        self, backbones: dict[str, BackboneRecord], device: str, weights: Mapping[str, Path]
+        self, backbones: dict[str, BackboneRecord], device: str, weights: Mapping[str, Path],
+        spatial: set[str],
     ) -> None:
         from affectpipe.extract.backbones import get_backbone
         from affectpipe.extract.engine import resolve_device
@@ -339,7 +346,7 @@ class _Engine:
 
         self.device = resolve_device(device)
         self.records = backbones
-        self.models = {n: self._model(r, weights) for n, r in backbones.items()
+        self.models = {n: self._model(r, weights, n in spatial) for n, r in backbones.items()
                        if not r.is_descriptor}
         self.descriptors = {n: self._descriptor(r) for n, r in backbones.items()
                             if r.is_descriptor}
@@ -349,7 +356,7 @@ class _Engine:
             list(self.descriptors.values()),
         )
 
-    def _model(self, record: BackboneRecord, weights: Mapping[str, Path]) -> Any:
+    def _model(self, record: BackboneRecord, weights: Mapping[str, Path], spatial: bool) -> Any:
         from affectpipe.extract import build_model
         from affectpipe.extract.backbones import get_backbone
         from affectpipe.extract.engine import ModelJob, prepare_model, probe_batch
@@ -369,9 +376,15 @@ class _Engine:
             path = resolved.path
         if record.identity.get("preprocessing") not in (None, spec.preprocessing_attrs()):
             raise InputError(f"{record.name}: the run's preprocessing differs from this version")
-        model = prepare_model(build_model(spec, path), self.device, channels_last=True,
-                              probe=probe_batch(spec))
-        return ModelJob(spec, model, None)
+        grid = record.identity.get("spatial_grid") if spatial else None
+        if spatial and not grid:
+            raise InputError(f"the run's heads read {record.name}:spatial, but its features "
+                             "record no spatial grid")
+        model = build_model(spec, path)
+        if grid and not hasattr(model, "feature_map"):
+            raise InputError(f"{record.name} exposes no feature map for its spatial part")
+        model = prepare_model(model, self.device, channels_last=True, probe=probe_batch(spec))
+        return ModelJob(spec, model, None, grid)
 
     @staticmethod
     def _descriptor(record: BackboneRecord) -> Any:
@@ -402,11 +415,10 @@ class _Engine:
         with torch.inference_mode():
             for k, (name, job) in enumerate(self.models.items()):
                 precision = str(self.records[name].identity.get("precision", "fp32"))
-                embedding, logits = forward(
+                arrays[name] = forward(
                     job, samples.inputs[k], self.device, channels_last=True,
                     amp_dtype=AMP_DTYPES.get(precision) if self.device.type != "cpu" else None,
                 )
-                arrays[name] = {"embedding": embedding, "logits": logits}
         for k, (name, _) in enumerate(self.descriptors.items()):
             stored = self.records[name].arrays
             arrays[name] = {

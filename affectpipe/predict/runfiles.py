@@ -7,7 +7,10 @@ precision, column groups; the OpenFace-style descriptor's fitted HOG PCA).
 
 `export` writes all of it to one folder (or `.tar.gz`): ``export.json`` (identities, task
 list, every file's sha256), ``heads/<task>/<candidate>.json`` + ``.safetensors``,
-``blend.json`` and ``backbones/<name>.safetensors`` for fitted arrays. Reading never executes
+``blend.json``, ``backbones/<name>.safetensors`` for fitted arrays and, for a fine-tuned
+variant (``BASE@RUN``), its weights and record under ``variants/``, which loading the export
+installs into the weights cache (`finetune.variants.install_variant`: record schema,
+sha256 against the record and the run's features, size capped). Reading never executes
 code: JSON and safetensors only, pickles anywhere refused, archive members checked (no
 absolute paths, ``..``, links, special or sparse files; sizes and count capped: see
 `affectpipe.untrusted`) before anything is extracted, and only members `export.json` lists.
@@ -43,6 +46,7 @@ from affectpipe.blend.tuning import TaskBlend
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError
 from affectpipe.featuresets import parse_feature_set
+from affectpipe.finetune.variants import SEPARATOR
 from affectpipe.fsutil import (
     file_kind,
     open_regular,
@@ -62,7 +66,8 @@ from affectpipe.untrusted import Limits, check_schema, limits, read_json
 log = logging.getLogger(__name__)
 DESCRIPTOR_ARRAYS = {"openface": ("hog_pca_mean", "hog_pca_components")}
 IDENTITY_ATTRS = ("weights_sha256", "random_init", "precision", "preprocessing", "descriptor",
-                  "weights_name", "official_sha256", "logit_names", "abaw_expr_index")
+                  "weights_name", "official_sha256", "logit_names", "abaw_expr_index",
+                  "spatial_grid")
 
 
 @dataclass
@@ -239,6 +244,8 @@ def _write_export(bundle: RunBundle, folder: Path) -> None:
         if record.arrays:
             save_file(dict(record.arrays), str(folder / "backbones" / f"{name}.safetensors"))
             entry["arrays"] = f"backbones/{name}.safetensors"
+        if SEPARATOR in name:
+            entry["variant"] = _export_variant(record, folder)
         backbones[name] = entry
     files = {}
     for path in sorted(folder.rglob("*")):
@@ -256,6 +263,25 @@ def _write_export(bundle: RunBundle, folder: Path) -> None:
     }
     write_text_atomic(folder / "export.json", json.dumps(document, indent=1) + "\n")
     (folder / "export.json").chmod(0o644)
+
+
+def _export_variant(record: BackboneRecord, folder: Path) -> dict[str, str]:
+    """Copy a fine-tuned variant's weights and record from the weights cache into the
+    export; returns their paths there. The weights must be those of the run's features."""
+    from affectpipe.finetune.variants import record_path, weights_path
+
+    source = weights_path(record.name)
+    recorded = record.identity.get("weights_sha256")
+    if not source.is_file() or (recorded and sha256_file(source) != recorded):
+        raise InputError(
+            f"{source}: not the weights of variant {record.name} that the run's features were "
+            "computed with: restore them (or re-extract and retrain) before exporting"
+        )
+    (folder / "variants").mkdir(exist_ok=True)
+    paths = {"weights": f"variants/{source.name}", "record": f"variants/{record.name}.json"}
+    shutil.copyfile(source, folder / paths["weights"])
+    shutil.copyfile(record_path(record.name), folder / paths["record"])
+    return paths
 
 
 def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
@@ -384,6 +410,8 @@ def _check_files(folder: Path, shown: Path, document: dict[str, Any]) -> None:
         for name in names:
             needed += [f"heads/{task}/{name}.json", f"heads/{task}/{name}.safetensors"]
     needed += [entry["arrays"] for entry in document["backbones"].values() if "arrays" in entry]
+    for entry in document["backbones"].values():
+        needed += entry.get("variant", {}).values()
     for name in needed:
         if name not in listed:
             raise _bad_run(shown, f"{name} is not among its recorded files")
@@ -453,4 +481,20 @@ def _backbone(folder: Path, shown: Path, name: str, entry: dict[str, Any]) -> Ba
     for key, value in arrays.items():
         if value.dtype.kind != "f" or not np.isfinite(value).all():
             raise _bad_run(shown, f"backbone {name}: {key} is not a finite float array")
+    if "variant" in entry:
+        _install_variant(folder, shown, name, identity, entry["variant"])
     return BackboneRecord(name, identity, entry["groups"], arrays)
+
+
+def _install_variant(
+    folder: Path, shown: Path, name: str, identity: dict[str, Any], files: dict[str, str]
+) -> None:
+    """Install the export's fine-tuned variant `name` into the weights cache (so that every
+    stage finds it by name), its record matching the run's features."""
+    from affectpipe.finetune.variants import install_variant
+
+    if SEPARATOR not in name:
+        raise _bad_run(shown, f"backbone {name} is not a fine-tuned variant (BASE@RUN)")
+    with _named_as(folder, shown):
+        install_variant(name, folder / files["record"], folder / files["weights"],
+                        f"{shown}: {files['record']}", identity.get("weights_sha256"))

@@ -20,6 +20,7 @@ EXPORT_FORMAT = "affectpipe-run/1"
 MAX_HALF_WIDTH = 10_000  # smoothing windows are tuned up to 100 frames
 MAX_NAMES = 10_000  # candidates of a task
 MAX_WIDTH = 1_000_000  # feature columns of a backbone
+MAX_SPATIAL_GRID = 16  # features.MAX_SPATIAL_GRID (that module needs h5py, this one must not)
 WEIGHT_SUM_TOLERANCE = 1e-4  # the weight search's weights sum to 1
 
 _NULL = {"type": "null"}
@@ -120,6 +121,7 @@ _IDENTITY = {
         "weights_name": {"type": "string", "maxLength": 200},
         "official_sha256": {"anyOf": [SHA256, _NULL]},
         "logit_names": {"type": "array", "items": {"type": "string"}, "maxItems": 1000},
+        "spatial_grid": {"type": "integer", "minimum": 1, "maximum": MAX_SPATIAL_GRID},
         "abaw_expr_index": {"anyOf": [_NULL, {
             "type": "array",
             "items": {"anyOf": [_NULL, {"type": "integer", "minimum": -1, "maximum": 999}]},
@@ -167,6 +169,12 @@ EXPORT_SCHEMA: dict[str, Any] = {
                     },
                     "arrays": RELATIVE_PATH,
                     "weights_source": {"type": "object"},
+                    "variant": {
+                        "type": "object",
+                        "required": ["weights", "record"],
+                        "additionalProperties": False,
+                        "properties": {"weights": RELATIVE_PATH, "record": RELATIVE_PATH},
+                    },
                 },
             },
         },
