@@ -95,7 +95,7 @@ def float16_check(work: Path, seed: int) -> dict:
     from affectpipe.extract.engine import pooled_tokens
     from affectpipe.extract.images import load_rgb
     from affectpipe.features import read_feature_file
-    from affectpipe.heads.models import make_model
+    from affectpipe.heads.model_registry import make_model
     from affectpipe.heads.preprocess import FeatureScaler
     from affectpipe.manifest import read_manifest
 

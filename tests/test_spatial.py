@@ -144,7 +144,7 @@ def test_the_attention_head_trains_blends_predicts_and_exports(
 
 def test_a_head_whose_tokens_do_not_fit_its_inputs_is_refused():
     from affectpipe.heads.checks import HeadCheckError, _check_model
-    from affectpipe.heads.models import make_model
+    from affectpipe.heads.model_registry import make_model
 
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(80, 4 * 6)).astype(np.float32), np.repeat([0, 4], 40)
