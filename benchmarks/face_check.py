@@ -1,4 +1,4 @@
-"""Pass rate and speed of predict's face check (`affectpipe.predict.faces`), for docs/benchmarks.md.
+"""Pass rate and speed of predict's face check (`predict.face_check`), for docs/benchmarks.md.
 
 FACES: folders of face crops (every image should pass). Negatives, none of which should pass:
 blank images (5 grey levels), uniform noise (20), blurred noise (20, radius 1-8), and with
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from affectpipe.predict import faces
+from affectpipe.predict import face_check as faces
 from affectpipe.predict.inputs import IMAGE_SUFFIXES
 
 

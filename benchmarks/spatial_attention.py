@@ -92,8 +92,8 @@ def float16_check(work: Path, seed: int) -> dict:
 
     from affectpipe.extract import build_model
     from affectpipe.extract.backbones import get_backbone
+    from affectpipe.extract.decode import load_rgb
     from affectpipe.extract.engine import pooled_tokens
-    from affectpipe.extract.images import load_rgb
     from affectpipe.features import read_feature_file
     from affectpipe.heads.model_registry import make_model
     from affectpipe.heads.preprocess import FeatureScaler

@@ -22,8 +22,7 @@ from PIL import Image
 from affectpipe import extract
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
-from affectpipe.extract import images as decode
-from affectpipe.extract import registry
+from affectpipe.extract import decode, registry
 from affectpipe.extract.backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
 from affectpipe.extract.rawrows import Finalized
 from affectpipe.features import decode_attrs, read_feature_file

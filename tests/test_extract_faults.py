@@ -33,8 +33,7 @@ from affectpipe import extract
 from affectpipe import features as features_module
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError
-from affectpipe.extract import images as decode
-from affectpipe.extract import registry
+from affectpipe.extract import decode, registry
 from affectpipe.extract import store as store_module
 from affectpipe.extract.rawrows import Finalized
 from affectpipe.features import read_feature_file

@@ -16,7 +16,7 @@ from affectpipe.errors import InputError
 from affectpipe.extract.backbones import get_backbone
 from affectpipe.extract.backbones.fer_minixception import fer_crop_box, upright
 from affectpipe.extract.cvimage import gray, resize_linear
-from affectpipe.extract.images import load_rgb
+from affectpipe.extract.decode import load_rgb
 from affectpipe.features import read_feature_file
 from affectpipe.manifest import empty_manifest, write_manifest
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import run_cli
 
 from affectpipe import predictions
-from affectpipe.blend.predictions import load_candidates
+from affectpipe.blend.candidate_outputs import load_candidates
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError
 from affectpipe.features import feature_fingerprint, write_feature_file

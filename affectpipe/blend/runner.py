@@ -34,8 +34,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from affectpipe import __version__
+from affectpipe.blend.candidate_outputs import available_tasks, load_candidates
 from affectpipe.blend.interpolate import fill_missing, interpolate_at
-from affectpipe.blend.predictions import available_tasks, load_candidates
 from affectpipe.blend.smoothing import VideoOrder, group_codes
 from affectpipe.blend.stages import load_gate_sources, log_prior
 from affectpipe.blend.task_rules import TaskRules, rules_for

@@ -3,7 +3,7 @@
 Each video follows smooth latent trajectories (sums of slow sinusoids): valence, arousal
 and 12 AU intensities coupled to them. Labels come from the latents (AU = intensity above
 0.5, expression = a rule on the latents, imbalanced like the real data) and the faces are
-drawn from the same latents (`affectpipe.data.faces`), so the labels are visible in the
+drawn from the same latents (`affectpipe.data.synthetic_faces`), so the labels are visible in the
 pixels and change smoothly from frame to frame. Missing labels come in contiguous runs at
 about the real rates (abaw-formats.md §1.4).
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from affectpipe import __version__
-from affectpipe.data.faces import Identity, draw_face
+from affectpipe.data.synthetic_faces import Identity, draw_face
 from affectpipe.errors import InputError
 from affectpipe.fsutil import write_text_atomic
 from affectpipe.schema import AU_COLUMNS, MTL_SUBMISSION_HEADER

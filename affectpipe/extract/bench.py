@@ -54,8 +54,8 @@ def bench_folder(images_dir: Path | None, scratch: Path) -> Path:
 
 
 def _synthetic_faces(folder: Path) -> Path:
-    from affectpipe.data.faces import Identity, draw_face
     from affectpipe.data.synthetic import JPEG_QUALITY
+    from affectpipe.data.synthetic_faces import Identity, draw_face
     from affectpipe.schema import AU_COLUMNS
 
     rng = np.random.default_rng(0)
@@ -237,7 +237,7 @@ def decode_rate(files: Sequence[Path], backbone: str, batch_size: int, workers: 
     import torch
 
     from affectpipe.extract.backbones import get_backbone
-    from affectpipe.extract.images import DecodeDataset, collate
+    from affectpipe.extract.decode import DecodeDataset, collate
 
     spec = get_backbone(backbone)
     dataset = DecodeDataset([str(f) for f in files], [spec.resize], [spec.input_size])
@@ -268,8 +268,8 @@ def gpu_decode_rate(
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
     from affectpipe.extract.backbones import get_backbone
+    from affectpipe.extract.decode import load_rgb
     from affectpipe.extract.engine import resolve_device
-    from affectpipe.extract.images import load_rgb
 
     torch_device = resolve_device(device)
     if torch_device.type != "cuda":
@@ -306,7 +306,7 @@ def gpu_decode_rate(
 def describe_only(backbone: str, images_dir: Path) -> float:
     """Images/s of a descriptor's per-image work in one process, on already decoded images."""
     from affectpipe.extract import registry
-    from affectpipe.extract.images import load_rgb
+    from affectpipe.extract.decode import load_rgb
 
     descriptor = registry.get(backbone, "descriptor").load()()
     images = [np.asarray(load_rgb(path)[0]) for path in bench_images(images_dir)]
@@ -498,7 +498,7 @@ def _descriptor_scaling(
 ) -> list[ScalingRow]:
     from affectpipe.extract import DEFAULT_CHUNK_ROWS, read_manifest_view
     from affectpipe.extract import registry as backbones
-    from affectpipe.extract.images import load_rgb
+    from affectpipe.extract.decode import load_rgb
     from affectpipe.extract.plan import plan
     from affectpipe.extract.store import PartStore
     from affectpipe.features import read_feature_file

@@ -1,7 +1,7 @@
 """The extraction pass: decode once in worker processes, run every backbone, commit chunks.
 
 One pass serves several backbones: each batch of distinct images is decoded by the
-DataLoader workers (see `affectpipe.extract.images`), every CNN model runs on it under
+DataLoader workers (see `affectpipe.extract.decode`), every CNN model runs on it under
 `torch.inference_mode()`, descriptor rows come back from the workers, and each backbone's
 rows are committed to its `PartStore` chunk by chunk. Batches never cross a chunk boundary,
 so an interrupted and resumed run computes exactly the same batches as an uninterrupted one.
@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from affectpipe.extract.backbones import BackboneSpec
-from affectpipe.extract.images import DecodeDataset, Descriptor, collate, die_with_parent
+from affectpipe.extract.decode import DecodeDataset, Descriptor, collate, die_with_parent
 from affectpipe.extract.store import PartStore
 from affectpipe.heads.attention import map_tokens
 

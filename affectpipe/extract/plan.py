@@ -23,7 +23,7 @@ from affectpipe.errors import AffectpipeError, InputError
 from affectpipe.extract import registry
 
 if TYPE_CHECKING:
-    from affectpipe.extract.images import Descriptor
+    from affectpipe.extract.decode import Descriptor
     from affectpipe.extract.weights import ResolvedWeights
 
 logger = logging.getLogger("affectpipe.extract")

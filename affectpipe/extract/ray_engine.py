@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from affectpipe.errors import AffectpipeError, InputError
+from affectpipe.extract.decode import DecodeDataset, collate
 from affectpipe.extract.engine import (
     DescriptorJob,
     ModelJob,
@@ -42,7 +43,6 @@ from affectpipe.extract.engine import (
     probe_batch,
     resolve_device,
 )
-from affectpipe.extract.images import DecodeDataset, collate
 from affectpipe.machine import usable_cores
 
 INSTALL_HINT = "pip install 'affectpipe[ray]'  (or: pip install 'ray[data]>=2.50')"

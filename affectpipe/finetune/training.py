@@ -231,7 +231,7 @@ class Trainer:
     # -- data ---------------------------------------------------------------------------
 
     def _loader(self, data: TrainData, batches: Sequence[np.ndarray]) -> Iterator[Any]:
-        from affectpipe.extract.images import DecodeDataset, collate, die_with_parent
+        from affectpipe.extract.decode import DecodeDataset, collate, die_with_parent
 
         dataset = DecodeDataset(data.files, [self.spec.resize], [self.spec.input_size])
         loader = torch.utils.data.DataLoader(

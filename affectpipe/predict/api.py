@@ -10,7 +10,7 @@ with its stored HOG PCA, never refitted), then the heads the run's blend weights
 tuned blend through `affectpipe.blend.tuning.apply_tuned` (the function `pipeline blend` uses
 for its submission): weights, smoothing along the kept frames of each video, calibration /
 offsets / thresholds. Every image or frame is first checked for a face
-(`affectpipe.predict.faces`: the fast crop check, else detection and alignment; `detect=True`
+(`affectpipe.predict.face_check`: the fast crop check, else detection and alignment; `detect=True`
 always detects, `assume_aligned=True` skips the check); the `face_check` column says which
 check decided. Detection (`detector`, default MTCNN) gives one row per face, with its box,
 5 landmarks and score; in videos faces are tracked (`face_id`, `affectpipe.faces.tracking`)
@@ -34,11 +34,11 @@ import pandas as pd
 
 from affectpipe.config import DEFAULT_RUN, DatasetPaths
 from affectpipe.errors import InputError
-from affectpipe.extract.images import collate, die_with_parent, load_rgb
+from affectpipe.extract.decode import collate, die_with_parent, load_rgb
 from affectpipe.faces.detection import POINT_NAMES, Detection
 from affectpipe.faces.tracking import Tracker, VideoFaces
 from affectpipe.machine import DEFAULT_BATCH_SIZE, default_workers
-from affectpipe.predict.faces import DetectorChoice, FaceResult, face_mode, find_faces
+from affectpipe.predict.face_check import DetectorChoice, FaceResult, face_mode, find_faces
 from affectpipe.predict.inputs import expand, is_video, video_frames
 from affectpipe.predict.runfiles import (
     BackboneRecord,
@@ -341,8 +341,8 @@ class _Engine:
         spatial: set[str],
     ) -> None:
         from affectpipe.extract.backbones import get_backbone
+        from affectpipe.extract.decode import DecodeDataset
         from affectpipe.extract.engine import resolve_device
-        from affectpipe.extract.images import DecodeDataset
 
         self.device = resolve_device(device)
         self.records = backbones
@@ -405,7 +405,7 @@ class _Engine:
         return descriptor
 
     def features(self, samples: Any) -> _Features:
-        """The run's features of one collated batch (`affectpipe.extract.images.Batch`)."""
+        """The run's features of one collated batch (`affectpipe.extract.decode.Batch`)."""
         import torch
 
         from affectpipe.extract.backbones.openface import embed

@@ -115,7 +115,7 @@ def _extract(video: Path, folder: Path, detector: str) -> dict[str, Any]:
         if {k: recorded.get(k) for k in identity} == identity:
             return recorded
     from affectpipe.faces.tracking import VideoFaces
-    from affectpipe.predict.faces import DetectorChoice, find_faces
+    from affectpipe.predict.face_check import DetectorChoice, find_faces
     from affectpipe.predict.inputs import video_frames
 
     folder.mkdir(parents=True, exist_ok=True)
