@@ -354,6 +354,7 @@ def write_feature_file_streamed(
     extra_bytes = sum(a.nbytes for a in arrays.values())
     extra_bytes += len(images) * (spatial_dim or 0) * np.dtype(SPATIAL_DTYPE).itemsize
     needed = estimated_file_bytes(images, columns, extra_bytes, np.dtype(dtype).itemsize)
+    path.parent.mkdir(parents=True, exist_ok=True)
     ensure_free_space(path, needed)
     chunk_shape = max(1, min(n, H5_CHUNK_ROWS))
     with atomic_path(path) as tmp, open(tmp, "w+b") as file:

@@ -1,7 +1,7 @@
 """LightGBM next to the linear and MLP heads of the same feature set, for docs/benchmarks.md.
 
 Loads and scales one feature set of the synthetic s-Aff-Wild2-scale cache once (as `pipeline
-heads` does), then fits each candidate through `training.fit_candidate` (the code path of
+heads` does), then fits each candidate through `fitting.fit_candidate` (the code path of
 `pipeline heads`, same early-stopping split) and prints fit wall, fit CPU (all threads) and
 the validation score, with the load average. Run it with OMP_NUM_THREADS=1 to give LightGBM
 one thread, as in `pipeline heads`' worker processes on 2 cores. Usage:
@@ -24,7 +24,8 @@ import numpy as np
 from affectpipe.featuresets import load_feature_set, parse_feature_set
 from affectpipe.heads.bench import prepare_cache
 from affectpipe.heads.candidates import Candidate
-from affectpipe.heads.training import Rows, fit_candidate, scale_features
+from affectpipe.heads.fitting import Rows, fit_candidate
+from affectpipe.heads.training import scale_features
 from affectpipe.manifest import read_manifest
 from affectpipe.tasks import get_task
 

@@ -23,7 +23,7 @@ from affectpipe.featuresets import (
     load_feature_set,
     parse_feature_set,
 )
-from affectpipe.heads import losses, train, training
+from affectpipe.heads import fit_workers, losses, train
 from affectpipe.heads.candidates import default_feature_sets, load_config, parse_candidate_ref
 from affectpipe.heads.fitted import load_head
 from affectpipe.heads.model_registry import make_model
@@ -279,7 +279,7 @@ def test_worker_processes_give_the_same_predictions(cache: DatasetPaths, monkeyp
     config = cache.root / "workers.toml"
     config.write_text("[heads]\nworkers = 2\n")
     train(cache, run="inline", tasks=["au"], candidates=refs, progress=False)
-    monkeypatch.setattr(training, "PARALLEL_MIN_VALUES", 0)
+    monkeypatch.setattr(fit_workers, "PARALLEL_MIN_VALUES", 0)
     train(cache, run="procs", tasks=["au"], candidates=refs, config_path=config, progress=False)
     for name in ("mt-emotieffnet.logits__mlp", "mt-emotieffnet.logits__linear"):
         pd.testing.assert_frame_equal(
@@ -291,7 +291,7 @@ def test_worker_processes_give_the_same_predictions(cache: DatasetPaths, monkeyp
 def test_results_keep_candidate_order_though_fits_run_slowest_first(
     cache: DatasetPaths, monkeypatch
 ) -> None:
-    monkeypatch.setattr(training, "PARALLEL_MIN_VALUES", 0)  # the worker pool path
+    monkeypatch.setattr(fit_workers, "PARALLEL_MIN_VALUES", 0)  # the worker pool path
     refs = ["mt-emotieffnet:logits/linear", "mt-emotieffnet:logits/mlp"]
     result = train(cache, run="order", tasks=["va", "au"], candidates=refs, progress=False)
     names = ["mt-emotieffnet.logits__linear", "mt-emotieffnet.logits__mlp"]

@@ -17,7 +17,7 @@ from affectpipe.featuresets import (
     manifest_rows_to_feature_rows,
     parse_feature_set,
 )
-from affectpipe.heads import training
+from affectpipe.heads import fitting, training
 from affectpipe.heads.preprocess import FeatureScaler
 from affectpipe.heads.synthetic import Scale, write_synthetic_cache
 from affectpipe.heads.training import scale_features, train
@@ -135,11 +135,11 @@ def test_row_file_reads_the_rows_a_fit_asks_for(tmp_path: Path, monkeypatch) -> 
     """A worker's row reads (blocks smaller than the file, sorted indices or a mask, rows in
     several blocks or none) return exactly what indexing the whole array gives; a file
     shorter than its header is refused, not read as garbage."""
-    monkeypatch.setattr(training, "READ_BLOCK_ROWS", 7)
+    monkeypatch.setattr(fitting, "READ_BLOCK_ROWS", 7)
     rng = np.random.default_rng(0)
     matrix = rng.standard_normal((100, 5)).astype(np.float32)
     np.save(tmp_path / "z.npy", matrix)
-    rows = training.RowFile(tmp_path / "z.npy")
+    rows = fitting.RowFile(tmp_path / "z.npy")
     assert len(rows) == 100
     for index in (
         np.arange(100),
@@ -152,7 +152,7 @@ def test_row_file_reads_the_rows_a_fit_asks_for(tmp_path: Path, monkeypatch) -> 
     data = (tmp_path / "z.npy").read_bytes()
     (tmp_path / "short.npy").write_bytes(data[:-40])
     with pytest.raises(InputError, match="shorter"):
-        training.RowFile(tmp_path / "short.npy")[np.array([99])]
+        fitting.RowFile(tmp_path / "short.npy")[np.array([99])]
 
 
 SCRIPT_WITHOUT_MAIN_GUARD = """
@@ -160,11 +160,11 @@ import sys
 from pathlib import Path
 
 from affectpipe.config import DatasetPaths
-from affectpipe.heads import training
+from affectpipe.heads import fit_workers, training
 
 with open(sys.argv[2], "a") as marker:  # one line per execution of this script
     marker.write("ran\\n")
-training.PARALLEL_MIN_VALUES = 0  # tiny data, fitted in worker processes all the same
+fit_workers.PARALLEL_MIN_VALUES = 0  # tiny data, fitted in worker processes all the same
 config = Path(sys.argv[3])
 config.write_text("[heads]\\nworkers = 2\\ntemporal = false\\n")
 result = training.train(

@@ -35,8 +35,9 @@ from affectpipe.featuresets import (
     load_feature_set,
     parse_feature_set,
 )
+from affectpipe.heads.fitting import label_rows
 from affectpipe.heads.synthetic import SCALES, STORAGE_DTYPE, write_synthetic_cache
-from affectpipe.heads.training import HeadsResult, label_rows, train
+from affectpipe.heads.training import HeadsResult, train
 from affectpipe.machine import usable_cores
 from affectpipe.manifest import read_manifest
 from affectpipe.tasks import class_weights, get_task, pos_weights

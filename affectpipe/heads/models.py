@@ -30,7 +30,7 @@ SMALL_PROBLEM = 1 << 22  # input values (rows x columns) below which LightGBM us
 
 def lightgbm_threads(n_values: int) -> int:
     """LightGBM threads for `n_values` inputs: one for small problems, else the usable cores,
-    capped by OMP_NUM_THREADS where it is set. The heads' fit workers (heads.training runs
+    capped by OMP_NUM_THREADS where it is set. The heads' fit workers (heads.fit_workers runs
     fits in one per core) set it to 1, so trees in two workers on two cores take one thread
     each: measured at load ~6 on 2 cores, two threads per fit used 3x the CPU time of one
     (42 vs 13 s for a VA fit), spinning while waiting for a core."""
@@ -85,7 +85,7 @@ class LinearHead(_HeadBase):
     alpha: L2 strength; max_iter: L-BFGS iterations; class_weighting: class / positive
     weights in the loss; focal_gamma: focal loss for expr (0 = plain cross-entropy).
     On small data `alpha` is chosen from `regularisation`'s grid on held-out train videos
-    (`heads.training.choose_regularisation`) unless the candidate's params set it.
+    (`heads.regularisation.choose_regularisation`) unless the candidate's params set it.
     """
 
     regularisation = ("alpha", (1e-4, 1e-3, 1e-2, 1e-1, 1.0))

@@ -421,7 +421,7 @@ def fit_temporal_candidate(
     y: np.ndarray,
     folds: int,
 ) -> tuple[TemporalHead, np.ndarray, dict[str, Any]]:
-    """The temporal counterpart of `training.fit_candidate`: fit on the train videos (early
+    """The temporal counterpart of `fitting.fit_candidate`: fit on the train videos (early
     stopping on a held-out part of them), predict every val and test row from whole videos
     (NaN where not ok), score on val. With `folds`, train and val rows get out-of-fold
     predictions from refits on the other train+val videos."""

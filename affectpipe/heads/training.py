@@ -26,27 +26,19 @@ rounding.
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 import shutil
-import sys
 import tempfile
 import time
-import types
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from sklearn.base import clone
-from sklearn.model_selection import GroupKFold
-from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from affectpipe import __version__, predictions
@@ -60,24 +52,18 @@ from affectpipe.featuresets import (
     load_feature_set,
 )
 from affectpipe.fsutil import file_lock, write_text_atomic
+from affectpipe.heads import fit_workers
 from affectpipe.heads.candidates import Candidate, load_config, select_candidates
 from affectpipe.heads.fitted import FittedHead
-from affectpipe.heads.model_registry import MODELS, make_model
+from affectpipe.heads.fitting import Rows, fit_job
+from affectpipe.heads.model_registry import MODELS
 from affectpipe.heads.preprocess import FeatureScaler
-from affectpipe.heads.regularisation import choose_regularisation
-from affectpipe.heads.temporal import fit_temporal_candidate, sequence_groups
 from affectpipe.machine import usable_cores
 from affectpipe.manifest import read_manifest, read_manifest_metadata
 from affectpipe.schema import TASKS
-from affectpipe.tasks import TASK_DEFS, get_task
+from affectpipe.tasks import get_task
 
 SCALER_SAMPLE_ROWS = 20000  # train rows the scaler / PCA is estimated on
-PARALLEL_MIN_VALUES = 1 << 22  # scaled feature values (rows x columns) worth worker processes
-EARLY_STOPPING_SHARE = 0.1  # share of train videos held out to early-stop MLP / LightGBM fits
-EARLY_STOPPING_MIN_ROWS = 1000  # fewer train rows: too few held out to early-stop on (noise)
-READ_BLOCK_ROWS = 16384  # projected rows a worker reads from disk at a time
-PREDICT_CHUNK_ROWS = 65536  # rows predicted at a time (bounds the copy of val + test rows)
-WORKER_NICENESS = 10  # fit workers' priority below the main process's (`_start_worker`)
 
 
 @dataclass
@@ -168,302 +154,6 @@ def scale_features(
         for _, block in loaded.scaled_blocks(scaler):
             block.tofile(handle)
     return scaler
-
-
-def label_rows(manifest: pd.DataFrame, task: str, strict: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, rows usable for `task`); strict keeps only rows valid for all three tasks."""
-    spec = get_task(task)
-    y = spec.targets(manifest)
-    valid = spec.valid_rows(y)
-    if strict:  # every task's every label column (all 12 AUs too)
-        for other in TASK_DEFS.values():
-            valid &= other.valid_rows(other.targets(manifest), strict=True)
-    return y, valid
-
-
-@dataclass(frozen=True)
-class Rows:
-    """The manifest as the fits need it: numpy arrays only, cheap to send to worker processes."""
-
-    split: np.ndarray  # "train" / "val" / "test" per row
-    video: np.ndarray  # integer video code per row
-    labels: dict[str, tuple[np.ndarray, np.ndarray]]  # task -> (labels, valid rows)
-    frame: np.ndarray  # frame number per row (sequence heads)
-
-    @classmethod
-    def of(cls, manifest: pd.DataFrame, tasks: Sequence[str], strict: bool) -> Rows:
-        return cls(
-            split=manifest["split"].to_numpy(dtype="U5"),
-            video=pd.factorize(manifest["video"])[0].astype(np.int64),
-            labels={task: label_rows(manifest, task, strict) for task in tasks},
-            frame=manifest["frame"].to_numpy(dtype=np.int64),
-        )
-
-    def save(self, folder: Path) -> None:
-        """Write every array as ``.npy`` under `folder` (for `Rows.mapped`)."""
-        arrays = {"split": self.split, "video": self.video, "frame": self.frame}
-        for task, (y, valid) in self.labels.items():
-            arrays |= {f"labels.{task}.y": y, f"labels.{task}.valid": valid}
-        for name, array in arrays.items():
-            np.save(folder / f"{name}.npy", array)
-
-    @classmethod
-    def mapped(cls, folder: Path) -> Rows:
-        """Rows saved under `folder`, memory-mapped read-only: each worker process maps the
-        files instead of receiving a pickled copy of ~50 MB per fit at 1M rows."""
-
-        def load(name: str) -> np.ndarray:
-            return np.load(folder / f"{name}.npy", mmap_mode="r")
-
-        tasks = sorted(p.name.split(".")[1] for p in folder.glob("labels.*.y.npy"))
-        return cls(
-            split=load("split"),
-            video=load("video"),
-            labels={t: (load(f"labels.{t}.y"), load(f"labels.{t}.valid")) for t in tasks},
-            frame=load("frame"),
-        )
-
-
-def fit_candidate(
-    candidate: Candidate,
-    Z: np.ndarray,
-    ok: np.ndarray,
-    rows: Rows,
-    seed: int,
-    seeds: int,
-    folds: int,
-) -> tuple[Any, np.ndarray, dict[str, Any]]:
-    """Fit one candidate on scaled features Z; returns the model, outputs for every row (NaN
-    where none) and info (scores, timings, row counts). Runs in a worker process as well."""
-    task = get_task(candidate.task)
-    y, valid = rows.labels[candidate.task]
-    if getattr(MODELS[candidate.model], "sequence_input", False):
-        model = make_model(candidate.model, candidate.task, candidate.params, 1, seed)
-        groups = sequence_groups(rows.split, rows.video)
-        return fit_temporal_candidate(
-            model, candidate.task, Z, ok, rows.split, groups, rows.frame, y, folds
-        )
-    usable = valid & ok
-    train_rows = np.flatnonzero(usable & (rows.split == "train"))
-    val_rows = np.flatnonzero(usable & (rows.split == "val"))
-    if len(train_rows) < 2:
-        raise InputError(f"{candidate}: fewer than 2 train rows with ok features and a label")
-    model = make_model(candidate.model, candidate.task, candidate.params, seeds, seed)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    regularisation = choose_regularisation(
-        model, task, Z, y, train_rows, rows.video, candidate.params
-    )
-    fit_rows, stop_rows = train_rows, train_rows[:0]
-    if getattr(model, "stops_early", False):
-        fit_rows, stop_rows = early_stopping_split(train_rows, rows.video, seed)
-    eval_set = (Z[stop_rows], y[stop_rows]) if len(stop_rows) else None
-    model.fit(Z[fit_rows], y[fit_rows], eval_set=eval_set)
-    fit_seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-
-    outputs = np.full((len(ok), task.n_outputs), np.nan, dtype=np.float32)
-    predict_rows = np.flatnonzero(ok & np.isin(rows.split, ("val", "test")))
-    _predict_into(model, Z, predict_rows, outputs)
-    info: dict[str, Any] = {
-        "fit_seconds": fit_seconds,
-        "cpu_seconds": cpu_seconds,
-        "n_train": len(train_rows),
-        "n_val": len(val_rows),
-        "scores": task.score(y[val_rows], outputs[val_rows]) if len(val_rows) else {},
-        "regularisation": regularisation,
-    }
-    if folds:
-        start, cpu_start = time.perf_counter(), time.process_time()
-        _cross_fit(model, Z, y, usable, ok, rows, folds, outputs)
-        info["fit_seconds"] += time.perf_counter() - start
-        info["cpu_seconds"] += time.process_time() - cpu_start
-        info["oof_scores"] = task.score(y[val_rows], outputs[val_rows]) if len(val_rows) else {}
-    return model, outputs, info
-
-
-def early_stopping_split(
-    train_rows: np.ndarray, video: np.ndarray, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(fit rows, early-stopping rows): about EARLY_STOPPING_SHARE of the train videos held out,
-    so that the validation split stays unseen and its score honest. Too little data (under
-    EARLY_STOPPING_MIN_ROWS train rows, or one video): no early stopping."""
-    videos = np.unique(video[train_rows])
-    if len(train_rows) < EARLY_STOPPING_MIN_ROWS or len(videos) < 2:
-        return train_rows, train_rows[:0]
-    rng = np.random.default_rng(seed)
-    n_held = max(1, round(EARLY_STOPPING_SHARE * len(videos)))
-    held = np.isin(video[train_rows], rng.choice(videos, n_held, replace=False))
-    if held.all() or not held.any():
-        return train_rows, train_rows[:0]
-    return train_rows[~held], train_rows[held]
-
-
-def _cross_fit(
-    model: Any,
-    Z: np.ndarray,
-    y: np.ndarray,
-    usable: np.ndarray,
-    ok: np.ndarray,
-    rows: Rows,
-    folds: int,
-    outputs: np.ndarray,
-) -> None:
-    """Overwrite `outputs` of train+val rows with out-of-fold predictions (folds by video)."""
-    pool = np.flatnonzero(ok & np.isin(rows.split, ("train", "val")))
-    videos = rows.video[pool]
-    if len(np.unique(videos)) < folds:
-        raise InputError(f"--folds {folds}: only {len(np.unique(videos))} videos in train+val")
-    refit = getattr(model, "refit_params", dict)()
-    for fit_idx, held_idx in GroupKFold(n_splits=folds).split(pool, groups=videos):
-        fit_rows = pool[fit_idx][usable[pool[fit_idx]]]
-        held_rows = pool[held_idx]
-        fold_model = clone(model).set_params(**refit)
-        fold_model.fit(Z[fit_rows], y[fit_rows])
-        _predict_into(fold_model, Z, held_rows, outputs)
-
-
-def _predict_into(model: Any, Z: Any, rows: np.ndarray, outputs: np.ndarray) -> None:
-    """outputs[rows] = the model's outputs, PREDICT_CHUNK_ROWS rows of Z at a time."""
-    for start in range(0, len(rows), PREDICT_CHUNK_ROWS):
-        chunk = rows[start : start + PREDICT_CHUNK_ROWS]
-        outputs[chunk] = model.predict_outputs(Z[chunk])
-
-
-class RowFile:
-    """A projected ``.npy`` matrix [rows, width] read row-subset by row-subset with plain file
-    reads into one array: ``rows_file[index]`` (sorted row numbers or a boolean mask) returns
-    only those rows. A worker thus holds its own rows once; memory-mapping the whole file
-    would add every file page it touches to its resident set (1M rows: +~1 GB per worker)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        with open(path, "rb") as handle:
-            read_header = {
-                (1, 0): np.lib.format.read_array_header_1_0,
-                (2, 0): np.lib.format.read_array_header_2_0,
-            }.get(np.lib.format.read_magic(handle))
-            if read_header is None:
-                raise InputError(f"{path}: unsupported .npy version")
-            shape, fortran, dtype = read_header(handle)
-            self.offset = handle.tell()
-        if fortran or len(shape) != 2:
-            raise InputError(f"{path}: not a C-ordered 2-d array")
-        self.shape, self.dtype = shape, np.dtype(dtype)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index: np.ndarray) -> np.ndarray:
-        index = np.asarray(index)
-        if index.dtype == bool:
-            index = np.flatnonzero(index)
-        width = self.shape[1]
-        out = np.empty((len(index), width), dtype=self.dtype)
-        row_bytes = width * self.dtype.itemsize
-        # Sorted row numbers: read each block's span [first, last] once and keep its rows.
-        bounds = np.searchsorted(index, np.arange(0, len(self) + READ_BLOCK_ROWS, READ_BLOCK_ROWS))
-        with open(self.path, "rb", buffering=0) as handle:
-            for lo, hi in zip(bounds[:-1], bounds[1:], strict=False):
-                if lo == hi:
-                    continue
-                first, last = int(index[lo]), int(index[hi - 1])
-                span = np.empty((last - first + 1, width), dtype=self.dtype)
-                handle.seek(self.offset + first * row_bytes)
-                if handle.readinto(memoryview(span).cast("B")) != span.nbytes:
-                    raise InputError(f"{self.path}: shorter than its header says")
-                out[lo:hi] = span[index[lo:hi] - first]
-        return out
-
-
-def _fit_job(
-    candidate: Candidate,
-    scaled: Path,
-    scratch: Path,
-    seed: int,
-    seeds: int,
-    folds: int,
-) -> tuple[Any, np.ndarray, dict[str, Any]]:
-    """`fit_candidate` on files: the projected features ``scaled`` (.npy, with its ok mask
-    beside it as ``<name>.ok.npy``) and the rows saved in `scratch`, so a job sends paths to
-    its worker process, not arrays; the worker reads only the feature rows each step needs."""
-    Z = RowFile(scaled)
-    ok = np.load(scaled.with_suffix(".ok.npy"), mmap_mode="r")
-    return fit_candidate(candidate, Z, ok, Rows.mapped(scratch), seed, seeds, folds)
-
-
-class _InlineExecutor:
-    """Runs each submitted call at once, in this process (small problems: `fit_processes`)."""
-
-    def submit(self, fn: Any, *args: Any) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args))
-        except Exception as exc:  # delivered by future.result(), as from a worker
-            future.set_exception(exc)
-        return future
-
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        """Nothing to stop (the executor interface)."""
-
-
-def fit_executor(n_jobs: int) -> Any:
-    """Where fits run: this process (n_jobs 1), or n_jobs worker processes that each fit on
-    one thread (processes are what puts the cores to use), started now. Jobs submitted
-    while the next feature set is still being projected start at once; `shutdown` it when
-    done. Workers fork from the fork server (`start_fork_server`) and, unlike plain
-    multiprocessing workers, never re-run the caller's script: a script calling `train`
-    needs no ``if __name__ == "__main__":`` guard."""
-    if n_jobs <= 1:
-        return _InlineExecutor()
-    context = start_fork_server()
-    executor = ProcessPoolExecutor(n_jobs, mp_context=context, initializer=_start_worker)
-    # Workers are started by submits; each records the main module to re-import it (what
-    # multiprocessing does so that functions defined there can be unpickled; ours are in
-    # this package). An empty stand-in while they start keeps them from re-running it.
-    main = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        for _ in range(n_jobs):
-            executor.submit(int)
-    finally:
-        sys.modules["__main__"] = main
-    return executor
-
-
-def start_fork_server() -> multiprocessing.context.BaseContext:
-    """The context fit workers start from (idempotent; starts the server without waiting).
-
-    Linux: a fork server that has imported this module and torch's compiler package once,
-    so workers fork ready to fit. torch.optim imports the latter on an optimizer's first
-    use; with this module's imports that cost every fresh worker ~6 CPU-seconds before its
-    first fit. Started as soon as a run is known to be large, its imports overlap the main
-    process's loading. Elsewhere: spawned workers."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__, "torch._dynamo"])
-    forkserver.ensure_running()
-    return context
-
-
-def _start_worker() -> None:
-    """Set up a fit worker: one thread for every library (fits are many and small: processes,
-    not threads, share the cores out; LightGBM reads OMP_NUM_THREADS, `models`), and a CPU
-    priority below the main process's, which reads and projects the features the next fits
-    need and writes finished heads: on a machine with no spare core it should not wait
-    behind fits that can run later. The total work is unchanged."""
-    one_thread = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    os.environ.update(dict.fromkeys(one_thread, "1"))
-    threadpool_limits(1)
-    os.nice(WORKER_NICENESS)
-
-
-def fit_processes(workers: int, n_candidates: int, largest: int) -> int:
-    """Processes for the fits of `n_candidates` whose largest scaled feature set holds `largest`
-    values: small problems stay in this process (starting workers would cost more than it
-    saves)."""
-    if n_candidates == 1 or largest < PARALLEL_MIN_VALUES:
-        return 1
-    return max(1, min(workers, n_candidates))
 
 
 def _fit_cost_rank(candidate: Candidate) -> tuple[int, bool]:
@@ -582,8 +272,12 @@ def train(
     manifest = read_manifest(paths.manifest)
     config = load_config(config_path)
     workers = config.workers or usable_cores()
-    if workers > 1 and len(manifest) * (config.n_components or 0) >= PARALLEL_MIN_VALUES:
-        start_fork_server()  # large enough for workers: their imports overlap the loading
+    if (
+        workers > 1
+        and len(manifest) * (config.n_components or 0) >= fit_workers.PARALLEL_MIN_VALUES
+    ):
+        # Large enough for workers: their imports overlap the loading.
+        fit_workers.start_fork_server()
     rows = Rows.of(manifest, TASKS, strict_labels)
     task_names, skipped = trainable_tasks(
         rows, list(tasks) if tasks else None, strict_labels, read_manifest_metadata(paths.manifest)
@@ -663,8 +357,8 @@ def train(
             len(manifest) * min(loaded_sets[spec].width, config.n_components or 1 << 30)
             for spec in fit_groups
         )
-        n_jobs = fit_processes(workers, sum(map(len, fit_groups.values())), largest)
-        executor = fit_executor(n_jobs)
+        n_jobs = fit_workers.fit_processes(workers, sum(map(len, fit_groups.values())), largest)
+        executor = fit_workers.fit_executor(n_jobs)
         results: dict[int, CandidateResult] = {}
         base = _preds_base(manifest, folds)
         options = {
@@ -770,7 +464,7 @@ def train(
                     for i in members:
                         tick = time.perf_counter()
                         pending[i] = executor.submit(
-                            _fit_job, chosen[i], scaled, scratch, config.seed, seeds, folds
+                            fit_job, chosen[i], scaled, scratch, config.seed, seeds, folds
                         )
                         stages["fit"] += time.perf_counter() - tick  # inline: the fit itself
                     write_finished(block=False)
