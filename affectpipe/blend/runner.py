@@ -14,18 +14,12 @@ written, and blend.json last, recording each file's sha256.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import platform
-import shlex
-import sys
 import time
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +27,19 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from affectpipe import __version__
+from affectpipe.blend.blend_record import (
+    blend_json,
+    feature_records,
+    forget_previous,
+    provenance,
+    random_init_note,
+    summarise,
+)
 from affectpipe.blend.candidate_outputs import available_tasks, load_candidates
-from affectpipe.blend.interpolate import fill_missing, interpolate_at
+from affectpipe.blend.interpolate import fill_missing
 from affectpipe.blend.smoothing import VideoOrder, group_codes
 from affectpipe.blend.stages import load_gate_sources, log_prior
+from affectpipe.blend.submission_plan import plan_submissions, request_outputs
 from affectpipe.blend.task_rules import TaskRules, rules_for
 from affectpipe.blend.tuning import (
     TOL,
@@ -51,9 +53,8 @@ from affectpipe.data.summary import no_validation_message
 from affectpipe.errors import InputError, NoValidationError
 from affectpipe.fsutil import file_lock, sha256_file, write_text_atomic
 from affectpipe.manifest import listed_test_rows, read_manifest, read_manifest_metadata
-from affectpipe.metrics import mtl_score
 from affectpipe.schema import TASKS
-from affectpipe.submission import Request, get_style, requested_submissions
+from affectpipe.submission import get_style, requested_submissions
 
 log = logging.getLogger(__name__)
 
@@ -435,282 +436,6 @@ def _tune_tasks(
     return dict(sorted(outcomes.items(), key=lambda item: list(steps).index(item[0])))
 
 
-def _per_video_outputs(
-    rules: TaskRules, outcome: TaskOutcome, manifest: pd.DataFrame
-) -> dict[str, np.ndarray]:
-    """Outputs for frames 1..last of each test video, interpolated where a frame is unlisted
-    (listed frames keep their decisions, which may come from the confidence gate)."""
-    sub = manifest.iloc[outcome.test_rows]
-    out = {}
-    for video, positions in sub.groupby("video", sort=False).indices.items():
-        frames = sub["frame"].to_numpy(np.int64)[positions]
-        every_frame = np.arange(1, frames.max() + 1)
-        values = interpolate_at(frames, outcome.test_continuous[positions], every_frame)
-        decided = rules.decide(values, outcome.blend.post)
-        decided[frames - 1] = outcome.test_outputs[positions]
-        out[str(video)] = decided
-    return out
-
-
-def _fill_problem(outcome: TaskOutcome, request: Request, max_filled: float) -> str | None:
-    fill = outcome.fill
-    style = get_style(request.style)
-    unpredicted = fill.unpredicted(lists_imageless_frames=style.lists_imageless_frames)
-    if not fill.listed or unpredicted <= max_filled * fill.listed:
-        return None
-    imageless = (
-        "" if style.lists_imageless_frames else f", {fill.imageless} without an image file"
-    )
-    return (
-        f"{unpredicted} of its {fill.listed} listed test rows ({unpredicted / fill.listed:.1%}) "
-        f"have no real prediction ({fill.interpolated} interpolated{imageless}, {fill.prior} "
-        f"the training prior), over the limit of {max_filled:.0%} (--max-filled); check the "
-        "test images and their features"
-    )
-
-
-def plan_submissions(
-    requests: list[Request],
-    outcomes: dict[str, TaskOutcome],
-    reasons: dict[str, str],
-    max_filled: float,
-) -> tuple[list[Request], dict[str, str]]:
-    """The files to write, and each requested file that cannot be written with the reason.
-
-    A task is refused when more than `max_filled` of its listed test rows have no real
-    prediction. An MTL file missing a task is replaced by the per-task files of the others.
-    """
-    writes: list[Request] = []
-    missing: dict[str, str] = {}
-    for request in requests:
-        problems = {}
-        for task in request.tasks:
-            why = reasons.get(task) or (
-                _fill_problem(outcomes[task], request, max_filled) if task in outcomes else None
-            )
-            if why:
-                problems[task] = why
-        if not problems:
-            writes.append(request)
-            continue
-        missing[request.name] = "; ".join(f"{task}: {why}" for task, why in problems.items())
-        if len(request.tasks) > 1:
-            writes += [request.for_task(t) for t in request.tasks if t not in problems]
-    return writes, missing
-
-
-def _request_outputs(
-    request: Request, outcomes: dict[str, TaskOutcome], manifest: pd.DataFrame
-) -> dict[str, Any]:
-    if get_style(request.style).per_video:
-        task = request.tasks[0]
-        return {task: _per_video_outputs(rules_for(task), outcomes[task], manifest)}
-    out = {}
-    for task in request.tasks:
-        outcome = outcomes[task]
-        out[task] = outcome.test_outputs[np.searchsorted(outcome.test_rows, request.rows)]
-    return out
-
-
-def summarise(outcomes: dict[str, TaskOutcome]) -> tuple[dict, dict | None]:
-    scores = {
-        task: {
-            "best_single": max(o.candidate_scores.values()),
-            "tuned": o.alternatives["blend"]["tuned"],
-            "crossfit": o.alternatives["blend"]["crossfit"],
-            "single_crossfit": o.alternatives["single"]["crossfit"],
-            "submitted_crossfit": o.crossfit_score,
-        }
-        for task, o in outcomes.items()
-    }
-    p_mtl = None
-    if all(t in scores for t in TASKS):
-        p_mtl = {
-            kind: mtl_score(scores["va"][kind], scores["expr"][kind], scores["au"][kind])
-            for kind in scores["va"]
-        }
-    return scores, p_mtl
-
-
-def feature_records(paths: DatasetPaths) -> dict[str, dict[str, Any]]:
-    """Identity attrs of the cached feature files, by backbone (unreadable files skipped)."""
-    from affectpipe.features import read_header
-
-    records = {}
-    for path in sorted(paths.features_dir.glob("*.h5")):
-        try:
-            attrs = read_header(path)
-        except OSError:
-            continue  # unreadable files are reported by the stages that read them
-        backbone = str(attrs.get("backbone", path.stem))
-        records[backbone] = {
-            "path": str(path),
-            "weights_sha256": attrs.get("weights_sha256"),
-            "model_sha256": attrs.get("landmark_model_sha256"),
-            "random_init": bool(attrs.get("random_init", False)),
-            "package_version": attrs.get("package_version"),
-            "complete": attrs.get("complete"),
-        }
-    return records
-
-
-def random_init_note(records: dict[str, dict[str, Any]]) -> str | None:
-    """A warning when some cached feature file was computed with random backbone weights."""
-    names = [backbone for backbone, r in records.items() if r["random_init"]]
-    if not names:
-        return None
-    return (
-        f"RANDOM-INIT FEATURES ({', '.join(names)}): these backbones were built with random "
-        "weights, not the pretrained models; their features are random projections and the "
-        "scores say nothing about the real backbones."
-    )
-
-
-def _candidate_backbones(name: str) -> tuple[str, ...]:
-    """Backbones a heads candidate (`<feature-set slug>__<model>`) reads; () if not one."""
-    from affectpipe.featuresets import parse_feature_set, split_candidate_name
-
-    parts = split_candidate_name(name)
-    if parts is None:
-        return ()
-    try:
-        return parse_feature_set(parts[0]).backbones
-    except InputError:
-        return ()
-
-
-def _version(package: str) -> str | None:
-    try:
-        return package_metadata.version(package)
-    except package_metadata.PackageNotFoundError:
-        return None
-
-
-def provenance(
-    paths: DatasetPaths,
-    run: str,
-    metadata: dict[str, Any],
-    outcomes: dict[str, TaskOutcome],
-    features: dict[str, dict[str, Any]],
-) -> dict[str, Any]:
-    """When, how and from what this blend was made: command, versions, input fingerprints."""
-    used = {b for o in outcomes.values() for n in o.candidates for b in _candidate_backbones(n)}
-    used |= {o.blend.gate["source"] for o in outcomes.values() if o.blend.gate}
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": shlex.join(sys.argv),
-        "versions": {
-            "affectpipe": __version__,
-            "python": platform.python_version(),
-            **{p: _version(p) for p in ("torch", "numpy", "scikit-learn")},
-        },
-        "manifest": {"path": str(paths.manifest), "fingerprint": metadata.get("fingerprint")},
-        "features": {b: {**r, "used": b in used} for b, r in features.items()},
-        "predictions": {
-            task: {name: sha256_file(paths.preds(run, task, name)) for name in outcome.candidates}
-            for task, outcome in outcomes.items()
-        },
-        # The head files themselves: `predict` and `export-run` refuse heads changed since.
-        "heads": {
-            task: {name: _head_fingerprint(paths.head(run, task, name))
-                   for name in outcome.candidates}
-            for task, outcome in outcomes.items()
-        },
-    }
-
-
-def _head_fingerprint(path: Path) -> str | None:
-    return sha256_file(path) if path.exists() else None
-
-
-def blend_json(
-    outcomes: dict[str, TaskOutcome],
-    scores: dict,
-    p_mtl: dict | None,
-    options: BlendOptions,
-    run: str,
-    warnings: list[str],
-) -> dict[str, Any]:
-    """The blend's record, without the submission part (added when files are written)."""
-    tasks = {}
-    for task, o in outcomes.items():
-        rules = rules_for(task)
-        limit = options.search_rows
-        sampled = (
-            f"; the searches scored every k-th labelled row in video order (at most {limit:,})"
-            if limit is not None and o.n_val_labelled > limit
-            else ""
-        )
-        tasks[task] = {
-            "candidates": o.candidates,
-            "candidate_scores": o.candidate_scores,
-            "choice": o.choice,
-            "choice_note": o.choice_note,
-            "alternatives": o.alternatives,
-            **o.blend.to_json(o.candidates, rules),
-            "stage_scores": o.blend.stage_scores,
-            "crossfit_stage_scores": o.blend.crossfit_stage_scores,
-            "crossfit_score": o.crossfit_score,
-            "crossfit_folds": o.crossfit_folds,
-            "validation": o.val_details,
-            "validation_crossfit": o.crossfit_details,
-            "support": o.support,
-            "data": {
-                "tuned": (
-                    f"validation: {o.n_val} rows ({o.n_val_labelled} labelled) in "
-                    f"{o.n_val_videos} videos; tuned and scored on the same rows (optimistic)"
-                    + sampled
-                ),
-                "crossfit": (
-                    f"validation, {o.crossfit_folds} folds of whole videos: every fold scored "
-                    "by a blend tuned on the other folds, scores pooled over all rows"
-                ),
-            },
-            "filled_rows": o.filled,
-            "test_fill": o.fill.to_json(),
-            "test_rows": len(o.test_rows),
-        }
-    return {
-        "run": run,
-        "package_version": __version__,
-        "options": {
-            "correction": options.correction,
-            "smoothing": options.smoothing,
-            "kernels": list(options.kernels),
-            "max_steps": options.max_steps,
-            "crossfit_folds": options.crossfit_folds,
-            "seed": options.seed,
-            "search_rows": options.search_rows,
-            "prefer": options.prefer,
-            "logit_adjustment": options.logit_adjustment,
-            "gating": options.gating,
-        },
-        "tasks": tasks,
-        "scores": scores,
-        "p_mtl": p_mtl,
-        "warnings": warnings,
-    }
-
-
-def _forget_previous(json_path: Path, report_path: Path, out_dir: Path) -> None:
-    """Remove the previous blend's record and report, then the submission files it wrote
-    into `out_dir` that are unchanged since (files elsewhere or edited are left alone)."""
-    recorded: list = []
-    # No previous blend, or an unreadable record: nothing of it to remove.
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        recorded = json.loads(json_path.read_text(encoding="utf-8")).get("submission_files", [])
-    json_path.unlink(missing_ok=True)
-    report_path.unlink(missing_ok=True)
-    out = out_dir.resolve()
-    for entry in recorded:
-        if not isinstance(entry, dict) or not {"path", "sha256"} <= entry.keys():
-            continue
-        path = Path(entry["path"])
-        unchanged = path.is_file() and sha256_file(path) == entry["sha256"]
-        if path.resolve().is_relative_to(out) and unchanged:
-            path.unlink()
-
-
 def _reasons_for_unblended(
     requested_tasks: set[str],
     blended: Sequence[str],
@@ -825,14 +550,14 @@ def run(
         seconds["provenance"] = time.perf_counter() - start  # sha256 of every input file
         json_path = blend_dir / "blend.json"
         report_path = blend_dir / "report.html"
-        _forget_previous(json_path, report_path, out_dir)
+        forget_previous(json_path, report_path, out_dir)
         start = time.perf_counter()
         images = manifest["image"].to_numpy(object)
         files = [
             path
             for request in writes
             for path in get_style(request.style).write(
-                out_dir, request, images, _request_outputs(request, outcomes, manifest)
+                out_dir, request, images, request_outputs(request, outcomes, manifest)
             )
         ]
         document["submission"] = {
