@@ -271,7 +271,7 @@ def _extract(
         reports.append(dataclasses.replace(done, detail=detail))
     for target in (t for t in targets if t.kind == "importer"):
         with disk_full_as_error(target.path, lambda: 0):  # an import: nothing to resume
-            reports.append(import_outputs(target, view))
+            reports.append(import_outputs(target, view, progress))
     return reports
 
 

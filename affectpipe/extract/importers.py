@@ -16,14 +16,14 @@ if TYPE_CHECKING:
     from affectpipe.extract.plan import ManifestView, Target
 
 
-def import_outputs(target: Target, view: ManifestView) -> BackboneReport:
+def import_outputs(target: Target, view: ManifestView, progress: bool = True) -> BackboneReport:
     from affectpipe.features import read_feature_file
 
     source = Path(target.identity["openface_dir"])
     if not source.is_dir():
         raise InputError(f"--openface-dir {source} is not a folder")
     summary = target.importer(
-        list(view.images), view.paths, source, target.path, dict(target.identity)
+        list(view.images), view.paths, source, target.path, dict(target.identity), progress
     )
     written = read_feature_file(target.path)
     failed = int((~written.ok).sum())

@@ -9,7 +9,7 @@ parts serve which task by default. The implementation is
 - kind ``model``: a `affectpipe.extract.backbones.BackboneSpec` (a frozen torch network);
 - kind ``descriptor``: a factory of a picklable descriptor (`affectpipe.extract.decode.Descriptor`);
 - kind ``importer``: a function that imports another tool's outputs into a feature file,
-  ``(images, paths, source_dir, out_path, attrs) -> summary dict``.
+  ``(images, paths, source_dir, out_path, attrs, progress) -> summary dict``.
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ def _sorted_folder_images(folder: Path) -> list[str]:
 
 
 def _locate_rows(
-    images: Sequence[str], image_paths: Sequence[str | None], openface_dir: Path
+    images: Sequence[str], image_paths: Sequence[str | None], openface_dir: Path, progress: bool
 ) -> tuple[list[tuple[OpenFaceTable, int] | None], list[OpenFaceTable]]:
     """For each image, the table and row holding its OpenFace output (None when absent)."""
     located: list[tuple[OpenFaceTable, int] | None] = [None] * len(images)
@@ -164,9 +164,9 @@ def _locate_rows(
         if path is not None:
             folders.setdefault(Path(path).parent, []).append(i)
 
-    # disable=None: bars only on a terminal.
+    disable = None if progress else True  # None: bars only on a terminal
     for folder, members in tqdm(
-        folders.items(), desc="openface folder CSVs", unit="folder", disable=None, leave=False
+        folders.items(), desc="openface folder CSVs", unit="folder", disable=disable, leave=False
     ):
         csv_path = openface_dir / f"{folder.name}.csv"
         if not csv_path.is_file() or not folder.is_dir():
@@ -190,7 +190,9 @@ def _locate_rows(
                 located[i] = (table, row)
 
     unmatched = [i for i, where in enumerate(located) if where is None]
-    for i in tqdm(unmatched, desc="openface image CSVs", unit="image", disable=None, leave=False):
+    for i in tqdm(
+        unmatched, desc="openface image CSVs", unit="image", disable=disable, leave=False
+    ):
         image = images[i]
         csv_path = openface_dir / Path(image).with_suffix(".csv")
         if csv_path.is_file():
@@ -206,6 +208,7 @@ def import_openface_csv(
     openface_dir: Path,
     out_path: Path,
     attrs: dict,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Write the complete `openface-csv` feature file for `images` from OpenFace CSVs.
 
@@ -217,7 +220,7 @@ def import_openface_csv(
         raise InputError(f"OpenFace output folder {openface_dir} does not exist")
     if len(images) != len(image_paths):
         raise ValueError("images and image_paths must have the same length")
-    located, tables = _locate_rows(images, image_paths, openface_dir)
+    located, tables = _locate_rows(images, image_paths, openface_dir, progress)
     if not tables:
         raise InputError(
             f"no OpenFace CSV in {openface_dir} matches the dataset's images: expected "
