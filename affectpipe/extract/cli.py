@@ -13,6 +13,7 @@ from affectpipe.cli_options import (
     device_of,
     parse_weights_option,
     random_init_option,
+    runtime_option,
     weights_option,
     with_device_options,
     workers_option,
@@ -53,6 +54,7 @@ def default_workers(device: str) -> int:
 @dataset_option()
 @backbones_option()
 @with_device_options
+@runtime_option
 @workers_option
 @weights_option()
 @random_init_option
@@ -108,6 +110,7 @@ def extract(
     gpu: int | None,
     device: str | None,
     batch_size: int,
+    runtime: str,
     workers: int | None,
     weights_items: tuple[str, ...],
     random_init: bool,
@@ -187,6 +190,7 @@ def extract(
             channels_last=channels_last,
             progress=True,
             engine=ray_engine,
+            runtime=runtime,
         )
     except KeyboardInterrupt:
         click.echo("interrupted: committed chunks are kept; rerun the command to resume", err=True)

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,11 +30,15 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class ModelJob:
-    """One CNN backbone in a pass: its spec, its prepared model and where its rows go."""
+    """One CNN backbone in a pass: its spec, its prepared model and where its rows go.
+
+    `runtime` says what `model` is: a torch module, or (``onnx``) an
+    `affectpipe.extract.onnx_runtime.OnnxModel` run by ONNX Runtime on the CPU."""
 
     spec: BackboneSpec
-    model: torch.nn.Module
-    store: PartStore
+    model: Any  # torch.nn.Module, or OnnxModel
+    store: PartStore | None
+    runtime: str = "torch"
 
 
 @dataclass
@@ -227,6 +232,8 @@ def forward(
     amp_dtype: torch.dtype | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """uint8 ``[B, S, S, 3]`` -> (embedding, logits) as float32 numpy arrays."""
+    if job.runtime == "onnx":  # on the CPU, in fp32: the same normalisation, then the graph
+        return job.model(job.spec.normalize(pixels).numpy())
     x = job.spec.normalize(pixels.to(device, non_blocking=True))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

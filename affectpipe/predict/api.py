@@ -69,7 +69,8 @@ class Predictor:
     `affectpipe.faces.tracking.VideoFaces`), `weights`
     (backbone, detector net or weights name -> local weights file), `workers` (processes
     decoding image files while the models run; 0: in this process), `progress` (a frames/s
-    bar).
+    bar), `runtime` (the CNNs' runtime: ``torch``, ``onnx`` or ``auto``, as for
+    `pipeline extract --runtime`; `runtimes` says which each backbone got).
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class Predictor:
         weights: Mapping[str, Path] | None = None,
         workers: int = 0,
         progress: bool = False,
+        runtime: str = "auto",
     ) -> None:
         if every < 1 or batch_size < 1 or redetect < 1 or workers < 0:
             raise InputError("every, redetect and batch_size must be at least 1, workers at "
@@ -107,6 +109,7 @@ class Predictor:
         self.weights = dict(weights or {})
         self.workers = workers
         self.progress = progress
+        self.runtime = runtime
         self._engine: _Engine | None = None
         # The first face crop of each video track of the last `predict` ((source, face_id) ->
         # aligned crop): the thumbnails of `--plot`.
@@ -130,6 +133,11 @@ class Predictor:
     @property
     def tasks(self) -> list[str]:
         return list(self.bundle.tasks)
+
+    @property
+    def runtimes(self) -> dict[str, str]:
+        """The runtime (torch or onnx) of each CNN backbone; builds the models if needed."""
+        return {name: job.runtime for name, job in self._get_engine().models.items()}
 
     def predict(self, inputs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
         """One row per face of each image / kept video frame (one row without a face where
@@ -232,7 +240,8 @@ class Predictor:
 
     def _get_engine(self) -> _Engine:
         if self._engine is None:
-            self._engine = _Engine(self.bundle.backbones, self.device, self.weights)
+            self._engine = _Engine(self.bundle.backbones, self.device, self.weights,
+                                   self.runtime)
         return self._engine
 
 
@@ -328,16 +337,19 @@ class _Engine:
     their stored fitted arrays."""
 
     def __init__(
-        self, backbones: dict[str, BackboneRecord], device: str, weights: Mapping[str, Path]
+        self, backbones: dict[str, BackboneRecord], device: str, weights: Mapping[str, Path],
+        runtime: str,
     ) -> None:
         from affectpipe.extract.backbones import get_backbone
         from affectpipe.extract.engine import resolve_device
         from affectpipe.extract.images import DecodeDataset
+        from affectpipe.extract.onnx_runtime import resolve_runtime
 
         self.device = resolve_device(device)
         self.records = backbones
-        self.models = {n: self._model(r, weights) for n, r in backbones.items()
-                       if not r.is_descriptor}
+        resolved = resolve_runtime(runtime, self.device.type)
+        self.models = {n: self._model(r, weights, resolved, runtime == "onnx")
+                       for n, r in backbones.items() if not r.is_descriptor}
         self.descriptors = {n: self._descriptor(r) for n, r in backbones.items()
                             if r.is_descriptor}
         specs = [get_backbone(n) for n in self.models]
@@ -346,10 +358,11 @@ class _Engine:
             list(self.descriptors.values()),
         )
 
-    def _model(self, record: BackboneRecord, weights: Mapping[str, Path]) -> Any:
-        from affectpipe.extract import build_model
+    def _model(
+        self, record: BackboneRecord, weights: Mapping[str, Path], runtime: str, strict: bool
+    ) -> Any:
+        from affectpipe.extract import model_job
         from affectpipe.extract.backbones import get_backbone
-        from affectpipe.extract.engine import ModelJob, prepare_model, probe_batch
         from affectpipe.extract.plan import resolve_backbone_weights
 
         spec = get_backbone(record.name)
@@ -366,9 +379,8 @@ class _Engine:
             path = resolved.path
         if record.identity.get("preprocessing") not in (None, spec.preprocessing_attrs()):
             raise InputError(f"{record.name}: the run's preprocessing differs from this version")
-        model = prepare_model(build_model(spec, path), self.device, channels_last=True,
-                              probe=probe_batch(spec))
-        return ModelJob(spec, model, None)
+        return model_job(spec, path, str(recorded), self.device, channels_last=True,
+                         runtime=runtime, strict=strict)
 
     @staticmethod
     def _descriptor(record: BackboneRecord) -> Any:
