@@ -370,3 +370,26 @@ def test_predictor_runs_the_graphs(realfaces_dir: Path, fixtures_dir: Path, tmp_
     assert columns and got["face_ok"].all()
     np.testing.assert_allclose(got[columns], expected[columns], rtol=0, atol=1e-4)
     assert (got["expression"] == expected["expression"]).all()
+
+
+@pytest.mark.slow
+def test_bench_alternates_the_runtimes(fixtures_dir: Path, tmp_path: Path):
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for crop in sorted((fixtures_dir / "images" / "bench112").iterdir())[:8]:
+        (folder / crop.name).symlink_to(crop)
+    args = ["bench", "extract", "--images", folder, "--repeat", "1", "--batch-size", "4"]
+    args += ["--backbones", "fer-minixception", "--workers", "0", "--runtime", "torch,onnx"]
+    args += ["--rounds", "2", "--json", tmp_path / "bench.json"]
+    args += ["--weights", f"fer-minixception={fixture_weights(fixtures_dir)['fer-minixception']}"]
+    result = CliRunner().invoke(cli, list(map(str, args)), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [r["runtime"] for r in rows] == ["torch", "onnx"]
+    for row in rows:
+        assert len(row["whole_path_rounds"]) == len(row["load_average"]) == 2
+        assert row["whole_path_images_per_s"] == np.median(row["whole_path_rounds"])
+        assert row["images"] == 8 and row["forward_images_per_s"] > 0
+    assert rows[0]["forward_fp32_nchw_images_per_s"] is not None
+    assert rows[1]["forward_fp32_nchw_images_per_s"] is None  # a torch-only set-up
+    assert "| fer-minixception | cpu | 4 | 0 | 8 | official | onnx |" in result.output

@@ -232,6 +232,23 @@ def extract(
     "one real end-to-end run of --repeat x the crops (e.g. 4096,10240,40960).",
 )
 @click.option(
+    "--runtime",
+    "runtimes",
+    default="auto",
+    show_default=True,
+    metavar="R[,R...]",
+    help="Runtimes to time each CNN on, e.g. torch,onnx (auto, torch or onnx: see "
+    "`pipeline extract --runtime`).",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Time each CNN this many times, the runtimes alternating within each round; the "
+    "table gives the medians and each round with the load average.",
+)
+@click.option(
     "--json",
     "json_out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -249,6 +266,8 @@ def extract_bench(
     weights_items: tuple[str, ...],
     channels_last: bool,
     scaling: str | None,
+    runtimes: str,
+    rounds: int,
     json_out: Path | None,
 ) -> None:
     """Measure extraction throughput (images/s): whole path and forward only, per backbone.
@@ -281,6 +300,12 @@ def extract_bench(
         if json_out is not None:
             write_text_atomic(json_out, json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
         return
+    from affectpipe.extract.onnx_runtime import RUNTIMES
+
+    sides = _split_names(runtimes)
+    if not sides or not set(sides) <= set(RUNTIMES):
+        raise click.BadParameter(f"use {', '.join(RUNTIMES)}, comma-separated",
+                                 param_hint="--runtime")  # fmt: skip
     device_name = device_of(gpu, device)
     result = run_bench(
         images_dir=images_dir,
@@ -291,6 +316,8 @@ def extract_bench(
         workers=default_workers(device_name) if workers is None else workers,
         weights=parse_weights_option(weights_items),
         channels_last=channels_last,
+        runtimes=sides,
+        rounds=rounds,
     )
     click.echo(result.markdown())
     if json_out is not None:
