@@ -94,9 +94,7 @@ WEIGHTS_HELP = "Use a local weights file for a backbone (repeatable), e.g. ddamf
 
 
 def weights_option(help: str = WEIGHTS_HELP) -> Callable:
-    return click.option(
-        "--weights", "weights_items", multiple=True, metavar="NAME=PATH", help=help
-    )
+    return click.option("--weights", "weights_items", multiple=True, metavar="NAME=PATH", help=help)
 
 
 workers_option = click.option(
@@ -105,6 +103,15 @@ workers_option = click.option(
     default=None,
     help="Decode worker processes (0 = decode in the main process). "
     "[default: 1 on CPU, all cores on GPU]",
+)
+runtime_option = click.option(
+    "--runtime",
+    type=click.Choice(["auto", "torch", "onnx"]),
+    default="auto",
+    show_default=True,
+    help="Runtime of the CNN backbones: torch, or onnx (ONNX Runtime on the CPU, graphs "
+    "exported once from the same modules and checked against them; needs `pip install "
+    "'affectpipe[onnx]'`). auto: onnx on the CPU when installed, else torch.",
 )
 device_options = [
     click.option(

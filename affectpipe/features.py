@@ -18,8 +18,9 @@ attrs:
     groups (JSON {name: [start, stop]}: named column ranges of `embedding`),
     spatial_grid (int G, only with a `spatial` dataset),
     committed_rows (int), complete (bool), plus any provenance the writer adds; the extraction
-    engine adds failed_count and failed_images (JSON list of {image, reason}, capped), and
-    shard files add shard ("i/n") and shard_rows (JSON [start, stop]).
+    engine adds failed_count and failed_images (JSON list of {image, reason}, capped), CNN
+    files add runtime ("torch" or "onnx"), runtime_version and, for onnx, onnx_graph_sha256,
+    and shard files add shard ("i/n") and shard_rows (JSON [start, stop]).
 
 Arrays a backbone needs to reproduce its features (e.g. the openface HOG PCA's mean and
 components) are datasets under ``extra/``: `write_feature_file` puts every array-valued attr
@@ -61,8 +62,11 @@ MAX_COMPRESSION = 1000  # declared/stored size ratio a compressed array may have
 FLOAT_PARTS = ("embedding", "logits", "spatial")
 SPATIAL_DTYPE = "float16"
 MAX_SPATIAL_GRID = 16  # cells per side of the pooled map: a few fit a face's parts
-# Attrs that say nothing about the rows' values: left out of `feature_fingerprint`.
-UNFINGERPRINTED_ATTRS = ("complete", "committed_rows")
+# Attrs that say nothing about the rows' values: left out of `feature_fingerprint`. The
+# runtime that computed the rows is among them: ONNX Runtime and torch agree within the parity
+# tolerance (`affectpipe.extract.onnx_runtime`), so switching makes no prediction stale.
+RUNTIME_ATTRS = ("runtime", "runtime_version", "onnx_graph_sha256")
+UNFINGERPRINTED_ATTRS = ("complete", "committed_rows", *RUNTIME_ATTRS)
 
 
 def decode_attrs(raw: h5py.AttributeManager) -> dict[str, Any]:

@@ -2,10 +2,13 @@
 
 Loads a trained run, predicts 4 images to warm up (models built, first forward), then times
 `predict` on every image of FOLDER (or on the video FOLDER names: warmed up on the video
-itself) and prints images (frames)/s with the load average. Usage:
+itself) and prints images (frames)/s with the load average. With several `--runtime`s, one
+predictor per runtime is built and warmed up first, then the runtimes alternate in each of
+`--rounds` rounds. Usage:
 
     python benchmarks/predict_throughput.py CACHE DATASET FOLDER [--workers 1] [--detect] \
-        [--detector mtcnn] [--redetect 1] [--batch-size 64] [--weights NAME=PATH ...]
+        [--detector mtcnn] [--redetect 1] [--batch-size 64] [--weights NAME=PATH ...] \
+        [--runtime torch --runtime onnx] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -30,27 +33,34 @@ def main() -> None:
     parser.add_argument("--redetect", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--weights", action="append", default=[], metavar="NAME=PATH")
+    parser.add_argument("--runtime", action="append", choices=["auto", "torch", "onnx"])
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
-    predictor = Predictor.load(
-        args.cache, args.dataset, weights=parse_weights_option(tuple(args.weights)),
-        workers=args.workers, detect=args.detect, batch_size=args.batch_size,
-        detector=args.detector, redetect=args.redetect,
-    )
-    if args.folder.is_dir():
-        files = sorted(p for p in args.folder.iterdir() if p.is_file())
-        predictor.predict(files[:4])
-    else:
-        files = [args.folder]
-        predictor.predict(files)
-    start = time.perf_counter()
-    table = predictor.predict(files)
-    seconds = time.perf_counter() - start
-    print(
-        f"workers={args.workers} detect={args.detect} detector={args.detector} "
-        f"redetect={args.redetect} {len(table)} rows "
-        f"({int(table['face_ok'].sum())} with a face): {seconds:.1f} s, "
-        f"{len(table) / seconds:.1f} img/s, load average {os.getloadavg()[0]:.1f}"
-    )
+    predictors = {
+        runtime: Predictor.load(
+            args.cache, args.dataset, weights=parse_weights_option(tuple(args.weights)),
+            workers=args.workers, detect=args.detect, batch_size=args.batch_size,
+            detector=args.detector, redetect=args.redetect, runtime=runtime,
+        )
+        for runtime in args.runtime or ["auto"]
+    }
+    files = sorted(p for p in args.folder.iterdir() if p.is_file()) if args.folder.is_dir() \
+        else [args.folder]
+    for predictor in predictors.values():
+        predictor.predict(files[:4] if args.folder.is_dir() else files)
+    for _ in range(args.rounds):
+        for runtime, predictor in predictors.items():
+            start = time.perf_counter()
+            table = predictor.predict(files)
+            seconds = time.perf_counter() - start
+            print(
+                f"runtime={runtime} {predictor.runtimes} workers={args.workers} "
+                f"detect={args.detect} detector={args.detector} redetect={args.redetect} "
+                f"{len(table)} rows ({int(table['face_ok'].sum())} with a face): "
+                f"{seconds:.1f} s, {len(table) / seconds:.1f} img/s, "
+                f"load average {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

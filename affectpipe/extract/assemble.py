@@ -120,4 +120,5 @@ def target_report(
         failed_count=int(attrs.get("failed_count", 0)),
         failed_images=tuple(attrs.get("failed_images") or ()),
         images_per_s=speed,
+        runtime=attrs.get("runtime"),
     )

@@ -79,6 +79,9 @@ class BenchRow:
     whole_path_images_per_s: float  # decode -> forward -> committed chunks
     end_to_end_images_per_s: float  # the same plus model loading and the final file
     forward_images_per_s: float  # descriptors: per-image work in one process
+    runtime: str = "torch"  # of the CNN: torch or onnx ("-" for descriptors)
+    whole_path_rounds: tuple[float, ...] = ()  # each round's whole path (the row: median)
+    load_average: tuple[float, ...] = ()  # 1-minute load average after each round
     # CNNs only (None for descriptors / where not measured):
     forward_fp32_nchw_images_per_s: float | None = None
     forward_amp_images_per_s: float | None = None  # AMP_BENCH_DTYPE, channels-last
@@ -100,28 +103,34 @@ class BenchResult:
             "",
             ", ".join(f"{k}: {v}" for k, v in self.machine.items()),
             "",
-            "| backbone | device | batch | workers | images | weights | whole path img/s "
-            "| incl. load + file img/s | forward only img/s | forward fp32 NCHW "
+            "| backbone | device | batch | workers | images | weights | runtime "
+            "| whole path img/s | incl. load + file img/s | forward only img/s | forward fp32 NCHW "
             f"| forward {AMP_BENCH_DTYPE} | whole path {AMP_BENCH_DTYPE} | decode (CPU workers) "
-            "| decode (GPU nvJPEG) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| decode (GPU nvJPEG) | rounds: whole path img/s (load) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in self.rows:
             gpu_decode = _rate(r.gpu_decode_images_per_s)
             if r.gpu_resize_max_abs_diff is not None:
                 gpu_decode += f" (max px diff {r.gpu_resize_max_abs_diff:.0f})"
+            rounds = ", ".join(
+                f"{rate:.1f} ({load:.1f})"
+                for rate, load in zip(r.whole_path_rounds, r.load_average, strict=True)
+            )
             lines.append(
                 f"| {r.backbone} | {r.device} | {r.batch_size} | {r.workers} | {r.images} "
-                f"| {r.weights} | {r.whole_path_images_per_s:.1f} "
+                f"| {r.weights} | {r.runtime} | {r.whole_path_images_per_s:.1f} "
                 f"| {r.end_to_end_images_per_s:.1f} | {r.forward_images_per_s:.1f} "
                 f"| {_rate(r.forward_fp32_nchw_images_per_s)} "
                 f"| {_rate(r.forward_amp_images_per_s)} | {_rate(r.whole_path_amp_images_per_s)} "
-                f"| {_rate(r.decode_images_per_s)} | {gpu_decode} |"
+                f"| {_rate(r.decode_images_per_s)} | {gpu_decode} | {rounds} |"
             )
         lines += [
             "",
             "forward only: fp32 with the run's memory layout; NCHW: fp32 without channels-last; "
-            f"{AMP_BENCH_DTYPE}: autocast + channels-last. whole path {AMP_BENCH_DTYPE}: GPU only.",
+            f"{AMP_BENCH_DTYPE}: autocast + channels-last. whole path {AMP_BENCH_DTYPE}: GPU only. "
+            "Runtime onnx: ONNX Runtime on the CPU (the torch-only columns are '-'). Whole "
+            "path and incl. load: the median of the rounds (the runtimes alternate in each).",
         ]
         if any(r.weights == "random-init" for r in self.rows):
             lines += ["", "Weights: fixed-seed random init (speed does not depend on values)."]
@@ -228,6 +237,24 @@ def forward_only(
         for _ in range(FORWARD_BATCHES):
             model(x)
         sync()
+    return FORWARD_BATCHES * batch_size / (time.perf_counter() - started)
+
+
+def onnx_forward_only(backbone: str, batch_size: int) -> float:
+    """Images/s of the backbone's ONNX Runtime session on a ready, normalised batch (the
+    random-init graph: speed does not depend on the weight values)."""
+    from affectpipe.extract import RANDOM_INIT_SHA256, build_model
+    from affectpipe.extract.backbones import get_backbone
+    from affectpipe.extract.engine import probe_batch
+    from affectpipe.extract.onnx_runtime import onnx_model
+
+    spec = get_backbone(backbone)
+    model = onnx_model(spec, RANDOM_INIT_SHA256, partial(build_model, spec, None))
+    x = probe_batch(spec, batch_size).numpy()
+    model(x)  # warm-up (memory arenas, kernel selection)
+    started = time.perf_counter()
+    for _ in range(FORWARD_BATCHES):
+        model(x)
     return FORWARD_BATCHES * batch_size / (time.perf_counter() - started)
 
 
@@ -354,15 +381,24 @@ def run_bench(
     workers: int = 1,
     weights: Mapping[str, Path] | None = None,
     channels_last: bool = True,
+    runtimes: Sequence[str] = ("auto",),
+    rounds: int = 1,
 ) -> BenchResult:
     """Measure each backbone alone on `images_dir` repeated `repeat` times (default: a few
-    thousand images on a GPU, 1,024 on a CPU): see the module docstring."""
+    thousand images on a GPU, 1,024 on a CPU): see the module docstring.
+
+    Each CNN is timed on each of `runtimes` (`pipeline extract --runtime`), the runtimes
+    alternating within each of `rounds` rounds so that a change in the machine's load hits
+    every side alike; a row gives the median of its rounds, and each round with the 1-minute
+    load average after it."""
     from affectpipe import extract
     from affectpipe.extract import registry
     from affectpipe.extract.plan import resolve_backbone_weights
 
     if repeat is None:
         repeat = 4 if device == "cpu" else 20
+    if rounds < 1 or not runtimes:
+        raise InputError("give at least one runtime and one round")
     rows = []
     with tempfile.TemporaryDirectory(prefix="affectpipe-bench-") as tmp:
         images_dir = bench_folder(images_dir, Path(tmp))
@@ -388,44 +424,84 @@ def run_bench(
                 channels_last=channels_last,
                 progress=False,
             )
-            started = time.perf_counter()
-            summary = whole_path()
-            seconds = time.perf_counter() - started
-            (report,) = summary.reports
-            extra = (
-                {}
-                if descriptor
-                else _cnn_extras(
-                    backbone,
-                    whole_path,
-                    bench_images(images_dir) * repeat,
-                    device=device,
-                    batch_size=batch_size,
-                    workers=workers,
+            sides = list(dict.fromkeys(runtimes))[: 1 if descriptor else None]
+            timed: dict[str, list[tuple[Any, float, float]]] = {side: [] for side in sides}
+            for _ in range(rounds):
+                for side in sides:
+                    started = time.perf_counter()
+                    summary = whole_path(runtime=side)
+                    seconds = time.perf_counter() - started
+                    timed[side].append((summary, seconds, os.getloadavg()[0]))
+            for side in sides:
+                rows.append(
+                    _bench_row(
+                        backbone,
+                        descriptor,
+                        random_init,
+                        timed[side],
+                        whole_path,
+                        images_dir,
+                        repeat,
+                        device=device,
+                        batch_size=batch_size,
+                        workers=workers,
+                        channels_last=channels_last,
+                    )
                 )
-            )
-            rows.append(
-                BenchRow(
-                    backbone=backbone,
-                    device=summary.device,
-                    batch_size=batch_size,
-                    workers=workers,
-                    images=report.rows,
-                    weights="built-in"
-                    if descriptor
-                    else "random-init"
-                    if random_init
-                    else "official",
-                    whole_path_images_per_s=float(report.images_per_s or np.nan),
-                    end_to_end_images_per_s=report.rows / seconds,
-                    forward_images_per_s=describe_only(backbone, images_dir)
-                    if descriptor
-                    else forward_only(backbone, device, batch_size, channels_last=channels_last),
-                    **extra,
-                )
-            )
     command = shlex.join(["pipeline", *sys.argv[1:]]) if sys.argv else "run_bench()"
     return BenchResult(tuple(rows), machine_info(device), command)
+
+
+def _bench_row(
+    backbone: str,
+    descriptor: bool,
+    random_init: bool,
+    timed: Sequence[tuple[Any, float, float]],
+    whole_path: Callable[..., Any],
+    images_dir: Path,
+    repeat: int,
+    *,
+    device: str,
+    batch_size: int,
+    workers: int,
+    channels_last: bool,
+) -> BenchRow:
+    """One row from the rounds of one backbone on one runtime: (summary, seconds, load)."""
+    reports = [summary.reports[0] for summary, _, _ in timed]
+    rates = [float(r.images_per_s or np.nan) for r in reports]
+    runtime = reports[-1].runtime
+    if descriptor:
+        extra: dict[str, Any] = {}
+        forward = describe_only(backbone, images_dir)
+    elif runtime == "onnx":
+        extra = {}
+        forward = onnx_forward_only(backbone, batch_size)
+    else:
+        extra = _cnn_extras(
+            backbone,
+            whole_path,
+            bench_images(images_dir) * repeat,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+        )
+        forward = forward_only(backbone, device, batch_size, channels_last=channels_last)
+    return BenchRow(
+        backbone=backbone,
+        device=timed[-1][0].device,
+        batch_size=batch_size,
+        workers=workers,
+        images=reports[-1].rows,
+        weights="built-in" if descriptor else "random-init" if random_init else "official",
+        runtime=runtime or "-",
+        whole_path_images_per_s=float(np.median(rates)),
+        end_to_end_images_per_s=float(np.median([r.rows / s for r, (_, s, _) in
+                                                  zip(reports, timed, strict=True)])),
+        forward_images_per_s=forward,
+        whole_path_rounds=tuple(rates),
+        load_average=tuple(load for _, _, load in timed),
+        **extra,
+    )
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from affectpipe.cli_options import (
     device_of,
     parse_weights_option,
     random_init_option,
+    runtime_option,
     weights_option,
     with_device_options,
     workers_option,
@@ -46,6 +47,7 @@ channels_last_option = click.option(
 @dataset_option()
 @backbones_option()
 @with_device_options
+@runtime_option
 @workers_option
 @weights_option()
 @random_init_option
@@ -110,6 +112,7 @@ def extract(
     gpu: int | None,
     device: str | None,
     batch_size: int,
+    runtime: str,
     workers: int | None,
     weights_items: tuple[str, ...],
     random_init: bool,
@@ -192,6 +195,7 @@ def extract(
             progress=True,
             engine=ray_engine,
             spatial_grid=spatial_grid,
+            runtime=runtime,
         )
     except KeyboardInterrupt:
         click.echo("interrupted: committed chunks are kept; rerun the command to resume", err=True)
@@ -233,6 +237,23 @@ def extract(
     "one real end-to-end run of --repeat x the crops (e.g. 4096,10240,40960).",
 )
 @click.option(
+    "--runtime",
+    "runtimes",
+    default="auto",
+    show_default=True,
+    metavar="R[,R...]",
+    help="Runtimes to time each CNN on, e.g. torch,onnx (auto, torch or onnx: see "
+    "`pipeline extract --runtime`).",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Time each CNN this many times, the runtimes alternating within each round; the "
+    "table gives the medians and each round with the load average.",
+)
+@click.option(
     "--json",
     "json_out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -250,6 +271,8 @@ def extract_bench(
     weights_items: tuple[str, ...],
     channels_last: bool,
     scaling: str | None,
+    runtimes: str,
+    rounds: int,
     json_out: Path | None,
 ) -> None:
     """Measure extraction throughput (images/s): whole path and forward only, per backbone.
@@ -282,6 +305,12 @@ def extract_bench(
         if json_out is not None:
             write_text_atomic(json_out, json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
         return
+    from affectpipe.extract.onnx_runtime import RUNTIMES
+
+    sides = _split_names(runtimes)
+    if not sides or not set(sides) <= set(RUNTIMES):
+        raise click.BadParameter(f"use {', '.join(RUNTIMES)}, comma-separated",
+                                 param_hint="--runtime")  # fmt: skip
     device_name = device_of(gpu, device)
     result = run_bench(
         images_dir=images_dir,
@@ -292,6 +321,8 @@ def extract_bench(
         workers=workers,
         weights=parse_weights_option(weights_items),
         channels_last=channels_last,
+        runtimes=sides,
+        rounds=rounds,
     )
     click.echo(result.markdown())
     if json_out is not None:

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,12 +32,16 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 @dataclass
 class ModelJob:
     """One CNN backbone in a pass: its spec, its prepared model and where its rows go;
-    `spatial_grid` G: also the `spatial` part, its last feature map pooled to G x G cells."""
+    `spatial_grid` G: also the `spatial` part, its last feature map pooled to G x G cells.
+
+    `runtime` says what `model` is: a torch module, or (``onnx``) an
+    `affectpipe.extract.onnx_runtime.OnnxModel` run by ONNX Runtime on the CPU."""
 
     spec: BackboneSpec
-    model: torch.nn.Module
-    store: PartStore
+    model: Any  # torch.nn.Module, or OnnxModel
+    store: PartStore | None
     spatial_grid: int | None = None
+    runtime: str = "torch"
 
 
 @dataclass
@@ -238,6 +243,9 @@ def forward(
 ) -> dict[str, np.ndarray]:
     """uint8 ``[B, S, S, 3]`` -> the job's parts as numpy arrays: ``embedding`` and
     ``logits`` (float32), and ``spatial`` (float16) when the job has a spatial grid."""
+    if job.runtime == "onnx":  # on the CPU, in fp32: the same normalisation, then the graph
+        embedding, logits = job.model(job.spec.normalize(pixels).numpy())
+        return {"embedding": embedding, "logits": logits}
     x = job.spec.normalize(pixels.to(device, non_blocking=True))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -18,6 +18,7 @@ class BackboneReport:
     failed_images: tuple[dict[str, str], ...] = ()
     images_per_s: float | None = None
     detail: str = ""
+    runtime: str | None = None  # of a CNN's rows: torch or onnx (the file's attr)
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,8 @@ class ExtractSummary:
             )
         for r in self.reports:
             speed = f", {r.images_per_s:.1f} img/s" if r.images_per_s else ""
-            line = f"{r.backbone}: {r.action} {r.path} ({r.rows} images{speed}"
+            runtime = f", runtime {r.runtime}" if r.runtime else ""
+            line = f"{r.backbone}: {r.action} {r.path} ({r.rows} images{speed}{runtime}"
             line += f", {r.failed_count} failed)" if r.failed_count else ")"
             if r.detail:
                 line += f" {r.detail}"

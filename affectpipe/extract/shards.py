@@ -71,7 +71,13 @@ def _merge_one(
 ) -> BackboneReport:
     from affectpipe.extract.rawrows import ShardRows
     from affectpipe.extract.store import FAILED_LIST_CAP
-    from affectpipe.features import part_dims, read_header, row_blocks, write_feature_file_streamed
+    from affectpipe.features import (
+        RUNTIME_ATTRS,
+        part_dims,
+        read_header,
+        row_blocks,
+        write_feature_file_streamed,
+    )
 
     shards = _shard_files(paths, backbone)
     metas = []
@@ -80,18 +86,12 @@ def _merge_one(
         if attrs is None:
             raise InputError(f"{path} is incomplete: finish it with `pipeline extract --shard`")
         metas.append(attrs)
-    reference = {
-        k: v
-        for k, v in metas[0].items()
-        if k not in (*SHARD_KEYS, "failed_count", "failed_images", "committed_rows")
-    }
+    # Not compared: what differs per shard, and the runtime (equal within parity).
+    per_shard = (*SHARD_KEYS, "failed_count", "failed_images", "committed_rows", *RUNTIME_ATTRS)
+    reference = {k: v for k, v in metas[0].items() if k not in per_shard}
     covered = 0
     for path, attrs in zip(shards, metas, strict=True):
-        own = {
-            k: v
-            for k, v in attrs.items()
-            if k not in (*SHARD_KEYS, "failed_count", "failed_images", "committed_rows")
-        }
+        own = {k: v for k, v in attrs.items() if k not in per_shard}
         if own != reference:
             changed = sorted(
                 k for k in own.keys() | reference.keys() if own.get(k) != reference.get(k)
@@ -120,6 +120,12 @@ def _merge_one(
         **reference,
         "failed_count": sum(int(a.get("failed_count", 0)) for a in metas),
         "failed_images": failed[:FAILED_LIST_CAP],
+        # shards may come from machines with other runtimes: name each
+        **{
+            key: ", ".join(dict.fromkeys(str(a[key]) for a in metas if a.get(key) is not None))
+            for key in RUNTIME_ATTRS
+            if any(a.get(key) is not None for a in metas)
+        },
     }
     n_rows = len(view.images)
     scratch = merge_scratch(final)

@@ -70,8 +70,9 @@ class Predictor:
     `affectpipe.faces.tracking.VideoFaces`), `weights`
     (backbone, detector net or weights name -> local weights file), `workers` (processes
     decoding image files while the models run; 0: in this process; None:
-    `machine.default_workers(device)`, as the CLI), `progress` (a frames/s
-    bar).
+    `machine.default_workers(device)`, as the CLI), `progress` (a frames/s bar), `runtime`
+    (the CNNs' runtime: ``torch``, ``onnx`` or ``auto``, as for `pipeline extract
+    --runtime`; `runtimes` says which each backbone got).
     """
 
     def __init__(
@@ -88,6 +89,7 @@ class Predictor:
         weights: Mapping[str, Path] | None = None,
         workers: int | None = None,
         progress: bool = False,
+        runtime: str = "auto",
     ) -> None:
         workers = default_workers(device) if workers is None else workers
         if every < 1 or batch_size < 1 or redetect < 1 or workers < 0:
@@ -110,6 +112,7 @@ class Predictor:
         self.weights = dict(weights or {})
         self.workers = workers
         self.progress = progress
+        self.runtime = runtime
         self._engine: _Engine | None = None
         # The first face crop of each video track of the last `predict` ((source, face_id) ->
         # aligned crop): the thumbnails of `--plot`.
@@ -133,6 +136,11 @@ class Predictor:
     @property
     def tasks(self) -> list[str]:
         return list(self.bundle.tasks)
+
+    @property
+    def runtimes(self) -> dict[str, str]:
+        """The runtime (torch or onnx) of each CNN backbone; builds the models if needed."""
+        return {name: job.runtime for name, job in self._get_engine().models.items()}
 
     def predict(self, inputs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
         """One row per face of each image / kept video frame (one row without a face where
@@ -240,7 +248,8 @@ class Predictor:
             spatial = {b for plan in self.bundle.tasks.values() for head in plan.heads
                        for b, part in parse_feature_set(head.feature_set).parts
                        if part == "spatial"}
-            self._engine = _Engine(self.bundle.backbones, self.device, self.weights, spatial)
+            self._engine = _Engine(self.bundle.backbones, self.device, self.weights, spatial,
+                                   self.runtime)
         return self._engine
 
 
@@ -339,15 +348,18 @@ class _Engine:
     def __init__(
         self, backbones: dict[str, BackboneRecord], device: str, weights: Mapping[str, Path],
         spatial: set[str],
+        runtime: str,
     ) -> None:
         from affectpipe.extract.backbones import get_backbone
         from affectpipe.extract.decode import DecodeDataset
         from affectpipe.extract.engine import resolve_device
+        from affectpipe.extract.onnx_runtime import resolve_runtime
 
         self.device = resolve_device(device)
         self.records = backbones
-        self.models = {n: self._model(r, weights, n in spatial) for n, r in backbones.items()
-                       if not r.is_descriptor}
+        resolved = resolve_runtime(runtime, self.device.type)
+        self.models = {n: self._model(r, weights, n in spatial, resolved, runtime == "onnx")
+                       for n, r in backbones.items() if not r.is_descriptor}
         self.descriptors = {n: self._descriptor(r) for n, r in backbones.items()
                             if r.is_descriptor}
         specs = [get_backbone(n) for n in self.models]
@@ -356,10 +368,12 @@ class _Engine:
             list(self.descriptors.values()),
         )
 
-    def _model(self, record: BackboneRecord, weights: Mapping[str, Path], spatial: bool) -> Any:
-        from affectpipe.extract import build_model
+    def _model(
+        self, record: BackboneRecord, weights: Mapping[str, Path], spatial: bool, runtime: str,
+        strict: bool,
+    ) -> Any:
+        from affectpipe.extract import model_job
         from affectpipe.extract.backbones import get_backbone
-        from affectpipe.extract.engine import ModelJob, prepare_model, probe_batch
         from affectpipe.extract.plan import resolve_backbone_weights
 
         spec = get_backbone(record.name)
@@ -380,11 +394,13 @@ class _Engine:
         if spatial and not grid:
             raise InputError(f"the run's heads read {record.name}:spatial, but its features "
                              "record no spatial grid")
-        model = build_model(spec, path)
-        if grid and not hasattr(model, "feature_map"):
+        # The graphs output embedding and logits only: a spatial part needs torch.
+        job = model_job(spec, path, str(recorded), self.device, channels_last=True,
+                        runtime="torch" if grid else runtime, strict=strict and not grid)
+        if grid and not hasattr(job.model, "feature_map"):
             raise InputError(f"{record.name} exposes no feature map for its spatial part")
-        model = prepare_model(model, self.device, channels_last=True, probe=probe_batch(spec))
-        return ModelJob(spec, model, None, grid)
+        job.spatial_grid = grid
+        return job
 
     @staticmethod
     def _descriptor(record: BackboneRecord) -> Any:

@@ -12,6 +12,7 @@ from affectpipe.cli_options import (
     parse_weights_option,
     progress_option,
     run_option,
+    runtime_option,
     weights_option,
     with_device_options,
     workers_option,
@@ -71,6 +72,7 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
          "expression strip, AU activations over time and a thumbnail of each track.",
 )
 @with_device_options
+@runtime_option
 @workers_option
 @weights_option()
 @progress_option
@@ -92,6 +94,7 @@ def predict(
     gpu: int | None,
     device: str | None,
     batch_size: int,
+    runtime: str,
     workers: int | None,
     weights_items: tuple[str, ...],
     progress: bool,
@@ -133,6 +136,7 @@ def predict(
         "redetect": redetect,
         "weights": parse_weights_option(weights_items),
         "progress": progress,
+        "runtime": runtime,
     }
     if from_run is not None:
         predictor = Predictor.from_export(from_run, **options)
