@@ -370,6 +370,7 @@ def _pass(
             raise InputError(f"{t.backbone} exposes no feature map: extract it without a grid")
         job.store, job.spatial_grid = t.store, grid
         t.attrs.update(runtime_record(job))
+        t.store.save_runtime(runtime_record(job))
         model_jobs.append(job)
     descriptor_jobs = [DescriptorJob(t.descriptor, t.store) for t in group if t.kind != "model"]
     stats = (extract_pass if engine is None else engine.extract_pass)(

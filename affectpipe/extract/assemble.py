@@ -32,7 +32,8 @@ def finish(target: Target, view: ManifestView, rows: tuple[int, int]) -> dict[st
     images = view.images[start:stop]
     with disk_full_as_error(target.path, store.committed_rows):
         failed = store.failures()
-        attrs = {**target.identity, **target.attrs, **failure_attrs(images, failed)}
+        saved = store.runtime() if target.kind == "model" else {}
+        attrs = {**target.identity, **saved, **target.attrs, **failure_attrs(images, failed)}
         if target.identity.get("shard"):
             attrs["total_rows"] = len(view.images)
         if target.kind == "descriptor" and not target.identity.get("shard"):

@@ -71,6 +71,22 @@ class PartStore:
             tmp.write_text(json.dumps(state, indent=1))
         return 0
 
+    def save_runtime(self, record: dict[str, Any]) -> None:
+        """Keep the runtime record (`extract.runtime_record`) of the pass computing rows, so a
+        file finished by a later process that computes none (all chunks committed) still
+        records which runtime computed them."""
+        path = self.dir / "runtime.json"
+        with disk_full_as_error(path, self.committed_rows), atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(record))
+
+    def runtime(self) -> dict[str, Any]:
+        """The saved runtime record ({} when none was saved or it is unreadable)."""
+        try:
+            record = json.loads((self.dir / "runtime.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
     def chunk_starts(self) -> range:
         return range(0, self.n_rows, self.chunk_rows)
 
