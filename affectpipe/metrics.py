@@ -48,9 +48,7 @@ def va_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     return {"ccc_valence": ccc_v, "ccc_arousal": ccc_a, "p_va": (ccc_v + ccc_a) / 2.0}
 
 
-def f1_from_counts(
-    true_pos: np.ndarray, predicted: np.ndarray, actual: np.ndarray
-) -> np.ndarray:
+def f1_from_counts(true_pos: np.ndarray, predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
     """F1 = 2 TP / (predicted positives + actual positives), 0 where both are 0; elementwise,
     so the blend's grid searches count once and score many decisions with it."""
     denom = predicted + actual

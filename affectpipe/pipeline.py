@@ -64,8 +64,17 @@ def bench() -> None:
 
 
 for command in (
-    index, extract, weights, finetune, heads, blend, validate_submission, predict, export_run,
-    run, demo,
+    index,
+    extract,
+    weights,
+    finetune,
+    heads,
+    blend,
+    validate_submission,
+    predict,
+    export_run,
+    run,
+    demo,
 ):
     cli.add_command(command)
 bench.add_command(extract_bench, "extract")

@@ -69,8 +69,11 @@ class StageOptions:
     config: Path | None = None  # heads: the file's [heads] table
 
     def extract_kwargs(self) -> dict[str, Any]:
-        return {k: v for k, v in (("batch_size", self.batch_size), ("workers", self.workers))
-                if v is not None}
+        return {
+            k: v
+            for k, v in (("batch_size", self.batch_size), ("workers", self.workers))
+            if v is not None
+        }
 
     def heads_kwargs(self) -> dict[str, Any]:
         return {
@@ -91,11 +94,16 @@ RUN_CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "dataset": _TEXT, "data": _TEXT, "format": _TEXT, "device": _TEXT, "run": _TEXT,
+        "dataset": _TEXT,
+        "data": _TEXT,
+        "format": _TEXT,
+        "device": _TEXT,
+        "run": _TEXT,
         "out": _TEXT,
         "backbones": {"anyOf": [_TEXT, _TEXTS]},
         "weights": {"type": "object", "additionalProperties": _TEXT},
-        "random_init": {"type": "boolean"}, "partial": {"type": "boolean"},
+        "random_init": {"type": "boolean"},
+        "partial": {"type": "boolean"},
         "progress": {"type": "boolean"},
         "batch_size": {"type": "integer", "minimum": 1, "maximum": 1 << 16},
         "workers": {"type": "integer", "minimum": 0, "maximum": 1024},

@@ -85,8 +85,15 @@ def run(ctx: click.Context, config_path: Path | None, **given) -> None:
     settings: Settings = ctx.obj
     config = load_run_config(config_path) if config_path else {}
     # The config fills in what the command line leaves at its default.
-    names = {"data_root": "data", "fmt": "format", "weights_items": "weights", "tasks": "tasks",
-             "candidates": "candidates", "run_name": "run", "out_dir": "out"}
+    names = {
+        "data_root": "data",
+        "fmt": "format",
+        "weights_items": "weights",
+        "tasks": "tasks",
+        "candidates": "candidates",
+        "run_name": "run",
+        "out_dir": "out",
+    }
     values = dict(given)
     for param in given:
         key = names.get(param, param)
@@ -96,8 +103,11 @@ def run(ctx: click.Context, config_path: Path | None, **given) -> None:
     if not values["dataset"]:
         raise InputError("give --dataset (or `dataset` in the config's [run] table)")
     weights = values["weights_items"]
-    weights = (parse_weights_option(weights) if not isinstance(weights, dict)
-               else {k: Path(v).expanduser() for k, v in weights.items()})
+    weights = (
+        parse_weights_option(weights)
+        if not isinstance(weights, dict)
+        else {k: Path(v).expanduser() for k, v in weights.items()}
+    )
     backbones = values["backbones"] or []
     if isinstance(backbones, str):
         backbones = backbones.split(",")

@@ -43,12 +43,16 @@ REFERENCE_SIDE = 336
 
 def _background(rng: np.random.Generator) -> Image.Image:
     small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-    return Image.fromarray(small).resize(SIZE, Image.Resampling.BICUBIC).filter(
-        ImageFilter.GaussianBlur(8))
+    return (
+        Image.fromarray(small)
+        .resize(SIZE, Image.Resampling.BICUBIC)
+        .filter(ImageFilter.GaussianBlur(8))
+    )
 
 
-def _paste(frame: Image.Image, photo: Image.Image, side: int, angle: float, corner: tuple[int, int]
-           ) -> np.ndarray:
+def _paste(
+    frame: Image.Image, photo: Image.Image, side: int, angle: float, corner: tuple[int, int]
+) -> np.ndarray:
     """Paste photo at `side` px rotated by `angle` (degrees, counter-clockwise) with its rotated
     square's top-left at `corner`; returns the [2, 3] photo -> frame point transform."""
     scaled = photo.resize((side, side), Image.Resampling.BICUBIC).convert("RGBA")
@@ -66,16 +70,18 @@ def _paste(frame: Image.Image, photo: Image.Image, side: int, angle: float, corn
 def _reference_points(mtcnn: MTCNN, photo: Image.Image) -> np.ndarray | None:
     canvas = Image.new("RGB", (480, 480), (128, 128, 128))
     offset = (480 - REFERENCE_SIDE) // 2
-    canvas.paste(photo.resize((REFERENCE_SIDE, REFERENCE_SIDE), Image.Resampling.BICUBIC),
-                 (offset, offset))
+    canvas.paste(
+        photo.resize((REFERENCE_SIDE, REFERENCE_SIDE), Image.Resampling.BICUBIC), (offset, offset)
+    )
     faces = mtcnn.detect([np.asarray(canvas)])[0]
     if not faces:
         return None
     return (faces[0].points - offset) * photo.width / REFERENCE_SIDE
 
 
-def make_frames(photos: list[Image.Image], points: list[np.ndarray], n: int, seed: int
-                ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def make_frames(
+    photos: list[Image.Image], points: list[np.ndarray], n: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """n frames: (pixels, pasted squares [k, 4], reference points [k, 5, 2], sides [k])."""
     rng = np.random.default_rng(seed)
     frames = []
@@ -85,8 +91,9 @@ def make_frames(photos: list[Image.Image], points: list[np.ndarray], n: int, see
         for _ in range(int(rng.integers(1, 4))):
             side = int(rng.choice(SIDES))
             angle = float(rng.uniform(-MAX_ANGLE, MAX_ANGLE))
-            extent = int(np.ceil(side * (abs(np.cos(np.deg2rad(angle)))
-                                         + abs(np.sin(np.deg2rad(angle))))))
+            extent = int(
+                np.ceil(side * (abs(np.cos(np.deg2rad(angle))) + abs(np.sin(np.deg2rad(angle)))))
+            )
             for _ in range(50):  # a free place, else fewer faces
                 x = int(rng.integers(0, SIZE[0] - extent))
                 y = int(rng.integers(0, SIZE[1] - extent))
@@ -105,8 +112,11 @@ def make_frames(photos: list[Image.Image], points: list[np.ndarray], n: int, see
 
 
 def score(detector, frames) -> dict:
-    found = [faces for i in range(0, len(frames), 16)
-             for faces in detector.detect([f[0] for f in frames[i : i + 16]])]
+    found = [
+        faces
+        for i in range(0, len(frames), 16)
+        for faces in detector.detect([f[0] for f in frames[i : i + 16]])
+    ]
     hits, false_positives, errors = {s: [0, 0] for s in SIDES}, 0, []
     for (_, squares, marks, sides), faces in zip(frames, found, strict=True):
         boxes = np.array([f.box for f in faces]).reshape(-1, 4)
@@ -119,13 +129,18 @@ def score(detector, frames) -> dict:
                 used.add(best[0])
                 hits[int(sides[t])][0] += 1
                 interocular = np.linalg.norm(marks[t][0] - marks[t][1])
-                errors.append(np.linalg.norm(faces[best[0]].points - marks[t], axis=1).mean()
-                              / interocular)
+                errors.append(
+                    np.linalg.norm(faces[best[0]].points - marks[t], axis=1).mean() / interocular
+                )
         false_positives += len(faces) - len(used)
     total = sum(h for h, _ in hits.values()), sum(n for _, n in hits.values())
-    return {"recall": {s: h / n if n else float("nan") for s, (h, n) in hits.items()},
-            "recall_all": total[0] / total[1], "fp_per_frame": false_positives / len(frames),
-            "nme_median": float(np.median(errors)), "nme_mean": float(np.mean(errors))}
+    return {
+        "recall": {s: h / n if n else float("nan") for s, (h, n) in hits.items()},
+        "recall_all": total[0] / total[1],
+        "fp_per_frame": false_positives / len(frames),
+        "nme_median": float(np.median(errors)),
+        "nme_mean": float(np.mean(errors)),
+    }
 
 
 def frames_per_second(detector, frames: list[np.ndarray], redetect: int = 1) -> float:
@@ -158,23 +173,26 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-
     paths = sorted(args.faces.glob("*.jpg"))
     photos = [Image.open(p).convert("RGB") for p in paths]
     mtcnn = registry.get("mtcnn").build(args.device)
     points = [_reference_points(mtcnn, p) for p in photos]
     keep = [i for i, p in enumerate(points) if p is not None]
-    print(f"{len(keep)} of {len(photos)} photos have reference points; torch threads "
-          f"{torch.get_num_threads()}, {os.cpu_count()} cores")
+    print(
+        f"{len(keep)} of {len(photos)} photos have reference points; torch threads "
+        f"{torch.get_num_threads()}, {os.cpu_count()} cores"
+    )
     photos, points = [photos[i] for i in keep], [points[i] for i in keep]
     frames = make_frames(photos, points, args.frames, args.seed)
     weights = {net: e.name for net, e in registry.get("mtcnn").weights.items()}
     from affectpipe.extract.weights import resolve_weights
 
     files = {net: resolve_weights(name).path for net, name in weights.items()}
-    detectors = {"mtcnn": mtcnn,
-                 "mtcnn min_face=40": MTCNN(files, args.device, min_face=40),
-                 "dlib-hog": registry.get("dlib-hog").build()}
+    detectors = {
+        "mtcnn": mtcnn,
+        "mtcnn min_face=40": MTCNN(files, args.device, min_face=40),
+        "dlib-hog": registry.get("dlib-hog").build(),
+    }
     clip = one_face_clip(photos[0], args.seed)
     runs = [("mtcnn", 1), ("mtcnn min_face=40", 1), ("mtcnn", 10), ("dlib-hog", 1)]
     for name, redetect in runs:
@@ -182,15 +200,19 @@ def main() -> None:
         load = os.getloadavg()[0]
         fps = frames_per_second(detector, clip, redetect)
         if redetect > 1:
-            print(f"{name} --redetect {redetect}: {fps:.1f} frames/s at 640x480 (one face); "
-                  f"load {load:.1f} -> {os.getloadavg()[0]:.1f}")
+            print(
+                f"{name} --redetect {redetect}: {fps:.1f} frames/s at 640x480 (one face); "
+                f"load {load:.1f} -> {os.getloadavg()[0]:.1f}"
+            )
             continue
         result = score(detector, frames)
         recall = ", ".join(f"{s}px {r:.3f}" for s, r in result["recall"].items())
-        print(f"{name}: recall {result['recall_all']:.3f} ({recall}); FP/frame "
-              f"{result['fp_per_frame']:.3f}; NME median {result['nme_median']:.3f} mean "
-              f"{result['nme_mean']:.3f}; {fps:.1f} frames/s at 640x480 (one face); load "
-              f"{load:.1f} -> {os.getloadavg()[0]:.1f}")
+        print(
+            f"{name}: recall {result['recall_all']:.3f} ({recall}); FP/frame "
+            f"{result['fp_per_frame']:.3f}; NME median {result['nme_median']:.3f} mean "
+            f"{result['nme_mean']:.3f}; {fps:.1f} frames/s at 640x480 (one face); load "
+            f"{load:.1f} -> {os.getloadavg()[0]:.1f}"
+        )
 
 
 if __name__ == "__main__":

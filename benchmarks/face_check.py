@@ -26,17 +26,25 @@ from affectpipe.predict.inputs import IMAGE_SUFFIXES
 
 
 def _images(folder: Path) -> list[Image.Image]:
-    return [Image.open(p).convert("RGB") for p in sorted(folder.rglob("*"))
-            if p.suffix.lower() in IMAGE_SUFFIXES]
+    return [
+        Image.open(p).convert("RGB")
+        for p in sorted(folder.rglob("*"))
+        if p.suffix.lower() in IMAGE_SUFFIXES
+    ]
 
 
 def _synthetic(rng: np.random.Generator) -> list[Image.Image]:
     blank = [Image.new("RGB", (112, 112), (v, v, v)) for v in (0, 64, 128, 200, 255)]
-    noise = [Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8))
-             for _ in range(20)]
-    blurred = [Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8))
-               .filter(ImageFilter.GaussianBlur(radius)) for radius in (1, 2, 4, 8)
-               for _ in range(5)]
+    noise = [
+        Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)) for _ in range(20)
+    ]
+    blurred = [
+        Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).filter(
+            ImageFilter.GaussianBlur(radius)
+        )
+        for radius in (1, 2, 4, 8)
+        for _ in range(5)
+    ]
     return blank + noise + blurred
 
 
@@ -57,13 +65,17 @@ DETECTOR = faces.DetectorChoice()  # MTCNN, as predict's default
 
 def _measure(name: str, images: list[Image.Image]) -> None:
     start = time.perf_counter()
-    results = [faces.find_faces([image], [None], "check", DETECTOR, DETECTOR.face_score)[0][0]
-               for image in images]
+    results = [
+        faces.find_faces([image], [None], "check", DETECTOR, DETECTOR.face_score)[0][0]
+        for image in images
+    ]
     ms = (time.perf_counter() - start) / len(images) * 1000
     passed = Counter(r.check for r in results if r.image is not None)
     rate = sum(passed.values()) / len(images)
-    print(f"{name}: {len(images)} images, face found {rate:.4f} "
-          f"({dict(passed)}), {ms:.1f} ms/image, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"{name}: {len(images)} images, face found {rate:.4f} "
+        f"({dict(passed)}), {ms:.1f} ms/image, load {os.getloadavg()[0]:.1f}"
+    )
 
 
 def main() -> None:

@@ -103,15 +103,20 @@ def main() -> int:
         })  # fmt: skip
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "finetune_timing.json").write_text(json.dumps(rows, indent=1) + "\n")
-    print("| recipe | backbone | tasks | device | batch | train img/s | epoch s (320 train "
-          "faces) | est. epoch s, s-Aff-Wild2 train | wall s |")
+    print(
+        "| recipe | backbone | tasks | device | batch | train img/s | epoch s (320 train "
+        "faces) | est. epoch s, s-Aff-Wild2 train | wall s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         epoch = r["epoch_s_train_faces"]
-        print(f"| {r['recipe']} | {r['backbone']} | {r['tasks']} | {r['device']} | "
-              f"{r['batch_size']} | {r['images_per_s']:.0f} | "
-              f"{epoch:.2f} | {r['epoch_s_s_aff_wild2_estimate']:.0f} | {r['wall_s']:.0f} |"
-              if epoch is not None else f"| {r['recipe']} | ... | no epoch completed |")
+        print(
+            f"| {r['recipe']} | {r['backbone']} | {r['tasks']} | {r['device']} | "
+            f"{r['batch_size']} | {r['images_per_s']:.0f} | "
+            f"{epoch:.2f} | {r['epoch_s_s_aff_wild2_estimate']:.0f} | {r['wall_s']:.0f} |"
+            if epoch is not None
+            else f"| {r['recipe']} | ... | no epoch completed |"
+        )
     return status
 
 

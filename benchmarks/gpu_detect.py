@@ -40,11 +40,16 @@ def main() -> None:
             counts_ok = False
             continue
         for face, box, points in zip(faces, ref["boxes"][mine], ref["points"][mine], strict=True):
-            worst = max(worst, float(np.abs(face.box - box).max()),
-                        float(np.abs(face.points - points).max()))
+            worst = max(
+                worst,
+                float(np.abs(face.box - box).max()),
+                float(np.abs(face.points - points).max()),
+            )
     ok = counts_ok and worst <= TOLERANCE_PX
-    print(f"mtcnn parity {args.device}: counts {'ok' if counts_ok else 'DIFFER'}, worst box/point "
-          f"difference {worst:.2e} px -> {'ok' if ok else 'FAILED'}")
+    print(
+        f"mtcnn parity {args.device}: counts {'ok' if counts_ok else 'DIFFER'}, worst box/point "
+        f"difference {worst:.2e} px -> {'ok' if ok else 'FAILED'}"
+    )
     batch = (frames * 2)[:64]
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else lambda: None
     for size in (1, 16, 64):
@@ -54,8 +59,10 @@ def main() -> None:
         for i in range(0, len(batch), size):
             detector.detect(batch[i : i + size])
         sync()
-        print(f"mtcnn {args.device} batch {size}: "
-              f"{len(batch) / (time.perf_counter() - start):.1f} frames/s (640x480, 0-3 faces)")
+        print(
+            f"mtcnn {args.device} batch {size}: "
+            f"{len(batch) / (time.perf_counter() - start):.1f} frames/s (640x480, 0-3 faces)"
+        )
     sys.exit(0 if ok else 1)
 
 

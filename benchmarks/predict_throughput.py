@@ -38,14 +38,23 @@ def main() -> None:
     args = parser.parse_args()
     predictors = {
         runtime: Predictor.load(
-            args.cache, args.dataset, weights=parse_weights_option(tuple(args.weights)),
-            workers=args.workers, detect=args.detect, batch_size=args.batch_size,
-            detector=args.detector, redetect=args.redetect, runtime=runtime,
+            args.cache,
+            args.dataset,
+            weights=parse_weights_option(tuple(args.weights)),
+            workers=args.workers,
+            detect=args.detect,
+            batch_size=args.batch_size,
+            detector=args.detector,
+            redetect=args.redetect,
+            runtime=runtime,
         )
         for runtime in args.runtime or ["auto"]
     }
-    files = sorted(p for p in args.folder.iterdir() if p.is_file()) if args.folder.is_dir() \
+    files = (
+        sorted(p for p in args.folder.iterdir() if p.is_file())
+        if args.folder.is_dir()
         else [args.folder]
+    )
     for predictor in predictors.values():
         predictor.predict(files[:4] if args.folder.is_dir() else files)
     for _ in range(args.rounds):

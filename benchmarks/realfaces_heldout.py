@@ -72,8 +72,11 @@ def score(cache: Path, dataset: str, root: Path, run: str, submission: Path) -> 
         features = read_feature_file(cache / dataset / "features" / f"{backbone}.h5")
         rows = pd.Series(np.arange(len(features.images)), index=features.images)
         rows = rows.loc[manifest["image"]].to_numpy()
-        blocks += [features.load(part)[rows] for part in features.parts()
-                   if part in ("embedding", "logits")]
+        blocks += [
+            features.load(part)[rows]
+            for part in features.parts()
+            if part in ("embedding", "logits")
+        ]
     X, y = np.concatenate(blocks, axis=1), manifest["expression"].to_numpy()
     train = manifest["split"].to_numpy() == "train"
     scaler = StandardScaler().fit(X[train])
@@ -87,6 +90,7 @@ if __name__ == "__main__":
     if sys.argv[1] == "prep":
         prep(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))
     else:
-        result = score(Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), sys.argv[5],
-                       Path(sys.argv[6]))
+        result = score(
+            Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), sys.argv[5], Path(sys.argv[6])
+        )
         print(json.dumps(result, indent=1))

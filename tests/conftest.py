@@ -23,8 +23,10 @@ def photo_dataset(realfaces_dir: Path, root: Path, every: int):
     labels = pd.read_csv(realfaces_dir / "labels.csv")
     people = np.array(sorted(labels["person"].unique()))[::every]
     labels = labels[labels["person"].isin(people)]
-    role = {p: ("val" if i % 4 == 1 else "test" if i % 4 == 3 else "train")
-            for i, p in enumerate(people)}
+    role = {
+        p: ("val" if i % 4 == 1 else "test" if i % 4 == 3 else "train")
+        for i, p in enumerate(people)
+    }
     table = labels.assign(split=labels["person"].map(role), video=labels["image"])
     table.loc[table["split"] == "test", "expression"] = -1
     table[["image", "expression", "split", "video"]].to_csv(root / "labels.csv", index=False)
@@ -37,8 +39,13 @@ def require_shared() -> bool:
     return os.environ.get("AFFECTPIPE_REQUIRE_SHARED") == "1"
 
 
-def run_cli(*args: str | Path, cwd: Path | None = None, check: bool = False,
-            env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str | Path,
+    cwd: Path | None = None,
+    check: bool = False,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
     """Run `pipeline ARGS...` as a real subprocess (the user's way), capturing text output."""
     full_env = {**os.environ, **(env or {})}
     # The checkout under test comes first, whichever copy of the package the venv points at.
@@ -47,7 +54,11 @@ def run_cli(*args: str | Path, cwd: Path | None = None, check: bool = False,
     )
     result = subprocess.run(
         [sys.executable, "-m", "affectpipe.pipeline", *map(str, args)],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and result.returncode != 0:
         raise AssertionError(

@@ -173,8 +173,9 @@ def test_submission_lines_equal_per_value_formatting():
     assert values.format_au(flags) == [",".join(str(int(x)) for x in row) for row in flags]
     va = rng.uniform(-1.3, 1.3, (500, 2)).astype(np.float32)
     va[0] = [-0.0, 1e-9]
-    expected = [f"{float(np.clip(v, -1, 1)) + 0.0:.6f},{float(np.clip(a, -1, 1)) + 0.0:.6f}"
-                for v, a in va]
+    expected = [
+        f"{float(np.clip(v, -1, 1)) + 0.0:.6f},{float(np.clip(a, -1, 1)) + 0.0:.6f}" for v, a in va
+    ]
     assert values.format_va(va) == expected
     codes = rng.integers(0, 8, 500).astype(np.int8)
     assert values.format_expr(codes) == [str(int(c)) for c in codes]
@@ -216,8 +217,9 @@ def test_scaled_run_has_per_task_lists_of_whole_videos(tmp_path):
 
 @pytest.mark.slow
 def test_bench_blend_runs_the_whole_blend_and_reports_stages(tmp_path):
-    result = run_cli("bench", "blend", "--rows", "4k", "--candidates", "2",
-                     "--workdir", tmp_path, check=True)
+    result = run_cli(
+        "bench", "blend", "--rows", "4k", "--candidates", "2", "--workdir", tmp_path, check=True
+    )
     out = result.stdout
     for stage in ("load", "tune va", "crossfit au", "write submission", "report"):
         assert f"{stage} " in out

@@ -176,14 +176,20 @@ def test_every_stage_is_kept_only_when_the_crossfit_supports_it():
     from affectpipe.blend.tuning import SMOOTHING_ALONE, decide_stages, fit_task
 
     data = synthetic_task("expr", n_rows=3000, n_videos=12, n_candidates=3, seed=1)
-    fitted = fit_task(RULES, data.candidates, data.labels, data.order, BlendOptions(),
-                      log_prior=log_prior(SKEW))
+    fitted = fit_task(
+        RULES, data.candidates, data.labels, data.order, BlendOptions(), log_prior=log_prior(SKEW)
+    )
 
     def decide(blend, offsets, alone, both, **optional):
-        scores = {"blend": blend, "offsets": offsets, SMOOTHING_ALONE: alone, "smoothing": both,
-                  "logit_adjustment": optional.get("adjusted", both),
-                  "gating": optional.get("gated", both),
-                  "logit_adjustment+gating": optional.get("adjusted", both)}
+        scores = {
+            "blend": blend,
+            "offsets": offsets,
+            SMOOTHING_ALONE: alone,
+            "smoothing": both,
+            "logit_adjustment": optional.get("adjusted", both),
+            "gating": optional.get("gated", both),
+            "logit_adjustment+gating": optional.get("adjusted", both),
+        }
         return decide_stages(RULES, fitted, BlendOptions(), scores, {})
 
     # smoothing whose cross-fitted score fell (the real-photos case): dropped, re-tune
@@ -213,8 +219,9 @@ def test_a_correction_that_loses_on_the_raw_mix_but_wins_after_smoothing_is_kept
 
     rules = rules_for("va")
     data = synthetic_task("va", n_rows=3000, n_videos=12, n_candidates=4, seed=1)
-    fitted, _ = tune_task(rules, data.candidates, data.labels, data.groups, data.frames,
-                          BlendOptions(n_jobs=1))
+    fitted, _ = tune_task(
+        rules, data.candidates, data.labels, data.groups, data.frames, BlendOptions(n_jobs=1)
+    )
     assert fitted.crossfit_stage_scores["calibration"] < fitted.crossfit_stage_scores["blend"]
     for stage in ("calibration", "smoothing"):
         entry = fitted.decisions[stage]

@@ -18,15 +18,18 @@ from conftest import run_cli
 pytestmark = pytest.mark.slow
 
 
-def _write_dataset(realfaces: Path, root: Path, missing_test_images: int,
-                   every: int = 1) -> pd.DataFrame:
+def _write_dataset(
+    realfaces: Path, root: Path, missing_test_images: int, every: int = 1
+) -> pd.DataFrame:
     """A csv dataset on every `every`th person: 3/4 of them train, 1/8 val, 1/8 test (test
     rows unlabelled)."""
     labels = pd.read_csv(realfaces / "labels.csv")
     people = np.array(sorted(labels["person"].unique()))[::every]
     labels = labels[labels["person"].isin(people)]
-    role = {p: ("val" if i % 8 == 3 else "test" if i % 8 == 7 else "train")
-            for i, p in enumerate(people)}
+    role = {
+        p: ("val" if i % 8 == 3 else "test" if i % 8 == 7 else "train")
+        for i, p in enumerate(people)
+    }
     table = labels.assign(split=labels["person"].map(role), video=labels["person"])
     table.loc[table["split"] == "test", "expression"] = -1
     (root / "images").mkdir(parents=True)
@@ -40,18 +43,27 @@ def _write_dataset(realfaces: Path, root: Path, missing_test_images: int,
 
 def _chain(root: Path, cache: Path, out: Path):
     common = ("--cache-dir", cache)
-    run_cli(*common, "index", root / "labels.csv", "--format", "csv", "--name", "faces",
-            check=True)
-    run_cli(*common, "extract", "--dataset", "faces", "--backbones", "openface", "--workers", "0",
-            check=True)
+    run_cli(*common, "index", root / "labels.csv", "--format", "csv", "--name", "faces", check=True)
+    run_cli(
+        *common,
+        "extract",
+        "--dataset",
+        "faces",
+        "--backbones",
+        "openface",
+        "--workers",
+        "0",
+        check=True,
+    )
     heads = run_cli(*common, "heads", "--dataset", "faces", check=True)
     blend = run_cli(*common, "blend", "--dataset", "faces", "--out", out, "--no-report")
     return heads, blend
 
 
 @pytest.mark.parametrize("missing", [0, 1], ids=["all-test-images", "one-test-image-missing"])
-def test_expression_only_real_faces_through_the_cli(realfaces_dir: Path, tmp_path: Path,
-                                                    missing: int):
+def test_expression_only_real_faces_through_the_cli(
+    realfaces_dir: Path, tmp_path: Path, missing: int
+):
     table = _write_dataset(realfaces_dir, tmp_path / "data", missing)
     cache, out = tmp_path / "cache", tmp_path / "submission"
     heads, blend = _chain(tmp_path / "data", cache, out)

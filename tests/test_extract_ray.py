@@ -33,6 +33,7 @@ CRASH_ENV = "AFFECTPIPE_TEST_CRASH"  # "<raise|exit>:<nth batch>:<marker>", read
 def local_ray():
     """One local Ray for the module: 2 CPU actors x 2 CPUs + 1 decode task."""
     import ray  # in the dev extras: a missing Ray fails here rather than skipping
+
     with pytest.MonkeyPatch.context() as patch:  # Ray's workers import this checkout
         patch.setenv(
             "PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))

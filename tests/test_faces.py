@@ -22,13 +22,20 @@ from affectpipe.faces.tracking import Tracker, VideoFaces
 def reference(fixtures_dir: Path) -> dict:
     folder = fixtures_dir / "mtcnn"
     ref = np.load(folder / "ref_mtcnn.npz")
-    return {"folder": folder, **{k: ref[k] for k in ref.files},
-            "truth": json.loads((folder / "truth.json").read_text())}
+    return {
+        "folder": folder,
+        **{k: ref[k] for k in ref.files},
+        "truth": json.loads((folder / "truth.json").read_text()),
+    }
 
 
 def _frames(reference: dict, rows: list[int]) -> list[np.ndarray]:
-    return [np.asarray(Image.open(reference["folder"] / "frames" / reference["names"][i])
-                       .convert("RGB")) for i in rows]
+    return [
+        np.asarray(
+            Image.open(reference["folder"] / "frames" / reference["names"][i]).convert("RGB")
+        )
+        for i in rows
+    ]
 
 
 def _check_parity(reference: dict, detector, rows: list[int]) -> None:
@@ -72,8 +79,11 @@ def test_the_weights_come_pinned_from_the_facenet_wheel():
         assert WEIGHTS[entry.name] is entry and entry.backbone == "mtcnn"
         assert entry.package.requirement == "facenet-pytorch==2.6.0"
         assert len(entry.sha256) == 64 and len(entry.package.wheel_sha256) == 64
-    assert [e.name for e in weights_entries(["mtcnn"])] == ["mtcnn_pnet", "mtcnn_rnet",
-                                                           "mtcnn_onet"]
+    assert [e.name for e in weights_entries(["mtcnn"])] == [
+        "mtcnn_pnet",
+        "mtcnn_rnet",
+        "mtcnn_onet",
+    ]
 
 
 def test_unknown_detector_names_the_known_ones():

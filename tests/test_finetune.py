@@ -77,8 +77,9 @@ def test_recipes_are_data_and_a_toml_file_extends_one(tmp_path: Path):
     assert RECIPES["dan-extended"].focal_gamma > 0 and RECIPES["dan-extended"].bags > 1
     assert RECIPES["attention-au"].pool == "attention"
     path = tmp_path / "mine.toml"
-    path.write_text('extends = "ddamfn-mtl"\ntasks = ["expr"]\nepochs = 2\n'
-                    "[augment]\nrotate = 3.0\n")
+    path.write_text(
+        'extends = "ddamfn-mtl"\ntasks = ["expr"]\nepochs = 2\n[augment]\nrotate = 3.0\n'
+    )
     mine = get_recipe(str(path))
     assert (mine.name, mine.tasks, mine.epochs, mine.backbone) == ("mine", ("expr",), 2, "ddamfn")
     assert mine.augment == Augment(rotate=3.0)

@@ -389,8 +389,7 @@ def test_blend_refuses_predictions_of_re_extracted_features_through_the_cli(
     assert "openface.embedding__linear.parquet is stale" in refused.stderr
     assert "openface.h5 changed" in refused.stderr
     fix = (
-        "pipeline heads --dataset stale --run r1 --task expr "
-        "--candidate openface.embedding__linear"
+        "pipeline heads --dataset stale --run r1 --task expr --candidate openface.embedding__linear"
     )
     assert f"`{fix}`" in refused.stderr
     assert not (paths.blend_dir("r1") / "blend.json").exists()
@@ -440,12 +439,27 @@ def test_heads_twice_with_other_candidates_then_blend_through_the_cli(tmp_path: 
     blend: every committed candidate is blended (exit 0), the second run's one included."""
     tiny_cache(tmp_path / "loop", backbones={"openface": False, "cnn": True})
     cache = ("--cache-dir", tmp_path)
-    run_cli(*cache, "heads", "--dataset", "loop", "--config", linear_config(tmp_path),
-            "--no-progress", check=True)
-    run_cli(*cache, "heads", "--dataset", "loop", "--candidate", "openface:embedding/lightgbm",
-            "--no-progress", check=True)
-    blend = run_cli(*cache, "blend", "--dataset", "loop", "--no-report", "--out",
-                    tmp_path / "out")
+    run_cli(
+        *cache,
+        "heads",
+        "--dataset",
+        "loop",
+        "--config",
+        linear_config(tmp_path),
+        "--no-progress",
+        check=True,
+    )
+    run_cli(
+        *cache,
+        "heads",
+        "--dataset",
+        "loop",
+        "--candidate",
+        "openface:embedding/lightgbm",
+        "--no-progress",
+        check=True,
+    )
+    blend = run_cli(*cache, "blend", "--dataset", "loop", "--no-report", "--out", tmp_path / "out")
     assert blend.returncode == 0, blend.stdout + blend.stderr
     record = json.loads((tmp_path / "loop/runs/default/blend/blend.json").read_text())
     for task in ("va", "expr", "au"):

@@ -34,8 +34,13 @@ def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tupl
 
 def _options(command: click.Command) -> set[str]:
     """The command's long options, with the --help click adds to every command."""
-    return {"--help"} | {name for p in command.params if isinstance(p, click.Option)
-                         for name in (*p.opts, *p.secondary_opts) if name.startswith("--")}
+    return {"--help"} | {
+        name
+        for p in command.params
+        if isinstance(p, click.Option)
+        for name in (*p.opts, *p.secondary_opts)
+        if name.startswith("--")
+    }
 
 
 def _help(path: tuple[str, ...]) -> str:

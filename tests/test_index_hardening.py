@@ -114,7 +114,9 @@ def test_mtl_and_csv_odd_breaks_keep_line_numbers(tmp_path: Path, char: str) -> 
 def test_test_list_lines_are_exact(tmp_path: Path) -> None:
     root = per_task_dataset(tmp_path, "va", TASK_LINES["va"])
     listed = root / "CVPR_5th_ABAW_VA_test_set_sample.txt"
-    listed.write_text("image_location,valence,arousal\nt/00001.jpg,\nt/00002.jpg,\u2028\nt/x3.jpg,\n")
+    listed.write_text(
+        "image_location,valence,arousal\nt/00001.jpg,\nt/00002.jpg,\u2028\nt/x3.jpg,\n"
+    )
     with pytest.raises(AnnotationError) as caught:
         index_dataset(root, "abaw-va", "ds", tmp_path / "cache")
     assert caught.value.line == 4 and "t/x3.jpg" in str(caught.value)
@@ -122,8 +124,9 @@ def test_test_list_lines_are_exact(tmp_path: Path) -> None:
 
 def test_header_only_csv_is_a_clear_input_error(tmp_path: Path) -> None:
     table = write_csv(tmp_path / "table", "image,valence,arousal\n", [])
-    done = run_cli("--cache-dir", tmp_path / "cache", "index", table, "--format", "csv",
-                   "--name", "ds")
+    done = run_cli(
+        "--cache-dir", tmp_path / "cache", "index", table, "--format", "csv", "--name", "ds"
+    )
     assert done.returncode == 2, done.stderr
     assert "has no rows" in done.stderr and str((table / "labels.csv").resolve()) in done.stderr
     assert "Traceback" not in done.stderr
@@ -136,13 +139,31 @@ def test_directory_and_fifo_annotation_files_are_refused(tmp_path: Path) -> None
     root = per_task_dataset(tmp_path, "va", TASK_LINES["va"])
     folder = root / "VA_Estimation_Challenge" / "Train_Set" / "video9.txt"
     folder.mkdir()
-    done = run_cli("--cache-dir", tmp_path / "cache", "index", root, "--format", "abaw-va",
-                   "--name", "ds", timeout=120)
+    done = run_cli(
+        "--cache-dir",
+        tmp_path / "cache",
+        "index",
+        root,
+        "--format",
+        "abaw-va",
+        "--name",
+        "ds",
+        timeout=120,
+    )
     assert done.returncode == 2 and f"{folder.resolve()} is a directory" in done.stderr
     folder.rmdir()
     os.mkfifo(folder)  # a FIFO would block a reader (or the hash) forever
-    done = run_cli("--cache-dir", tmp_path / "cache", "index", root, "--format", "abaw-va",
-                   "--name", "ds", timeout=120)
+    done = run_cli(
+        "--cache-dir",
+        tmp_path / "cache",
+        "index",
+        root,
+        "--format",
+        "abaw-va",
+        "--name",
+        "ds",
+        timeout=120,
+    )
     assert done.returncode == 2 and f"{folder.resolve()} is a FIFO" in done.stderr
     folder.unlink()
     listed = tmp_path / "list_dir"
@@ -151,8 +172,17 @@ def test_directory_and_fifo_annotation_files_are_refused(tmp_path: Path) -> None
         index_dataset(root, "abaw-va", "ds", tmp_path / "cache", test_list=listed)
     fifo_csv = tmp_path / "labels.csv"
     os.mkfifo(fifo_csv)
-    done = run_cli("--cache-dir", tmp_path / "cache", "index", fifo_csv, "--format", "csv",
-                   "--name", "t", timeout=120)
+    done = run_cli(
+        "--cache-dir",
+        tmp_path / "cache",
+        "index",
+        fifo_csv,
+        "--format",
+        "csv",
+        "--name",
+        "t",
+        timeout=120,
+    )
     assert done.returncode == 2 and "is a FIFO" in done.stderr
     assert not (tmp_path / "cache" / "ds").exists()
 
@@ -202,8 +232,9 @@ def test_escaping_keys_in_test_lists_and_file_names(tmp_path: Path) -> None:
     root = write_mtl(tmp_path / "mtl")
     listed = root / "test_set_examples" / "MTL.txt"
     listed.write_text("image,valence,arousal,expression,aus\nt1/00001.jpg,\n../t1/00001.jpg,\n")
-    done = run_cli("--cache-dir", tmp_path / "cache", "index", root, "--format", "abaw-mtl",
-                   "--name", "ds")
+    done = run_cli(
+        "--cache-dir", tmp_path / "cache", "index", root, "--format", "abaw-mtl", "--name", "ds"
+    )
     assert done.returncode == 2
     assert f"{listed.resolve()}:3: the image key leaves the image root" in done.stderr
     annotations = per_task_dataset(tmp_path / "task", "expr", TASK_LINES["expr"])
@@ -238,8 +269,17 @@ def test_csv_absolute_paths_only_when_allowed(tmp_path: Path) -> None:
     done = run_cli(*args, "--name", "t", "--allow-absolute-paths")
     assert done.returncode == 2 and "leaves the image root" in done.stderr
     mtl = write_mtl(tmp_path / "mtl")
-    done = run_cli("--cache-dir", tmp_path / "cache", "index", mtl, "--format", "abaw-mtl",
-                   "--name", "m", "--allow-absolute-paths")
+    done = run_cli(
+        "--cache-dir",
+        tmp_path / "cache",
+        "index",
+        mtl,
+        "--format",
+        "abaw-mtl",
+        "--name",
+        "m",
+        "--allow-absolute-paths",
+    )
     assert done.returncode == 2 and "does not apply" in done.stderr
 
 
@@ -257,8 +297,14 @@ def test_missing_test_images_are_reported_loudly(tmp_path: Path) -> None:
     done = run_cli(*args, "--name", "ds", check=True)
     assert "WARNING: 3 of 3 test rows (100%) have no image" in done.stdout
     assert "--test-image-root" in done.stdout
-    fixed = run_cli(*args, "--name", "ds2", "--test-image-root",
-                    root / "cropped_aligned_2022_MTL_test", check=True)
+    fixed = run_cli(
+        *args,
+        "--name",
+        "ds2",
+        "--test-image-root",
+        root / "cropped_aligned_2022_MTL_test",
+        check=True,
+    )
     assert "WARNING" not in fixed.stdout  # 1 of 3 listed frames without image is normal
 
 
@@ -268,27 +314,54 @@ def test_missing_test_images_are_reported_loudly(tmp_path: Path) -> None:
 def write_tasks(root: Path, expr_folder: str = "EXPR_Recognition_Challenge", au: bool = True):
     """VA, EXPR (and AU) folders over shared videos; `shared` is VA train but EXPR val."""
     annotations = root / "8th ABAW Annotations"
-    write_task(annotations, "VA_Estimation_Challenge", TASK_HEADERS["va"],
-               {"v1": ["0.1,0.2", "0.3,0.4"], "shared": ["0.5,0.6"]}, {"v2": ["-0.1,-0.2"]})
-    write_task(annotations, expr_folder, TASK_HEADERS["expr"],
-               {"v1": ["4", "5", "6"]}, {"v2": ["1"], "shared": ["2"]})
+    write_task(
+        annotations,
+        "VA_Estimation_Challenge",
+        TASK_HEADERS["va"],
+        {"v1": ["0.1,0.2", "0.3,0.4"], "shared": ["0.5,0.6"]},
+        {"v2": ["-0.1,-0.2"]},
+    )
+    write_task(
+        annotations,
+        expr_folder,
+        TASK_HEADERS["expr"],
+        {"v1": ["4", "5", "6"]},
+        {"v2": ["1"], "shared": ["2"]},
+    )
     tests = annotations / "test_set_examples"
     tests.mkdir()
     (tests / "CVPR_6th_ABAW_VA_test_set_example.txt").write_text(
-        "image_location,valence,arousal\nt1/00001.jpg,0,0\nt1/00002.jpg,0,0\n")
+        "image_location,valence,arousal\nt1/00001.jpg,0,0\nt1/00002.jpg,0,0\n"
+    )
     (annotations / "Expression_Classification_Challenge_test_set_release.txt").write_text("t2\n")
     if au:
-        write_task(annotations, "AU_Detection_Challenge", TASK_HEADERS["au"],
-                   {"v1": [AUS_ON]}, {"v3": [AU_OFF]})
+        write_task(
+            annotations,
+            "AU_Detection_Challenge",
+            TASK_HEADERS["au"],
+            {"v1": [AUS_ON]},
+            {"v3": [AU_OFF]},
+        )
         (tests / "CVPR_6th_ABAW_AU_test_set_example.txt").write_text(
-            f"image_location,{TASK_HEADERS['au']}\nt1/00002.jpg,{AU_OFF}\n")
-    touch_images(root / "cropped_aligned", ["v1/00001.jpg", "v1/00002.jpg", "shared/00001.jpg",
-                                            "t1/00001.jpg", "t2/00001.jpg", "t2/00002.jpg"])
+            f"image_location,{TASK_HEADERS['au']}\nt1/00002.jpg,{AU_OFF}\n"
+        )
+    touch_images(
+        root / "cropped_aligned",
+        [
+            "v1/00001.jpg",
+            "v1/00002.jpg",
+            "shared/00001.jpg",
+            "t1/00001.jpg",
+            "t2/00001.jpg",
+            "t2/00002.jpg",
+        ],
+    )
     return annotations
 
 
-@pytest.mark.parametrize("expr_folder", ["EXPR_Recognition_Challenge",
-                                         "EXPR_Classification_Challenge"])
+@pytest.mark.parametrize(
+    "expr_folder", ["EXPR_Recognition_Challenge", "EXPR_Classification_Challenge"]
+)
 def test_abaw_tasks_one_manifest(tmp_path: Path, expr_folder: str) -> None:
     annotations = write_tasks(tmp_path, expr_folder)
     args = ["--cache-dir", tmp_path / "cache", "index", annotations, "--format", "abaw-tasks"]
@@ -299,11 +372,17 @@ def test_abaw_tasks_one_manifest(tmp_path: Path, expr_folder: str) -> None:
     trainval = frame[frame["split"] != "test"]
     splits_images = (trainval["split"], trainval["image"])
     keyed = {(s, i): k for k, (s, i) in enumerate(zip(*splits_images, strict=True))}
-    assert sorted(keyed) == sorted([
-        ("train", "v1/00001.jpg"), ("train", "v1/00002.jpg"), ("train", "v1/00003.jpg"),
-        ("train", "shared/00001.jpg"), ("val", "v2/00001.jpg"), ("val", "shared/00001.jpg"),
-        ("val", "v3/00001.jpg"),
-    ])
+    assert sorted(keyed) == sorted(
+        [
+            ("train", "v1/00001.jpg"),
+            ("train", "v1/00002.jpg"),
+            ("train", "v1/00003.jpg"),
+            ("train", "shared/00001.jpg"),
+            ("val", "v2/00001.jpg"),
+            ("val", "shared/00001.jpg"),
+            ("val", "v3/00001.jpg"),
+        ]
+    )
     assert trainval["split"].tolist() == ["train"] * 4 + ["val"] * 3
     row = keyed[("train", "v1/00001.jpg")]  # labelled by all three tasks
     assert frame.loc[row, "valence"] == pytest.approx(0.1) and frame.loc[row, "expression"] == 4

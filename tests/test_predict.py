@@ -72,13 +72,20 @@ def _expected_probabilities(cache: Path, images: list[str]) -> np.ndarray:
 
 def test_predict_reproduces_the_runs_own_test_predictions(trained: dict):
     cache, test, out = trained["cache"], trained["test"], trained["root"] / "preds.parquet"
-    result = run_cli("--cache-dir", cache, "predict", "--dataset", "faces", "--out", out,
-                     trained["plain"])
+    result = run_cli(
+        "--cache-dir", cache, "predict", "--dataset", "faces", "--out", out, trained["plain"]
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_parquet(out)
     assert list(table.columns) == [
-        "source", "face_id", "face_ok", "face_check", "reason", *DETECTION_COLUMNS,
-        "expression", *P_EXPR,
+        "source",
+        "face_id",
+        "face_ok",
+        "face_check",
+        "reason",
+        *DETECTION_COLUMNS,
+        "expression",
+        *P_EXPR,
     ]
     assert (table["face_id"] == 0).all() and table[list(DETECTION_COLUMNS)].isna().all().all()
     assert table["reason"].isna().all()
@@ -101,9 +108,17 @@ def test_predict_reproduces_the_runs_own_test_predictions(trained: dict):
 
     # An exported archive predicts the same on "another machine" (no cache there).
     out2 = trained["root"] / "exported.parquet"
-    run_cli("--cache-dir", trained["root"] / "elsewhere", "predict", "--from-run",
-            trained["archive"],
-            "--out", out2, trained["plain"], check=True)
+    run_cli(
+        "--cache-dir",
+        trained["root"] / "elsewhere",
+        "predict",
+        "--from-run",
+        trained["archive"],
+        "--out",
+        out2,
+        trained["plain"],
+        check=True,
+    )
     pd.testing.assert_frame_equal(pd.read_parquet(out2), table)
 
 
@@ -114,8 +129,9 @@ def test_a_corrupt_image_gives_a_row_without_a_face(trained: dict, tmp_path: Pat
     shutil.copyfile(first, folder / "a.jpg")
     (folder / "b.jpg").write_bytes(first.read_bytes()[:200])  # truncated
     out = tmp_path / "out.csv"
-    result = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
-                     "--out", out, folder)
+    result = run_cli(
+        "--cache-dir", trained["cache"], "predict", "--dataset", "faces", "--out", out, folder
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_csv(out)
     assert table["face_ok"].tolist() == [True, False]
@@ -144,8 +160,19 @@ def test_detect_finds_and_aligns_the_face_in_a_larger_frame(
         canvas.save(folder / f"frame_{i}.png")
     Image.new("RGB", (320, 240), (90, 100, 110)).save(folder / "frame_9_empty.png")
     out = tmp_path / "detected.csv"
-    result = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
-                     "--detect", "--workers", "1", "--out", out, folder)
+    result = run_cli(
+        "--cache-dir",
+        trained["cache"],
+        "predict",
+        "--dataset",
+        "faces",
+        "--detect",
+        "--workers",
+        "1",
+        "--out",
+        out,
+        folder,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_csv(out)
     assert table["face_ok"].tolist() == [True, True, False]
@@ -182,8 +209,18 @@ def test_video_frames_are_subsampled_and_smoothed(trained: dict, tmp_path: Path)
     faces = sorted((trained["plain"] / "nested").iterdir())[:10]
     n = _write_video(tmp_path / "clip.mp4", [f for f in faces for _ in range(3)])  # 3 s at 10 fps
     out = tmp_path / "clip.csv"
-    result = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
-                     "--every", "2", "--out", out, tmp_path / "clip.mp4")
+    result = run_cli(
+        "--cache-dir",
+        trained["cache"],
+        "predict",
+        "--dataset",
+        "faces",
+        "--every",
+        "2",
+        "--out",
+        out,
+        tmp_path / "clip.mp4",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_csv(out)
     assert table["frame"].tolist() == list(range(1, n + 1, 2))  # ABAW's frames start at 00001
@@ -199,7 +236,7 @@ def test_video_frames_are_subsampled_and_smoothed(trained: dict, tmp_path: Path)
     plan.blend.kernel, plan.blend.half_width = "box", 2
     smoothed = predictor.predict(tmp_path / "clip.mp4")
     values = raw[P_EXPR].to_numpy()
-    expected = np.stack([values[max(0, i - 2): i + 3].mean(axis=0) for i in range(len(values))])
+    expected = np.stack([values[max(0, i - 2) : i + 3].mean(axis=0) for i in range(len(values))])
     np.testing.assert_allclose(smoothed[P_EXPR].to_numpy(), expected, atol=1e-6)
     assert not np.allclose(expected, values)
     order = VideoOrder.of(np.zeros(len(values), int), raw["frame"].to_numpy())
@@ -223,9 +260,10 @@ def test_planted_pickles_are_refused_never_loaded(trained: dict, tmp_path: Path)
     shutil.copytree(trained["cache"], cache)
     planted = cache / "faces" / "runs" / "default" / "heads" / "expr" / "evil.joblib"
     planted.write_bytes(payload)
-    for args in (("predict", "--dataset", "faces", "--out", tmp_path / "p.csv",
-                  trained["plain"]),
-                 ("blend", "--dataset", "faces", "--no-report")):
+    for args in (
+        ("predict", "--dataset", "faces", "--out", tmp_path / "p.csv", trained["plain"]),
+        ("blend", "--dataset", "faces", "--no-report"),
+    ):
         result = run_cli("--cache-dir", cache, *args)
         assert result.returncode == 2, result.stdout + result.stderr
         assert "evil.joblib" in result.stderr and "pickle" in result.stderr
@@ -235,8 +273,9 @@ def test_planted_pickles_are_refused_never_loaded(trained: dict, tmp_path: Path)
     with tarfile.open(trained["archive"]) as tar:
         tar.extractall(exported, filter="data")
     (exported / "heads" / "expr" / "model.pkl").write_bytes(payload)
-    result = run_cli("predict", "--from-run", exported, "--out", tmp_path / "q.csv",
-                     trained["plain"])
+    result = run_cli(
+        "predict", "--from-run", exported, "--out", tmp_path / "q.csv", trained["plain"]
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "model.pkl" in result.stderr
     (exported / "heads" / "expr" / "model.pkl").unlink()
@@ -246,8 +285,7 @@ def test_planted_pickles_are_refused_never_loaded(trained: dict, tmp_path: Path)
     with tarfile.open(evil, "w:gz") as tar:
         tar.add(exported / "export.json", arcname="export.json")
         tar.add(exported / "blend.json", arcname="../escaped.json")
-    result = run_cli("predict", "--from-run", evil, "--out", tmp_path / "r.csv",
-                     trained["plain"])
+    result = run_cli("predict", "--from-run", evil, "--out", tmp_path / "r.csv", trained["plain"])
     assert result.returncode == 2, result.stdout + result.stderr
     assert "escaped.json" in result.stderr
     assert not marker.exists()
@@ -268,8 +306,20 @@ def test_detect_applies_the_exif_orientation(trained: dict, mtcnn_detector, tmp_
     folder.mkdir()
     canvas.transpose(Image.Transpose.ROTATE_90).save(folder / "sideways.jpg", exif=exif)
     out = tmp_path / "sideways.csv"
-    run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces", "--detect",
-            "--workers", "0", "--out", out, folder, check=True)
+    run_cli(
+        "--cache-dir",
+        trained["cache"],
+        "predict",
+        "--dataset",
+        "faces",
+        "--detect",
+        "--workers",
+        "0",
+        "--out",
+        out,
+        folder,
+        check=True,
+    )
     assert pd.read_csv(out)["face_ok"].tolist() == [True]
 
 
@@ -296,8 +346,17 @@ def test_face_ok_means_a_face_was_seen(trained: dict, mtcnn_detector, tmp_path: 
     webcam.paste(face.resize((150, 150)), (100, 50))
     webcam.save(folder / "d_webcam.png")
     out = tmp_path / "checked.csv"
-    result = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
-                     "--out", out, folder, tmp_path / "blank.mp4")
+    result = run_cli(
+        "--cache-dir",
+        trained["cache"],
+        "predict",
+        "--dataset",
+        "faces",
+        "--out",
+        out,
+        folder,
+        tmp_path / "blank.mp4",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_csv(out)
     images, video = table[table["frame"] == -1], table[table["frame"] >= 1]
@@ -311,13 +370,33 @@ def test_face_ok_means_a_face_was_seen(trained: dict, mtcnn_detector, tmp_path: 
     pd.testing.assert_frame_equal(api, table, check_dtype=False)
 
     assumed = tmp_path / "assumed.csv"
-    run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
-            "--assume-aligned", "--out", assumed, folder, check=True)
+    run_cli(
+        "--cache-dir",
+        trained["cache"],
+        "predict",
+        "--dataset",
+        "faces",
+        "--assume-aligned",
+        "--out",
+        assumed,
+        folder,
+        check=True,
+    )
     table = pd.read_csv(assumed)
     assert table["face_ok"].all() and (table["face_check"] == "assumed").all()
 
-    both = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
-                   "--assume-aligned", "--detect", "--out", assumed, folder)
+    both = run_cli(
+        "--cache-dir",
+        trained["cache"],
+        "predict",
+        "--dataset",
+        "faces",
+        "--assume-aligned",
+        "--detect",
+        "--out",
+        assumed,
+        folder,
+    )
     assert both.returncode == 2 and "exclude each other" in both.stderr
     assert "Traceback" not in both.stderr
 
@@ -327,8 +406,11 @@ def _raw_frames(faces: list[Path], corners: list[list[tuple[int, int]]], side: i
     from PIL import Image, ImageFilter
 
     rng = np.random.default_rng(0)
-    background = Image.fromarray(rng.integers(60, 200, (6, 8, 3), dtype=np.uint8)).resize(
-        (640, 480), Image.Resampling.BICUBIC).filter(ImageFilter.GaussianBlur(8))
+    background = (
+        Image.fromarray(rng.integers(60, 200, (6, 8, 3), dtype=np.uint8))
+        .resize((640, 480), Image.Resampling.BICUBIC)
+        .filter(ImageFilter.GaussianBlur(8))
+    )
     frames = []
     for face_paths, places in zip(faces, corners, strict=True):
         frame = background.copy()
@@ -351,8 +433,16 @@ def test_raw_video_gives_the_crops_predictions_with_boxes_and_landmarks(
     frames = _raw_frames([[p] for p in photos], [[(200 + 8 * i, 120)] for i in range(12)])
     _write_video(tmp_path / "raw.mp4", frames + _raw_frames([[], []], [[], []]), size=(640, 480))
     out = tmp_path / "raw.csv"
-    result = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
-                     "--out", out, tmp_path / "raw.mp4")
+    result = run_cli(
+        "--cache-dir",
+        trained["cache"],
+        "predict",
+        "--dataset",
+        "faces",
+        "--out",
+        out,
+        tmp_path / "raw.mp4",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_csv(out)
     assert table["frame"].tolist() == list(range(1, 15))
@@ -378,14 +468,26 @@ def test_a_two_person_video_gives_two_tracks(trained: dict, mtcnn_detector, tmp_
     photos = sorted((trained["plain"] / "nested").iterdir())
     pair = [photos[0], photos[5]]
     corners = [[(40 + 10 * i, 100), (440 - 10 * i, 160)] for i in range(8)]
-    _write_video(tmp_path / "two.mp4", _raw_frames([pair] * 8, corners, side=140),
-                 size=(640, 480))
+    _write_video(tmp_path / "two.mp4", _raw_frames([pair] * 8, corners, side=140), size=(640, 480))
     out = tmp_path / "two.csv"
     (tmp_path / "again").mkdir()
     shutil.copyfile(tmp_path / "two.mp4", tmp_path / "again" / "two.mp4")
-    result = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces",
-                     "--detect", "--out", out, "--per-video", tmp_path / "csv", "--plot",
-                     tmp_path / "html", tmp_path / "two.mp4", tmp_path / "again" / "two.mp4")
+    result = run_cli(
+        "--cache-dir",
+        trained["cache"],
+        "predict",
+        "--dataset",
+        "faces",
+        "--detect",
+        "--out",
+        out,
+        "--per-video",
+        tmp_path / "csv",
+        "--plot",
+        tmp_path / "html",
+        tmp_path / "two.mp4",
+        tmp_path / "again" / "two.mp4",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     both = pd.read_csv(out)
     table = both[both["source"] == str(tmp_path / "two.mp4")].reset_index(drop=True)
@@ -393,8 +495,8 @@ def test_a_two_person_video_gives_two_tracks(trained: dict, mtcnn_detector, tmp_
     assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == ["two.csv", "two_2.csv"]
     per_video = pd.read_csv(tmp_path / "csv" / "two.csv")
     pd.testing.assert_frame_equal(
-        per_video, table.drop(columns="source").sort_values(["frame", "face_id"],
-                                                            ignore_index=True))
+        per_video, table.drop(columns="source").sort_values(["frame", "face_id"], ignore_index=True)
+    )
     page = (tmp_path / "html" / "two.html").read_text()
     assert page.count("data:image/jpeg;base64,") == 2  # a thumbnail per track
     assert "face_id 0: frames 1-8" in page and "face_id 1: frames 1-8" in page
@@ -406,9 +508,32 @@ def test_a_two_person_video_gives_two_tracks(trained: dict, mtcnn_detector, tmp_
     assert (sides["min"] == sides["max"]).all() and sides["min"].nunique() == 2
 
     hog = tmp_path / "hog.csv"
-    run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces", "--detect",
-            "--detector", "dlib-hog", "--out", hog, tmp_path / "two.mp4", check=True)
+    run_cli(
+        "--cache-dir",
+        trained["cache"],
+        "predict",
+        "--dataset",
+        "faces",
+        "--detect",
+        "--detector",
+        "dlib-hog",
+        "--out",
+        hog,
+        tmp_path / "two.mp4",
+        check=True,
+    )
     assert sorted(pd.read_csv(hog)["face_id"].unique()) == [0, 1]
-    bad = run_cli("--cache-dir", trained["cache"], "predict", "--dataset", "faces", "--detect",
-                  "--detector", "nope", "--out", hog, tmp_path / "two.mp4")
+    bad = run_cli(
+        "--cache-dir",
+        trained["cache"],
+        "predict",
+        "--dataset",
+        "faces",
+        "--detect",
+        "--detector",
+        "nope",
+        "--out",
+        hog,
+        tmp_path / "two.mp4",
+    )
     assert bad.returncode == 2 and "unknown face detector 'nope'" in bad.stderr

@@ -70,10 +70,18 @@ def base(realfaces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     cache = root / "cache"
     common = ("--cache-dir", cache)
     _invoke(*common, "index", root / "labels.csv", "--format", "csv", "--name", "faces")
-    _invoke(*common, "extract", "--dataset", "faces", "--backbones", "openface",
-            "--workers", "0")
-    _invoke(*common, "heads", "--dataset", "faces", "--task", "expr", "--config",
-            root / "heads.toml", "--no-progress")
+    _invoke(*common, "extract", "--dataset", "faces", "--backbones", "openface", "--workers", "0")
+    _invoke(
+        *common,
+        "heads",
+        "--dataset",
+        "faces",
+        "--task",
+        "expr",
+        "--config",
+        root / "heads.toml",
+        "--no-progress",
+    )
     _invoke(*common, "blend", "--dataset", "faces", "--out", root / "sub", "--no-report")
     # Both heads weighted, so the LightGBM head is part of the exported run.
     blend_json = cache / "faces" / "runs" / "default" / "blend" / "blend.json"
@@ -89,6 +97,7 @@ def base(realfaces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 
 # --- sealing: a forger recomputes every recorded sha256 --------------------------------------
+
 
 def _head_path(folder: Path, name: str) -> Path:
     return folder / "heads" / "expr" / f"{name}.json"
@@ -162,6 +171,7 @@ def _pack(folder: Path, archive: Path) -> bool:
 
 # --- the cases ---------------------------------------------------------------------------------
 
+
 def _sub_first(pattern: str, repl: str) -> Callable[[dict, dict], None]:
     def change(lgb: dict, lin: dict) -> None:
         text, n = re.subn(pattern, repl, _booster(lgb), count=1, flags=re.M)
@@ -189,8 +199,9 @@ def _deep(depth: int) -> str:
 
 
 def _dumps(document: Any) -> str:
-    return re.sub(r'"@@deep(\d+)@@"', lambda m: "[" * int(m[1]) + "]" * int(m[1]),
-                  json.dumps(document))
+    return re.sub(
+        r'"@@deep(\d+)@@"', lambda m: "[" * int(m[1]) + "]" * int(m[1]), json.dumps(document)
+    )
 
 
 def _entry(blend: dict) -> dict:
@@ -240,10 +251,14 @@ def _identity(change: Callable[[dict], None]) -> Callable[[dict], None]:
 CASES = [
     Case("valid run", 0),
     # Critical: LightGBM text LightGBM itself would crash or hang on.
-    Case("lgb split feature past the width", 2,
-         head=_sub_first(r"^split_feature=\d+", "split_feature=100000000")),
-    Case("lgb split feature negative", 2,
-         head=_sub_first(r"^split_feature=\d+", "split_feature=-7")),
+    Case(
+        "lgb split feature past the width",
+        2,
+        head=_sub_first(r"^split_feature=\d+", "split_feature=100000000"),
+    ),
+    Case(
+        "lgb split feature negative", 2, head=_sub_first(r"^split_feature=\d+", "split_feature=-7")
+    ),
     Case("lgb child cycle to the root", 2, head=_sub_first(r"^left_child=-?\d+", "left_child=0")),
     Case("lgb child out of range", 2, head=_sub_first(r"^right_child=-?\d+", "right_child=999")),
     Case("lgb leaf out of range", 2, head=_sub_first(r"^left_child=-?\d+", "left_child=-999")),
@@ -252,17 +267,27 @@ CASES = [
     Case("lgb categorical split", 2, head=_sub_first(r"^num_cat=0", "num_cat=1")),
     Case("lgb wrong tree_sizes", 0, head=_sub_first(r"^tree_sizes=.*$", "tree_sizes=1 2 3")),
     Case("lgb num_leaves huge", 2, head=_sub_first(r"^num_leaves=\d+", "num_leaves=99999999")),
-    Case("lgb max_feature_idx wrong", 2,
-         head=_sub_first(r"^max_feature_idx=\d+", "max_feature_idx=3")),
-    Case("lgb objective of another task", 2,
-         head=_sub_first(r"^objective=.*$", "objective=regression")),
+    Case(
+        "lgb max_feature_idx wrong",
+        2,
+        head=_sub_first(r"^max_feature_idx=\d+", "max_feature_idx=3"),
+    ),
+    Case(
+        "lgb objective of another task",
+        2,
+        head=_sub_first(r"^objective=.*$", "objective=regression"),
+    ),
     Case("lgb linear tree", 2, head=_sub_first(r"^is_linear=0", "is_linear=1")),
     Case("lgb not model text", 2, head=_lgb(lambda text: "import os; os.system('true')")),
     Case("lgb truncated", 2, head=_lgb(lambda text: text[: len(text) // 2])),
     Case("lgb booster an integer", 2, head=_fitted("lgb", "boosters_", 5)),
-    Case("lgb two boosters for expr", 2,
-         head=lambda lgb, lin: lgb["model"]["fitted"]["map"]["boosters_"]["list"].append(
-             _booster(lgb))),
+    Case(
+        "lgb two boosters for expr",
+        2,
+        head=lambda lgb, lin: lgb["model"]["fitted"]["map"]["boosters_"]["list"].append(
+            _booster(lgb)
+        ),
+    ),
     # Heads: types, shapes, finiteness, task.
     Case("linear coef NaN", 2, arrays=lambda t: t.update(t4=np.full_like(t["t4"], np.nan))),
     Case("linear coef bool", 2, arrays=lambda t: t.update(t4=t["t4"] > 0)),
@@ -271,10 +296,14 @@ CASES = [
     Case("scaler mean NaN", 2, arrays=lambda t: t.update(t0=np.full_like(t["t0"], np.nan))),
     Case("scaler scale zero", 2, arrays=lambda t: t.update(t1=np.zeros_like(t["t1"]))),
     Case("head task changed", 2, head=lambda lgb, lin: lin.update(task="va")),
-    Case("head model task changed", 2,
-         head=lambda lgb, lin: lin["model"]["params"]["map"].update(task="au")),
-    Case("head output columns changed", 2,
-         head=lambda lgb, lin: lin.update(output_columns=["a"] * 8)),
+    Case(
+        "head model task changed",
+        2,
+        head=lambda lgb, lin: lin["model"]["params"]["map"].update(task="au"),
+    ),
+    Case(
+        "head output columns changed", 2, head=lambda lgb, lin: lin.update(output_columns=["a"] * 8)
+    ),
     Case("head unknown estimator", 2, head=lambda lgb, lin: lin["model"].update(estimator="Popen")),
     Case("head 200k deep", 2, head=lambda lgb, lin: lin.update(provenance=_deep(200_000))),
     Case("head 100 deep", 2, head=lambda lgb, lin: lin.update(provenance={"x": _deep(100)})),
@@ -284,34 +313,61 @@ CASES = [
     Case("head extra key", 2, head=lambda lgb, lin: lin.update(evil=1)),
     Case("head arrays sha wrong", 2, head=lambda lgb, lin: lin["arrays"].update(sha256="0" * 64)),
     # blend.json: names, numbers, types.
-    Case("blend candidate climbing out", 2,
-         blend=lambda b: _entry(b).update(candidates=["../../../../tmp/x", LIN])),
+    Case(
+        "blend candidate climbing out",
+        2,
+        blend=lambda b: _entry(b).update(candidates=["../../../../tmp/x", LIN]),
+    ),
     Case("blend candidate absolute", 2, blend=_weights({"/etc/x": 1.0})),
-    Case("blend weights a head not exported", 2, blend=lambda b: (
-        _entry(b)["candidates"].append("other__linear"),
-        _entry(b)["weights"].update(expression={"other__linear": 1.0}))),
+    Case(
+        "blend weights a head not exported",
+        2,
+        blend=lambda b: (
+            _entry(b)["candidates"].append("other__linear"),
+            _entry(b)["weights"].update(expression={"other__linear": 1.0}),
+        ),
+    ),
     Case("blend weight 1e308", 2, blend=_weights({LIN: 1e308, LGB: 1e308})),
     Case("blend weights all zero", 2, blend=_weights({LIN: 0.0, LGB: 0.0})),
     Case("blend weight NaN", 2, blend=_weights({LIN: float("nan"), LGB: 1.0})),
     Case("blend weight boolean", 2, blend=_weights({LIN: True})),
     Case("blend weight negative", 2, blend=_weights({LIN: -1.0, LGB: 2.0})),
     Case("blend weights empty", 2, blend=_weights({})),
-    Case("blend half_width negative", 2,
-         blend=lambda b: _entry(b)["smoothing"].update(half_width=-5)),
-    Case("blend half_width huge", 2,
-         blend=lambda b: _entry(b)["smoothing"].update(half_width=10**12)),
-    Case("blend half_width a string", 2,
-         blend=lambda b: _entry(b)["smoothing"].update(half_width="3")),
+    Case(
+        "blend half_width negative", 2, blend=lambda b: _entry(b)["smoothing"].update(half_width=-5)
+    ),
+    Case(
+        "blend half_width huge", 2, blend=lambda b: _entry(b)["smoothing"].update(half_width=10**12)
+    ),
+    Case(
+        "blend half_width a string",
+        2,
+        blend=lambda b: _entry(b)["smoothing"].update(half_width="3"),
+    ),
     Case("blend kernel unknown", 2, blend=lambda b: _entry(b)["smoothing"].update(kernel="x")),
-    Case("blend offsets NaN", 2,
-         blend=lambda b: _entry(b).update(offsets={"offsets": [float("nan")] * 8})),
+    Case(
+        "blend offsets NaN",
+        2,
+        blend=lambda b: _entry(b).update(offsets={"offsets": [float("nan")] * 8}),
+    ),
     Case("blend offsets short", 2, blend=lambda b: _entry(b).update(offsets={"offsets": [0.0]})),
-    Case("blend log prior inf", 2, blend=lambda b: _entry(b).update(
-        logit_adjustment={"tau": 1.0, "log_prior": [float("-inf")] * 8})),
-    Case("blend gate threshold NaN", 2, blend=lambda b: _entry(b).update(
-        gating={"source": "openface", "threshold": float("nan")})),
-    Case("blend gate source unknown", 2, blend=lambda b: _entry(b).update(
-        gating={"source": "../x", "threshold": 0.5})),
+    Case(
+        "blend log prior inf",
+        2,
+        blend=lambda b: _entry(b).update(
+            logit_adjustment={"tau": 1.0, "log_prior": [float("-inf")] * 8}
+        ),
+    ),
+    Case(
+        "blend gate threshold NaN",
+        2,
+        blend=lambda b: _entry(b).update(gating={"source": "openface", "threshold": float("nan")}),
+    ),
+    Case(
+        "blend gate source unknown",
+        2,
+        blend=lambda b: _entry(b).update(gating={"source": "../x", "threshold": 0.5}),
+    ),
     Case("blend tasks empty", 2, blend=lambda b: b.update(tasks={})),
     Case("blend tasks a list", 2, blend=lambda b: b.update(tasks=["expr"])),
     Case("blend unknown task", 2, blend=lambda b: b["tasks"].update(mood=_entry(b))),
@@ -319,34 +375,57 @@ CASES = [
     Case("blend a number", 2, blend=lambda b: (b.clear(), b.update(tasks=5))),
     # The fingerprint chain: heads changed since their blend.
     Case("blend without head fingerprints", 1, blend=lambda b: b["provenance"].pop("heads")),
-    Case("blend fingerprint of another head", 1,
-         blend=lambda b: b["provenance"]["heads"]["expr"].update({LIN: "0" * 64})),
+    Case(
+        "blend fingerprint of another head",
+        1,
+        blend=lambda b: b["provenance"]["heads"]["expr"].update({LIN: "0" * 64}),
+    ),
     # export.json: types, emptiness, names.
     Case("export files empty", 2, export=lambda e: e.update(files={})),
     Case("export heads empty", 2, export=lambda e: e.update(heads={})),
     Case("export tasks a string", 2, export=lambda e: e.update(tasks="expr")),
     Case("export files a list", 2, export=lambda e: e.update(files=["blend.json"])),
-    Case("export file climbing out", 2,
-         export=lambda e: e["files"].update({"../../etc/passwd": "0" * 64})),
+    Case(
+        "export file climbing out",
+        2,
+        export=lambda e: e["files"].update({"../../etc/passwd": "0" * 64}),
+    ),
     Case("export file absolute", 2, export=lambda e: e["files"].update({"/etc/passwd": "0" * 64})),
-    Case("export head not listed", 2,
-         export=lambda e: e["files"].pop(f"heads/expr/{LGB}.safetensors")),
+    Case(
+        "export head not listed",
+        2,
+        export=lambda e: e["files"].pop(f"heads/expr/{LGB}.safetensors"),
+    ),
     Case("export sha wrong", 2, export=lambda e: e["files"].update({"blend.json": "0" * 64})),
     Case("export format wrong", 2, export=lambda e: e.update(format="affectpipe-run/9")),
     Case("export extra key", 2, export=lambda e: e.update(evil=1)),
     Case("export 200k deep", 2, export=lambda e: e.update(source=_deep(200_000))),
-    Case("export head name climbing out", 2,
-         export=lambda e: e["heads"]["expr"].append("../../x")),
-    Case("export arrays path climbing out", 2,
-         export=lambda e: e["backbones"]["openface"].update(arrays="../x.safetensors")),
-    Case("export group reversed", 2,
-         export=lambda e: e["backbones"]["openface"]["groups"].update(hog=[200, 100])),
-    Case("export group a string", 2,
-         export=lambda e: e["backbones"]["openface"]["groups"].update(hog="all")),
-    Case("identity random_init with weights", 2, export=_identity(
-        lambda i: i.update(random_init=True, weights_sha256="a" * 64))),
-    Case("identity random_init alone (warned)", 0, export=_identity(
-        lambda i: i.update(random_init=True))),
+    Case("export head name climbing out", 2, export=lambda e: e["heads"]["expr"].append("../../x")),
+    Case(
+        "export arrays path climbing out",
+        2,
+        export=lambda e: e["backbones"]["openface"].update(arrays="../x.safetensors"),
+    ),
+    Case(
+        "export group reversed",
+        2,
+        export=lambda e: e["backbones"]["openface"]["groups"].update(hog=[200, 100]),
+    ),
+    Case(
+        "export group a string",
+        2,
+        export=lambda e: e["backbones"]["openface"]["groups"].update(hog="all"),
+    ),
+    Case(
+        "identity random_init with weights",
+        2,
+        export=_identity(lambda i: i.update(random_init=True, weights_sha256="a" * 64)),
+    ),
+    Case(
+        "identity random_init alone (warned)",
+        0,
+        export=_identity(lambda i: i.update(random_init=True)),
+    ),
     Case("identity unknown key", 2, export=_identity(lambda i: i.update(evil=1))),
     Case("identity descriptor a number", 2, export=_identity(lambda i: i.update(descriptor=3))),
     # Files themselves: not regular, outside, unreadable, too large.
@@ -355,16 +434,24 @@ CASES = [
     Case("head a FIFO", 2, raw=_fifo(f"heads/expr/{LIN}.json")),
     Case("blend.json a link to /dev/zero", 2, raw=_link("blend.json", "/dev/zero")),
     Case("export.json a link to /dev/zero", 2, raw=_link("export.json", "/dev/zero")),
-    Case("head arrays a link to /dev/zero", 2,
-         raw=_link(f"heads/expr/{LIN}.safetensors", "/dev/zero")),
+    Case(
+        "head arrays a link to /dev/zero",
+        2,
+        raw=_link(f"heads/expr/{LIN}.safetensors", "/dev/zero"),
+    ),
     Case("blend.json a link outside the run", 2, raw=_outside_copy),
     Case("export.json 17 MB of spaces", 2, raw=_write("export.json", " " * (17 << 20))),
     Case("export.json not UTF-8", 2, raw=_write("export.json", b"\xff\xfe{}")),
     Case("export.json not JSON", 2, raw=_write("export.json", "{")),
     Case("export.json missing", 2, raw=lambda folder: (folder / "export.json").unlink()),
-    Case("descriptor arrays garbage", 2, raw=_write("backbones/openface.safetensors", b"x" * 64),
-         export=lambda e: e["files"].update({"backbones/openface.safetensors": hashlib.sha256(
-             b"x" * 64).hexdigest()})),
+    Case(
+        "descriptor arrays garbage",
+        2,
+        raw=_write("backbones/openface.safetensors", b"x" * 64),
+        export=lambda e: e["files"].update(
+            {"backbones/openface.safetensors": hashlib.sha256(b"x" * 64).hexdigest()}
+        ),
+    ),
     Case("a pickle planted", 2, raw=_write("heads/expr/model.pkl", b"\x80\x04.")),
     # A folder's unlisted files are never read; an archive's are refused (ARCHIVES below).
     Case("an unlisted file (ignored)", 0, raw=_write("notes.txt", "hello"), archive=False),
@@ -372,6 +459,7 @@ CASES = [
 
 
 # --- archives crafted member by member ----------------------------------------------------------
+
 
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], fmt=tarfile.PAX_FORMAT):
     with tarfile.open(path, "w:gz", format=fmt) as tar:
@@ -386,8 +474,11 @@ def _file(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
 
 
 def _base_members(export: Path) -> list[tuple[tarfile.TarInfo, bytes]]:
-    return [_file(p.relative_to(export).as_posix(), p.read_bytes())
-            for p in sorted(export.rglob("*")) if p.is_file()]
+    return [
+        _file(p.relative_to(export).as_posix(), p.read_bytes())
+        for p in sorted(export.rglob("*"))
+        if p.is_file()
+    ]
 
 
 def _special(name: str, kind: bytes, **attrs: Any) -> tuple[tarfile.TarInfo, None]:
@@ -401,24 +492,41 @@ def _special(name: str, kind: bytes, **attrs: Any) -> tuple[tarfile.TarInfo, Non
 ARCHIVES: dict[str, tuple[Callable[[list], list], int, dict[str, str]]] = {
     "archive valid": (lambda m: m, 0, {}),
     "archive unlisted member over the cap": (
-        lambda m: [*m, _file("junk.bin", b"\0" * (6 << 20))], 2, {"AFFECTPIPE_MAX_RUN_MB": "5"}),
+        lambda m: [*m, _file("junk.bin", b"\0" * (6 << 20))],
+        2,
+        {"AFFECTPIPE_MAX_RUN_MB": "5"},
+    ),
     "archive unlisted small member": (lambda m: [*m, _file("junk.bin", b"x")], 2, {}),
     "archive too many members": (
-        lambda m: [*m, *(_file(f"e/{i}", b"") for i in range(10_001))], 2, {}),
+        lambda m: [*m, *(_file(f"e/{i}", b"") for i in range(10_001))],
+        2,
+        {},
+    ),
     "archive sparse member": (
-        lambda m: [*m, _special("blend2.json", tarfile.GNUTYPE_SPARSE)], 2, {}),
+        lambda m: [*m, _special("blend2.json", tarfile.GNUTYPE_SPARSE)],
+        2,
+        {},
+    ),
     "archive symlink member": (
-        lambda m: [*m, _special("link", tarfile.SYMTYPE, linkname="/etc/passwd")], 2, {}),
+        lambda m: [*m, _special("link", tarfile.SYMTYPE, linkname="/etc/passwd")],
+        2,
+        {},
+    ),
     "archive hard link member": (
-        lambda m: [*m, _special("hard", tarfile.LNKTYPE, linkname="export.json")], 2, {}),
+        lambda m: [*m, _special("hard", tarfile.LNKTYPE, linkname="export.json")],
+        2,
+        {},
+    ),
     "archive device member": (
-        lambda m: [*m, _special("dev", tarfile.CHRTYPE, devmajor=1, devminor=5)], 2, {}),
+        lambda m: [*m, _special("dev", tarfile.CHRTYPE, devmajor=1, devminor=5)],
+        2,
+        {},
+    ),
     "archive fifo member": (lambda m: [*m, _special("fifo", tarfile.FIFOTYPE)], 2, {}),
     "archive absolute member": (lambda m: [*m, _file("/tmp/affectpipe-escaped", b"x")], 2, {}),
     "archive climbing member": (lambda m: [*m, _file("../escaped", b"x")], 2, {}),
     "archive duplicate member": (lambda m: [*m, _file("blend.json", b"{}")], 2, {}),
-    "archive without export.json": (
-        lambda m: [x for x in m if x[0].name != "export.json"], 2, {}),
+    "archive without export.json": (lambda m: [x for x in m if x[0].name != "export.json"], 2, {}),
     "archive of garbage": (None, 2, {}),
 }
 
@@ -489,6 +597,7 @@ def _inputs(root: Path, image: Path) -> dict[str, tuple[list[Path], int]]:
 
 # --- the test -----------------------------------------------------------------------------------
 
+
 def test_crafted_corpus_ends_in_exit_codes_never_crashes(base: dict[str, Path], tmp_path: Path):
     image = base["image"]
     cases: list[dict] = []
@@ -496,15 +605,30 @@ def test_crafted_corpus_ends_in_exit_codes_never_crashes(base: dict[str, Path], 
     outputs: dict[str, tuple[Path, int]] = {}
 
     def add(name: str, kind: str, args: list, expect: int, env: dict | None = None) -> None:
-        cases.append({"name": name, "kind": kind, "args": [str(a) for a in args],
-                      "env": env or {}})
+        cases.append({"name": name, "kind": kind, "args": [str(a) for a in args], "env": env or {}})
         expected[name] = expect
 
     def predict(name: str, run: Path, expect: int, env: dict | None = None) -> None:
         out = tmp_path / "out" / f"{len(cases)}.csv"
-        add(f"{name} [predict --from-run {'archive' if run.suffix == '.gz' else 'folder'}]",
-            "cli", ["--cache-dir", tmp_path / "nocache", "predict", "--from-run", run,
-                    "--out", out, "--workers", "0", "--no-progress", image], expect, env)
+        add(
+            f"{name} [predict --from-run {'archive' if run.suffix == '.gz' else 'folder'}]",
+            "cli",
+            [
+                "--cache-dir",
+                tmp_path / "nocache",
+                "predict",
+                "--from-run",
+                run,
+                "--out",
+                out,
+                "--workers",
+                "0",
+                "--no-progress",
+                image,
+            ],
+            expect,
+            env,
+        )
 
     built = tmp_path / "cases"
     built.mkdir()
@@ -512,8 +636,7 @@ def test_crafted_corpus_ends_in_exit_codes_never_crashes(base: dict[str, Path], 
         folder = built / f"{i:03d}" / "run"
         _build(case, base["export"], folder)
         predict(case.name, folder, case.expect, case.env)
-        add(f"{case.name} [Predictor.from_export]", "api", [folder, image], case.expect,
-            case.env)
+        add(f"{case.name} [Predictor.from_export]", "api", [folder, image], case.expect, case.env)
         archive = folder.parent / "run.tar.gz"
         if case.archive and _pack(folder, archive):
             predict(case.name, archive, case.expect, case.env)
@@ -525,25 +648,57 @@ def test_crafted_corpus_ends_in_exit_codes_never_crashes(base: dict[str, Path], 
     for name, text in CONFIGS.items():
         config = built / f"{name.replace(' ', '-')}.toml"
         config.write_bytes(text if isinstance(text, bytes) else text.encode())
-        add(name, "cli", ["--cache-dir", tmp_path / "nocache", "run", "--config", config,
-                          "--dataset", "faces"], 2)
+        add(
+            name,
+            "cli",
+            ["--cache-dir", tmp_path / "nocache", "run", "--config", config, "--dataset", "faces"],
+            2,
+        )
     for name, (paths, rows) in _inputs(tmp_path, image).items():
         out = tmp_path / "out" / f"{len(cases)}.csv"
-        add(name, "cli", ["--cache-dir", tmp_path / "nocache", "predict", "--from-run",
-                          base["export"], "--out", out, "--workers", "0", "--no-progress",
-                          *paths], 0)
+        add(
+            name,
+            "cli",
+            [
+                "--cache-dir",
+                tmp_path / "nocache",
+                "predict",
+                "--from-run",
+                base["export"],
+                "--out",
+                out,
+                "--workers",
+                "0",
+                "--no-progress",
+                *paths,
+            ],
+            0,
+        )
         outputs[name] = (out, rows)
 
     cases_file, results_file = tmp_path / "cases.json", tmp_path / "results.jsonl"
     cases_file.write_text(json.dumps(cases))
     scratch = tmp_path / "tmp"  # the driver's $TMPDIR, measured
     scratch.mkdir()
-    env = {**os.environ, "TMPDIR": str(scratch), "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+    env = {
+        **os.environ,
+        "TMPDIR": str(scratch),
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
+        ),
+    }
     try:
         done = subprocess.run(
-            [sys.executable, str(Path(__file__).with_name("corpus_driver.py")), cases_file,
-             results_file], env=env, capture_output=True, text=True, timeout=DRIVER_TIMEOUT,
+            [
+                sys.executable,
+                str(Path(__file__).with_name("corpus_driver.py")),
+                cases_file,
+                results_file,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=DRIVER_TIMEOUT,
         )
         crash = None if done.returncode == 0 else f"driver exited {done.returncode}"
     except subprocess.TimeoutExpired:
@@ -563,9 +718,11 @@ def test_crafted_corpus_ends_in_exit_codes_never_crashes(base: dict[str, Path], 
     refused = sum(results[n]["code"] in (1, 2) for n in expected if n not in wrong)
     peak_rss = max(r["peak_rss_mb"] for r in results.values())
     peak_tmp = max(r["peak_tmp_mb"] for r in results.values())
-    summary = (f"{len(expected)} tried, {refused} refused cleanly (exit 1/2 with a message), "
-               f"{len(expected) - refused - len(wrong)} accepted (exit 0), {len(wrong)} other; "
-               f"peak RSS {peak_rss:.0f} MB, peak temporary disk {peak_tmp:.1f} MB")
+    summary = (
+        f"{len(expected)} tried, {refused} refused cleanly (exit 1/2 with a message), "
+        f"{len(expected) - refused - len(wrong)} accepted (exit 0), {len(wrong)} other; "
+        f"peak RSS {peak_rss:.0f} MB, peak temporary disk {peak_tmp:.1f} MB"
+    )
     print(summary)
     for name, result in results.items():
         assert result["peak_rss_mb"] < PEAK_RSS_MB, (name, result["peak_rss_mb"])
@@ -583,6 +740,15 @@ def test_crafted_corpus_ends_in_exit_codes_never_crashes(base: dict[str, Path], 
     assert not (tmp_path / "escaped").exists()
     # The driver cannot see log lines (logging keeps the first case's stderr): the real CLI.
     random_init = next(i for i, c in enumerate(CASES) if c.name.endswith("(warned)"))
-    warned = run_cli("predict", "--from-run", built / f"{random_init:03d}" / "run", "--out",
-                     tmp_path / "warned.csv", "--workers", "0", "--no-progress", image)
+    warned = run_cli(
+        "predict",
+        "--from-run",
+        built / f"{random_init:03d}" / "run",
+        "--out",
+        tmp_path / "warned.csv",
+        "--workers",
+        "0",
+        "--no-progress",
+        image,
+    )
     assert warned.returncode == 0 and "RANDOMLY INITIALISED" in warned.stderr, warned.stderr

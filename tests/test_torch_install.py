@@ -13,7 +13,7 @@ from conftest import REPO, run_cli
 from affectpipe.extract.vision import matching_torchvision
 
 # Makes `import torchvision` fail as a torchvision built for another torch does.
-BROKEN_TORCHVISION = '''
+BROKEN_TORCHVISION = """
 import importlib.abc, sys
 
 class _Broken(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -30,7 +30,7 @@ class _Broken(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         raise RuntimeError("operator torchvision::nms does not exist")
 
 sys.meta_path.insert(0, _Broken())
-'''
+"""
 
 
 def _pins(path: Path) -> dict[str, str]:
@@ -55,8 +55,17 @@ def test_a_mismatched_torchvision_is_a_clear_error(tmp_path: Path, monkeypatch):
     site.mkdir()
     (site / "sitecustomize.py").write_text(BROKEN_TORCHVISION)
     monkeypatch.setenv("PYTHONPATH", str(site))
-    result = run_cli("bench", "extract", "--repeat", "1", "--backbones", "mt-emotieffnet",
-                     "--workers", "0", cwd=tmp_path)
+    result = run_cli(
+        "bench",
+        "extract",
+        "--repeat",
+        "1",
+        "--backbones",
+        "mt-emotieffnet",
+        "--workers",
+        "0",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     import torch

@@ -30,8 +30,10 @@ def boosters() -> dict[str, object]:
         "va": ({"objective": "regression"}, np.nan_to_num(X[:, 1])),
     }
     params = {"verbose": -1, "num_leaves": 7, "min_data_in_leaf": 5}
-    return {task: lgb.train({**params, **objective}, lgb.Dataset(X, y), 8)
-            for task, (objective, y) in targets.items()}
+    return {
+        task: lgb.train({**params, **objective}, lgb.Dataset(X, y), 8)
+        for task, (objective, y) in targets.items()
+    }
 
 
 @pytest.mark.parametrize("task", ["expr", "au", "va"])

@@ -44,8 +44,12 @@ def silent_index(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     thread.start()
     url = f"http://127.0.0.1:{server.getsockname()[1]}/simple"
     for key, value in {
-        "PIP_INDEX_URL": url, "PIP_EXTRA_INDEX_URL": url, "PIP_FIND_LINKS": "",
-        "PIP_NO_CACHE_DIR": "1", "PIP_DEFAULT_TIMEOUT": "600", "PIP_RETRIES": "10",
+        "PIP_INDEX_URL": url,
+        "PIP_EXTRA_INDEX_URL": url,
+        "PIP_FIND_LINKS": "",
+        "PIP_NO_CACHE_DIR": "1",
+        "PIP_DEFAULT_TIMEOUT": "600",
+        "PIP_RETRIES": "10",
         "PIP_CONFIG_FILE": str(tmp_path / "none.conf"),
         "AFFECTPIPE_HOME": str(tmp_path / "home"),
     }.items():

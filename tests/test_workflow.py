@@ -180,12 +180,25 @@ def test_run_takes_stage_options_from_the_command_line_and_a_toml(tmp_path, monk
     monkeypatch.setattr(Stages, "default", classmethod(lambda cls: recorder.stages()))
     synthetic.write_synthetic_run(DatasetPaths.of(tmp_path, "toy"), n_rows=800)
     config = tmp_path / "pipeline.toml"
-    config.write_text('[run]\ndataset = "toy"\nbatch_size = 7\nworkers = 0\n'
-                      'tasks = ["va", "expr"]\ndevice = "cpu"\n[heads]\nseed = 3\n')
-    result = CliRunner().invoke(cli, [
-        "--cache-dir", str(tmp_path), "run", "--config", str(config), "--batch-size", "9",
-        "--candidate", "x:embedding/linear", "--partial",
-    ])
+    config.write_text(
+        '[run]\ndataset = "toy"\nbatch_size = 7\nworkers = 0\n'
+        'tasks = ["va", "expr"]\ndevice = "cpu"\n[heads]\nseed = 3\n'
+    )
+    result = CliRunner().invoke(
+        cli,
+        [
+            "--cache-dir",
+            str(tmp_path),
+            "run",
+            "--config",
+            str(config),
+            "--batch-size",
+            "9",
+            "--candidate",
+            "x:embedding/linear",
+            "--partial",
+        ],
+    )
     assert result.exit_code == 0, result.output
     extract, heads, blend = (c[2] for c in recorder.calls)
     assert extract["batch_size"] == 9 and extract["workers"] == 0  # command line wins
@@ -193,6 +206,7 @@ def test_run_takes_stage_options_from_the_command_line_and_a_toml(tmp_path, monk
     assert heads["config_path"] == config and blend["tasks"] == ["va", "expr"]
 
     config.write_text("[run]\nbatch_size = 'many'\n")
-    bad = CliRunner().invoke(cli, ["--cache-dir", str(tmp_path), "run", "--config", str(config),
-                                   "--dataset", "toy"])
+    bad = CliRunner().invoke(
+        cli, ["--cache-dir", str(tmp_path), "run", "--config", str(config), "--dataset", "toy"]
+    )
     assert isinstance(bad.exception, InputError) and "batch_size" in str(bad.exception)

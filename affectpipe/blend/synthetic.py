@@ -112,8 +112,7 @@ def _expr_values(rng: np.random.Generator, groups: np.ndarray, quality: np.ndarr
     onehot = np.eye(N_EXPR)[latent.argmax(axis=1)]
     shared = rng.normal(0, 1.0, size=onehot.shape)
     cands = (
-        _softmax(1.2 * q * onehot + shared + rng.normal(0, 1.2, size=onehot.shape))
-        for q in quality
+        _softmax(1.2 * q * onehot + shared + rng.normal(0, 1.2, size=onehot.shape)) for q in quality
     )
     return labels, cands
 

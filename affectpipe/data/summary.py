@@ -63,11 +63,15 @@ def no_validation_message(metadata: dict[str, Any], tasks: str = "") -> str:
     """Why a dataset without validation rows cannot be scored or blended, and how to make
     them; `index` warns with it, `heads` and `blend` refuse with it (NoValidationError)."""
     name = metadata.get("dataset", "NAME")
-    head = (f"dataset {name!r} has no validation rows{' labelled for ' + tasks if tasks else ''}"
-            ": heads are scored and the blend is tuned on the val split.")
+    head = (
+        f"dataset {name!r} has no validation rows{' labelled for ' + tasks if tasks else ''}"
+        ": heads are scored and the blend is tuned on the val split."
+    )
     if metadata.get("format") != "csv":
-        return head + (" Index the validation annotations with the training ones (abaw-mtl:"
-                       " --val-file; per-task formats: the task's Validation_Set/ folder).")
+        return head + (
+            " Index the validation annotations with the training ones (abaw-mtl:"
+            " --val-file; per-task formats: the task's Validation_Set/ folder)."
+        )
     table = (metadata.get("options") or {}).get("csv", "labels.csv")
     return head + (
         f" Re-index with a held-out share of whole videos: `pipeline index {table} --format csv"

@@ -61,8 +61,9 @@ def _synthetic_faces(folder: Path) -> Path:
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True)
     for i in range(BENCH_FACES):
-        au = {c: float(v) for c, v in zip(AU_COLUMNS, rng.uniform(0, 1, len(AU_COLUMNS)),
-                                          strict=True)}
+        au = {
+            c: float(v) for c, v in zip(AU_COLUMNS, rng.uniform(0, 1, len(AU_COLUMNS)), strict=True)
+        }
         image = draw_face(Identity.sample(rng), au, *rng.uniform(-1, 1, 2), rng)
         image.save(folder / f"{i:03d}.jpg", quality=JPEG_QUALITY)
     return folder
@@ -495,8 +496,9 @@ def _bench_row(
         weights="built-in" if descriptor else "random-init" if random_init else "official",
         runtime=runtime or "-",
         whole_path_images_per_s=float(np.median(rates)),
-        end_to_end_images_per_s=float(np.median([r.rows / s for r, (_, s, _) in
-                                                  zip(reports, timed, strict=True)])),
+        end_to_end_images_per_s=float(
+            np.median([r.rows / s for r, (_, s, _) in zip(reports, timed, strict=True)])
+        ),
         forward_images_per_s=forward,
         whole_path_rounds=tuple(rates),
         load_average=tuple(load for _, _, load in timed),
@@ -564,12 +566,17 @@ def descriptor_scaling(
     file) on them. `end_to_end` images (repeated crops) also run the whole path for real.
     """
     with tempfile.TemporaryDirectory(prefix="affectpipe-bench-faces-") as faces:
-        return _descriptor_scaling(counts, backbone, bench_folder(images_dir, Path(faces)),
-                                   end_to_end, workers, seed)
+        return _descriptor_scaling(
+            counts, backbone, bench_folder(images_dir, Path(faces)), end_to_end, workers, seed
+        )
 
 
 def _descriptor_scaling(
-    counts: Sequence[int], backbone: str, images_dir: Path, end_to_end: int, workers: int,
+    counts: Sequence[int],
+    backbone: str,
+    images_dir: Path,
+    end_to_end: int,
+    workers: int,
     seed: int,
 ) -> list[ScalingRow]:
     from affectpipe.extract import DEFAULT_CHUNK_ROWS, read_manifest_view

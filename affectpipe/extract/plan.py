@@ -176,9 +176,13 @@ def plan(
             targets.append(Target(name, "importer", path, identity, importer=entry.load()))
         elif entry.kind == "descriptor":
             descriptor = entry.load()()
-            identity = {**common, "backbone": name, "descriptor": describe_descriptor(descriptor),
-                        # its projection is fitted on the train images: a new split refits it
-                        "train_images": view.train_fingerprint}
+            identity = {
+                **common,
+                "backbone": name,
+                "descriptor": describe_descriptor(descriptor),
+                # its projection is fitted on the train images: a new split refits it
+                "train_images": view.train_fingerprint,
+            }
             targets.append(Target(name, "descriptor", path, identity, descriptor=descriptor))
         else:
             spec = get_backbone(name)

@@ -47,10 +47,19 @@ def mismatch_message(exc: BaseException) -> str:
     cpu = torch.version.cuda is None
     index = f" --index-url {CPU_INDEX}" if cpu else ""
     wanted = matching_torchvision(torch_version)
-    fix = (f"pip install 'torchvision=={wanted}'{index}" if wanted
-           else "pip install -c constraints.txt torch torchvision")
-    pair = (" (or the tested CPU pair: pip install -c constraints-cpu.txt --extra-index-url "
-            f"{CPU_INDEX} torch torchvision)") if cpu else ""
+    fix = (
+        f"pip install 'torchvision=={wanted}'{index}"
+        if wanted
+        else "pip install -c constraints.txt torch torchvision"
+    )
+    pair = (
+        (
+            " (or the tested CPU pair: pip install -c constraints-cpu.txt --extra-index-url "
+            f"{CPU_INDEX} torch torchvision)"
+        )
+        if cpu
+        else ""
+    )
     if installed is None:
         return f"torchvision is not installed (timm needs it) beside torch {torch_version}: {fix}"
     return (

@@ -328,16 +328,23 @@ class MTCNN:
         crops, valid = _crops(images, boxes, owners, 48)
         boxes, owners = boxes[valid], owners[valid]
         if not len(boxes):
-            return (np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-                    np.zeros(0, np.int64), np.zeros((0, 5, 2), np.float32))
+            return (
+                np.zeros((0, 4), np.float32),
+                np.zeros(0, np.float32),
+                np.zeros(0, np.int64),
+                np.zeros((0, 5, 2), np.float32),
+            )
         offsets, landmarks, probs = _chunked(self.onet, crops)
         keep = probs[:, 1] > self.thresholds[2]
         boxes, scores, owners = boxes[keep], probs[keep, 1], owners[keep]
         offsets, landmarks = offsets[keep], landmarks[keep]
         size = boxes[:, 2:4] - boxes[:, 0:2] + 1  # (w, h)
         points = torch.stack(
-            [size[:, None, 0] * landmarks[:, :5] + boxes[:, None, 0] - 1,
-             size[:, None, 1] * landmarks[:, 5:] + boxes[:, None, 1] - 1], dim=2,
+            [
+                size[:, None, 0] * landmarks[:, :5] + boxes[:, None, 0] - 1,
+                size[:, None, 1] * landmarks[:, 5:] + boxes[:, None, 1] - 1,
+            ],
+            dim=2,
         )
         boxes = _regress(boxes, offsets)
         boxes_np, scores_np = boxes.cpu().numpy(), scores.cpu().numpy()

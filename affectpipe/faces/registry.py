@@ -52,8 +52,7 @@ def register(detector: Detector) -> Detector:
     if detector.name in _DETECTORS:
         raise ValueError(f"detector {detector.name!r} is already registered")
     entries = {net: register_weights(e, detector.name) for net, e in detector.weights.items()}
-    detector = Detector(detector.name, detector.impl, entries, detector.parity,
-                        detector.face_score)
+    detector = Detector(detector.name, detector.impl, entries, detector.parity, detector.face_score)
     _DETECTORS[detector.name] = detector
     return detector
 
@@ -72,8 +71,11 @@ DEFAULT = "mtcnn"
 
 # facenet-pytorch 2.6.0 (MIT) ships MTCNN's Caffe-trained weights converted to torch
 # state_dicts; the wheel and each file are pinned.
-_FACENET = ("facenet-pytorch==2.6.0", "facenet_pytorch-2.6.0-py3-none-any.whl",
-            "ecb82b27beb226d106f2219efe8f829b01b87a8595badd01545679bdb9f19cca")
+_FACENET = (
+    "facenet-pytorch==2.6.0",
+    "facenet_pytorch-2.6.0-py3-none-any.whl",
+    "ecb82b27beb226d106f2219efe8f829b01b87a8595badd01545679bdb9f19cca",
+)
 _MTCNN_SHA256 = {
     "pnet": "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f",
     "rnet": "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86",

@@ -79,8 +79,15 @@ class Tracker:
         boxes = np.stack([d.box for d in detections])
         iou = box_iou(boxes, np.stack([t.box for t in self._tracks]))
         sides = np.array([max(t.box[2] - t.box[0], t.box[3] - t.box[1], 1.0) for t in self._tracks])
-        shift = np.array([[np.linalg.norm(d.points - t.points, axis=1).mean() for t in self._tracks]
-                          for d in detections]) / sides
+        shift = (
+            np.array(
+                [
+                    [np.linalg.norm(d.points - t.points, axis=1).mean() for t in self._tracks]
+                    for d in detections
+                ]
+            )
+            / sides
+        )
         allowed = (iou >= self.min_iou) | (shift < self.max_point_shift)
         return np.where(allowed, 1.0 - iou + shift, np.inf)
 
@@ -89,7 +96,9 @@ class VideoFaces:
     """A detector for the frames of one video, in order (see the module docstring)."""
 
     def __init__(
-        self, load: Callable[[], FaceDetector], redetect: int = 1,
+        self,
+        load: Callable[[], FaceDetector],
+        redetect: int = 1,
         min_score: float = float("-inf"),
     ) -> None:
         self.load = load  # called at the first detection (a video may need none)
@@ -107,8 +116,9 @@ class VideoFaces:
         for image in images:
             faces: list[Detection] = []
             if self._previous and self._since < self.redetect - 1:
-                faces = [f for f in refine([image], [self._previous])[0]
-                         if f.score >= self.min_score]
+                faces = [
+                    f for f in refine([image], [self._previous])[0] if f.score >= self.min_score
+                ]
                 self._since += 1
             if len(faces) < len(self._previous) or not faces:
                 faces = detector.detect([image])[0]

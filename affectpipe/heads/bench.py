@@ -71,9 +71,7 @@ def _ridge_reference(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray
     return np.clip(Ridge(alpha=1.0).fit(X_train, y_train).predict(X_val), -1, 1)
 
 
-def _logistic_reference(
-    X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray
-) -> np.ndarray:
+def _logistic_reference(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
 
     weights = dict(enumerate(class_weights(y_train)))

@@ -22,8 +22,16 @@ from affectpipe.untrusted import SHA256
 # The head JSON's top level; `scaler` and `model` are `storage` nodes, checked as decoded.
 HEAD_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["format", "task", "candidate", "feature_set", "output_columns", "scaler",
-                 "model", "arrays"],
+    "required": [
+        "format",
+        "task",
+        "candidate",
+        "feature_set",
+        "output_columns",
+        "scaler",
+        "model",
+        "arrays",
+    ],
     "additionalProperties": False,
     "properties": {
         "format": {"type": "string"},
@@ -140,8 +148,11 @@ def _check_model(model: Any, task: str, width: int) -> None:
         n_in = _count(getattr(model, "n_features_in_", None), "n_features_in_")
         _count(model.width, "width")
         dilations = tuple(_count(d, "dilation") for d in model.dilations)
-        _check_state(getattr(model, "weights_", None), "weights_",
-                     lambda: _Net(n_in, model.width, n_out, model.arch_, dilations))
+        _check_state(
+            getattr(model, "weights_", None),
+            "weights_",
+            lambda: _Net(n_in, model.width, n_out, model.arch_, dilations),
+        )
         base = getattr(model, "base_", None)
         if base is not None:
             if not isinstance(base, LinearHead):

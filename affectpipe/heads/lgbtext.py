@@ -113,8 +113,11 @@ def _tree(block: list[str], width: int) -> list[str]:
             "left_child=" + " ".join(map(str, left)),
             "right_child=" + " ".join(map(str, right)),
         ]
-    lines += ["leaf_value=" + " ".join(map(repr, leaves)), "is_linear=0",
-              f"shrinkage={shrinkage!r}"]
+    lines += [
+        "leaf_value=" + " ".join(map(repr, leaves)),
+        "is_linear=0",
+        f"shrinkage={shrinkage!r}",
+    ]
     return lines
 
 
@@ -150,18 +153,26 @@ def checked_model(text: str, width: int, task: str) -> str:
     if "average_output" in header:
         raise ModelTextError("random-forest averaging (never written by affectpipe)")
     _, n_trees = TASK_OBJECTIVES[task]
-    for key, wanted in (("num_class", n_trees), ("num_tree_per_iteration", n_trees),
-                        ("max_feature_idx", width - 1)):
+    for key, wanted in (
+        ("num_class", n_trees),
+        ("num_tree_per_iteration", n_trees),
+        ("max_feature_idx", width - 1),
+    ):
         if header.get(key) != str(wanted):
             raise ModelTextError(f"{key} is {header.get(key)!r}, expected {wanted}")
     if len(starts) % n_trees:
         raise ModelTextError(f"{len(starts)} trees: not a multiple of {n_trees} per round")
     out = [
-        "tree", "version=v4", f"num_class={n_trees}", f"num_tree_per_iteration={n_trees}",
-        "label_index=0", f"max_feature_idx={width - 1}",
+        "tree",
+        "version=v4",
+        f"num_class={n_trees}",
+        f"num_tree_per_iteration={n_trees}",
+        "label_index=0",
+        f"max_feature_idx={width - 1}",
         "objective=" + _objective(header.get("objective", ""), task),
         "feature_names=" + " ".join(f"Column_{i}" for i in range(width)),
-        "feature_infos=" + " ".join(["none"] * width), "",
+        "feature_infos=" + " ".join(["none"] * width),
+        "",
     ]
     for k, (start, stop) in enumerate(zip(starts, [*starts[1:], end], strict=True)):
         if lines[start].strip() != f"Tree={k}":

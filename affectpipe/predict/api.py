@@ -93,8 +93,9 @@ class Predictor:
     ) -> None:
         workers = default_workers(device) if workers is None else workers
         if every < 1 or batch_size < 1 or redetect < 1 or workers < 0:
-            raise InputError("every, redetect and batch_size must be at least 1, workers at "
-                             "least 0")
+            raise InputError(
+                "every, redetect and batch_size must be at least 1, workers at least 0"
+            )
         for task, plan in bundle.tasks.items():
             for head in plan.heads:
                 if getattr(head.model, "sequence_input", False):
@@ -166,8 +167,12 @@ class Predictor:
                     bar.update(len(batch.sources))
         sources = rows.sources
         features = _Features(
-            {b: {k: np.concatenate([x.arrays[b][k] for x in blocks]) for k in blocks[0].arrays[b]}
-             for b in blocks[0].arrays},
+            {
+                b: {
+                    k: np.concatenate([x.arrays[b][k] for x in blocks]) for k in blocks[0].arrays[b]
+                }
+                for b in blocks[0].arrays
+            },
             np.concatenate([x.ok for x in blocks]),
             [r for x in blocks for r in x.reasons],
         )
@@ -184,8 +189,9 @@ class Predictor:
         for name, values in detection_columns(rows.detections).items():
             table[name] = values
         for plan in self.bundle.tasks.values():
-            columns = _task_columns(plan, features, self.bundle.backbones, sources, frame_numbers,
-                                    face_ids)
+            columns = _task_columns(
+                plan, features, self.bundle.backbones, sources, frame_numbers, face_ids
+            )
             for name, values in columns.items():
                 table[name] = values
         return table
@@ -196,17 +202,28 @@ class Predictor:
         """(rows, features) per batch of consecutive image files or videos."""
         if video:
             for batch in _batches(self._video_faces(files), self.batch_size):
-                samples = [engine.dataset.sample(i, face.image, face.reason)
-                           for i, (_, _, face) in enumerate(batch)]
-                rows = _Rows([f.source for f, _, _ in batch], [f.frame for f, _, _ in batch],
-                             [f.time for f, _, _ in batch], [c.check for _, _, c in batch],
-                             [i for _, i, _ in batch], [c.detection for _, _, c in batch])
+                samples = [
+                    engine.dataset.sample(i, face.image, face.reason)
+                    for i, (_, _, face) in enumerate(batch)
+                ]
+                rows = _Rows(
+                    [f.source for f, _, _ in batch],
+                    [f.frame for f, _, _ in batch],
+                    [f.time for f, _, _ in batch],
+                    [c.check for _, _, c in batch],
+                    [i for _, i, _ in batch],
+                    [c.detection for _, _, c in batch],
+                )
                 yield rows, engine.features(collate(samples))
             return
         import torch
 
-        images = _ImageSamples([str(p) for p in files], engine.dataset, self.face_mode,
-                               replace(self.detector, device="cpu"))
+        images = _ImageSamples(
+            [str(p) for p in files],
+            engine.dataset,
+            self.face_mode,
+            replace(self.detector, device="cpu"),
+        )
         loader = torch.utils.data.DataLoader(
             images,
             batch_size=self.batch_size,
@@ -217,9 +234,14 @@ class Predictor:
         )
         for batch, faces in loader:
             n = len(batch.indices)
-            rows = _Rows([images.paths[i] for i in batch.indices], [-1] * n, [np.nan] * n,
-                         [f.check for f, _ in faces], [i for _, i in faces],
-                         [f.detection for f, _ in faces])
+            rows = _Rows(
+                [images.paths[i] for i in batch.indices],
+                [-1] * n,
+                [np.nan] * n,
+                [f.check for f, _ in faces],
+                [i for _, i in faces],
+                [f.detection for f, _ in faces],
+            )
             yield rows, engine.features(batch)
 
     def _video_faces(self, files: Iterable[Path]) -> Iterator[tuple[Any, int, FaceResult]]:
@@ -229,14 +251,22 @@ class Predictor:
             tracker = Tracker()
             detector = VideoFaces(self.detector.load, self.redetect, self.detector.face_score)
             for frames in _pixel_batches(video_frames(path, self.every), self.batch_size):
-                found = find_faces([f.image for f in frames], [f.reason for f in frames],
-                                   self.face_mode, detector, self.detector.face_score)
+                found = find_faces(
+                    [f.image for f in frames],
+                    [f.reason for f in frames],
+                    self.face_mode,
+                    detector,
+                    self.detector.face_score,
+                )
                 for frame, faces in zip(frames, found, strict=True):
                     tracked = [f for f in faces if f.detection is not None]
                     ids = iter(tracker.update([f.detection for f in tracked]))
                     for face in faces:
-                        face_id = next(ids) if face.detection is not None else (
-                            0 if face.image is not None else -1)
+                        face_id = (
+                            next(ids)
+                            if face.detection is not None
+                            else (0 if face.image is not None else -1)
+                        )
                         if face.image is not None:
                             self.thumbnails.setdefault((str(path), face_id), face.image)
                         yield frame, face_id, face
@@ -245,11 +275,16 @@ class Predictor:
         if self._engine is None:
             from affectpipe.featuresets import parse_feature_set
 
-            spatial = {b for plan in self.bundle.tasks.values() for head in plan.heads
-                       for b, part in parse_feature_set(head.feature_set).parts
-                       if part == "spatial"}
-            self._engine = _Engine(self.bundle.backbones, self.device, self.weights, spatial,
-                                   self.runtime)
+            spatial = {
+                b
+                for plan in self.bundle.tasks.values()
+                for head in plan.heads
+                for b, part in parse_feature_set(head.feature_set).parts
+                if part == "spatial"
+            }
+            self._engine = _Engine(
+                self.bundle.backbones, self.device, self.weights, spatial, self.runtime
+            )
         return self._engine
 
 
@@ -270,7 +305,10 @@ class _Rows:
 
 
 DETECTION_COLUMNS = (
-    "box_x1", "box_y1", "box_x2", "box_y2",
+    "box_x1",
+    "box_y1",
+    "box_x2",
+    "box_y2",
     *(f"{point}_{axis}" for point in POINT_NAMES for axis in "xy"),
     "det_score",
 )
@@ -302,10 +340,13 @@ class _ImageSamples:
 
     def __getitem__(self, index: int) -> list[tuple[Any, tuple[FaceResult, int]]]:
         image, reason = load_rgb(self.paths[index], self.decode.draft_side)
-        faces = find_faces([image], [reason], self.face_mode, self.detector,
-                           self.detector.face_score)[0]
-        return [(self.decode.sample(index, f.image, f.reason),
-                 (f, rank if f.image is not None else -1)) for rank, f in enumerate(faces)]
+        faces = find_faces(
+            [image], [reason], self.face_mode, self.detector, self.detector.face_score
+        )[0]
+        return [
+            (self.decode.sample(index, f.image, f.reason), (f, rank if f.image is not None else -1))
+            for rank, f in enumerate(faces)
+        ]
 
 
 def _collate_checked(
@@ -346,7 +387,10 @@ class _Engine:
     fitted arrays."""
 
     def __init__(
-        self, backbones: dict[str, BackboneRecord], device: str, weights: Mapping[str, Path],
+        self,
+        backbones: dict[str, BackboneRecord],
+        device: str,
+        weights: Mapping[str, Path],
         spatial: set[str],
         runtime: str,
     ) -> None:
@@ -358,18 +402,26 @@ class _Engine:
         self.device = resolve_device(device)
         self.records = backbones
         resolved = resolve_runtime(runtime, self.device.type)
-        self.models = {n: self._model(r, weights, n in spatial, resolved, runtime == "onnx")
-                       for n, r in backbones.items() if not r.is_descriptor}
-        self.descriptors = {n: self._descriptor(r) for n, r in backbones.items()
-                            if r.is_descriptor}
+        self.models = {
+            n: self._model(r, weights, n in spatial, resolved, runtime == "onnx")
+            for n, r in backbones.items()
+            if not r.is_descriptor
+        }
+        self.descriptors = {n: self._descriptor(r) for n, r in backbones.items() if r.is_descriptor}
         specs = [get_backbone(n) for n in self.models]
         self.dataset = DecodeDataset(
-            [], [s.resize for s in specs], [s.input_size for s in specs],
+            [],
+            [s.resize for s in specs],
+            [s.input_size for s in specs],
             list(self.descriptors.values()),
         )
 
     def _model(
-        self, record: BackboneRecord, weights: Mapping[str, Path], spatial: bool, runtime: str,
+        self,
+        record: BackboneRecord,
+        weights: Mapping[str, Path],
+        spatial: bool,
+        runtime: str,
         strict: bool,
     ) -> Any:
         from affectpipe.extract import model_job
@@ -392,11 +444,20 @@ class _Engine:
             raise InputError(f"{record.name}: the run's preprocessing differs from this version")
         grid = record.identity.get("spatial_grid") if spatial else None
         if spatial and not grid:
-            raise InputError(f"the run's heads read {record.name}:spatial, but its features "
-                             "record no spatial grid")
+            raise InputError(
+                f"the run's heads read {record.name}:spatial, but its features "
+                "record no spatial grid"
+            )
         # The graphs output embedding and logits only: a spatial part needs torch.
-        job = model_job(spec, path, str(recorded), self.device, channels_last=True,
-                        runtime="torch" if grid else runtime, strict=strict and not grid)
+        job = model_job(
+            spec,
+            path,
+            str(recorded),
+            self.device,
+            channels_last=True,
+            runtime="torch" if grid else runtime,
+            strict=strict and not grid,
+        )
         if grid and not hasattr(job.model, "feature_map"):
             raise InputError(f"{record.name} exposes no feature map for its spatial part")
         job.spatial_grid = grid
@@ -414,8 +475,11 @@ class _Engine:
         from affectpipe.extract.backbones.openface import embed
 
         try:  # the stored arrays must fit this descriptor's rows (a shared run may not)
-            embed(np.zeros((1, descriptor.raw_dim), np.float32), record.arrays["hog_pca_mean"],
-                  record.arrays["hog_pca_components"])
+            embed(
+                np.zeros((1, descriptor.raw_dim), np.float32),
+                record.arrays["hog_pca_mean"],
+                record.arrays["hog_pca_components"],
+            )
         except (KeyError, ValueError) as exc:
             raise InputError(f"{record.name}: the run's fitted arrays do not fit ({exc})") from None
         return descriptor
@@ -432,22 +496,28 @@ class _Engine:
             for k, (name, job) in enumerate(self.models.items()):
                 precision = str(self.records[name].identity.get("precision", "fp32"))
                 arrays[name] = forward(
-                    job, samples.inputs[k], self.device, channels_last=True,
+                    job,
+                    samples.inputs[k],
+                    self.device,
+                    channels_last=True,
                     amp_dtype=AMP_DTYPES.get(precision) if self.device.type != "cpu" else None,
                 )
         for k, (name, _) in enumerate(self.descriptors.items()):
             stored = self.records[name].arrays
             arrays[name] = {
-                "embedding": embed(samples.raws[k], stored["hog_pca_mean"],
-                                   stored["hog_pca_components"]),
+                "embedding": embed(
+                    samples.raws[k], stored["hog_pca_mean"], stored["hog_pca_components"]
+                ),
             }
         ok = samples.ok.all(axis=1)  # an image that was not decoded is not ok for any backbone
         decoded = ok.copy()
         for parts in arrays.values():
             for values in parts.values():
                 ok &= np.isfinite(values).all(axis=1)
-        reasons = [None if good else (why or ("non-finite features" if fine else "not processed"))
-                   for good, fine, why in zip(ok, decoded, samples.reasons, strict=True)]
+        reasons = [
+            None if good else (why or ("non-finite features" if fine else "not processed"))
+            for good, fine, why in zip(ok, decoded, samples.reasons, strict=True)
+        ]
         return _Features(arrays, ok, reasons)
 
 
@@ -478,8 +548,12 @@ def _gate_sources(
 
 
 def _task_columns(
-    plan: TaskPlan, features: _Features, records: dict[str, BackboneRecord], sources: list[str],
-    frame_numbers: np.ndarray, face_ids: np.ndarray,
+    plan: TaskPlan,
+    features: _Features,
+    records: dict[str, BackboneRecord],
+    sources: list[str],
+    frame_numbers: np.ndarray,
+    face_ids: np.ndarray,
 ) -> dict[str, np.ndarray]:
     from affectpipe.blend.smoothing import VideoOrder, group_codes
     from affectpipe.blend.tuning import apply_tuned
@@ -490,13 +564,17 @@ def _task_columns(
     width = len(PRED_COLUMNS[plan.rules.name])
     candidates = np.zeros((len(plan.heads), len(rows), width), dtype=np.float32)
     for m, head in enumerate(plan.heads):
-        blocks = [_part(records[b], features.arrays[b], p)[rows]
-                  for b, p in parse_feature_set(head.feature_set).parts]
+        blocks = [
+            _part(records[b], features.arrays[b], p)[rows]
+            for b, p in parse_feature_set(head.feature_set).parts
+        ]
         X = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
         if X.shape[1] != head.scaler.n_features_in_:
-            raise InputError(f"head {head.candidate}: its scaler takes "
-                             f"{head.scaler.n_features_in_} columns, {head.feature_set} has "
-                             f"{X.shape[1]}")
+            raise InputError(
+                f"head {head.candidate}: its scaler takes "
+                f"{head.scaler.n_features_in_} columns, {head.feature_set} has "
+                f"{X.shape[1]}"
+            )
         if len(rows):
             candidates[m] = head.predict_features(X)
     if not np.isfinite(candidates).all():  # finite features in: a broken head
@@ -514,7 +592,10 @@ def _task_columns(
             tracks = group_codes(np.asarray(sources)[chosen], face_ids[chosen])
             order = VideoOrder.of(tracks, frame_numbers[chosen])
         values, outputs = apply_tuned(
-            plan.rules, plan.blend, candidates[:, subset], order,
+            plan.rules,
+            plan.blend,
+            candidates[:, subset],
+            order,
             gating.take(subset) if gating is not None else None,
         )
         if decided is None:  # rows without a face: NaN values, code -1

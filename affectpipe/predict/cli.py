@@ -40,36 +40,51 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
     help="Output table: FILE.csv or FILE.parquet.",
 )
 @click.option(
-    "--detect", is_flag=True,
+    "--detect",
+    is_flag=True,
     help="Always find and align every face of each image or frame (raw frames).",
 )
 @click.option(
-    "--detector", default="mtcnn", show_default=True,
+    "--detector",
+    default="mtcnn",
+    show_default=True,
     help="Face detector for --detect and for frames the crop check does not take: "
-         "mtcnn (CNN, 5 landmarks; weights fetched with pip) or dlib-hog.",
+    "mtcnn (CNN, 5 landmarks; weights fetched with pip) or dlib-hog.",
 )
 @click.option(
-    "--redetect", type=click.IntRange(min=1), default=1, show_default=True,
+    "--redetect",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
     help="In videos, run the full detection every N-th kept frame; in between MTCNN looks "
-         "only around the previous frame's faces (several times faster; a new face is found "
-         "at the next full detection, a lost one at once).",
+    "only around the previous frame's faces (several times faster; a new face is found "
+    "at the next full detection, a lost one at once).",
 )
 @click.option(
-    "--assume-aligned", "assume_aligned", is_flag=True,
+    "--assume-aligned",
+    "assume_aligned",
+    is_flag=True,
     help="Take every image as an aligned face crop: skip the face check (face_check=assumed).",
 )
 @click.option(
-    "--every", type=click.IntRange(min=1), default=1, show_default=True,
+    "--every",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
     help="Keep every N-th video frame.",
 )
 @click.option(
-    "--per-video", "per_video", type=click.Path(file_okay=False, path_type=Path),
+    "--per-video",
+    "per_video",
+    type=click.Path(file_okay=False, path_type=Path),
     help="Also write one CSV per video into this folder (its rows by frame and face_id).",
 )
 @click.option(
-    "--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path),
+    "--plot",
+    "plot_dir",
+    type=click.Path(file_okay=False, path_type=Path),
     help="Also write one HTML page per video into this folder: valence/arousal curves, "
-         "expression strip, AU activations over time and a thumbnail of each track.",
+    "expression strip, AU activations over time and a thumbnail of each track.",
 )
 @with_device_options
 @runtime_option

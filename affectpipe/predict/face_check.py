@@ -101,10 +101,15 @@ def find_faces(
         found = detector.detect([np.asarray(image) for _, image in pending])
         for (i, image), faces in zip(pending, found, strict=True):
             kept = [d for d in faces if d.score >= min_score]
-            why = (f"no face detected (best score {max(d.score for d in faces):.3f}, under "
-                   f"{min_score})" if faces else "no face detected")
-            results[i] = [FaceResult(align_face(image, d.points), DETECTION, None, d)
-                          for d in kept] or [FaceResult(None, DETECTION, why)]
+            why = (
+                f"no face detected (best score {max(d.score for d in faces):.3f}, under "
+                f"{min_score})"
+                if faces
+                else "no face detected"
+            )
+            results[i] = [
+                FaceResult(align_face(image, d.points), DETECTION, None, d) for d in kept
+            ] or [FaceResult(None, DETECTION, why)]
     return results
 
 
@@ -118,8 +123,9 @@ class DetectorChoice:
     weights: tuple[tuple[str, Path], ...] = ()
 
     @classmethod
-    def of(cls, name: str, device: str = "cpu",
-           weights: Mapping[str, Path] | None = None) -> DetectorChoice:
+    def of(
+        cls, name: str, device: str = "cpu", weights: Mapping[str, Path] | None = None
+    ) -> DetectorChoice:
         from affectpipe.faces import registry
 
         registry.get(name)  # an unknown name fails now, naming the known ones
@@ -155,15 +161,16 @@ def crop_has_face(image: Image.Image) -> bool:
     """The fast check on a face crop (see the module docstring)."""
     padded = _check_canvas(image)
     min_side = MIN_FACE_FRACTION * CHECK_SIDE
-    scores = [_best_hog_score(np.ascontiguousarray(pixels), min_side)
-              for pixels in (padded, padded[:, ::-1])]
+    scores = [
+        _best_hog_score(np.ascontiguousarray(pixels), min_side)
+        for pixels in (padded, padded[:, ::-1])
+    ]
     score = float(np.mean(scores))
     if score >= ACCEPT_FROM:
         return True
     if score < REJECT_BELOW:
         return False
-    return any(min(d.rect.width(), d.rect.height()) >= min_side
-               for d in _cnn_detector()(padded, 0))
+    return any(min(d.rect.width(), d.rect.height()) >= min_side for d in _cnn_detector()(padded, 0))
 
 
 def _check_canvas(image: Image.Image) -> np.ndarray:
@@ -176,8 +183,7 @@ def _check_canvas(image: Image.Image) -> np.ndarray:
 
 def _best_hog_score(pixels: np.ndarray, min_side: float) -> float:
     boxes, scores, _ = landmarks.frontal_detector().run(pixels, 0, REJECT_BELOW - 1.0)
-    big = [s for b, s in zip(boxes, scores, strict=True)
-           if min(b.width(), b.height()) >= min_side]
+    big = [s for b, s in zip(boxes, scores, strict=True) if min(b.width(), b.height()) >= min_side]
     return max(big, default=-np.inf)
 
 

@@ -43,8 +43,11 @@ def _folder_files(folder: Path) -> list[Path]:
 
     found = []
     for parent, _, names in os.walk(folder, onerror=unreadable):
-        found += [Path(parent) / n for n in names
-                  if Path(n).suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)]
+        found += [
+            Path(parent) / n
+            for n in names
+            if Path(n).suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
+        ]
     return sorted(found)
 
 
@@ -83,8 +86,7 @@ def video_frames(path: Path, every: int = 1) -> Iterator[Frame]:
     try:
         container = av.open(str(path))
     except Exception as exc:  # any demuxer error: an unusable input, not a crash
-        yield Frame(str(path), 0, math.nan, None,
-                    f"undecodable video: {type(exc).__name__}: {exc}")
+        yield Frame(str(path), 0, math.nan, None, f"undecodable video: {type(exc).__name__}: {exc}")
         return
     with container:
         index = 0
@@ -95,12 +97,22 @@ def video_frames(path: Path, every: int = 1) -> Iterator[Frame]:
                 raise ValueError(f"{pixels} pixels a frame, over {MAX_DECODE_PIXELS}")
             for decoded in container.decode(stream):
                 if index % every == 0:
-                    yield Frame(str(path), index + 1, _seconds(decoded, container),
-                                to_rgb(decoded.to_image()), None)
+                    yield Frame(
+                        str(path),
+                        index + 1,
+                        _seconds(decoded, container),
+                        to_rgb(decoded.to_image()),
+                        None,
+                    )
                 index += 1
         except Exception as exc:  # a damaged stream ends this video with one failed row
-            yield Frame(str(path), index + 1, math.nan, None,
-                        f"undecodable frame: {type(exc).__name__}: {exc}")
+            yield Frame(
+                str(path),
+                index + 1,
+                math.nan,
+                None,
+                f"undecodable frame: {type(exc).__name__}: {exc}",
+            )
             return
     if index == 0:
         yield Frame(str(path), 0, math.nan, None, "a video without frames")
@@ -113,4 +125,3 @@ def _seconds(decoded: Any, container: Any) -> float:
     stream = container.streams.video[0]
     start = stream.start_time * stream.time_base if stream.start_time is not None else 0
     return float(decoded.time - start)
-

@@ -92,22 +92,35 @@ def _page(source: str, rows: pd.DataFrame, thumbnails: Thumbnails) -> str:
     ]
     for track in tracks:
         of_track = seen[seen["face_id"] == track]
-        span = (f"frames {of_track['frame'].min()}-{of_track['frame'].max()}, {len(of_track)} "
-                "rows" if len(of_track) else "no usable face")
+        span = (
+            f"frames {of_track['frame'].min()}-{of_track['frame'].max()}, {len(of_track)} rows"
+            if len(of_track)
+            else "no usable face"
+        )
         image = thumbnails.get((source, int(track)))
-        picture = (f'<img src="data:image/jpeg;base64,{_jpeg(image)}" width="112" height="112">'
-                   if image is not None else "")
-        parts.append(f'<figure style="display:inline-block">{picture}<figcaption>face_id '
-                     f"{track}: {span}</figcaption></figure>")
+        picture = (
+            f'<img src="data:image/jpeg;base64,{_jpeg(image)}" width="112" height="112">'
+            if image is not None
+            else ""
+        )
+        parts.append(
+            f'<figure style="display:inline-block">{picture}<figcaption>face_id '
+            f"{track}: {span}</figcaption></figure>"
+        )
     parts.append("</div>")
-    for title, plot in (("Valence and arousal", _va), ("Expression", _expression),
-                        ("Action units", _aus)):
+    for title, plot in (
+        ("Valence and arousal", _va),
+        ("Expression", _expression),
+        ("Action units", _aus),
+    ):
         encoded = plot(seen, tracks)
         if encoded is not None:
-            parts.append(f"<h2>{title}</h2><img src=\"data:image/png;base64,{encoded}\">")
+            parts.append(f'<h2>{title}</h2><img src="data:image/png;base64,{encoded}">')
     body = "\n".join(parts)
-    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>"
-            f"{html.escape(Path(source).name)}</title></head><body>\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>'
+        f"{html.escape(Path(source).name)}</title></head><body>\n{body}\n</body></html>\n"
+    )
 
 
 def _x(rows: pd.DataFrame) -> tuple[np.ndarray, str]:
@@ -142,21 +155,35 @@ def _expression(rows: pd.DataFrame, tracks: list[int]) -> str | None:
     from matplotlib.colors import ListedColormap
 
     colours = plt.get_cmap("tab10").colors[: len(EXPR_NAMES)]
-    figure, axes = plt.subplots(len(tracks), 1, figsize=(10, 0.6 + 0.5 * len(tracks)),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        len(tracks), 1, figsize=(10, 0.6 + 0.5 * len(tracks)), squeeze=False
+    )
     for axis, track in zip(axes[:, 0], tracks, strict=True):
         of_track = rows[rows["face_id"] == track]
         x, unit = _x(of_track)
         codes = of_track["expression"].to_numpy()[None, :]
         extent = (x.min(), x.max() if x.max() > x.min() else x.min() + 1, 0, 1)
-        axis.imshow(codes, aspect="auto", cmap=ListedColormap(colours), vmin=-0.5,
-                    vmax=len(EXPR_NAMES) - 0.5, extent=extent, interpolation="nearest")
+        axis.imshow(
+            codes,
+            aspect="auto",
+            cmap=ListedColormap(colours),
+            vmin=-0.5,
+            vmax=len(EXPR_NAMES) - 0.5,
+            extent=extent,
+            interpolation="nearest",
+        )
         axis.set_yticks([])
         axis.set_ylabel(f"face_id {track}", rotation=0, ha="right", va="center")
     axes[-1, 0].set_xlabel(unit)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours]
-    figure.legend(handles, EXPR_NAMES, ncol=len(EXPR_NAMES), loc="upper center",
-                  fontsize="small", bbox_to_anchor=(0.5, 1.15))
+    figure.legend(
+        handles,
+        EXPR_NAMES,
+        ncol=len(EXPR_NAMES),
+        loc="upper center",
+        fontsize="small",
+        bbox_to_anchor=(0.5, 1.15),
+    )
     return _png(figure)
 
 
@@ -171,10 +198,18 @@ def _aus(rows: pd.DataFrame, tracks: list[int]) -> str | None:
         of_track = rows[rows["face_id"] == track]
         x, unit = _x(of_track)
         extent = (x.min(), x.max() if x.max() > x.min() else x.min() + 1, len(columns), 0)
-        shown = axis.imshow(of_track[columns].to_numpy().T, aspect="auto", vmin=0, vmax=1,
-                            cmap="viridis", extent=extent, interpolation="nearest")
-        axis.set_yticks(np.arange(len(columns)) + 0.5, [c[2:].upper() for c in columns],
-                        fontsize="small")
+        shown = axis.imshow(
+            of_track[columns].to_numpy().T,
+            aspect="auto",
+            vmin=0,
+            vmax=1,
+            cmap="viridis",
+            extent=extent,
+            interpolation="nearest",
+        )
+        axis.set_yticks(
+            np.arange(len(columns)) + 0.5, [c[2:].upper() for c in columns], fontsize="small"
+        )
         axis.set_title(f"face_id {track}: activation probability", fontsize="small")
         figure.colorbar(shown, ax=axis)
     axes[-1, 0].set_xlabel(unit)

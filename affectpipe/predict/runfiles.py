@@ -65,9 +65,18 @@ from affectpipe.untrusted import Limits, check_schema, limits, read_json
 
 log = logging.getLogger(__name__)
 DESCRIPTOR_ARRAYS = {"openface": ("hog_pca_mean", "hog_pca_components")}
-IDENTITY_ATTRS = ("weights_sha256", "random_init", "precision", "preprocessing", "descriptor",
-                  "weights_name", "official_sha256", "logit_names", "abaw_expr_index",
-                  "spatial_grid")
+IDENTITY_ATTRS = (
+    "weights_sha256",
+    "random_init",
+    "precision",
+    "preprocessing",
+    "descriptor",
+    "weights_name",
+    "official_sha256",
+    "logit_names",
+    "abaw_expr_index",
+    "spatial_grid",
+)
 
 
 @dataclass
@@ -151,8 +160,12 @@ def _task_plans(
 
 def _backbones_of(plans: dict[str, TaskPlan]) -> list[str]:
     """Backbones the heads read, and those whose own predictions gate a blend."""
-    names = [b for p in plans.values() for h in p.heads
-             for b in parse_feature_set(h.feature_set).backbones]
+    names = [
+        b
+        for p in plans.values()
+        for h in p.heads
+        for b in parse_feature_set(h.feature_set).backbones
+    ]
     names += [p.blend.gate["source"] for p in plans.values() if p.blend.gate]
     return list(dict.fromkeys(names))
 
@@ -165,9 +178,7 @@ def load_from_cache(paths: DatasetPaths, run: str) -> RunBundle:
     blend_json = paths.blend_dir(run) / "blend.json"
     rerun = f"`pipeline blend --dataset {paths.root.name} --run {run}`"
     if not blend_json.exists():
-        raise InputError(
-            f"no tuned blend at {blend_json}: run `pipeline heads` and {rerun} first"
-        )
+        raise InputError(f"no tuned blend at {blend_json}: run `pipeline heads` and {rerun} first")
     document = _read_blend(blend_json)
     caps = limits()
 
@@ -325,9 +336,10 @@ def unpack(archive: Path, into: Path, caps: Limits | None = None) -> Path:
     """
     caps = caps or limits()
     try:
-        with open_regular(archive, caps.run_bytes) as handle, tarfile.open(
-            fileobj=handle, mode="r:*"
-        ) as tar:
+        with (
+            open_regular(archive, caps.run_bytes) as handle,
+            tarfile.open(fileobj=handle, mode="r:*") as tar,
+        ):
             members = _members(archive, tar, caps)
             if "export.json" not in members or not members["export.json"].isfile():
                 raise _bad_run(archive, "no export.json: make it with `pipeline export-run`")
@@ -464,7 +476,9 @@ def _backbone(folder: Path, shown: Path, name: str, entry: dict[str, Any]) -> Ba
         log.warning(
             "%s: backbone %s of this run has RANDOMLY INITIALISED weights (as its features "
             "were computed, e.g. by `pipeline demo` offline): predictions are not those of a "
-            "trained face model", shown, name,
+            "trained face model",
+            shown,
+            name,
         )
     for group, (start, stop) in entry["groups"].items():
         if start >= stop:
@@ -496,5 +510,10 @@ def _install_variant(
     if SEPARATOR not in name:
         raise _bad_run(shown, f"backbone {name} is not a fine-tuned variant (BASE@RUN)")
     with _named_as(folder, shown):
-        install_variant(name, folder / files["record"], folder / files["weights"],
-                        f"{shown}: {files['record']}", identity.get("weights_sha256"))
+        install_variant(
+            name,
+            folder / files["record"],
+            folder / files["weights"],
+            f"{shown}: {files['record']}",
+            identity.get("weights_sha256"),
+        )

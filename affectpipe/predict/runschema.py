@@ -25,13 +25,18 @@ WEIGHT_SUM_TOLERANCE = 1e-4  # the weight search's weights sum to 1
 
 _NULL = {"type": "null"}
 _POSTS = {
-    "va": {"required": ["scale", "shift"],
-           "properties": {"scale": finite_array(2, -100, 100),
-                          "shift": finite_array(2, -100, 100)}},
-    "expr": {"required": ["offsets"],
-             "properties": {"offsets": finite_array(len(EXPR_NAMES), -100, 100)}},
-    "au": {"required": ["thresholds"],
-           "properties": {"thresholds": finite_array(len(AU_COLUMNS), 0, 1)}},
+    "va": {
+        "required": ["scale", "shift"],
+        "properties": {"scale": finite_array(2, -100, 100), "shift": finite_array(2, -100, 100)},
+    },
+    "expr": {
+        "required": ["offsets"],
+        "properties": {"offsets": finite_array(len(EXPR_NAMES), -100, 100)},
+    },
+    "au": {
+        "required": ["thresholds"],
+        "properties": {"thresholds": finite_array(len(AU_COLUMNS), 0, 1)},
+    },
 }
 
 
@@ -47,8 +52,13 @@ def _task_entry(task: str) -> dict[str, Any]:
         "type": "object",
         "required": ["candidates", "weights", "smoothing", rules.post_name],
         "properties": {
-            "candidates": {"type": "array", "items": NAME, "uniqueItems": True,
-                           "minItems": 1, "maxItems": MAX_NAMES},
+            "candidates": {
+                "type": "array",
+                "items": NAME,
+                "uniqueItems": True,
+                "minItems": 1,
+                "maxItems": MAX_NAMES,
+            },
             "weights": {
                 "type": "object",
                 "required": [g.name for g in rules.groups],
@@ -64,20 +74,34 @@ def _task_entry(task: str) -> dict[str, Any]:
                 },
             },
             rules.post_name: {"type": "object", **_POSTS[task]},
-            "logit_adjustment": {"anyOf": [_NULL, {
-                "type": "object",
-                "properties": {
-                    "tau": {**FINITE, "minimum": -100, "maximum": 100},
-                    "tuned_tau": {**FINITE, "minimum": -100, "maximum": 100},
-                    "log_prior": {"anyOf": [_NULL, finite_array(len(EXPR_NAMES), -1000, 0)]},
-                },
-            }]},
-            "gating": {"anyOf": [_NULL, {
-                "type": "object",
-                "required": ["source", "threshold"],
-                "properties": {"source": NAME, "threshold": {**FINITE, "minimum": 0,
-                                                              "maximum": 1}},
-            }]},
+            "logit_adjustment": {
+                "anyOf": [
+                    _NULL,
+                    {
+                        "type": "object",
+                        "properties": {
+                            "tau": {**FINITE, "minimum": -100, "maximum": 100},
+                            "tuned_tau": {**FINITE, "minimum": -100, "maximum": 100},
+                            "log_prior": {
+                                "anyOf": [_NULL, finite_array(len(EXPR_NAMES), -1000, 0)]
+                            },
+                        },
+                    },
+                ]
+            },
+            "gating": {
+                "anyOf": [
+                    _NULL,
+                    {
+                        "type": "object",
+                        "required": ["source", "threshold"],
+                        "properties": {
+                            "source": NAME,
+                            "threshold": {**FINITE, "minimum": 0, "maximum": 1},
+                        },
+                    },
+                ]
+            },
         },
     }
 
@@ -122,12 +146,17 @@ _IDENTITY = {
         "official_sha256": {"anyOf": [SHA256, _NULL]},
         "logit_names": {"type": "array", "items": {"type": "string"}, "maxItems": 1000},
         "spatial_grid": {"type": "integer", "minimum": 1, "maximum": MAX_SPATIAL_GRID},
-        "abaw_expr_index": {"anyOf": [_NULL, {
-            "type": "array",
-            "items": {"anyOf": [_NULL, {"type": "integer", "minimum": -1, "maximum": 999}]},
-            "minItems": len(EXPR_NAMES),
-            "maxItems": len(EXPR_NAMES),
-        }]},
+        "abaw_expr_index": {
+            "anyOf": [
+                _NULL,
+                {
+                    "type": "array",
+                    "items": {"anyOf": [_NULL, {"type": "integer", "minimum": -1, "maximum": 999}]},
+                    "minItems": len(EXPR_NAMES),
+                    "maxItems": len(EXPR_NAMES),
+                },
+            ]
+        },
     },
 }
 
@@ -139,14 +168,23 @@ EXPORT_SCHEMA: dict[str, Any] = {
         "format": {"const": EXPORT_FORMAT},
         "package_version": {"type": "string", "maxLength": 100},
         "source": {"type": "string", "maxLength": 10_000},
-        "tasks": {"type": "array", "items": {"enum": list(TASKS)}, "uniqueItems": True,
-                  "minItems": 1},
+        "tasks": {
+            "type": "array",
+            "items": {"enum": list(TASKS)},
+            "uniqueItems": True,
+            "minItems": 1,
+        },
         "heads": {
             "type": "object",
             "minProperties": 1,
             "propertyNames": {"enum": list(TASKS)},
-            "additionalProperties": {"type": "array", "items": NAME, "uniqueItems": True,
-                                     "minItems": 1, "maxItems": MAX_NAMES},
+            "additionalProperties": {
+                "type": "array",
+                "items": NAME,
+                "uniqueItems": True,
+                "minItems": 1,
+                "maxItems": MAX_NAMES,
+            },
         },
         "backbones": {
             "type": "object",

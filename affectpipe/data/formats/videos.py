@@ -63,16 +63,21 @@ class VideoFolder:
         if (labels is None) != (task is None):
             raise InputError("--labels and --task go together (an ABAW per-task folder)")
         frames = Path(frames_dir).expanduser().resolve()
-        extracted = {v.stem: _extract(v, frames / v.stem, detector) for v in
-                     tqdm(videos, desc="detecting faces", unit="video", disable=None)}
+        extracted = {
+            v.stem: _extract(v, frames / v.stem, detector)
+            for v in tqdm(videos, desc="detecting faces", unit="video", disable=None)
+        }
         options: dict[str, Any] = {"detector": detector, "videos": extracted}
         sources: tuple[Path, ...] = ()
         parts: dict[str, Inputs] = {}
         if labels is not None:
             assert task is not None
             labelled = AbawTask(task).resolve(Path(labels), image_root=frames)
-            labelled = Inputs(tuple(p for p in labelled.sources if p != labelled.test_list),
-                              labelled.image_roots, labelled.options)
+            labelled = Inputs(
+                tuple(p for p in labelled.sources if p != labelled.test_list),
+                labelled.image_roots,
+                labelled.options,
+            )
             sources, parts = labelled.sources, {str(task): labelled}
         roots = {"train": frames, "val": frames, "test": frames}
         return Inputs(sources, roots, options, None, parts)
@@ -90,13 +95,22 @@ class VideoFolder:
         keys = sorted(k for k in present if k.split("/", 1)[0] not in labelled_videos)
         video = [k.split("/", 1)[0] for k in keys]
         numbers = [int(Path(k).stem) for k in keys]
-        tests = pd.DataFrame({"image": keys, "video": video, "frame": numbers,
-                              "split": "test", **missing_labels(len(keys))})
+        tests = pd.DataFrame(
+            {
+                "image": keys,
+                "video": video,
+                "frame": numbers,
+                "split": "test",
+                **missing_labels(len(keys)),
+            }
+        )
         rows = pd.concat([frame, tests], ignore_index=True)
         if not len(rows):
             where = inputs.image_roots["test"]
-            raise InputError(f"no face in any frame of the videos (each video's reasons: "
-                             f"{where}/<video>/{MISSING})")
+            raise InputError(
+                f"no face in any frame of the videos (each video's reasons: "
+                f"{where}/<video>/{MISSING})"
+            )
         return Table(rows, None, fixes)
 
 
@@ -104,8 +118,12 @@ def _extract(video: Path, folder: Path, detector: str) -> dict[str, Any]:
     """Write the aligned face of each frame of `video` into `folder` unless done already;
     returns what `done.json` records."""
     stat = video.stat()
-    identity = {"video": str(video), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                "detector": detector}
+    identity = {
+        "video": str(video),
+        "bytes": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "detector": detector,
+    }
     done = folder / DONE
     if done.exists():
         try:
