@@ -1,6 +1,7 @@
 """Extensions registered from outside the package (tests/plugins/toy_extensions.py: one
 module, one registration call each) driven through the real CLI on real face photos: a head
-model, a dataset format and a submission style the format's test list names."""
+model, a dataset format, a submission style the format's test list names, and a descriptor
+backbone (through extract, heads, blend and predict)."""
 
 from __future__ import annotations
 
@@ -182,3 +183,40 @@ def test_plugin_head_model_format_and_style_through_the_cli(
         *photos,
     )
     assert without.returncode != 0 and "centroid" in without.stderr
+
+
+def test_plugin_descriptor_backbone_through_extract_heads_blend_and_predict(
+    toy_dataset: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cache, data = toy_dataset
+    args = ("--cache-dir", cache)
+    run_cli(*args, "extract", "--dataset", "toy", "--backbones", "toy-colour", env=PLUGIN_ENV,
+            check=True)  # fmt: skip
+    run_cli(*args, "heads", "--dataset", "toy", "--run", "colour", "--no-progress",
+            "--candidate", "toy-colour:embedding/linear", env=PLUGIN_ENV, check=True)  # fmt: skip
+    run_cli(*args, "blend", "--dataset", "toy", "--run", "colour", "--out", tmp_path / "s",
+            "--no-report", env=PLUGIN_ENV, check=True)  # fmt: skip
+    photos = sorted((data / "images").iterdir())[:5]
+    out = tmp_path / "colour.csv"
+    preds = run_cli(*args, "predict", "--dataset", "toy", "--run", "colour", "--out", out,
+                    "--assume-aligned", "--no-progress", *photos, env=PLUGIN_ENV)  # fmt: skip
+    assert preds.returncode == 0, preds.stderr
+    table = pd.read_csv(out)
+    assert table["face_ok"].all() and len(table) == 5
+
+    # Predict computes the descriptor's rows as extract did: describe + the stored mean.
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "plugins"))
+    from toy_extensions import ToyColour
+
+    from affectpipe.config import DatasetPaths
+    from affectpipe.extract import load_rgb
+    from affectpipe.features import read_feature_file
+
+    handle = read_feature_file(DatasetPaths(cache / "toy").features("toy-colour"))
+    row = {str(image): i for i, image in enumerate(handle.images)}[photos[0].name]
+    image, _ = load_rgb(str(photos[0]), None)
+    raw, ok = ToyColour().describe(np.asarray(image))
+    computed = ToyColour().apply_fitted(raw[None], {"colour_mean": handle.extra("colour_mean")})
+    np.testing.assert_allclose(computed[0], handle.load("embedding")[row], atol=1e-6)

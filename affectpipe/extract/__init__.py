@@ -56,9 +56,48 @@ __all__ = [
     "read_manifest_view",
     "run",
     "shard_range",
+    *sorted(
+        [
+            "FeatureComputer",
+            "ComputedFeatures",
+            "is_descriptor",
+            "descriptor_arrays",
+            "load_rgb",
+            "collate",
+            "die_with_parent",
+            "to_rgb",
+            "MAX_DECODE_PIXELS",
+            "get_weights_entry",
+        ]
+    ),
 ]
 
 logger = logging.getLogger(__name__)
+
+# The stage's public API for its users (predict): computing features of new images, decoding
+# them as extraction does, the weights registry. Imported on first use, so importing this
+# package (e.g. for the CLI) does not import torch.
+_LAZY = {
+    "FeatureComputer": "affectpipe.extract.compute",
+    "ComputedFeatures": "affectpipe.extract.compute",
+    "is_descriptor": "affectpipe.extract.compute",
+    "descriptor_arrays": "affectpipe.extract.compute",
+    "load_rgb": "affectpipe.extract.decode",
+    "collate": "affectpipe.extract.decode",
+    "die_with_parent": "affectpipe.extract.decode",
+    "to_rgb": "affectpipe.extract.decode",
+    "MAX_DECODE_PIXELS": "affectpipe.extract.decode",
+    "get_weights_entry": "affectpipe.extract.weights",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
 
 DEFAULT_CHUNK_ROWS = 2048  # rows per committed chunk: at most this much work is redone
 RANDOM_INIT_SEED = 0

@@ -17,7 +17,7 @@ import ctypes
 import os
 import signal
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -55,8 +55,16 @@ class Descriptor(Protocol):
 
     name: str
     raw_dim: int
+    # The fitted arrays `finalize_rows` puts in its attrs (the file keeps them under
+    # ``extra/``), with which `apply_fitted` computes the rows of new images.
+    fitted_arrays: tuple[str, ...]
 
     def describe(self, rgb: np.ndarray) -> tuple[np.ndarray, bool]: ...
+
+    def apply_fitted(self, raw: np.ndarray, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Rows [N, D] of raw rows [N, raw_dim] with a file's fitted arrays (ValueError when
+        they do not fit)."""
+        ...
 
     def finalize_rows(
         self, rows: RawRows, train_mask: np.ndarray, scratch: Path | None = None

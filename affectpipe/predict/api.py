@@ -34,7 +34,7 @@ import pandas as pd
 
 from affectpipe.config import DEFAULT_RUN, DatasetPaths
 from affectpipe.errors import InputError
-from affectpipe.extract.decode import collate, die_with_parent, load_rgb
+from affectpipe.extract import ComputedFeatures, FeatureComputer, collate, die_with_parent, load_rgb
 from affectpipe.faces.detection import POINT_NAMES, Detection
 from affectpipe.faces.tracking import Tracker, VideoFaces
 from affectpipe.machine import DEFAULT_BATCH_SIZE, default_workers
@@ -48,15 +48,6 @@ from affectpipe.predict.runfiles import (
     load_from_cache,
 )
 from affectpipe.schema import PRED_COLUMNS
-
-
-@dataclass
-class _Features:
-    """Per backbone: embedding / logits rows of a batch of frames, and which rows are ok."""
-
-    arrays: dict[str, dict[str, np.ndarray]]
-    ok: np.ndarray  # [N] every backbone processed the frame
-    reasons: list[str | None]  # [N] why a frame is not ok (None where it is)
 
 
 class Predictor:
@@ -114,7 +105,7 @@ class Predictor:
         self.workers = workers
         self.progress = progress
         self.runtime = runtime
-        self._engine: _Engine | None = None
+        self._engine: FeatureComputer | None = None
         # The first face crop of each video track of the last `predict` ((source, face_id) ->
         # aligned crop): the thumbnails of `--plot`.
         self.thumbnails: dict[tuple[str, int], Any] = {}
@@ -166,7 +157,7 @@ class Predictor:
                     blocks.append(features)
                     bar.update(len(batch.sources))
         sources = rows.sources
-        features = _Features(
+        features = ComputedFeatures(
             {
                 b: {
                     k: np.concatenate([x.arrays[b][k] for x in blocks]) for k in blocks[0].arrays[b]
@@ -197,8 +188,8 @@ class Predictor:
         return table
 
     def _batches(
-        self, engine: _Engine, video: bool, files: Iterable[Path]
-    ) -> Iterator[tuple[_Rows, _Features]]:
+        self, engine: FeatureComputer, video: bool, files: Iterable[Path]
+    ) -> Iterator[tuple[_Rows, ComputedFeatures]]:
         """(rows, features) per batch of consecutive image files or videos."""
         if video:
             for batch in _batches(self._video_faces(files), self.batch_size):
@@ -271,7 +262,7 @@ class Predictor:
                             self.thumbnails.setdefault((str(path), face_id), face.image)
                         yield frame, face_id, face
 
-    def _get_engine(self) -> _Engine:
+    def _get_engine(self) -> FeatureComputer:
         if self._engine is None:
             from affectpipe.featuresets import parse_feature_set
 
@@ -282,7 +273,7 @@ class Predictor:
                 for b, part in parse_feature_set(head.feature_set).parts
                 if part == "spatial"
             }
-            self._engine = _Engine(
+            self._engine = FeatureComputer(
                 self.bundle.backbones, self.device, self.weights, spatial, self.runtime
             )
         return self._engine
@@ -381,146 +372,6 @@ def _pixel_batches(frames: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-class _Engine:
-    """The run's backbones, built once: CNNs with their verified weights (and, for those in
-    `spatial`, their `spatial` part on the recorded grid), descriptors with their stored
-    fitted arrays."""
-
-    def __init__(
-        self,
-        backbones: dict[str, BackboneRecord],
-        device: str,
-        weights: Mapping[str, Path],
-        spatial: set[str],
-        runtime: str,
-    ) -> None:
-        from affectpipe.extract.backbones import get_backbone
-        from affectpipe.extract.decode import DecodeDataset
-        from affectpipe.extract.engine import resolve_device
-        from affectpipe.extract.onnx_runtime import resolve_runtime
-
-        self.device = resolve_device(device)
-        self.records = backbones
-        resolved = resolve_runtime(runtime, self.device.type)
-        self.models = {
-            n: self._model(r, weights, n in spatial, resolved, runtime == "onnx")
-            for n, r in backbones.items()
-            if not r.is_descriptor
-        }
-        self.descriptors = {n: self._descriptor(r) for n, r in backbones.items() if r.is_descriptor}
-        specs = [get_backbone(n) for n in self.models]
-        self.dataset = DecodeDataset(
-            [],
-            [s.resize for s in specs],
-            [s.input_size for s in specs],
-            list(self.descriptors.values()),
-        )
-
-    def _model(
-        self,
-        record: BackboneRecord,
-        weights: Mapping[str, Path],
-        spatial: bool,
-        runtime: str,
-        strict: bool,
-    ) -> Any:
-        from affectpipe.extract import model_job
-        from affectpipe.extract.backbones import get_backbone
-        from affectpipe.extract.plan import resolve_backbone_weights
-
-        spec = get_backbone(record.name)
-        recorded = record.identity.get("weights_sha256")
-        if record.identity.get("random_init"):
-            path = None
-        else:
-            resolved = resolve_backbone_weights(record.name, weights)
-            if resolved.sha256 != recorded:
-                raise InputError(
-                    f"{record.name}: the weights at {resolved.path} (sha256 {resolved.sha256}) "
-                    f"are not those the run's features were computed with ({recorded})"
-                )
-            path = resolved.path
-        if record.identity.get("preprocessing") not in (None, spec.preprocessing_attrs()):
-            raise InputError(f"{record.name}: the run's preprocessing differs from this version")
-        grid = record.identity.get("spatial_grid") if spatial else None
-        if spatial and not grid:
-            raise InputError(
-                f"the run's heads read {record.name}:spatial, but its features "
-                "record no spatial grid"
-            )
-        # The graphs output embedding and logits only: a spatial part needs torch.
-        job = model_job(
-            spec,
-            path,
-            str(recorded),
-            self.device,
-            channels_last=True,
-            runtime="torch" if grid else runtime,
-            strict=strict and not grid,
-        )
-        if grid and not hasattr(job.model, "feature_map"):
-            raise InputError(f"{record.name} exposes no feature map for its spatial part")
-        job.spatial_grid = grid
-        return job
-
-    @staticmethod
-    def _descriptor(record: BackboneRecord) -> Any:
-        from affectpipe.extract import registry
-        from affectpipe.extract.plan import describe_descriptor
-
-        descriptor = registry.get(record.name, "descriptor").load()()
-        recorded = record.identity.get("descriptor")
-        if recorded is not None and recorded != describe_descriptor(descriptor):
-            raise InputError(f"{record.name}: the run's descriptor parameters differ ({recorded})")
-        from affectpipe.extract.backbones.openface import embed
-
-        try:  # the stored arrays must fit this descriptor's rows (a shared run may not)
-            embed(
-                np.zeros((1, descriptor.raw_dim), np.float32),
-                record.arrays["hog_pca_mean"],
-                record.arrays["hog_pca_components"],
-            )
-        except (KeyError, ValueError) as exc:
-            raise InputError(f"{record.name}: the run's fitted arrays do not fit ({exc})") from None
-        return descriptor
-
-    def features(self, samples: Any) -> _Features:
-        """The run's features of one collated batch (`affectpipe.extract.decode.Batch`)."""
-        import torch
-
-        from affectpipe.extract.backbones.openface import embed
-        from affectpipe.extract.engine import AMP_DTYPES, forward
-
-        arrays: dict[str, dict[str, np.ndarray]] = {}
-        with torch.inference_mode():
-            for k, (name, job) in enumerate(self.models.items()):
-                precision = str(self.records[name].identity.get("precision", "fp32"))
-                arrays[name] = forward(
-                    job,
-                    samples.inputs[k],
-                    self.device,
-                    channels_last=True,
-                    amp_dtype=AMP_DTYPES.get(precision) if self.device.type != "cpu" else None,
-                )
-        for k, (name, _) in enumerate(self.descriptors.items()):
-            stored = self.records[name].arrays
-            arrays[name] = {
-                "embedding": embed(
-                    samples.raws[k], stored["hog_pca_mean"], stored["hog_pca_components"]
-                ),
-            }
-        ok = samples.ok.all(axis=1)  # an image that was not decoded is not ok for any backbone
-        decoded = ok.copy()
-        for parts in arrays.values():
-            for values in parts.values():
-                ok &= np.isfinite(values).all(axis=1)
-        reasons = [
-            None if good else (why or ("non-finite features" if fine else "not processed"))
-            for good, fine, why in zip(ok, decoded, samples.reasons, strict=True)
-        ]
-        return _Features(arrays, ok, reasons)
-
-
 def _part(record: BackboneRecord, arrays: dict[str, np.ndarray], part: str) -> np.ndarray:
     if part in arrays:
         return arrays[part]
@@ -531,7 +382,7 @@ def _part(record: BackboneRecord, arrays: dict[str, np.ndarray], part: str) -> n
 
 
 def _gate_sources(
-    plan: TaskPlan, features: _Features, records: dict[str, BackboneRecord], rows: np.ndarray
+    plan: TaskPlan, features: ComputedFeatures, records: dict[str, BackboneRecord], rows: np.ndarray
 ) -> Any:
     """The gating backbone's own expression probabilities on `rows` (None without a gate)."""
     from affectpipe.blend.stages import GateSources, mapped_probabilities
@@ -549,7 +400,7 @@ def _gate_sources(
 
 def _task_columns(
     plan: TaskPlan,
-    features: _Features,
+    features: ComputedFeatures,
     records: dict[str, BackboneRecord],
     sources: list[str],
     frame_numbers: np.ndarray,

@@ -19,7 +19,7 @@ from PIL import Image
 
 from affectpipe.data.images import IMAGE_SUFFIXES
 from affectpipe.errors import InputError
-from affectpipe.extract.decode import MAX_DECODE_PIXELS, to_rgb
+from affectpipe.extract import MAX_DECODE_PIXELS, to_rgb
 from affectpipe.fsutil import file_kind
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"})

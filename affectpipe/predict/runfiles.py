@@ -45,6 +45,7 @@ from affectpipe.blend.task_rules import TaskRules, rules_for
 from affectpipe.blend.tuning import TaskBlend
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import AffectpipeError, InputError
+from affectpipe.extract import descriptor_arrays
 from affectpipe.featuresets import parse_feature_set
 from affectpipe.finetune.variants import SEPARATOR
 from affectpipe.fsutil import (
@@ -64,7 +65,6 @@ from affectpipe.predict.runschema import (
 from affectpipe.untrusted import Limits, check_schema, limits, read_json
 
 log = logging.getLogger(__name__)
-DESCRIPTOR_ARRAYS = {"openface": ("hog_pca_mean", "hog_pca_components")}
 IDENTITY_ATTRS = (
     "weights_sha256",
     "random_init",
@@ -87,10 +87,6 @@ class BackboneRecord:
     identity: dict[str, Any]
     groups: dict[str, list[int]]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def is_descriptor(self) -> bool:
-        return self.name in DESCRIPTOR_ARRAYS
 
     def to_json(self) -> dict[str, Any]:
         return {"identity": self.identity, "groups": self.groups}
@@ -202,7 +198,7 @@ def load_from_cache(paths: DatasetPaths, run: str) -> RunBundle:
                 "predict cannot compute them for new images; train on a computed backbone"
             )
         identity = {k: attrs.get(k) for k in IDENTITY_ATTRS if attrs.get(k) is not None}
-        arrays = {k: handle.extra(k) for k in DESCRIPTOR_ARRAYS.get(name, ())}
+        arrays = {k: handle.extra(k) for k in descriptor_arrays(name)}
         backbones[name] = BackboneRecord(name, identity, dict(attrs.get("groups") or {}), arrays)
     return RunBundle(str(paths.run(run)), plans, backbones, document)
 
@@ -231,7 +227,7 @@ def export(bundle: RunBundle, out: Path) -> Path:
 def _write_export(bundle: RunBundle, folder: Path) -> None:
     from safetensors.numpy import save_file
 
-    from affectpipe.extract.weights import get_weights_entry
+    from affectpipe.extract import get_weights_entry
 
     (folder / "backbones").mkdir(parents=True, exist_ok=True)
     heads: dict[str, list[str]] = {}
@@ -483,20 +479,20 @@ def _backbone(folder: Path, shown: Path, name: str, entry: dict[str, Any]) -> Ba
     for group, (start, stop) in entry["groups"].items():
         if start >= stop:
             raise _bad_run(shown, f"backbone {name}: group {group!r} is empty ({start}..{stop})")
+    if "variant" in entry:  # installed first: the registry finds the variant from then on
+        _install_variant(folder, shown, name, identity, entry["variant"])
     arrays: dict[str, np.ndarray] = {}
     if "arrays" in entry:
         try:
             arrays = load_file(str(folder / PurePosixPath(entry["arrays"])))
         except (SafetensorError, OSError, ValueError) as exc:
             raise _bad_run(shown, f"{entry['arrays']}: not a safetensors file ({exc})") from None
-    wanted = DESCRIPTOR_ARRAYS.get(name, ())
+    wanted = descriptor_arrays(name)
     if set(arrays) != set(wanted):
         raise _bad_run(shown, f"backbone {name}: fitted arrays {sorted(arrays)}, not {wanted}")
     for key, value in arrays.items():
         if value.dtype.kind != "f" or not np.isfinite(value).all():
             raise _bad_run(shown, f"backbone {name}: {key} is not a finite float array")
-    if "variant" in entry:
-        _install_variant(folder, shown, name, identity, entry["variant"])
     return BackboneRecord(name, identity, entry["groups"], arrays)
 
 

@@ -3,7 +3,9 @@
 - head model `centroid`: expression probabilities from distances to the class means;
 - dataset format `toy-jsonl`: a JSON-lines file of {"image", "expression", "split"} whose
   test list asks for the `toy-jsonl` submission style;
-- submission style `toy-jsonl`: `predictions.jsonl`, one {"image", "expression"} per line.
+- submission style `toy-jsonl`: `predictions.jsonl`, one {"image", "expression"} per line;
+- descriptor backbone `toy-colour`: mean colour of a 4x4 grid of cells, centred on the train
+  rows' mean (its fitted array).
 
 Loaded by `pipeline` through AFFECTPIPE_PLUGINS=toy_extensions (tests/test_extensions.py).
 """
@@ -21,6 +23,8 @@ from sklearn.base import BaseEstimator
 
 from affectpipe.data.dataset import Inputs, Table, TestList
 from affectpipe.data.formats import register
+from affectpipe.extract import registry
+from affectpipe.extract.rawrows import Finalized
 from affectpipe.fsutil import write_text_atomic
 from affectpipe.heads.model_registry import register_head_model
 from affectpipe.manifest import listed_test_rows
@@ -122,6 +126,42 @@ class ToyStyle(SubmissionStyle):
         return [[str(json.loads(line)["expression"])] for line in path.read_text().splitlines()]
 
 
+class ToyColour:
+    name = "toy-colour"
+    raw_dim = 48
+    fitted_arrays = ("colour_mean",)
+
+    def describe(self, rgb: np.ndarray) -> tuple[np.ndarray, bool]:
+        image = np.asarray(rgb, dtype=np.float32) / 255.0
+        h, w = image.shape[0] // 4 * 4, image.shape[1] // 4 * 4
+        if h == 0 or w == 0:
+            return np.zeros(self.raw_dim, np.float32), False
+        cells = image[:h, :w].reshape(4, h // 4, 4, w // 4, 3).mean(axis=(1, 3))
+        return cells.reshape(-1).astype(np.float32), True
+
+    def finalize_rows(self, rows, train_mask: np.ndarray, scratch: Path | None = None) -> Finalized:
+        fit_rows = np.flatnonzero(np.asarray(rows.ok) & np.asarray(train_mask))
+        mean = np.concatenate(list(rows.take(fit_rows))).mean(axis=0).astype(np.float32)
+
+        def chunks():
+            for start, block in rows.blocks():
+                ok = np.asarray(rows.ok[start : start + len(block)], dtype=bool)
+                embedding = self.apply_fitted(block, {"colour_mean": mean})
+                embedding[~ok] = 0.0
+                yield start, {"embedding": embedding, "ok": ok}
+
+        return Finalized(self.raw_dim, {}, {"colour_mean": mean}, chunks())
+
+    def apply_fitted(self, raw: np.ndarray, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        mean = np.asarray(arrays["colour_mean"])
+        if raw.ndim != 2 or raw.shape[1] != self.raw_dim or mean.shape != (self.raw_dim,):
+            raise ValueError(f"toy-colour rows are [N, {self.raw_dim}], its mean [{self.raw_dim}]")
+        return (raw - mean).astype(np.float32)
+
+
 register_head_model("centroid", CentroidHead)
 register(ToyJsonl())
 register_style(ToyStyle())
+registry.register(
+    registry.Backbone("toy-colour", "descriptor", ToyColour, registry.EMBEDDING_HEADS)
+)

@@ -47,7 +47,7 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,7 @@ class OpenFaceDescriptor:
 
     name = "openface"
     raw_dim = SHAPE_DIM + hog.HOG_DIM
+    fitted_arrays = ("hog_pca_mean", "hog_pca_components")
 
     def __init__(self, hog_components: int = 128, pca_max_rows: int = 20000, seed: int = 0):
         self.hog_components = hog_components
@@ -223,6 +224,10 @@ class OpenFaceDescriptor:
             "hog_pca_components": pca.components,
         }
         return Finalized(SHAPE_DIM + components, groups, attrs, chunks())
+
+    def apply_fitted(self, raw: np.ndarray, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The rows of new images' raw descriptors with a file's fitted HOG PCA."""
+        return embed(self._checked(raw), arrays["hog_pca_mean"], arrays["hog_pca_components"])
 
     def _checked(self, block: np.ndarray) -> np.ndarray:
         if block.ndim != 2 or block.shape[1] != self.raw_dim:
