@@ -80,7 +80,10 @@ def test_ray_engine_writes_the_single_process_files(
     for item in weights:
         args += ["--weights", item]
     features = bench / "b" / "features"
-    local = CliRunner().invoke(cli, [*args, "--workers", "1"], catch_exceptions=False)
+    # The Ray engine runs torch: the local run too, so that the files are the same files.
+    local = CliRunner().invoke(
+        cli, [*args, "--workers", "1", "--runtime", "torch"], catch_exceptions=False
+    )
     assert local.exit_code == 0, local.output
     for name in ("mt-emotieffnet", "ddamfn"):
         (features / f"{name}.h5").rename(tmp_path / f"{name}.h5")
@@ -163,7 +166,14 @@ def test_killed_actor_is_retried_and_a_local_run_resumes_on_ray(
 ) -> None:
     paths = DatasetPaths.of(bench, "b")
     run = partial(
-        extract.run, paths, [crashy], random_init=True, batch_size=4, chunk_rows=16, workers=0
+        extract.run,
+        paths,
+        [crashy],
+        random_init=True,
+        batch_size=4,
+        chunk_rows=16,
+        workers=0,
+        runtime="torch",  # the crash is Python code in the forward, which a graph would drop
     )
     run(progress=False)
     target = paths.features(crashy)
