@@ -490,10 +490,10 @@ def test_bench_reports_whole_path_and_forward(tiny: BackboneSpec, tmp_path: Path
         )
     json_out = tmp_path / "bench.json"
     args = ["bench", "extract", "--images", str(folder), "--repeat", "2", "--backbones", TINY]
-    args += ["--workers", "0", "--batch-size", "4", "--json", str(json_out)]
+    args += ["--batch-size", "4", "--json", str(json_out)]  # the CLI's default workers
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert f"| {TINY} | cpu | 4 | 0 | 12 | random-init |" in result.output
+    assert f"| {TINY} | cpu | 4 | 1 | 12 | random-init |" in result.output
     assert "torch threads" in result.output and "random init" in result.output
     import json
 

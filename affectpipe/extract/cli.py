@@ -20,6 +20,7 @@ from affectpipe.cli_options import (
 )
 from affectpipe.config import Settings
 from affectpipe.errors import InputError
+from affectpipe.machine import default_workers
 
 
 def _split_names(value: str | None) -> list[str]:
@@ -318,7 +319,7 @@ def extract_bench(
         backbones=_split_names(backbones),
         device=device_name,
         batch_size=batch_size,
-        workers=workers,
+        workers=default_workers(device_name) if workers is None else workers,
         weights=parse_weights_option(weights_items),
         channels_last=channels_last,
         runtimes=sides,
