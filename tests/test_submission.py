@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from affectpipe.blend.runner import run as blend_run
 from affectpipe.blend.tuning import BlendOptions
 from affectpipe.config import DatasetPaths
+from affectpipe.errors import InputError
 from affectpipe.manifest import empty_manifest, write_manifest
 from affectpipe.pipeline import cli
 from affectpipe.predictions import write_prediction_run
@@ -247,3 +248,13 @@ def test_validate_submission_cli_exit_codes(tmp_path):
     assert failed.exit_code == 2
     assert "line 2: expression '9'" in failed.output
     assert paths.manifest.exists()
+
+
+def test_a_manifest_naming_an_unknown_style_is_refused_without_a_traceback(tmp_path):
+    """A manifest's test list (local, but a file like any other) names a style no one
+    registered: blend exits 2 naming it and the registered ones."""
+    paths = write_toy(tmp_path, ABAW4_TEST, "no-such-style", None)
+    result = CliRunner().invoke(cli, ["--cache-dir", str(tmp_path), "blend", "-d", "toy"])
+    assert result.exit_code != 0 and isinstance(result.exception, InputError)
+    assert "unknown submission style 'no-such-style'" in str(result.exception)
+    assert "mtl" in str(result.exception) and paths.manifest.exists()

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from affectpipe.errors import InputError
 from affectpipe.fsutil import write_text_atomic
 from affectpipe.manifest import listed_test_rows
 from affectpipe.schema import MTL_SUBMISSION_HEADER, TASK_HEADERS, TASKS
@@ -228,8 +229,10 @@ def register_style(style: SubmissionStyle) -> SubmissionStyle:
 
 
 def get_style(name: str) -> SubmissionStyle:
+    """The registered style `name`; InputError (exit 2) for another name, which a manifest's
+    test list or a dataset format may carry."""
     if name not in STYLES:
-        raise ValueError(f"unknown submission style {name!r} ({', '.join(STYLES)})")
+        raise InputError(f"unknown submission style {name!r} (registered: {', '.join(STYLES)})")
     return STYLES[name]
 
 
