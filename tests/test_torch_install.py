@@ -64,6 +64,9 @@ def test_a_mismatched_torchvision_is_a_clear_error(tmp_path: Path, monkeypatch):
         "mt-emotieffnet",
         "--workers",
         "0",
+        # torch's own path (a cached ONNX graph would run without importing torchvision)
+        "--runtime",
+        "torch",
         cwd=tmp_path,
     )
     assert result.returncode == 2, result.stdout + result.stderr
