@@ -6,6 +6,9 @@ backbone (through extract, heads, blend and predict)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -204,19 +207,28 @@ def test_plugin_descriptor_backbone_through_extract_heads_blend_and_predict(
     table = pd.read_csv(out)
     assert table["face_ok"].all() and len(table) == 5
 
-    # Predict computes the descriptor's rows as extract did: describe + the stored mean.
-    import sys
+    # Predict computes the descriptor's rows as extract did: describe + the stored mean. In a
+    # child process: importing the plugin registers its extensions, which this test worker
+    # (shared with other test files) must not keep.
+    check = f"""
+import numpy as np
+from toy_extensions import ToyColour
+from pathlib import Path
+from affectpipe.config import DatasetPaths
+from affectpipe.extract import load_rgb
+from affectpipe.features import read_feature_file
 
-    sys.path.insert(0, str(REPO / "tests" / "plugins"))
-    from toy_extensions import ToyColour
-
-    from affectpipe.config import DatasetPaths
-    from affectpipe.extract import load_rgb
-    from affectpipe.features import read_feature_file
-
-    handle = read_feature_file(DatasetPaths(cache / "toy").features("toy-colour"))
-    row = {str(image): i for i, image in enumerate(handle.images)}[photos[0].name]
-    image, _ = load_rgb(str(photos[0]), None)
-    raw, ok = ToyColour().describe(np.asarray(image))
-    computed = ToyColour().apply_fitted(raw[None], {"colour_mean": handle.extra("colour_mean")})
-    np.testing.assert_allclose(computed[0], handle.load("embedding")[row], atol=1e-6)
+handle = read_feature_file(DatasetPaths(Path({str(cache / "toy")!r})).features("toy-colour"))
+row = {{str(image): i for i, image in enumerate(handle.images)}}[{photos[0].name!r}]
+image, _ = load_rgb({str(photos[0])!r}, None)
+raw, ok = ToyColour().describe(np.asarray(image))
+computed = ToyColour().apply_fitted(raw[None], {{"colour_mean": handle.extra("colour_mean")}})
+print(ok, float(np.abs(computed[0] - handle.load("embedding")[row]).max()))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), PLUGIN_ENV["PYTHONPATH"]])}
+    child = subprocess.run(
+        [sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert child.returncode == 0, child.stderr
+    described, difference = child.stdout.split()
+    assert described == "True" and float(difference) <= 1e-6

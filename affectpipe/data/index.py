@@ -139,9 +139,10 @@ def _finish(table: Table, inputs: Inputs, images: dict[Path, frozenset[str]]) ->
         frame["video"] = frame["image"]
     if "frame" not in frame:
         frame["frame"] = frame.groupby("video", sort=False).cumcount() + 1
-    blank = empty_manifest(len(frame))
-    for column in (*VA_COLUMNS, "expression", *AU_COLUMNS):  # labels it does not have
-        if column not in frame:
+    absent = [c for c in (*VA_COLUMNS, "expression", *AU_COLUMNS) if c not in frame]
+    if absent:  # labels it does not have: missing, as in an empty manifest
+        blank = empty_manifest(len(frame))
+        for column in absent:
             frame[column] = blank[column].to_numpy()
     if "has_image" not in frame:
         has_image = np.zeros(len(frame), dtype=bool)

@@ -41,39 +41,6 @@ from affectpipe.extract.staleness import IDENTITY_KEYS, is_current, retry_rows
 from affectpipe.fsutil import disk_full_as_error, file_lock, remove_stale_temps
 from affectpipe.machine import DEFAULT_BATCH_SIZE, default_workers
 
-__all__ = [
-    "DEFAULT_CHUNK_ROWS",
-    "IDENTITY_KEYS",
-    "PRECISIONS",
-    "RANDOM_INIT_SEED",
-    "RANDOM_INIT_SHA256",
-    "BackboneReport",
-    "ExtractSummary",
-    "ManifestView",
-    "default_backbones",
-    "merge",
-    "output_path",
-    "read_manifest_view",
-    "run",
-    "shard_range",
-    *sorted(
-        [
-            "FeatureComputer",
-            "ComputedFeatures",
-            "is_descriptor",
-            "descriptor_arrays",
-            "load_rgb",
-            "collate",
-            "die_with_parent",
-            "to_rgb",
-            "MAX_DECODE_PIXELS",
-            "get_weights_entry",
-        ]
-    ),
-]
-
-logger = logging.getLogger(__name__)
-
 # The stage's public API for its users (predict): computing features of new images, decoding
 # them as extraction does, the weights registry. Imported on first use, so importing this
 # package (e.g. for the CLI) does not import torch.
@@ -89,6 +56,26 @@ _LAZY = {
     "MAX_DECODE_PIXELS": "affectpipe.extract.decode",
     "get_weights_entry": "affectpipe.extract.weights",
 }
+
+__all__ = [
+    "DEFAULT_CHUNK_ROWS",
+    "IDENTITY_KEYS",
+    "PRECISIONS",
+    "RANDOM_INIT_SEED",
+    "RANDOM_INIT_SHA256",
+    "BackboneReport",
+    "ExtractSummary",
+    "ManifestView",
+    "default_backbones",
+    "merge",
+    "output_path",
+    "read_manifest_view",
+    "run",
+    "shard_range",
+    *_LAZY,
+]
+
+logger = logging.getLogger(__name__)
 
 
 def __getattr__(name: str) -> Any:
@@ -408,8 +395,9 @@ def _pass(
         if grid and not hasattr(job.model, "feature_map"):
             raise InputError(f"{t.backbone} exposes no feature map: extract it without a grid")
         job.store, job.spatial_grid = t.store, grid
-        t.attrs.update(runtime_record(job))
-        t.store.save_runtime(runtime_record(job))
+        record = runtime_record(job)
+        t.attrs.update(record)
+        t.store.save_runtime(record)
         model_jobs.append(job)
     descriptor_jobs = [DescriptorJob(t.descriptor, t.store) for t in group if t.kind != "model"]
     stats = (extract_pass if engine is None else engine.extract_pass)(
