@@ -58,6 +58,9 @@ class Task:
     # True for a regression task: outputs are the values themselves (no probabilities), and
     # a linear head is a closed-form ridge.
     is_regression: bool = False
+    # True where each row has exactly one class: outputs are class probabilities summing to
+    # one, decided by arg-max (the blend's prior and gating stages need that).
+    exclusive_classes: bool = False
 
     @property
     def pred_columns(self) -> tuple[str, ...]:
@@ -292,7 +295,14 @@ class AUTask(Task):
 TASK_DEFS: dict[str, Task] = {
     "va": VATask("va", len(VA_COLUMNS), "p_va", None, VA_COLUMNS, "dimensions", "CCC", True),
     "expr": ExprTask(
-        "expr", len(EXPR_NAMES), "p_expr", "p_expr_present", ("expression",), "classes", "F1"
+        "expr",
+        len(EXPR_NAMES),
+        "p_expr",
+        "p_expr_present",
+        ("expression",),
+        "classes",
+        "F1",
+        exclusive_classes=True,
     ),
     "au": AUTask("au", len(AU_COLUMNS), "p_au", "p_au_present", AU_COLUMNS, "AUs", "F1"),
 }

@@ -75,7 +75,7 @@ def test_searches_see_only_the_sampled_rows_and_scores_are_of_every_row(task):
     np.testing.assert_array_equal(sampled.weights, only_sample.weights)
     assert (sampled.kernel, sampled.half_width) == (only_sample.kernel, only_sample.half_width)
     assert sampled.post == only_sample.post
-    assert (sampled.tuned_tau, sampled.gate) == (only_sample.tuned_tau, only_sample.gate)
+    assert sampled.chain.params == only_sample.chain.params  # the later stages, as tuned
     # recorded tuned score: the tuned blend applied to every labelled row
     _, decided = apply_tuned(rules, sampled, data.candidates, data.order)
     final = rules.score(data.labels[labelled], decided[labelled])
@@ -92,7 +92,7 @@ def test_expr_window_shortlist_never_scores_below_the_single_best_window():
     gains = []
     for seed in range(4):
         data = synthetic_task("expr", n_rows=4000, n_videos=10, n_candidates=3, seed=seed)
-        options = BlendOptions(logit_adjustment=False, gating=False)
+        options = BlendOptions(disabled_stages=("logit_adjustment", "gating"))
         fitted = fit_task(rules, data.candidates, data.labels, data.order, options)
         labelled = rules.labelled(data.labels)
         labels = data.labels[labelled]

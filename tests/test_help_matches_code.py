@@ -33,10 +33,11 @@ def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tupl
 
 
 def _options(command: click.Command) -> set[str]:
-    """The command's long options, with the --help click adds to every command."""
+    """The command's long options, with the --help click adds to every command (and those a
+    command makes when it runs, like blend's `--no-<stage>` flags)."""
     return {"--help"} | {
         name
-        for p in command.params
+        for p in command.get_params(click.Context(command))
         if isinstance(p, click.Option)
         for name in (*p.opts, *p.secondary_opts)
         if name.startswith("--")

@@ -11,6 +11,7 @@ import logging
 import platform
 import shlex
 import sys
+from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib import metadata as package_metadata
 from pathlib import Path
@@ -116,7 +117,7 @@ def provenance(
 ) -> dict[str, Any]:
     """When, how and from what this blend was made: command, versions, input fingerprints."""
     used = {b for o in outcomes.values() for n in o.candidates for b in _candidate_backbones(n)}
-    used |= {o.blend.gate["source"] for o in outcomes.values() if o.blend.gate}
+    used |= {name for o in outcomes.values() for name in o.blend.backbones()}
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": shlex.join(sys.argv),
@@ -195,18 +196,7 @@ def blend_json(
     return {
         "run": run,
         "package_version": __version__,
-        "options": {
-            "correction": options.correction,
-            "smoothing": options.smoothing,
-            "kernels": list(options.kernels),
-            "max_steps": options.max_steps,
-            "crossfit_folds": options.crossfit_folds,
-            "seed": options.seed,
-            "search_rows": options.search_rows,
-            "prefer": options.prefer,
-            "logit_adjustment": options.logit_adjustment,
-            "gating": options.gating,
-        },
+        "options": asdict(options),
         "tasks": tasks,
         "scores": scores,
         "p_mtl": p_mtl,

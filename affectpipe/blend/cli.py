@@ -72,7 +72,30 @@ def echo_outcome(result, partial: bool) -> None:
         click.echo(f"warning: not written (--partial): {name}: {why}", err=True)
 
 
-@click.command()
+class StageFlagsCommand(click.Command):
+    """A command with a `--no-<stage>` flag for each registered blend stage after the base,
+    made when the command runs (after plugins have registered theirs)."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        from affectpipe.blend.stage_registry import blend_stages, flag_name
+
+        stages = blend_stages()
+        names = tuple(stage.name for stage in stages)
+        if getattr(self, "_stage_names", None) != names:
+            self._stage_names = names
+            self._stage_flags = [
+                click.Option(
+                    ["--no-" + stage.name.replace("_", "-"), flag_name(stage)],
+                    is_flag=True,
+                    help=stage.help,
+                )
+                for stage in stages
+            ]
+        *own, help_option = super().get_params(ctx)
+        return [*own, *self._stage_flags, help_option]
+
+
+@click.command(cls=StageFlagsCommand)
 @dataset_option()
 @run_option
 @submission_out_option
@@ -86,12 +109,6 @@ def echo_outcome(result, partial: bool) -> None:
     "--no-correction", is_flag=True, help="No VA calibration / EXPR class offsets / AU thresholds."
 )
 @click.option("--no-smoothing", is_flag=True, help="No temporal smoothing.")
-@click.option(
-    "--no-logit-adjustment", is_flag=True, help="No EXPR tau * log(prior) class correction."
-)
-@click.option(
-    "--no-gating", is_flag=True, help="No EXPR gating by a confident backbone's own prediction."
-)
 @click.option(
     "--folds", default=3, show_default=True, type=click.IntRange(2), help="Cross-fit folds."
 )
@@ -129,8 +146,6 @@ def blend(
     candidates: tuple[str, ...],
     no_correction: bool,
     no_smoothing: bool,
-    no_logit_adjustment: bool,
-    no_gating: bool,
     folds: int,
     search_rows: int,
     jobs: int,
@@ -139,6 +154,7 @@ def blend(
     max_filled: float,
     no_report: bool,
     progress: bool,
+    **stage_flags: bool,
 ) -> None:
     """Tune blends on validation and write submission files and a report.
 
@@ -154,13 +170,13 @@ def blend(
     says which and why), unless --partial.
     """
     from affectpipe.blend.runner import run
+    from affectpipe.blend.stage_registry import blend_stages, flag_name
     from affectpipe.blend.tuning import BlendOptions
 
     options = BlendOptions(
         correction=not no_correction,
         smoothing=not no_smoothing,
-        logit_adjustment=not no_logit_adjustment,
-        gating=not no_gating,
+        disabled_stages=tuple(s.name for s in blend_stages() if stage_flags.get(flag_name(s))),
         crossfit_folds=folds,
         search_rows=search_rows or None,
         n_jobs=jobs,

@@ -14,6 +14,7 @@ matplotlib.use("Agg")  # headless: render to memory only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from affectpipe.blend.stage_registry import get_blend_stage  # noqa: E402
 from affectpipe.blend.task_rules import rules_for  # noqa: E402
 from affectpipe.fsutil import write_text_atomic  # noqa: E402
 from affectpipe.metrics import ccc, expr_f1_per_class  # noqa: E402
@@ -34,9 +35,7 @@ STAGE_LABELS = {
     "offsets": "+ EXPR class offsets",
     "thresholds": "+ per-AU thresholds",
     "smoothing": "+ temporal smoothing",
-    "logit_adjustment": "+ logit adjustment (tau * log prior)",
-    "gating": "+ confidence gating by a backbone",
-}
+}  # the base's stages; the later ones label themselves (`BlendStage.label`)
 
 
 def _png(fig: plt.Figure) -> str:
@@ -286,11 +285,8 @@ def _weights_table(outcome, weights: dict[str, dict[str, float]]) -> str:
 
 def _stage_note(stage: str, fitted) -> str:
     """The tuned parameter of a stage in force."""
-    if stage == "logit_adjustment":
-        return f"tau {fitted.tau:+.2f}"
-    if stage == "gating":
-        gate = fitted.gate
-        return f"{gate['source']} >= {gate['threshold']:.2f}" if gate else ""
+    if stage in fitted.in_force:
+        return get_blend_stage(stage).describe(fitted.in_force[stage])
     if stage == "smoothing":
         return f"{fitted.kernel}, half-width {fitted.half_width}" if fitted.half_width else ""
     return ""
@@ -302,7 +298,7 @@ def _stage_table(task: str, outcome) -> str:
     fitted = outcome.blend
     rows = []
     for stage, tuned in fitted.stage_scores.items():
-        label = STAGE_LABELS[stage]
+        label = STAGE_LABELS.get(stage) or get_blend_stage(stage).label
         if rules.post_name == "thresholds" and stage == "blend":
             label += f", global threshold {DECISION_THRESHOLD}"
         decision = fitted.decisions.get(stage)
@@ -319,7 +315,7 @@ def _stage_table(task: str, outcome) -> str:
         "cross-fitted column tunes them inside every fold). A stage is kept only when the "
         "pipeline with it cross-fits higher than without it; the correction and smoothing "
         "are judged together (a correction can lose on the raw mix and win on smoothed "
-        "outputs), logit adjustment and gating each over what is kept before them. A "
+        "outputs), each later stage over what is kept before it. A "
         "dropped correction or smoothing stage is switched off and the stages after it are "
         "tuned again without it.</i></p>"
     )

@@ -38,7 +38,7 @@ from affectpipe.blend.blend_record import (
 from affectpipe.blend.candidate_outputs import available_tasks, load_candidates
 from affectpipe.blend.interpolate import fill_missing
 from affectpipe.blend.smoothing import VideoOrder, group_codes
-from affectpipe.blend.stages import load_gate_sources, log_prior
+from affectpipe.blend.stage_registry import BlendInputs, blend_stages
 from affectpipe.blend.submission_plan import plan_submissions, request_outputs
 from affectpipe.blend.task_rules import TaskRules, rules_for
 from affectpipe.blend.tuning import (
@@ -46,6 +46,7 @@ from affectpipe.blend.tuning import (
     BlendOptions,
     TaskBlend,
     apply_tuned,
+    take_inputs,
     tune_variants,
 )
 from affectpipe.config import BLEND_PREFER, DEFAULT_MAX_FILLED, DatasetPaths
@@ -295,16 +296,12 @@ def _tune_task(
         )
     val_values = values[:, is_val]
     val_order = VideoOrder.of(groups[val_rows], frames[val_rows])
-    stages = set(rules.optional_stages)
-    sources = (
-        load_gate_sources(paths, manifest, rows) if "gating" in stages and options.gating else None
-    )
-    val_sources = sources.take(is_val) if sources is not None else None
-    test_sources = sources.take(is_test) if sources is not None else None
-    extra = {
-        "log_prior": log_prior(prior) if "logit_adjustment" in stages else None,
-        "sources": val_sources,
+    # The later stages' inputs on the blend's rows (a stage switched off reads nothing).
+    on_rows = BlendInputs(paths, manifest, rows, prior)
+    inputs = {
+        stage.name: stage.inputs(on_rows) for stage in blend_stages(rules) if options.runs(stage)
     }
+    val_inputs, test_inputs = take_inputs(inputs, is_val), take_inputs(inputs, is_test)
     seconds["load"] = seconds.get("load", 0.0) + time.perf_counter() - start
     fit_seconds: dict[str, float] = {}
 
@@ -318,7 +315,7 @@ def _tune_task(
             frames[val_rows],
             # The best single candidate: the same tuning, greedy selection stopping at one.
             {"blend": options, "single": replace(options, max_steps=1)},
-            **extra,
+            val_inputs,
             seconds=fit_seconds,
         )
         return tuned, time.perf_counter() - begin
@@ -344,10 +341,10 @@ def _tune_task(
         name: rules.score(val_labels[labelled], rules.decide(v[labelled], identity))
         for name, v in zip(cands.names, val_values, strict=True)
     }
-    _, val_outputs = apply_tuned(rules, fitted, val_values, val_order, val_sources)
+    _, val_outputs = apply_tuned(rules, fitted, val_values, val_order, val_inputs)
     test_order = VideoOrder.of(groups[test_rows], frames[test_rows])
     test_continuous, test_outputs = apply_tuned(
-        rules, fitted, values[:, is_test], test_order, test_sources
+        rules, fitted, values[:, is_test], test_order, test_inputs
     )
     used = (fitted.weights > 0).any(axis=0)
     has_image = manifest["has_image"].to_numpy(bool)[test_rows]

@@ -1,4 +1,5 @@
-"""Two optional EXPR stages after smoothing: logit adjustment and confidence gating.
+"""The built-in blend stages after the base (`blend.stage_registry`): logit adjustment and
+confidence gating, for tasks with exclusive classes (EXPR).
 
 Logit adjustment (Menon et al., 2021): the smoothed class probabilities p become
 softmax(log p - tau * log prior), prior being the training label frequencies; one parameter
@@ -10,7 +11,7 @@ prediction (its logits mapped to ABAW codes, softmaxed) is at least `threshold` 
 its arg-max replaces the blend's decision. The backbone and threshold are tuned on validation.
 
 Both are tuned inside every blend fit, so the cross-fit measures them honestly; the run keeps
-each only when it raises the cross-fitted score (see `tuning.tune_task`).
+each only when it raises the cross-fitted score (see `tuning.decide_stages`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,24 @@ import numpy as np
 import pandas as pd
 
 from affectpipe.blend.calibration import log_probs, macro_f1_from_pairs
+from affectpipe.blend.stage_registry import (
+    DECISIONS,
+    VALUES,
+    BlendInputs,
+    BlendStage,
+    PredictInputs,
+    StageFit,
+    register_blend_stage,
+)
+from affectpipe.errors import InputError
 from affectpipe.metrics import N_EXPR
+from affectpipe.untrusted import FINITE, NAME, finite_array
 
 TAU_GRID = np.round(np.arange(-1.0, 2.0001, 0.25), 10)
 GATE_GRID = np.round(np.arange(0.30, 0.9901, 0.02), 10)  # confidence thresholds
 PRIOR_FLOOR = 1e-3  # a class absent from training counts as this frequent
-OPTIONAL_STAGES = ("logit_adjustment", "gating")
+TOL = 1e-5  # a strictly better score, not float noise
+_NULL = {"type": "null"}
 
 
 def log_prior(prior: np.ndarray) -> np.ndarray:
@@ -118,7 +131,6 @@ def load_gate_sources(paths: Any, manifest: pd.DataFrame, rows: np.ndarray) -> G
 
     Files that are incomplete, shards, without logits or unreadable are no gate source
     (the stages that read them report them)."""
-    from affectpipe.errors import InputError
     from affectpipe.featuresets import load_feature_set, load_part, parse_feature_set
 
     names, values = [], []
@@ -137,3 +149,139 @@ def load_gate_sources(paths: Any, manifest: pd.DataFrame, rows: np.ndarray) -> G
         values.append(probs)
     stacked = np.stack(values) if values else np.zeros((0, len(rows), N_EXPR), np.float32)
     return GateSources(names, stacked)
+
+
+def _fit_adjustment(
+    smoothed: np.ndarray, log_prior_: np.ndarray, job: StageFit
+) -> tuple[float, dict[str, Any]]:
+    """(tau, correction re-tuned on the adjusted scores); tau 0 when no tau helps.
+
+    Taus are tried nearest 0 first, taking only strict improvements, so ties keep the
+    smaller correction."""
+    best_tau, best = 0.0, job.score(smoothed, job.post)
+    for tau in sorted(TAU_GRID, key=abs):
+        if tau == 0:
+            continue
+        trial = job.score(adjust(smoothed, log_prior_, tau), job.post)
+        if trial > best + TOL:
+            best_tau, best = float(tau), trial
+    if best_tau == 0:
+        return 0.0, job.post
+    refit, refit_score = job.tuned_post(adjust(smoothed, log_prior_, best_tau))
+    return best_tau, (refit if refit_score > best else job.post)
+
+
+class LogitAdjustment(BlendStage):
+    name = "logit_adjustment"
+    label = "+ logit adjustment (tau * log prior)"
+    help = "No EXPR tau * log(prior) class correction."
+    acts_on = VALUES
+    json_schema = {
+        "anyOf": [
+            _NULL,
+            {
+                "type": "object",
+                "properties": {
+                    "tau": {**FINITE, "minimum": -100, "maximum": 100},
+                    "tuned_tau": {**FINITE, "minimum": -100, "maximum": 100},
+                    "log_prior": {"anyOf": [_NULL, finite_array(N_EXPR, -1000, 0)]},
+                },
+            },
+        ]
+    }
+
+    def applies_to(self, rules: Any) -> bool:
+        return rules.task.exclusive_classes
+
+    def inputs(self, blend: BlendInputs) -> np.ndarray:
+        return log_prior(blend.prior)
+
+    def fit(self, x: np.ndarray, job: StageFit) -> tuple[Any, dict[str, Any]]:
+        tau, post = _fit_adjustment(x, job.inputs, job)
+        return ({"tau": tau, "log_prior": job.inputs} if tau else None), post
+
+    def apply(self, params: Any, x: np.ndarray, inputs: Any) -> np.ndarray:
+        return adjust(x, params["log_prior"], params["tau"])
+
+    def to_json(self, in_force: Any, tuned: Any) -> Any:
+        shown = in_force or tuned
+        return {
+            "tau": in_force["tau"] if in_force else 0.0,
+            "tuned_tau": tuned["tau"] if tuned else 0.0,
+            "log_prior": None if shown is None else shown["log_prior"].tolist(),
+        }
+
+    def from_json(self, entry: Any) -> Any:
+        tau = float((entry or {}).get("tau", 0.0))
+        if tau == 0:
+            return None
+        if entry.get("log_prior") is None:
+            raise ValueError("logit adjustment without its log prior")
+        return {"tau": tau, "log_prior": np.asarray(entry["log_prior"], dtype=np.float64)}
+
+    def describe(self, params: Any) -> str:
+        return f"tau {params['tau']:+.2f}"
+
+
+class ConfidenceGating(BlendStage):
+    name = "gating"
+    label = "+ confidence gating by a backbone"
+    help = "No EXPR gating by a confident backbone's own prediction."
+    acts_on = DECISIONS
+    json_schema = {
+        "anyOf": [
+            _NULL,
+            {
+                "type": "object",
+                "required": ["source", "threshold"],
+                "properties": {
+                    "source": NAME,
+                    "threshold": {**FINITE, "minimum": 0, "maximum": 1},
+                },
+            },
+        ]
+    }
+
+    def applies_to(self, rules: Any) -> bool:
+        return rules.task.exclusive_classes
+
+    def inputs(self, blend: BlendInputs) -> GateSources:
+        return load_gate_sources(blend.paths, blend.manifest, blend.rows)
+
+    def take(self, inputs: Any, rows: np.ndarray) -> Any:
+        return inputs.take(rows)
+
+    def predict_inputs(self, params: Any, predict: PredictInputs) -> GateSources:
+        """The gating backbone's own expression probabilities on the rows."""
+        name = params["source"]
+        record = predict.records.get(name)
+        index = record.identity.get("abaw_expr_index") if record is not None else None
+        if not index:
+            raise InputError(f"{name}: the gating backbone's class mapping is not recorded")
+        logits = predict.features.arrays[name]["logits"][predict.rows]
+        return GateSources([name], mapped_probabilities(logits, list(index))[None])
+
+    def fit(self, x: np.ndarray, job: StageFit) -> tuple[Any, dict[str, Any]]:
+        gate, _ = fit_gate(job.labels, x, job.inputs)
+        return gate, job.post
+
+    def apply(self, params: Any, x: np.ndarray, inputs: Any) -> np.ndarray:
+        return apply_gate(x, inputs, params)
+
+    def to_json(self, in_force: Any, tuned: Any) -> Any:
+        return in_force
+
+    def from_json(self, entry: Any) -> Any:
+        if not entry:
+            return None
+        return {"source": str(entry["source"]), "threshold": float(entry["threshold"])}
+
+    def describe(self, params: Any) -> str:
+        return f"{params['source']} >= {params['threshold']:.2f}"
+
+    def backbones(self, params: Any) -> list[str]:
+        return [params["source"]]
+
+
+register_blend_stage(LogitAdjustment())
+register_blend_stage(ConfidenceGating())

@@ -16,7 +16,6 @@ import pandas as pd
 
 from affectpipe import metrics, tasks
 from affectpipe.blend import calibration, thresholds
-from affectpipe.blend.stages import OPTIONAL_STAGES
 from affectpipe.schema import AU_COLUMNS, EXPR_NAMES, VA_COLUMNS
 
 
@@ -55,7 +54,6 @@ class _Rules:
 class VaRules(_Rules):
     task = tasks.get_task("va")
     post_name = "calibration"
-    optional_stages: tuple[str, ...] = ()
     groups = (WeightGroup("valence", slice(0, 1)), WeightGroup("arousal", slice(1, 2)))
     windows = (0, 3, 6, 12, 25, 50, 100)
     retune_windows: int | None = None  # calibration re-tuned at every smoothing window
@@ -102,7 +100,6 @@ class VaRules(_Rules):
 class ExprRules(_Rules):
     task = tasks.get_task("expr")
     post_name = "offsets"
-    optional_stages = OPTIONAL_STAGES  # logit adjustment and confidence gating
     groups = (WeightGroup("expression", slice(0, len(EXPR_NAMES))),)
     windows = (0, 3, 6, 12, 25, 50, 100)
     # Offsets re-tuned only for the 3 windows that score best with the unsmoothed offsets
@@ -156,7 +153,6 @@ class ExprRules(_Rules):
 class AuRules(_Rules):
     task = tasks.get_task("au")
     post_name = "thresholds"
-    optional_stages: tuple[str, ...] = ()
     groups = (WeightGroup("aus", slice(0, len(AU_COLUMNS))),)
     windows = (0, 1, 2, 4, 8, 16)
     retune_windows: int | None = None  # thresholds re-tuned at every smoothing window

@@ -1,34 +1,45 @@
-"""Tune one task's blend on validation rows and apply it: weights, correction, smoothing.
+"""Tune one task's blend on validation rows and apply it: the base, then the stages after it.
 
-Stages, in the order they are applied: weighted mix of candidates -> smoothing along each
-video -> (EXPR) logit adjustment -> the task's correction (VA calibration, EXPR offsets or AU
-thresholds) -> decision -> (EXPR) confidence gating. They are tuned in the order of the
-report's table: weights, then the correction on the unsmoothed mix, then the smoothing
-window, re-tuning the correction for each window (EXPR, whose offset search is the costliest,
-scores every window with the unsmoothed offsets and re-tunes them for the best few:
-`retune_windows`), then the optional EXPR stages of `blend.stages`.
+The base, in the order it is applied: weighted mix of candidates -> smoothing along each
+video -> the task's correction (VA calibration, EXPR offsets or AU thresholds) -> decision.
+It is tuned in the order of the report's table: weights, then the correction on the
+unsmoothed mix, then the smoothing window, re-tuning the correction for each window (EXPR,
+whose offset search is the costliest, scores every window with the unsmoothed offsets and
+re-tunes them for the best few: `retune_windows`). Then the registered stages after the base
+(`blend.stage_registry`), in their order: those on continuous outputs apply before the
+correction (and may re-tune it), those on decisions after it. Each such stage is tuned over
+every combination of the stages before it (`StageChain`), so that whichever of them the
+cross-fit keeps, the next one was tuned on what stays.
 
 Every stage after the weights earns its place by cross-fitting (`decide_stages`): a stage
 stays only when the cross-fitted score with it is higher than without it. The correction and
 smoothing are judged as a pair (each fit also tunes a window without correction, so all four
-combinations are cross-fitted at once); logit adjustment and gating each over what is kept
-before it. A dropped correction or smoothing stage is switched off and the stages after it
-are tuned again without it (they were tuned on its output); logit adjustment and gating are
-switched off without re-tuning. (The weights themselves are judged
-against the best single candidate, in `blend.runner`.) Above `config.BLEND_SEARCH_ROWS`
-labelled rows, the searches score a systematic sample of them (`search_rows`).
+combinations are cross-fitted at once); each later stage over what is kept before it. A
+dropped correction or smoothing stage is switched off and everything after it is tuned again
+without it (it was tuned on its output); a later stage is switched off without re-tuning
+(the chain already holds the next stages tuned without it). (The weights themselves are
+judged against the best single candidate, in `blend.runner`.) Above
+`config.BLEND_SEARCH_ROWS` labelled rows, the searches score a systematic sample of them
+(`search_rows`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from affectpipe.blend.smoothing import KERNELS, Smoother, VideoOrder, smooth
-from affectpipe.blend.stages import TAU_GRID, GateSources, adjust, apply_gate, fit_gate
+from affectpipe.blend.stage_registry import (
+    VALUES,
+    BlendStage,
+    StageFit,
+    blend_stages,
+    get_blend_stage,
+)
 from affectpipe.blend.task_rules import TaskRules
 from affectpipe.blend.weights import greedy_weights, mix
 from affectpipe.config import BLEND_SEARCH_ROWS
@@ -39,6 +50,8 @@ SMOOTHING_ALONE = "smoothing without correction"  # a `stage_decisions` key
 # Validation rows above which the fits run in one process per usable core by default; below
 # it, starting the worker processes costs about as much as they save.
 PARALLEL_ROWS = 20_000
+# A stage's inputs by stage name (`BlendStage.inputs`), on the rows at hand.
+StageInputs = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -57,14 +70,27 @@ class BlendOptions:
     n_jobs: int = 0
     # "best": the blend only when it cross-fits above the best single candidate; "blend": always
     prefer: str = "best"
-    logit_adjustment: bool = True  # EXPR: tau * log prior correction (blend.stages)
-    gating: bool = True  # EXPR: a confident backbone's own prediction replaces the blend's
+    # Registered stages after the base that are switched off (`--no-<stage>`).
+    disabled_stages: tuple[str, ...] = ()
+
+    def runs(self, stage: BlendStage) -> bool:
+        return stage.name not in self.disabled_stages
 
 
-def variant_key(adjusted: bool, gated: bool) -> str:
-    """Name of a combination of the optional stages (the stage table's row names)."""
-    names = [n for n, on in (("logit_adjustment", adjusted), ("gating", gated)) if on]
-    return "+".join(names) or "smoothing"
+def variant_key(stages: tuple[str, ...]) -> str:
+    """Name of a combination of the stages after the base (a `stage_decisions` key)."""
+    return "+".join(stages) or "smoothing"
+
+
+@dataclass
+class StageChain:
+    """The stages after the base as tuned on every row: `params` of each stage tuned over
+    each combination of the stages before it (key: that combination plus the stage; None:
+    tuned to do nothing, or not run), and the correction in force after each combination."""
+
+    order: tuple[str, ...] = ()
+    params: dict[tuple[str, ...], Any] = field(default_factory=dict)
+    posts: dict[tuple[str, ...], dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -75,54 +101,52 @@ class TaskBlend:
     weights: np.ndarray  # [n_groups, M]
     kernel: str
     half_width: int  # 0 = no smoothing
-    post: dict[str, Any]
+    post: dict[str, Any]  # the correction in force
     stage_scores: dict[str, float] = field(default_factory=dict)  # tuned, per table stage
-    # The correction in force after each stage, so that a prefix of the stages can be applied.
+    # The correction in force after each base stage, so that a prefix can be applied.
     stage_posts: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The smoothing window tuned without a correction (kernel, half-width), for the cross-fit.
     alone_window: tuple[str, int] = (KERNELS[0], 0)
-    log_prior: np.ndarray | None = None  # training label prior (EXPR logit adjustment)
-    tuned_tau: float = 0.0  # the tuned logit adjustment (0: it did not help when tuned)
-    tau: float = 0.0  # the one in force
-    gates: dict[bool, dict[str, Any] | None] = field(default_factory=dict)  # by `adjusted`
-    gate: dict[str, Any] | None = None  # the one in force
+    chain: StageChain = field(default_factory=StageChain)
+    in_force: dict[str, Any] = field(default_factory=dict)  # stage -> params, applied in order
     variant_scores: dict[str, float] = field(default_factory=dict)  # tuned, by variant_key
-    kept: dict[str, bool] = field(default_factory=dict)  # optional stage -> in force
     crossfit_stage_scores: dict[str, float] = field(default_factory=dict)
     # stage -> {"tuned", "crossfit", "without", "kept", "why"}: the cross-fit decision of each
     # stage after the weights (`decide_stages`), in chain order.
     decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
+    def kept(self) -> dict[str, bool]:
+        """Each stage after the base -> whether it is in force."""
+        return {name: name in self.in_force for name in self.chain.order}
+
+    @property
     def final_score(self) -> float:
         """Tuned score of the stages in force."""
-        key = variant_key(self.tau != 0, self.gate is not None)
+        key = variant_key(tuple(self.in_force))
         return self.variant_scores.get(key, self.stage_scores["smoothing"])
 
-    def variant(self, adjusted: bool, gated: bool) -> TaskBlend:
-        """This blend with the optional stages switched on or off (on only where tuned)."""
-        adjusted = adjusted and self.tuned_tau != 0
-        gate = self.gates.get(adjusted) if gated else None
-        return replace(
-            self,
-            tau=self.tuned_tau if adjusted else 0.0,
-            post=self.stage_posts["logit_adjustment" if adjusted else "smoothing"],
-            gate=gate,
-            kept={"logit_adjustment": adjusted, "gating": gate is not None},
-        )
+    def variant(self, wanted: Collection[str]) -> TaskBlend:
+        """This blend with the stages in `wanted` in force, where tuned to do something."""
+        before: tuple[str, ...] = ()
+        in_force = {}
+        for name in self.chain.order:
+            params = self.chain.params.get(before + (name,))
+            if name in wanted and params is not None:
+                in_force[name] = params
+                before += (name,)
+        return replace(self, in_force=in_force, post=self.chain.posts.get(before, self.post))
 
     def to_json(self, candidates: list[str], rules: TaskRules) -> dict[str, Any]:
-        optional = {}
-        if rules.optional_stages:
-            optional = {
-                "logit_adjustment": {
-                    "tau": self.tau,
-                    "tuned_tau": self.tuned_tau,
-                    "log_prior": None if self.log_prior is None else self.log_prior.tolist(),
-                },
-                "gating": self.gate,
-                "kept": self.kept,
-            }
+        stages: dict[str, Any] = {}
+        before: tuple[str, ...] = ()
+        for stage in blend_stages(rules):
+            on = self.in_force.get(stage.name)
+            stages[stage.name] = stage.to_json(on, self.chain.params.get(before + (stage.name,)))
+            if on is not None:
+                before += (stage.name,)
+        if stages:
+            stages["kept"] = {name: name in self.in_force for name in stages}
         return {
             "weights": {
                 group.name: {
@@ -132,40 +156,52 @@ class TaskBlend:
             },
             "smoothing": {"kernel": self.kernel, "half_width": self.half_width},
             rules.post_name: self.post,
-            **optional,
+            **stages,
             "stage_decisions": self.decisions,
         }
 
     @classmethod
     def from_json(cls, entry: dict[str, Any], rules: TaskRules) -> tuple[TaskBlend, list[str]]:
         """The blend a task's `blend.json` entry records (the one its submission used: the
-        blend or the best single candidate, with the optional stages in force), over the
-        candidates it weights; and their names. Raises ValueError on a malformed entry.
-        """
+        blend or the best single candidate, with the stages in force), over the candidates
+        it weights; and their names. Raises ValueError on a malformed entry, InputError for
+        a stage in force that is not registered here."""
         weights = entry["weights"]
         groups = [weights[group.name] for group in rules.groups]
         names = [n for n in entry["candidates"] if any(n in g for g in groups)]
         matrix = np.array([[float(g.get(n, 0.0)) for n in names] for g in groups])
         if not names or not np.isfinite(matrix).all() or (matrix < 0).any():
             raise ValueError(f"{rules.name}: no usable blend weights")
+        for name, on in (entry.get("kept") or {}).items():
+            if on:
+                get_blend_stage(name)
+        in_force = {}
+        for stage in blend_stages(rules):
+            try:
+                params = stage.from_json(entry.get(stage.name))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{rules.name}: {stage.name}: {exc}") from None
+            if params is not None:
+                in_force[stage.name] = params
         smoothing = entry["smoothing"]
-        adjustment = entry.get("logit_adjustment") or {}
-        tau = float(adjustment.get("tau", 0.0))
-        log_prior = adjustment.get("log_prior")
-        if tau != 0 and log_prior is None:
-            raise ValueError(f"{rules.name}: logit adjustment without its log prior")
         blend = cls(
             rules.name,
             matrix,
             str(smoothing["kernel"]),
             int(smoothing["half_width"]),
             dict(entry[rules.post_name]),
-            log_prior=None if log_prior is None else np.asarray(log_prior, dtype=np.float64),
-            tuned_tau=float(adjustment.get("tuned_tau", tau)),
-            tau=tau,
-            gate=entry.get("gating"),
+            chain=StageChain(tuple(s.name for s in blend_stages(rules))),
+            in_force=in_force,
         )
         return blend, names
+
+    def backbones(self) -> list[str]:
+        """Backbones the stages in force read (beyond the candidates' features)."""
+        return [
+            name
+            for stage, params in self.in_force.items()
+            for name in get_blend_stage(stage).backbones(params)
+        ]
 
 
 def blend_values(rules: TaskRules, candidates: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -176,25 +212,48 @@ def blend_values(rules: TaskRules, candidates: np.ndarray, weights: np.ndarray) 
     return out
 
 
-def continuous_outputs(
-    rules: TaskRules, fitted: TaskBlend, candidates: np.ndarray, order: VideoOrder | None
-) -> np.ndarray:
-    """Blended, smoothed (and logit-adjusted) outputs before the correction and decision.
-    `order` None: rows that are not frames of a video, never smoothed."""
-    blended = blend_values(rules, candidates, fitted.weights)
-    if order is not None:
-        blended = smooth(blended, order, fitted.kernel, fitted.half_width)
-    return adjust(blended, fitted.log_prior, fitted.tau)
+def take_inputs(inputs: StageInputs | None, rows: np.ndarray) -> StageInputs:
+    """Stage inputs on a subset of their rows."""
+    return {name: get_blend_stage(name).take(v, rows) for name, v in (inputs or {}).items()}
 
 
-def decide(
-    rules: TaskRules,
-    fitted: TaskBlend,
-    continuous: np.ndarray,
-    sources: GateSources | None = None,
-) -> np.ndarray:
-    """The task's decision on continuous outputs, then the confidence gate (if in force)."""
-    return apply_gate(rules.decide(continuous, fitted.post), sources, fitted.gate)
+@dataclass
+class _State:
+    """Outputs after some stages: continuous values, the correction in force, and the
+    decisions when a stage on decisions has run."""
+
+    values: np.ndarray
+    post: dict[str, Any]
+    decisions: np.ndarray | None = None
+
+    def decided(self, rules: TaskRules) -> np.ndarray:
+        if self.decisions is not None:
+            return self.decisions
+        return rules.decide(self.values, self.post)
+
+    def after(
+        self, rules: TaskRules, stage: BlendStage, params: Any, post: dict[str, Any], inputs: Any
+    ) -> _State:
+        """The state once `stage` with `params` (not None) has run on it."""
+        if stage.acts_on == VALUES:
+            return _State(stage.apply(params, self.values, inputs), post)
+        return _State(self.values, post, stage.apply(params, self.decided(rules), inputs))
+
+
+def _replay(
+    rules: TaskRules, chain: StageChain, base: _State, inputs: StageInputs
+) -> dict[tuple[str, ...], _State]:
+    """The state after every combination of the chain's stages, as tuned."""
+    states = {(): base}
+    for name in chain.order:
+        stage = get_blend_stage(name)
+        for key, state in list(states.items()):
+            params = chain.params.get(key + (name,))
+            if params is not None:
+                post = chain.posts[key + (name,)]
+                state = state.after(rules, stage, params, post, inputs.get(name))
+            states[key + (name,)] = state
+    return states
 
 
 def apply_tuned(
@@ -202,17 +261,24 @@ def apply_tuned(
     fitted: TaskBlend,
     candidates: np.ndarray,
     order: VideoOrder | None,
-    sources: GateSources | None = None,
+    inputs: StageInputs | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply a tuned blend to candidate outputs [M, N, K]: (continuous [N, K], decided).
 
     The one place where every tuned stage in force meets new rows, used by `blend`
     (validation, cross-fit and submission rows) and `predict` alike: mix, smoothing along
-    each video (none when `order` is None), logit adjustment, the task's correction and
-    decision, confidence gating (with `sources`).
+    each video (none when `order` is None), the stages in force on continuous outputs, the
+    task's correction and decision, the stages in force on decisions. `inputs`: what the
+    stages in force read, on these rows.
     """
-    continuous = continuous_outputs(rules, fitted, candidates, order)
-    return continuous, decide(rules, fitted, continuous, sources)
+    inputs = inputs or {}
+    values = blend_values(rules, candidates, fitted.weights)
+    if order is not None:
+        values = smooth(values, order, fitted.kernel, fitted.half_width)
+    state = _State(values, fitted.post)
+    for name, params in fitted.in_force.items():
+        state = state.after(rules, get_blend_stage(name), params, fitted.post, inputs.get(name))
+    return state.values, state.decided(rules)
 
 
 def stage_decisions(
@@ -220,9 +286,9 @@ def stage_decisions(
     fitted: TaskBlend,
     candidates: np.ndarray,
     order: VideoOrder,
-    sources: GateSources | None = None,
+    inputs: StageInputs | None = None,
 ) -> dict[str, np.ndarray]:
-    """Decisions after each stage of the table (and each combination of the optional ones)."""
+    """Decisions after each stage of the table (and each combination of the later ones)."""
     blended = blend_values(rules, candidates, fitted.weights)
     smoothed = smooth(blended, order, fitted.kernel, fitted.half_width)
     posts = fitted.stage_posts
@@ -230,15 +296,11 @@ def stage_decisions(
     out = {
         "blend": rules.decide(blended, rules.identity_post()),
         rules.post_name: rules.decide(blended, posts[rules.post_name]),
-        "smoothing": rules.decide(smoothed, posts["smoothing"]),
         SMOOTHING_ALONE: rules.decide(alone, rules.identity_post()),
     }
-    if rules.optional_stages:
-        adjusted = adjust(smoothed, fitted.log_prior, fitted.tuned_tau)
-        out["logit_adjustment"] = rules.decide(adjusted, posts["logit_adjustment"])
-        for on in (False, True):
-            base = out[variant_key(on, False)]
-            out[variant_key(on, True)] = apply_gate(base, sources, fitted.gates.get(on))
+    base = _State(smoothed, posts["smoothing"])
+    for key, state in _replay(rules, fitted.chain, base, inputs or {}).items():
+        out[variant_key(key)] = state.decided(rules)
     return out
 
 
@@ -260,16 +322,15 @@ def fit_task(
     labels: np.ndarray,
     order: VideoOrder,
     options: BlendOptions,
-    *,
-    log_prior: np.ndarray | None = None,
-    sources: GateSources | None = None,
+    inputs: StageInputs | None = None,
 ) -> TaskBlend:
-    """Tune weights, correction, smoothing and the optional stages on these rows.
+    """Tune weights, correction, smoothing and the stages after them on these rows.
 
     The searches score the labelled rows, or a systematic sample of them when there are more
     than `options.search_rows` (`search_rows`); smoothing always runs over every row of a
     video. The tuned scores recorded (`stage_scores`, `variant_scores`) are those of every
-    labelled row. `log_prior` enables logit adjustment, `sources` gating (EXPR)."""
+    labelled row. `inputs`: each later stage's inputs on these rows (a stage without them
+    is not run)."""
     labelled = rules.labelled(labels)
     tune = search_rows(labelled, order, options.search_rows)
     tune_labels = labels[tune]
@@ -352,62 +413,53 @@ def fit_task(
         stages,
         stage_posts={rules.post_name: unsmoothed_post, "smoothing": post},
         alone_window=alone_window,
-        log_prior=log_prior,
-        variant_scores={
-            "smoothing": stages["smoothing"],
-            SMOOTHING_ALONE: score(smoother(*alone_window), identity),
-        },
+        variant_scores={SMOOTHING_ALONE: score(smoother(*alone_window), identity)},
     )
-    if not rules.optional_stages:
-        return fitted
-    tau, adjusted_post = 0.0, post
-    if options.logit_adjustment and log_prior is not None:
-        tune_smoothed = smoothed[tune]
-        base_score = search_score(tune_smoothed, post)
-        tau, adjusted_post, _ = _fit_adjustment(
-            tune_smoothed, log_prior, post, base_score, search_score, tuned_post
-        )
-    fitted.tuned_tau = tau
-    fitted.stage_posts["logit_adjustment"] = adjusted_post
-    gate_sources = sources if sources is not None and options.gating else None
-    tune_sources = gate_sources.take(tune) if gate_sources is not None else None
-    for on in (False, True):
-        variant = adjust(smoothed, log_prior, tau if on else 0.0)
-        base = rules.decide(variant, fitted.stage_posts[variant_key(on, False)])
-        fitted.variant_scores[variant_key(on, False)] = rules.score(lab_labels, base[labelled])
-        gate, _ = fit_gate(tune_labels, base[tune], tune_sources)
-        fitted.gates[on] = gate
-        gated = apply_gate(base, gate_sources, gate)
-        fitted.variant_scores[variant_key(on, True)] = rules.score(lab_labels, gated[labelled])
-    fitted = fitted.variant(True, True)  # each stage in force where tuning kept it
-    stages["logit_adjustment"] = fitted.variant_scores["logit_adjustment"]
-    stages["gating"] = fitted.variant_scores[variant_key(fitted.tau != 0, True)]
+    search = (tune, tune_labels)
+    base = _State(smoothed, post)
+    chain, states = _fit_chain(rules, base, options, inputs or {}, search, search_score, tuned_post)
+    fitted.chain = chain
+    for key, state in states.items():
+        decided = state.decided(rules)
+        fitted.variant_scores[variant_key(key)] = rules.score(lab_labels, decided[labelled])
+    fitted = fitted.variant(chain.order)  # each stage in force where tuning kept it
+    before: tuple[str, ...] = ()
+    for name in chain.order:
+        stages[name] = fitted.variant_scores[variant_key(before + (name,))]
+        before += (name,) if name in fitted.in_force else ()
     return fitted
 
 
-def _fit_adjustment(
-    smoothed: np.ndarray,
-    log_prior: np.ndarray,
-    post: dict[str, Any],
-    base_score: float,
-    score,
+def _fit_chain(
+    rules: TaskRules,
+    base: _State,
+    options: BlendOptions,
+    inputs: StageInputs,
+    search: tuple[np.ndarray, np.ndarray],
+    search_score,
     tuned_post,
-) -> tuple[float, dict[str, Any], float]:
-    """(tau, correction re-tuned on the adjusted scores, score); tau 0 when no tau helps.
-
-    Taus are tried nearest 0 first, taking only strict improvements, so ties keep the
-    smaller correction."""
-    best_tau, best = 0.0, base_score
-    for tau in sorted(TAU_GRID, key=abs):
-        if tau == 0:
-            continue
-        trial = score(adjust(smoothed, log_prior, tau), post)
-        if trial > best + TOL:
-            best_tau, best = float(tau), trial
-    if best_tau == 0:
-        return 0.0, post, base_score
-    refit, refit_score = tuned_post(adjust(smoothed, log_prior, best_tau))
-    return (best_tau, refit, refit_score) if refit_score > best else (best_tau, post, best)
+) -> tuple[StageChain, dict[tuple[str, ...], _State]]:
+    """Tune each stage after the base over every combination of those before it; the
+    chain and the state after each combination (every row). A stage switched off, or
+    without inputs, is kept in the chain as doing nothing, so the report still shows it."""
+    tune, labels = search  # the search rows and their labels
+    chain = StageChain(tuple(stage.name for stage in blend_stages(rules)))
+    states = {(): base}
+    chain.posts[()] = base.post
+    for stage in blend_stages(rules):
+        runs = options.runs(stage) and inputs.get(stage.name) is not None
+        own = inputs.get(stage.name)
+        tune_inputs = stage.take(own, tune) if runs else None
+        for key, state in list(states.items()):
+            new = key + (stage.name,)
+            params, post = None, state.post
+            if runs:
+                x = state.values if stage.acts_on == VALUES else state.decided(rules)
+                job = StageFit(rules, labels, state.post, tune_inputs, search_score, tuned_post)
+                params, post = stage.fit(x[tune], job)
+            chain.params[new], chain.posts[new] = params, post
+            states[new] = state if params is None else state.after(rules, stage, params, post, own)
+    return chain, states
 
 
 def blend_processes(n_jobs: int, n_rows: int) -> int:
@@ -433,21 +485,13 @@ def _fit_on(
     labels: np.ndarray,
     groups: np.ndarray,
     frames: np.ndarray,
-    log_prior: np.ndarray | None,
-    sources: GateSources | None,
+    inputs: StageInputs,
     tune: np.ndarray,
     options: BlendOptions,
 ) -> TaskBlend:
     order = VideoOrder.of(groups[tune], frames[tune])
-    return fit_task(
-        rules,
-        candidates[:, tune],
-        labels[tune],
-        order,
-        options,
-        log_prior=log_prior,
-        sources=sources.take(tune) if sources is not None else None,
-    )
+    tune_inputs = take_inputs(inputs, tune)
+    return fit_task(rules, candidates[:, tune], labels[tune], order, options, tune_inputs)
 
 
 def _crossfit_fold(
@@ -456,25 +500,15 @@ def _crossfit_fold(
     labels: np.ndarray,
     groups: np.ndarray,
     frames: np.ndarray,
-    log_prior: np.ndarray | None,
-    sources: GateSources | None,
+    inputs: StageInputs,
     held: np.ndarray,
     options: BlendOptions,
 ) -> dict[str, np.ndarray]:
     """Decisions after each stage for the held-out rows, from a blend tuned on the others."""
-    shared = (rules, candidates, labels, groups, frames, log_prior, sources)
-    fitted = _fit_on(*shared, ~held, options)
+    fitted = _fit_on(rules, candidates, labels, groups, frames, inputs, ~held, options)
     order = VideoOrder.of(groups[held], frames[held])
-    held_sources = sources.take(held) if sources is not None else None
-    return stage_decisions(rules, fitted, candidates[:, held], order, held_sources)
-
-
-def _active(fitted: TaskBlend, stage: str, adjusted: bool) -> bool:
-    """Whether an optional stage tuned on every row does anything (else it is the identity
-    there; tuned inside a fold it may not be, so the cross-fit still judges it)."""
-    if stage == "logit_adjustment":
-        return fitted.tuned_tau != 0
-    return fitted.gates.get(adjusted) is not None
+    held_inputs = take_inputs(inputs, held)
+    return stage_decisions(rules, fitted, candidates[:, held], order, held_inputs)
 
 
 def decide_stages(
@@ -491,7 +525,7 @@ def decide_stages(
     The correction and smoothing are judged together, as the combination of the two (none,
     either, both) scoring best: a correction can lose on the raw mix and win on smoothed
     outputs (EXPR offsets on the demo). A combination with more stages must beat every
-    simpler one. Then logit adjustment and gating, each over the stages kept before it.
+    simpler one. Then each later stage (`blend.stage_registry`), over the stages kept before it.
     Returns the blend with the decisions recorded (`earlier`: those of previous rounds, for
     stages already switched off) and the flags of correction / smoothing stages to switch off
     and re-tune without (empty when none). A stage is judged even where the fit on every row
@@ -502,18 +536,18 @@ def decide_stages(
     if dropped:
         fitted.decisions = decisions
         return fitted, dropped
-    before, adjusted = "smoothing", False  # the key of what is kept so far, in this round
-    for stage in rules.optional_stages:
-        if not getattr(options, stage):
-            decisions[stage] = {"kept": False, "why": "switched off by an option"}
+    before: tuple[str, ...] = ()  # the stages after the base kept so far, in this round
+    for name in fitted.chain.order:
+        if name in options.disabled_stages:
+            decisions[name] = {"kept": False, "why": "switched off by an option"}
             continue
-        key = variant_key(adjusted, True) if stage == "gating" else stage
-        entry = _judged(scores[key], scores[before], _active(fitted, stage, adjusted))
-        decisions[stage] = {"tuned": fitted.variant_scores[key], **entry}
+        key = before + (name,)
+        active = fitted.chain.params.get(key) is not None
+        entry = _judged(scores[variant_key(key)], scores[variant_key(before)], active)
+        decisions[name] = {"tuned": fitted.variant_scores[variant_key(key)], **entry}
         if entry["kept"]:
-            before, adjusted = key, adjusted or stage == "logit_adjustment"
-    if rules.optional_stages:
-        fitted = fitted.variant(decisions["logit_adjustment"]["kept"], decisions["gating"]["kept"])
+            before = key
+    fitted = fitted.variant(before)
     fitted.decisions = decisions
     return fitted, []
 
@@ -584,22 +618,25 @@ def tune_task(
     groups: np.ndarray,
     frames: np.ndarray,
     options: BlendOptions,
+    inputs: StageInputs | None = None,
     *,
-    log_prior: np.ndarray | None = None,
-    sources: GateSources | None = None,
     seconds: dict[str, float] | None = None,
 ) -> tuple[TaskBlend, tuple[np.ndarray, int] | None]:
     """The blend tuned on all rows, and the cross-fitted outputs with their fold count.
 
     Cross-fitting: videos are dealt into folds; each fold's rows are decided by a blend tuned
     on the other folds. None when there are fewer than two videos or a tuning part has no
-    label. The optional stages stay in force only where they raise the cross-fitted score
-    (without a cross-fit, where tuning kept them). The full fit and the folds run in
-    `blend_processes(options.n_jobs, rows)` processes; `seconds` gets their wall times added
-    under "tune" and "crossfit" (with several processes, summed over them).
+    label. The stages after the base stay in force only where they raise the cross-fitted
+    score (without a cross-fit, where tuning kept them); `inputs`: theirs, on these rows.
+    The full fit and the folds run in `blend_processes(options.n_jobs, rows)` processes;
+    `seconds` gets their wall times added under "tune" and "crossfit" (with several
+    processes, summed over them).
     """
-    extra = {"log_prior": log_prior, "sources": sources, "seconds": seconds}
-    return tune_variants(rules, candidates, labels, groups, frames, {"": options}, **extra)[""]
+    variants = {"": options}
+    tuned = tune_variants(
+        rules, candidates, labels, groups, frames, variants, inputs, seconds=seconds
+    )
+    return tuned[""]
 
 
 def tune_variants(
@@ -609,9 +646,8 @@ def tune_variants(
     groups: np.ndarray,
     frames: np.ndarray,
     variants: dict[str, BlendOptions],
+    inputs: StageInputs | None = None,
     *,
-    log_prior: np.ndarray | None = None,
-    sources: GateSources | None = None,
     seconds: dict[str, float] | None = None,
 ) -> dict[str, tuple[TaskBlend, tuple[np.ndarray, int] | None]]:
     """`tune_task` for each of several option sets on the same rows (e.g. the blend and the
@@ -623,7 +659,7 @@ def tune_variants(
     what stays."""
     from joblib import Parallel, delayed
 
-    shared = (rules, candidates, labels, groups, frames, log_prior, sources)
+    shared = (rules, candidates, labels, groups, frames, inputs or {})
     pending = dict(variants)
     earlier: dict[str, dict[str, dict[str, Any]]] = {key: {} for key in variants}
     results: dict[str, tuple[TaskBlend, tuple[np.ndarray, int] | None]] = {}
@@ -692,13 +728,13 @@ def _with_crossfit(
     fitted, dropped = decide_stages(rules, fitted, options, scores, earlier)
     if dropped:
         return fitted, None, dropped
-    final = "smoothing"
-    if rules.optional_stages:
-        decided = fitted.decisions
-        adjusted = decided["logit_adjustment"]["kept"]
-        gate_key = variant_key(adjusted, True)
-        scores["gating"] = scores[gate_key]
-        fitted.stage_scores["gating"] = fitted.variant_scores[gate_key]
-        final = variant_key(adjusted, decided["gating"]["kept"])
+    before: tuple[str, ...] = ()  # the stages after the base that the cross-fit kept
+    for name in fitted.chain.order:
+        key = variant_key(before + (name,))
+        scores[name] = scores[key]
+        fitted.stage_scores[name] = fitted.variant_scores[key]
+        if fitted.decisions[name]["kept"]:
+            before += (name,)
+    final = variant_key(before)
     fitted.crossfit_stage_scores = {key: scores[key] for key in fitted.stage_scores}
     return fitted, (outputs[final], len(held_out)), []

@@ -381,21 +381,18 @@ def _part(record: BackboneRecord, arrays: dict[str, np.ndarray], part: str) -> n
     raise InputError(f"{record.name}: no feature part {part!r}")
 
 
-def _gate_sources(
+def _stage_inputs(
     plan: TaskPlan, features: ComputedFeatures, records: dict[str, BackboneRecord], rows: np.ndarray
-) -> Any:
-    """The gating backbone's own expression probabilities on `rows` (None without a gate)."""
-    from affectpipe.blend.stages import GateSources, mapped_probabilities
+) -> dict[str, Any]:
+    """What each blend stage in force reads on `rows` (e.g. the gating backbone's own
+    expression probabilities)."""
+    from affectpipe.blend.stage_registry import PredictInputs, get_blend_stage
 
-    gate = plan.blend.gate
-    if not gate:
-        return None
-    name = gate["source"]
-    index = records[name].identity.get("abaw_expr_index")
-    if not index:
-        raise InputError(f"{name}: the gating backbone's class mapping is not recorded")
-    probs = mapped_probabilities(features.arrays[name]["logits"][rows], list(index))
-    return GateSources([name], probs[None])
+    on_rows = PredictInputs(features, records, rows)
+    return {
+        name: get_blend_stage(name).predict_inputs(params, on_rows)
+        for name, params in plan.blend.in_force.items()
+    }
 
 
 def _task_columns(
@@ -407,7 +404,7 @@ def _task_columns(
     face_ids: np.ndarray,
 ) -> dict[str, np.ndarray]:
     from affectpipe.blend.smoothing import VideoOrder, group_codes
-    from affectpipe.blend.tuning import apply_tuned
+    from affectpipe.blend.tuning import apply_tuned, take_inputs
     from affectpipe.featuresets import parse_feature_set
 
     ok = features.ok
@@ -430,7 +427,7 @@ def _task_columns(
             candidates[m] = head.predict_features(X)
     if not np.isfinite(candidates).all():  # finite features in: a broken head
         raise InputError(f"the run's {plan.rules.name} heads give non-finite outputs")
-    gating = _gate_sources(plan, features, records, rows)
+    inputs = _stage_inputs(plan, features, records, rows)
     continuous = np.full((len(ok), width), np.nan, dtype=np.float32)
     decided: np.ndarray | None = None
     frame_rows = frame_numbers[rows] >= 0  # video frames are smoothed per face track
@@ -447,7 +444,7 @@ def _task_columns(
             plan.blend,
             candidates[:, subset],
             order,
-            gating.take(subset) if gating is not None else None,
+            take_inputs(inputs, subset),
         )
         if decided is None:  # rows without a face: NaN values, code -1
             missing = np.nan if outputs.dtype.kind == "f" else -1

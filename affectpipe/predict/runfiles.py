@@ -57,10 +57,10 @@ from affectpipe.fsutil import (
 )
 from affectpipe.heads.fitted import FittedHead, arrays_path, load_head, refuse_pickles
 from affectpipe.predict.runschema import (
-    BLEND_SCHEMA,
     EXPORT_FORMAT,
     EXPORT_SCHEMA,
     blend_problems,
+    blend_schema,
 )
 from affectpipe.untrusted import Limits, check_schema, limits, read_json
 
@@ -113,9 +113,9 @@ def _bad_run(where: Path, why: str) -> InputError:
 
 
 def _read_blend(path: Path) -> dict[str, Any]:
-    """blend.json, checked against its schema (`runschema.BLEND_SCHEMA`)."""
+    """blend.json, checked against its schema (`runschema.blend_schema`)."""
     document = read_json(path)
-    check_schema(document, BLEND_SCHEMA, path)
+    check_schema(document, blend_schema(), path)
     problems = blend_problems(document)
     if problems:
         raise InputError(f"{path}: {problems[0]}")
@@ -155,14 +155,14 @@ def _task_plans(
 
 
 def _backbones_of(plans: dict[str, TaskPlan]) -> list[str]:
-    """Backbones the heads read, and those whose own predictions gate a blend."""
+    """Backbones the heads read, and those the blend stages in force read (e.g. gating)."""
     names = [
         b
         for p in plans.values()
         for h in p.heads
         for b in parse_feature_set(h.feature_set).backbones
     ]
-    names += [p.blend.gate["source"] for p in plans.values() if p.blend.gate]
+    names += [name for p in plans.values() for name in p.blend.backbones()]
     return list(dict.fromkeys(names))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from affectpipe.blend.smoothing import KERNELS
+from affectpipe.blend.stage_registry import blend_stages
 from affectpipe.blend.task_rules import rules_for
 from affectpipe.schema import AU_COLUMNS, EXPR_NAMES, TASKS
 from affectpipe.untrusted import FINITE, NAME, RELATIVE_PATH, SHA256, finite_array
@@ -74,64 +75,41 @@ def _task_entry(task: str) -> dict[str, Any]:
                 },
             },
             rules.post_name: {"type": "object", **_POSTS[task]},
-            "logit_adjustment": {
-                "anyOf": [
-                    _NULL,
-                    {
-                        "type": "object",
-                        "properties": {
-                            "tau": {**FINITE, "minimum": -100, "maximum": 100},
-                            "tuned_tau": {**FINITE, "minimum": -100, "maximum": 100},
-                            "log_prior": {
-                                "anyOf": [_NULL, finite_array(len(EXPR_NAMES), -1000, 0)]
-                            },
-                        },
-                    },
-                ]
-            },
-            "gating": {
-                "anyOf": [
-                    _NULL,
-                    {
-                        "type": "object",
-                        "required": ["source", "threshold"],
-                        "properties": {
-                            "source": NAME,
-                            "threshold": {**FINITE, "minimum": 0, "maximum": 1},
-                        },
-                    },
-                ]
-            },
+            **{stage.name: stage.json_schema for stage in blend_stages(rules)},
+            "kept": {"type": "object", "additionalProperties": {"type": "boolean"}},
         },
     }
 
 
-BLEND_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["tasks"],
-    "properties": {
-        "tasks": {
-            "type": "object",
-            "minProperties": 1,
-            "additionalProperties": False,
-            "properties": {task: _task_entry(task) for task in TASKS},
-        },
-        "provenance": {
-            "type": "object",
-            "properties": {
-                "heads": {
-                    "type": "object",
-                    "propertyNames": {"enum": list(TASKS)},
-                    "additionalProperties": {
+def blend_schema() -> dict[str, Any]:
+    """blend.json's schema, with the blend stages registered now (plugins' included)."""
+    return {
+        "type": "object",
+        "required": ["tasks"],
+        "properties": {
+            "tasks": {
+                "type": "object",
+                "minProperties": 1,
+                "additionalProperties": False,
+                "properties": {task: _task_entry(task) for task in TASKS},
+            },
+            "provenance": {
+                "type": "object",
+                "properties": {
+                    "heads": {
                         "type": "object",
-                        "propertyNames": NAME,
-                        "additionalProperties": {"anyOf": [SHA256, _NULL]},
+                        "propertyNames": {"enum": list(TASKS)},
+                        "additionalProperties": {
+                            "type": "object",
+                            "propertyNames": NAME,
+                            "additionalProperties": {"anyOf": [SHA256, _NULL]},
+                        },
                     },
                 },
             },
         },
-    },
-}
+    }
+
 
 _IDENTITY = {
     "type": "object",

@@ -5,7 +5,9 @@
   test list asks for the `toy-jsonl` submission style;
 - submission style `toy-jsonl`: `predictions.jsonl`, one {"image", "expression"} per line;
 - descriptor backbone `toy-colour`: mean colour of a 4x4 grid of cells, centred on the train
-  rows' mean (its fitted array).
+  rows' mean (its fitted array);
+- blend stage `toy_constant` (EXPR, on decisions): every decision becomes the tuning rows'
+  most frequent class, a baseline the cross-fit should drop.
 
 Loaded by `pipeline` through AFFECTPIPE_PLUGINS=toy_extensions (tests/test_extensions.py).
 """
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from affectpipe.blend.stage_registry import DECISIONS, BlendStage, StageFit, register_blend_stage
 from affectpipe.data.dataset import Inputs, Table, TestList
 from affectpipe.data.formats import register
 from affectpipe.extract import registry
@@ -165,3 +168,44 @@ register_style(ToyStyle())
 registry.register(
     registry.Backbone("toy-colour", "descriptor", ToyColour, registry.EMBEDDING_HEADS)
 )
+
+
+class ToyConstant(BlendStage):
+    name = "toy_constant"
+    label = "+ toy: the most frequent class everywhere"
+    help = "No toy constant-class stage (a plugin's)."
+    acts_on = DECISIONS
+    json_schema = {
+        "anyOf": [
+            {"type": "null"},
+            {
+                "type": "object",
+                "required": ["code"],
+                "properties": {"code": {"type": "integer", "minimum": 0, "maximum": 7}},
+            },
+        ]
+    }
+
+    def applies_to(self, rules: Any) -> bool:
+        return rules.task.exclusive_classes
+
+    def fit(self, x: np.ndarray, job: StageFit) -> tuple[Any, dict]:
+        labels = job.labels[job.labels >= 0]
+        if not len(labels):
+            return None, job.post
+        return {"code": int(np.bincount(labels).argmax())}, job.post
+
+    def apply(self, params: Any, x: np.ndarray, inputs: Any) -> np.ndarray:
+        return np.full_like(x, params["code"])
+
+    def to_json(self, in_force: Any, tuned: Any) -> Any:
+        return in_force
+
+    def from_json(self, entry: Any) -> Any:
+        return {"code": int(entry["code"])} if entry else None
+
+    def describe(self, params: Any) -> str:
+        return f"class {params['code']}"
+
+
+register_blend_stage(ToyConstant())
