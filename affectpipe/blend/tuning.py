@@ -479,36 +479,30 @@ def video_folds(video_codes: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     return fold_of_video[index.ravel()]
 
 
-def _fit_on(
-    rules: TaskRules,
-    candidates: np.ndarray,
-    labels: np.ndarray,
-    groups: np.ndarray,
-    frames: np.ndarray,
-    inputs: StageInputs,
-    tune: np.ndarray,
-    options: BlendOptions,
-) -> TaskBlend:
-    order = VideoOrder.of(groups[tune], frames[tune])
-    tune_inputs = take_inputs(inputs, tune)
-    return fit_task(rules, candidates[:, tune], labels[tune], order, options, tune_inputs)
+@dataclass(frozen=True)
+class _TaskRows:
+    """A task's validation rows as every fit sees them (pickled to the worker processes)."""
 
+    rules: TaskRules
+    candidates: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    frames: np.ndarray
+    inputs: StageInputs
 
-def _crossfit_fold(
-    rules: TaskRules,
-    candidates: np.ndarray,
-    labels: np.ndarray,
-    groups: np.ndarray,
-    frames: np.ndarray,
-    inputs: StageInputs,
-    held: np.ndarray,
-    options: BlendOptions,
-) -> dict[str, np.ndarray]:
-    """Decisions after each stage for the held-out rows, from a blend tuned on the others."""
-    fitted = _fit_on(rules, candidates, labels, groups, frames, inputs, ~held, options)
-    order = VideoOrder.of(groups[held], frames[held])
-    held_inputs = take_inputs(inputs, held)
-    return stage_decisions(rules, fitted, candidates[:, held], order, held_inputs)
+    def fit(self, tune: np.ndarray, options: BlendOptions) -> TaskBlend:
+        """The blend tuned on the rows `tune`."""
+        order = VideoOrder.of(self.groups[tune], self.frames[tune])
+        tune_inputs = take_inputs(self.inputs, tune)
+        candidates, labels = self.candidates[:, tune], self.labels[tune]
+        return fit_task(self.rules, candidates, labels, order, options, tune_inputs)
+
+    def crossfit_fold(self, held: np.ndarray, options: BlendOptions) -> dict[str, np.ndarray]:
+        """Decisions after each stage for the held-out rows, from a blend tuned on the others."""
+        fitted = self.fit(~held, options)
+        order = VideoOrder.of(self.groups[held], self.frames[held])
+        held_inputs = take_inputs(self.inputs, held)
+        return stage_decisions(self.rules, fitted, self.candidates[:, held], order, held_inputs)
 
 
 def decide_stages(
@@ -659,7 +653,7 @@ def tune_variants(
     what stays."""
     from joblib import Parallel, delayed
 
-    shared = (rules, candidates, labels, groups, frames, inputs or {})
+    rows = _TaskRows(rules, candidates, labels, groups, frames, inputs or {})
     pending = dict(variants)
     earlier: dict[str, dict[str, dict[str, Any]]] = {key: {} for key in variants}
     results: dict[str, tuple[TaskBlend, tuple[np.ndarray, int] | None]] = {}
@@ -674,8 +668,8 @@ def tune_variants(
                 held_out = []
             everything = np.ones(len(labels), dtype=bool)
             parts[key] = (len(calls), held_out)
-            calls.append((_fit_on, (*shared, everything, options)))
-            calls += [(_crossfit_fold, (*shared, held, options)) for held in held_out]
+            calls.append((rows.fit, (everything, options)))
+            calls += [(rows.crossfit_fold, (held, options)) for held in held_out]
         wanted = max(blend_processes(options.n_jobs, len(labels)) for options in pending.values())
         n_jobs = min(wanted, len(calls))
         if n_jobs > 1:
