@@ -103,3 +103,14 @@ def test_the_extract_package_resolves_its_api_on_first_use():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         api.nope  # noqa: B018
 
+
+def test_predict_imports_only_the_extract_package():
+    """predict uses the extraction stage's public API (`affectpipe.extract`), no module in it."""
+    sources = sorted((REPO / "affectpipe" / "predict").rglob("*.py"))
+    private = [
+        f"{path.name}: {line.strip()}"
+        for path in sources
+        for line in path.read_text().splitlines()
+        if "affectpipe.extract." in line
+    ]
+    assert sources and private == []

@@ -48,6 +48,9 @@ _LAZY = {
     "to_rgb": "affectpipe.extract.decode",
     "MAX_DECODE_PIXELS": "affectpipe.extract.decode",
     "get_weights_entry": "affectpipe.extract.weights",
+    # dlib's face detectors, built once per process (predict's face check).
+    "frontal_detector": "affectpipe.extract.backbones.landmarks",
+    "cnn_detector": "affectpipe.extract.backbones.landmarks",
 }
 
 __all__ = sorted(_LAZY)
