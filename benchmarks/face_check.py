@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from affectpipe.extract import cnn_detector
 from affectpipe.predict import face_check as faces
 from affectpipe.predict.inputs import IMAGE_SUFFIXES
 
@@ -86,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     faces.crop_has_face(Image.new("RGB", (112, 112)))  # load the detectors
-    faces._cnn_detector()
+    cnn_detector()
     DETECTOR.load()
     for folder in args.faces:
         _measure(str(folder), _images(folder))

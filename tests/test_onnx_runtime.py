@@ -20,9 +20,10 @@ from conftest import photo_dataset
 
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
-from affectpipe.extract import model_job, registry
 from affectpipe.extract import onnx_runtime as ort_runtime
+from affectpipe.extract import registry
 from affectpipe.extract.backbones import backbone_names, get_backbone
+from affectpipe.extract.stage import model_job
 from affectpipe.extract.weights import resolve_weights
 from affectpipe.features import feature_fingerprint, read_feature_file
 from affectpipe.fsutil import sha256_file

@@ -244,10 +244,11 @@ def forward_only(
 def onnx_forward_only(backbone: str, batch_size: int) -> float:
     """Images/s of the backbone's ONNX Runtime session on a ready, normalised batch (the
     random-init graph: speed does not depend on the weight values)."""
-    from affectpipe.extract import RANDOM_INIT_SHA256, build_model
     from affectpipe.extract.backbones import get_backbone
     from affectpipe.extract.engine import probe_batch
     from affectpipe.extract.onnx_runtime import onnx_model
+    from affectpipe.extract.plan import RANDOM_INIT_SHA256
+    from affectpipe.extract.stage import build_model
 
     spec = get_backbone(backbone)
     model = onnx_model(spec, RANDOM_INIT_SHA256, partial(build_model, spec, None))
@@ -392,8 +393,7 @@ def run_bench(
     alternating within each of `rounds` rounds so that a change in the machine's load hits
     every side alike; a row gives the median of its rounds, and each round with the 1-minute
     load average after it."""
-    from affectpipe import extract
-    from affectpipe.extract import registry
+    from affectpipe.extract import registry, stage
     from affectpipe.extract.plan import resolve_backbone_weights
 
     if repeat is None:
@@ -413,7 +413,7 @@ def run_bench(
                 except AffectpipeError:
                     random_init = True  # speed does not depend on the weight values
             whole_path = partial(
-                extract.run,
+                stage.run,
                 paths,
                 [backbone],
                 device=device,
@@ -579,10 +579,10 @@ def _descriptor_scaling(
     workers: int,
     seed: int,
 ) -> list[ScalingRow]:
-    from affectpipe.extract import DEFAULT_CHUNK_ROWS, read_manifest_view
     from affectpipe.extract import registry as backbones
     from affectpipe.extract.decode import load_rgb
-    from affectpipe.extract.plan import plan
+    from affectpipe.extract.plan import plan, read_manifest_view
+    from affectpipe.extract.stage import DEFAULT_CHUNK_ROWS
     from affectpipe.extract.store import PartStore
     from affectpipe.features import read_feature_file
 

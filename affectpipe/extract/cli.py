@@ -148,7 +148,8 @@ def extract(
       pipeline extract --dataset abaw7 --spatial-grid 4         # + the `spatial` part
       pipeline extract --dataset abaw7 --engine ray --address auto --device cuda
     """
-    from affectpipe import extract as stage
+    from affectpipe.extract import merge as merge_shards
+    from affectpipe.extract import run as run_extraction
 
     paths = settings.dataset(dataset)
     names = _split_names(backbones)
@@ -161,7 +162,7 @@ def extract(
         names = names or sorted({p.name.split(".shard-")[0] for p in shard_files})
         if not names:
             raise InputError(f"no shard files in {paths.features_dir} to merge")
-        summary = stage.merge(paths, names, progress=True)
+        summary = merge_shards(paths, names, progress=True)
         click.echo(summary.text())
         return
     device_name = device_of(gpu, device)
@@ -179,7 +180,7 @@ def extract(
             err=True,
         )
     try:
-        summary = stage.run(
+        summary = run_extraction(
             paths,
             names,
             device=device_name,

@@ -3,7 +3,7 @@ way `predict` (and any user of a trained run) gets them.
 
 `FeatureComputer` is built from the identities the feature files recorded (weights sha256,
 preprocessing, precision, spatial grid, a descriptor's parameters and fitted arrays) and
-refuses what does not match them; CNNs run through `extract.model_job` and `engine.forward`
+refuses what does not match them; CNNs run through `stage.model_job` and `engine.forward`
 (torch or ONNX Runtime), descriptors through their `apply_fitted` (`decode.Descriptor`).
 """
 
@@ -98,9 +98,9 @@ class FeatureComputer:
         runtime: str,
         strict: bool,
     ) -> Any:
-        from affectpipe.extract import model_job
         from affectpipe.extract.backbones import get_backbone
         from affectpipe.extract.plan import resolve_backbone_weights
+        from affectpipe.extract.stage import model_job
 
         spec = get_backbone(record.name)
         recorded = record.identity.get("weights_sha256")

@@ -72,7 +72,7 @@ class PartStore:
         return 0
 
     def save_runtime(self, record: dict[str, Any]) -> None:
-        """Keep the runtime record (`extract.runtime_record`) of the pass computing rows, so a
+        """Keep the runtime record (`stage.runtime_record`) of the pass computing rows, so a
         file finished by a later process that computes none (all chunks committed) still
         records which runtime computed them."""
         path = self.dir / "runtime.json"

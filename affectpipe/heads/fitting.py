@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
-from sklearn.model_selection import GroupKFold
 
 from affectpipe.errors import InputError
 from affectpipe.heads.candidates import Candidate
 from affectpipe.heads.model_registry import MODELS, make_model
 from affectpipe.heads.regularisation import choose_regularisation
 from affectpipe.heads.temporal import fit_temporal_candidate, sequence_groups
+from affectpipe.splits import group_kfold, held_out_groups
 from affectpipe.tasks import TASK_DEFS, get_task
 
 EARLY_STOPPING_SHARE = 0.1  # share of train videos held out to early-stop MLP / LightGBM fits
@@ -159,9 +159,8 @@ def early_stopping_split(
     videos = np.unique(video[train_rows])
     if len(train_rows) < EARLY_STOPPING_MIN_ROWS or len(videos) < 2:
         return train_rows, train_rows[:0]
-    rng = np.random.default_rng(seed)
     n_held = max(1, round(EARLY_STOPPING_SHARE * len(videos)))
-    held = np.isin(video[train_rows], rng.choice(videos, n_held, replace=False))
+    held = np.isin(video[train_rows], held_out_groups(videos, n_held, seed))
     if held.all() or not held.any():
         return train_rows, train_rows[:0]
     return train_rows[~held], train_rows[held]
@@ -183,9 +182,8 @@ def _cross_fit(
     if len(np.unique(videos)) < folds:
         raise InputError(f"--folds {folds}: only {len(np.unique(videos))} videos in train+val")
     refit = getattr(model, "refit_params", dict)()
-    for fit_idx, held_idx in GroupKFold(n_splits=folds).split(pool, groups=videos):
-        fit_rows = pool[fit_idx][usable[pool[fit_idx]]]
-        held_rows = pool[held_idx]
+    for fit_rows, held_rows in group_kfold(pool, videos, folds):
+        fit_rows = fit_rows[usable[fit_rows]]
         fold_model = clone(model).set_params(**refit)
         fold_model.fit(Z[fit_rows], y[fit_rows])
         _predict_into(fold_model, Z, held_rows, outputs)

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.model_selection import GroupKFold
+
+from affectpipe.splits import group_kfold
 
 REGULARISATION_MAX_ROWS = 20_000  # train rows above which the configured strength is kept
 REGULARISATION_FOLDS = 3
@@ -44,12 +45,11 @@ def choose_regularisation(
     ):
         return None
     name, grid = search
-    splits = list(GroupKFold(REGULARISATION_FOLDS).split(train_rows, groups=videos))
+    splits = group_kfold(train_rows, videos, REGULARISATION_FOLDS)
     losses = []
     for value in grid:
         fold_losses = []
-        for fit_part, held_part in splits:
-            fit, held = train_rows[fit_part], train_rows[held_part]
+        for fit, held in splits:
             trial = clone(model).set_params(**{name: value}).fit(Z[fit], y[fit])
             fold_losses.append(task.held_out_loss(y[held], trial.predict_outputs(Z[held])))
         losses.append(float(np.mean(fold_losses)))

@@ -32,11 +32,11 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator
-from sklearn.model_selection import GroupKFold
 
 from affectpipe.errors import InputError
 from affectpipe.heads.models import LinearHead, single_torch_thread
 from affectpipe.heads.regularisation import choose_regularisation
+from affectpipe.splits import group_kfold, held_out_groups
 from affectpipe.tasks import get_task
 
 ARCHS = ("tcn", "gru")
@@ -276,8 +276,7 @@ class TemporalHead(BaseEstimator):
         n_stop = int(round(self.stop_fraction * len(videos)))
         if n_stop == 0 or n_stop == len(videos):
             return seq.windows, None
-        rng = np.random.default_rng(self.random_state)
-        stop_videos = rng.choice(videos, n_stop, replace=False)
+        stop_videos = held_out_groups(videos, n_stop, self.random_state)
         held = np.isin(seq.group[seq.windows[:, 0]], stop_videos)
         return seq.windows[~held], seq.windows[held]
 
@@ -447,8 +446,7 @@ def fit_temporal_candidate(
         pool = np.flatnonzero(np.isin(split, ("train", "val")))
         if len(np.unique(groups[pool])) < folds:
             raise InputError(f"--folds {folds}: only {len(np.unique(groups[pool]))} videos")
-        for fit_idx, held_idx in GroupKFold(n_splits=folds).split(pool, groups=groups[pool]):
-            fit_rows, held_rows = pool[fit_idx], pool[held_idx]
+        for fit_rows, held_rows in group_kfold(pool, groups[pool], folds):
             fold = model.__class__(**{**model.get_params(), "arch": model.arch_})
             fold.fit(Z[fit_rows], y[fit_rows], groups[fit_rows], frames[fit_rows], ok[fit_rows])
             outputs[held_rows] = fold.predict_outputs(

@@ -30,13 +30,12 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from affectpipe.errors import InputError
-from affectpipe.extract.backbones import landmarks
+from affectpipe.extract import cnn_detector, frontal_detector
 from affectpipe.faces.align import align_face
 from affectpipe.faces.detection import Detection, FaceDetector
 
@@ -170,7 +169,7 @@ def crop_has_face(image: Image.Image) -> bool:
         return True
     if score < REJECT_BELOW:
         return False
-    return any(min(d.rect.width(), d.rect.height()) >= min_side for d in _cnn_detector()(padded, 0))
+    return any(min(d.rect.width(), d.rect.height()) >= min_side for d in cnn_detector()(padded, 0))
 
 
 def _check_canvas(image: Image.Image) -> np.ndarray:
@@ -182,13 +181,6 @@ def _check_canvas(image: Image.Image) -> np.ndarray:
 
 
 def _best_hog_score(pixels: np.ndarray, min_side: float) -> float:
-    boxes, scores, _ = landmarks.frontal_detector().run(pixels, 0, REJECT_BELOW - 1.0)
+    boxes, scores, _ = frontal_detector().run(pixels, 0, REJECT_BELOW - 1.0)
     big = [s for b, s in zip(boxes, scores, strict=True) if min(b.width(), b.height()) >= min_side]
     return max(big, default=-np.inf)
-
-
-@functools.cache
-def _cnn_detector() -> Any:
-    import dlib
-
-    return dlib.cnn_face_detection_model_v1(str(landmarks.model_file(landmarks.CNN_DETECTOR_FILE)))

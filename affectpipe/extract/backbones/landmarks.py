@@ -99,6 +99,14 @@ def frontal_detector() -> Any:
 
 
 @functools.cache
+def cnn_detector() -> Any:
+    """dlib's CNN face detector (MMOD, `CNN_DETECTOR_FILE`), built once per process."""
+    import dlib
+
+    return dlib.cnn_face_detection_model_v1(str(model_file(CNN_DETECTOR_FILE)))
+
+
+@functools.cache
 def shape_predictor() -> Any:
     import dlib
 
