@@ -13,10 +13,10 @@ from affectpipe.blend import calibration, synthetic
 from affectpipe.blend.interpolate import fill_missing
 from affectpipe.blend.smoothing import Smoother, VideoOrder, group_codes, kernel_weights, smooth
 from affectpipe.blend.synthetic import ABAW5_TEST_ROWS, write_scaled_run
-from affectpipe.blend.tuning import video_folds
 from affectpipe.config import DatasetPaths
 from affectpipe.manifest import read_manifest, read_manifest_metadata
 from affectpipe.metrics import N_EXPR
+from affectpipe.splits import video_folds
 from affectpipe.submission import values
 from tests.conftest import run_cli
 

@@ -44,6 +44,7 @@ from affectpipe.blend.task_rules import TaskRules
 from affectpipe.blend.weights import greedy_weights, mix
 from affectpipe.config import BLEND_SEARCH_ROWS
 from affectpipe.machine import usable_cores
+from affectpipe.splits import video_folds
 
 TOL = 1e-5
 SMOOTHING_ALONE = "smoothing without correction"  # a `stage_decisions` key
@@ -468,15 +469,6 @@ def blend_processes(n_jobs: int, n_rows: int) -> int:
     if n_jobs > 0:
         return n_jobs
     return usable_cores() if n_rows > PARALLEL_ROWS else 1
-
-
-def video_folds(video_codes: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
-    """Fold number of each row: whole videos go to one fold, shuffled with `seed`."""
-    videos, index = np.unique(video_codes, return_inverse=True)
-    shuffled = np.random.default_rng(seed).permutation(len(videos))
-    fold_of_video = np.empty(len(videos), dtype=np.int64)
-    fold_of_video[shuffled] = np.arange(len(videos)) % n_folds
-    return fold_of_video[index.ravel()]
 
 
 @dataclass(frozen=True)
