@@ -139,31 +139,16 @@ def test_directory_and_fifo_annotation_files_are_refused(tmp_path: Path) -> None
     root = per_task_dataset(tmp_path, "va", TASK_LINES["va"])
     folder = root / "VA_Estimation_Challenge" / "Train_Set" / "video9.txt"
     folder.mkdir()
-    done = run_cli(
-        "--cache-dir",
-        tmp_path / "cache",
-        "index",
-        root,
-        "--format",
-        "abaw-va",
-        "--name",
-        "ds",
-        timeout=120,
-    )
+
+    def index():
+        return run_cli("--cache-dir", tmp_path / "cache", "index", root, "--format", "abaw-va",
+                       "--name", "ds", timeout=120)  # fmt: skip
+
+    done = index()
     assert done.returncode == 2 and f"{folder.resolve()} is a directory" in done.stderr
     folder.rmdir()
     os.mkfifo(folder)  # a FIFO would block a reader (or the hash) forever
-    done = run_cli(
-        "--cache-dir",
-        tmp_path / "cache",
-        "index",
-        root,
-        "--format",
-        "abaw-va",
-        "--name",
-        "ds",
-        timeout=120,
-    )
+    done = index()
     assert done.returncode == 2 and f"{folder.resolve()} is a FIFO" in done.stderr
     folder.unlink()
     listed = tmp_path / "list_dir"

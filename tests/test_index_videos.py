@@ -49,20 +49,9 @@ def test_videos_index_extract_heads_blend(realfaces_dir: Path, mtcnn_detector, t
                 (annotations / split).mkdir(parents=True, exist_ok=True)
                 (annotations / split / f"{name}.txt").write_text(header + f"{code}\n" * 4)
     cache = tmp_path / "cache"
-    result = run_cli(
-        "--cache-dir",
-        cache,
-        "index",
-        videos,
-        "--format",
-        "videos",
-        "--name",
-        "mine",
-        "--labels",
-        annotations,
-        "--task",
-        "expr",
-    )
+    index = ("--cache-dir", cache, "index", videos, "--format", "videos", "--name", "mine",
+             "--labels", annotations, "--task", "expr")  # fmt: skip
+    result = run_cli(*index)
     assert result.returncode == 0, result.stdout + result.stderr
     frames = cache / "mine" / "frames"
     assert sorted(p.name for p in (frames / "v1_4").iterdir()) == [
@@ -85,18 +74,7 @@ def test_videos_index_extract_heads_blend(realfaces_dir: Path, mtcnn_detector, t
     # Again: nothing re-detected (done.json), the manifest reused.
     stamp = (frames / "v1_4" / "00001.jpg").stat().st_mtime_ns
     again = run_cli(
-        "--cache-dir",
-        cache,
-        "index",
-        videos,
-        "--format",
-        "videos",
-        "--name",
-        "mine",
-        "--labels",
-        annotations,
-        "--task",
-        "expr",
+        *index,
         check=True,
     )
     assert "up to date" in again.stdout

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -51,6 +52,13 @@ def trained(realfaces_dir: Path, tmp_path_factory) -> dict:
     archive = root / "shared-run.tar.gz"
     _invoke(*common, "export-run", "--dataset", "faces", "--out", archive)
     return {"root": root, "cache": cache, "test": test, "plain": plain, "archive": archive}
+
+
+def predict_faces(trained: dict, *args, **kwargs) -> subprocess.CompletedProcess:
+    """`pipeline predict --dataset faces ARGS...` on the trained cache (a real subprocess)."""
+    return run_cli(
+        "--cache-dir", trained["cache"], "predict", "--dataset", "faces", *args, **kwargs
+    )
 
 
 def _invoke(*args: str | Path) -> None:
@@ -160,12 +168,8 @@ def test_detect_finds_and_aligns_the_face_in_a_larger_frame(
         canvas.save(folder / f"frame_{i}.png")
     Image.new("RGB", (320, 240), (90, 100, 110)).save(folder / "frame_9_empty.png")
     out = tmp_path / "detected.csv"
-    result = run_cli(
-        "--cache-dir",
-        trained["cache"],
-        "predict",
-        "--dataset",
-        "faces",
+    result = predict_faces(
+        trained,
         "--detect",
         "--workers",
         "1",
@@ -209,12 +213,8 @@ def test_video_frames_are_subsampled_and_smoothed(trained: dict, tmp_path: Path)
     faces = sorted((trained["plain"] / "nested").iterdir())[:10]
     n = _write_video(tmp_path / "clip.mp4", [f for f in faces for _ in range(3)])  # 3 s at 10 fps
     out = tmp_path / "clip.csv"
-    result = run_cli(
-        "--cache-dir",
-        trained["cache"],
-        "predict",
-        "--dataset",
-        "faces",
+    result = predict_faces(
+        trained,
         "--every",
         "2",
         "--out",
@@ -306,12 +306,8 @@ def test_detect_applies_the_exif_orientation(trained: dict, mtcnn_detector, tmp_
     folder.mkdir()
     canvas.transpose(Image.Transpose.ROTATE_90).save(folder / "sideways.jpg", exif=exif)
     out = tmp_path / "sideways.csv"
-    run_cli(
-        "--cache-dir",
-        trained["cache"],
-        "predict",
-        "--dataset",
-        "faces",
+    predict_faces(
+        trained,
         "--detect",
         "--workers",
         "0",
@@ -346,12 +342,8 @@ def test_face_ok_means_a_face_was_seen(trained: dict, mtcnn_detector, tmp_path: 
     webcam.paste(face.resize((150, 150)), (100, 50))
     webcam.save(folder / "d_webcam.png")
     out = tmp_path / "checked.csv"
-    result = run_cli(
-        "--cache-dir",
-        trained["cache"],
-        "predict",
-        "--dataset",
-        "faces",
+    result = predict_faces(
+        trained,
         "--out",
         out,
         folder,
@@ -370,12 +362,8 @@ def test_face_ok_means_a_face_was_seen(trained: dict, mtcnn_detector, tmp_path: 
     pd.testing.assert_frame_equal(api, table, check_dtype=False)
 
     assumed = tmp_path / "assumed.csv"
-    run_cli(
-        "--cache-dir",
-        trained["cache"],
-        "predict",
-        "--dataset",
-        "faces",
+    predict_faces(
+        trained,
         "--assume-aligned",
         "--out",
         assumed,
@@ -385,12 +373,8 @@ def test_face_ok_means_a_face_was_seen(trained: dict, mtcnn_detector, tmp_path: 
     table = pd.read_csv(assumed)
     assert table["face_ok"].all() and (table["face_check"] == "assumed").all()
 
-    both = run_cli(
-        "--cache-dir",
-        trained["cache"],
-        "predict",
-        "--dataset",
-        "faces",
+    both = predict_faces(
+        trained,
         "--assume-aligned",
         "--detect",
         "--out",
@@ -433,12 +417,8 @@ def test_raw_video_gives_the_crops_predictions_with_boxes_and_landmarks(
     frames = _raw_frames([[p] for p in photos], [[(200 + 8 * i, 120)] for i in range(12)])
     _write_video(tmp_path / "raw.mp4", frames + _raw_frames([[], []], [[], []]), size=(640, 480))
     out = tmp_path / "raw.csv"
-    result = run_cli(
-        "--cache-dir",
-        trained["cache"],
-        "predict",
-        "--dataset",
-        "faces",
+    result = predict_faces(
+        trained,
         "--out",
         out,
         tmp_path / "raw.mp4",
@@ -472,12 +452,8 @@ def test_a_two_person_video_gives_two_tracks(trained: dict, mtcnn_detector, tmp_
     out = tmp_path / "two.csv"
     (tmp_path / "again").mkdir()
     shutil.copyfile(tmp_path / "two.mp4", tmp_path / "again" / "two.mp4")
-    result = run_cli(
-        "--cache-dir",
-        trained["cache"],
-        "predict",
-        "--dataset",
-        "faces",
+    result = predict_faces(
+        trained,
         "--detect",
         "--out",
         out,
@@ -508,12 +484,8 @@ def test_a_two_person_video_gives_two_tracks(trained: dict, mtcnn_detector, tmp_
     assert (sides["min"] == sides["max"]).all() and sides["min"].nunique() == 2
 
     hog = tmp_path / "hog.csv"
-    run_cli(
-        "--cache-dir",
-        trained["cache"],
-        "predict",
-        "--dataset",
-        "faces",
+    predict_faces(
+        trained,
         "--detect",
         "--detector",
         "dlib-hog",
@@ -523,12 +495,8 @@ def test_a_two_person_video_gives_two_tracks(trained: dict, mtcnn_detector, tmp_
         check=True,
     )
     assert sorted(pd.read_csv(hog)["face_id"].unique()) == [0, 1]
-    bad = run_cli(
-        "--cache-dir",
-        trained["cache"],
-        "predict",
-        "--dataset",
-        "faces",
+    bad = predict_faces(
+        trained,
         "--detect",
         "--detector",
         "nope",
