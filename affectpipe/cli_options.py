@@ -2,7 +2,8 @@
 
 Each option is made by one function here; a command that needs different wording (blend's
 --candidate names prediction files, heads' names features/models) passes its own help, never
-its own definition.
+its own definition. A stage's own options (--batch-size, --folds, ...) are not here: they are
+fields of the stage's options dataclass (`affectpipe.options`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import click
 
 from affectpipe.config import DEFAULT_MAX_FILLED, DEFAULT_RUN
 from affectpipe.errors import InputError
-from affectpipe.machine import DEFAULT_BATCH_SIZE
 from affectpipe.schema import TASKS
 
 DATASET_HELP = "Dataset name (as given to `pipeline index --name`)."
@@ -97,39 +97,16 @@ def weights_option(help: str = WEIGHTS_HELP) -> Callable:
     return click.option("--weights", "weights_items", multiple=True, metavar="NAME=PATH", help=help)
 
 
-workers_option = click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Decode worker processes (0 = decode in the main process). "
-    "[default: 1 on CPU, all cores on GPU]",
-)
-runtime_option = click.option(
-    "--runtime",
-    type=click.Choice(["auto", "torch", "onnx"]),
-    default="auto",
-    show_default=True,
-    help="Runtime of the CNN backbones: torch, or onnx (ONNX Runtime on the CPU, graphs "
-    "exported once from the same modules and checked against them; needs `pip install "
-    "'affectpipe[onnx]'`). auto: onnx on the CPU when installed, else torch.",
-)
 device_options = [
     click.option(
         "--gpu", type=int, default=None, help="Run on CUDA GPU N (same as --device cuda:N)."
     ),
     click.option("--device", default=None, help="cpu, cuda or cuda:N  [default: cpu]"),
-    click.option(
-        "--batch-size",
-        type=click.IntRange(min=1),
-        default=DEFAULT_BATCH_SIZE,
-        show_default=True,
-        help="Images per forward pass (try 256-512 on a GPU).",
-    ),
 ]
 
 
 def with_device_options(func):
-    """--gpu, --device and --batch-size (turn the first two into one with `device_of`)."""
+    """--gpu and --device (turn them into one with `device_of`)."""
     for option in reversed(device_options):
         func = option(func)
     return func

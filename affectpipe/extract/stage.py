@@ -25,6 +25,7 @@ from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
 from affectpipe.extract.assemble import finish, retry_store_target, target_report
 from affectpipe.extract.importers import import_outputs
+from affectpipe.extract.options import ExtractOptions
 from affectpipe.extract.plan import (
     ManifestView,
     Target,
@@ -37,7 +38,7 @@ from affectpipe.extract.results import BackboneReport, ExtractSummary
 from affectpipe.extract.shards import merge_scratch
 from affectpipe.extract.staleness import is_current, retry_rows
 from affectpipe.fsutil import disk_full_as_error, file_lock, remove_stale_temps
-from affectpipe.machine import DEFAULT_BATCH_SIZE, default_workers
+from affectpipe.machine import default_workers
 
 logger = logging.getLogger("affectpipe.extract")
 
@@ -100,19 +101,19 @@ def run(
     device: str = "cpu",
     weights: Mapping[str, Path] | None = None,
     random_init: bool = False,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    workers: int | None = None,
+    batch_size: int = ExtractOptions.batch_size,
+    workers: int | None = ExtractOptions.workers,
     shard: tuple[int, int] | None = None,
-    force: bool = False,
-    amp: str | None = None,
+    force: bool = ExtractOptions.force,
+    amp: str = ExtractOptions.amp,
     openface_dir: Path | None = None,
     progress: bool = True,
-    channels_last: bool = True,
+    channels_last: bool = ExtractOptions.channels_last,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    retry_failed: bool = False,
+    retry_failed: bool = ExtractOptions.retry_failed,
     engine: Any = None,
-    spatial_grid: int | None = None,
-    runtime: str = "auto",
+    spatial_grid: int | None = ExtractOptions.spatial_grid,
+    runtime: str = ExtractOptions.runtime,
 ) -> ExtractSummary:
     """Extract features of every distinct manifest image with each backbone.
 
@@ -121,7 +122,7 @@ def run(
     chunks. `retry_failed` re-attempts the ok=false rows (those with an image file) of
     complete files and of committed chunks, leaving the other rows as they are.
     `shard=(i, n)` (1-based) computes rows block i of n into
-    ``features/<backbone>.shard-i-of-n.h5`` (join them with `merge`). `amp` is None/"off",
+    ``features/<backbone>.shard-i-of-n.h5`` (join them with `merge`). `amp` is "off",
     "bf16" or "fp16" (changes the features slightly: recorded as the file's precision).
     `engine` runs the passes elsewhere (e.g. `ray_engine.RayEngine`); None: in this process.
     `workers` None: `machine.default_workers(device)`, as the CLI. `spatial_grid` G adds
@@ -130,6 +131,9 @@ def run(
     `runtime` runs the CNNs with torch, ONNX Runtime (``onnx``: graphs exported from the same
     modules, see `onnx_runtime`) or ``auto`` (ONNX Runtime on the CPU when installed); files
     record which (attr ``runtime``), and another runtime does not make a file stale.
+    The defaults are `ExtractOptions`'. The files do not record these options: a file is the
+    same whatever the batch size, workers or engine; what changes its values (`amp`,
+    `spatial_grid`, the runtime) is in its attrs.
     """
     workers = default_workers(device) if workers is None else workers
     if batch_size < 1 or workers < 0 or chunk_rows < 1:

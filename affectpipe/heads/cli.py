@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -15,6 +16,8 @@ from affectpipe.cli_options import (
     tasks_option,
 )
 from affectpipe.config import Settings
+from affectpipe.heads.options import HeadsOptions
+from affectpipe.options import build, click_options
 
 
 @click.command()
@@ -32,25 +35,7 @@ from affectpipe.config import Settings
     "TOML file with a [heads] table: candidates and hyper-parameters "
     "(see docs/pipeline.example.toml)."
 )
-@click.option(
-    "--folds",
-    default=0,
-    show_default=True,
-    help="Cross-fit K folds by video: out-of-fold predictions for train and val rows.",
-)
-@click.option("--seeds", default=1, show_default=True, help="Seeded copies to average (bagging).")
-@click.option(
-    "--strict-labels",
-    is_flag=True,
-    help="Train only on rows where all three tasks are labelled (for comparison).",
-)
-@click.option(
-    "--fresh",
-    is_flag=True,
-    help="Start the run over: remove its heads, predictions and ledger first. Without it, "
-    "the candidates trained now are added to the run (or replace those of the same name) "
-    "and the others stay.",
-)
+@click_options(HeadsOptions)
 @progress_option
 @click.pass_obj
 def heads(
@@ -60,11 +45,8 @@ def heads(
     tasks: tuple[str, ...],
     candidates: tuple[str, ...],
     config_path: Path | None,
-    folds: int,
-    seeds: int,
-    strict_labels: bool,
-    fresh: bool,
     progress: bool,
+    **params,
 ) -> None:
     """Train shallow heads per task on cached features (CPU, seconds).
 
@@ -93,11 +75,8 @@ def heads(
         tasks=tasks or None,
         candidates=candidates or None,
         config_path=config_path,
-        folds=folds,
-        seeds=seeds,
-        strict_labels=strict_labels,
         progress=progress,
-        fresh=fresh,
+        **dataclasses.asdict(build(HeadsOptions, params)),
     )
     click.echo(result.table())
     for line in result.skipped_lines():

@@ -57,9 +57,11 @@ from affectpipe.heads.candidates import Candidate, load_config, select_candidate
 from affectpipe.heads.fitted import FittedHead
 from affectpipe.heads.fitting import Rows, fit_job
 from affectpipe.heads.model_registry import MODELS
+from affectpipe.heads.options import HeadsOptions
 from affectpipe.heads.preprocess import FeatureScaler
 from affectpipe.machine import usable_cores
 from affectpipe.manifest import read_manifest, read_manifest_metadata
+from affectpipe.options import record
 from affectpipe.schema import TASKS
 from affectpipe.tasks import get_task
 
@@ -244,12 +246,12 @@ def train(
     tasks: Sequence[str] | None = None,
     candidates: Sequence[str] | None = None,
     config_path: Path | None = None,
-    folds: int = 0,
-    seeds: int = 1,
-    strict_labels: bool = False,
+    folds: int = HeadsOptions.folds,
+    seeds: int = HeadsOptions.seeds,
+    strict_labels: bool = HeadsOptions.strict_labels,
     progress: bool = True,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    fresh: bool = False,
+    fresh: bool = HeadsOptions.fresh,
 ) -> HeadsResult:
     """Train the selected candidates on cached features and commit each one to the run's
     ledger (`affectpipe.predictions`) as soon as its head and predictions are written; then
@@ -260,7 +262,8 @@ def train(
     Features are read and projected `chunk_rows` rows at a time (results do not depend on
     it). Every task with labelled train rows is trained (all three unless `tasks` names some);
     the others, and candidates without two usable train rows, are skipped with the reason
-    (in the result and the run record).
+    (in the result and the run record). The defaults are `HeadsOptions`'; the run record
+    stores them (`options.record`) with the config's seed and n_components.
     """
     if folds == 1 or folds < 0:
         raise InputError("--folds must be 0 (off) or at least 2")
@@ -361,13 +364,15 @@ def train(
         executor = fit_workers.fit_executor(n_jobs)
         results: dict[int, CandidateResult] = {}
         base = _preds_base(manifest, folds)
-        options = {
+        # What the heads' values depend on: their fingerprint's part beside the model.
+        fitting = {
             "seed": config.seed,
             "seeds": seeds,
             "folds": folds,
             "strict_labels": strict_labels,
             "n_components": config.n_components,
         }
+        options = HeadsOptions(folds=folds, seeds=seeds, strict_labels=strict_labels, fresh=fresh)
         pending: dict[int, Future] = {}
 
         def write_finished(block: bool) -> None:
@@ -398,7 +403,7 @@ def train(
                                 "features": candidate.features.spec,
                                 "model": candidate.model,
                                 "params": candidate.params,
-                                **options,
+                                **fitting,
                             }
                         ),
                     }
@@ -485,7 +490,7 @@ def train(
                 "package_version": __version__,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "inputs": inputs,
-                "options": options,
+                "options": {**record(options), **fitting},
                 "trained": trained,
                 "skipped": {t: explained[t] for t in TASKS if t in explained},
                 "skipped_candidates": skipped_candidates,

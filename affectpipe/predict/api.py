@@ -37,9 +37,10 @@ from affectpipe.errors import InputError
 from affectpipe.extract import ComputedFeatures, FeatureComputer, collate, die_with_parent, load_rgb
 from affectpipe.faces.detection import POINT_NAMES, Detection
 from affectpipe.faces.tracking import Tracker, VideoFaces
-from affectpipe.machine import DEFAULT_BATCH_SIZE, default_workers
+from affectpipe.machine import default_workers
 from affectpipe.predict.face_check import DetectorChoice, FaceResult, face_mode, find_faces
 from affectpipe.predict.inputs import expand, is_video, video_frames
+from affectpipe.predict.options import PredictOptions
 from affectpipe.predict.runfiles import (
     BackboneRecord,
     RunBundle,
@@ -63,7 +64,8 @@ class Predictor:
     decoding image files while the models run; 0: in this process; None:
     `machine.default_workers(device)`, as the CLI), `progress` (a frames/s bar), `runtime`
     (the CNNs' runtime: ``torch``, ``onnx`` or ``auto``, as for `pipeline extract
-    --runtime`; `runtimes` says which each backbone got).
+    --runtime`; `runtimes` says which each backbone got). The defaults are
+    `PredictOptions`'.
     """
 
     def __init__(
@@ -71,16 +73,16 @@ class Predictor:
         bundle: RunBundle,
         *,
         device: str = "cpu",
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        detect: bool = False,
-        detector: str = "mtcnn",
-        assume_aligned: bool = False,
-        every: int = 1,
-        redetect: int = 1,
+        batch_size: int = PredictOptions.batch_size,
+        detect: bool = PredictOptions.detect,
+        detector: str = PredictOptions.detector,
+        assume_aligned: bool = PredictOptions.assume_aligned,
+        every: int = PredictOptions.every,
+        redetect: int = PredictOptions.redetect,
         weights: Mapping[str, Path] | None = None,
-        workers: int | None = None,
+        workers: int | None = PredictOptions.workers,
         progress: bool = False,
-        runtime: str = "auto",
+        runtime: str = PredictOptions.runtime,
     ) -> None:
         workers = default_workers(device) if workers is None else workers
         if every < 1 or batch_size < 1 or redetect < 1 or workers < 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -12,13 +13,13 @@ from affectpipe.cli_options import (
     parse_weights_option,
     progress_option,
     run_option,
-    runtime_option,
     weights_option,
     with_device_options,
-    workers_option,
 )
 from affectpipe.config import Settings
 from affectpipe.errors import InputError
+from affectpipe.options import build, click_options
+from affectpipe.predict.options import PredictOptions
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 
@@ -39,40 +40,7 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
     type=click.Path(dir_okay=False, path_type=Path),
     help="Output table: FILE.csv or FILE.parquet.",
 )
-@click.option(
-    "--detect",
-    is_flag=True,
-    help="Always find and align every face of each image or frame (raw frames).",
-)
-@click.option(
-    "--detector",
-    default="mtcnn",
-    show_default=True,
-    help="Face detector for --detect and for frames the crop check does not take: "
-    "mtcnn (CNN, 5 landmarks; weights fetched with pip) or dlib-hog.",
-)
-@click.option(
-    "--redetect",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="In videos, run the full detection every N-th kept frame; in between MTCNN looks "
-    "only around the previous frame's faces (several times faster; a new face is found "
-    "at the next full detection, a lost one at once).",
-)
-@click.option(
-    "--assume-aligned",
-    "assume_aligned",
-    is_flag=True,
-    help="Take every image as an aligned face crop: skip the face check (face_check=assumed).",
-)
-@click.option(
-    "--every",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Keep every N-th video frame.",
-)
+@click_options(PredictOptions)
 @click.option(
     "--per-video",
     "per_video",
@@ -87,8 +55,6 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
     "expression strip, AU activations over time and a thumbnail of each track.",
 )
 @with_device_options
-@runtime_option
-@workers_option
 @weights_option()
 @progress_option
 @click.pass_obj
@@ -99,20 +65,13 @@ def predict(
     run_name: str,
     from_run: Path | None,
     out: Path,
-    detect: bool,
-    detector: str,
-    assume_aligned: bool,
-    every: int,
-    redetect: int,
     per_video: Path | None,
     plot_dir: Path | None,
     gpu: int | None,
     device: str | None,
-    batch_size: int,
-    runtime: str,
-    workers: int | None,
     weights_items: tuple[str, ...],
     progress: bool,
+    **params,
 ) -> None:
     """Apply a trained run to face crops, folders (recursive) or videos: one row per frame.
 
@@ -139,19 +98,11 @@ def predict(
         raise InputError(f"no dataset {dataset!r} in {settings.cache_dir}: run `pipeline index`")
     from affectpipe.predict.api import Predictor
 
-    device_name = device_of(gpu, device)
     options = {
-        "device": device_name,
-        "batch_size": batch_size,
-        "workers": workers,
-        "detect": detect,
-        "detector": detector,
-        "assume_aligned": assume_aligned,
-        "every": every,
-        "redetect": redetect,
+        **dataclasses.asdict(build(PredictOptions, params)),
+        "device": device_of(gpu, device),
         "weights": parse_weights_option(weights_items),
         "progress": progress,
-        "runtime": runtime,
     }
     if from_run is not None:
         predictor = Predictor.from_export(from_run, **options)
