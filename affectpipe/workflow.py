@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from affectpipe.blend.tuning import BlendOptions
+from affectpipe.blend.options import BlendOptions
 from affectpipe.config import DEFAULT_MAX_FILLED, DEFAULT_RUN, DatasetPaths
 from affectpipe.data.options import IndexOptions
 from affectpipe.errors import AffectpipeError, InputError

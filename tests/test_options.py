@@ -13,6 +13,7 @@ import click
 import pytest
 from conftest import run_cli
 
+from affectpipe.blend.options import BlendOptions
 from affectpipe.data.options import IndexOptions
 from affectpipe.errors import InputError
 from affectpipe.extract.options import ExtractOptions, InferenceOptions
@@ -27,6 +28,7 @@ STAGE_COMMANDS = [
     (("bench", "extract"), InferenceOptions),
     (("heads",), HeadsOptions),
     (("predict",), PredictOptions),
+    (("blend",), BlendOptions),
     (("run",), ExtractOptions),
     (("run",), HeadsOptions),
 ]

@@ -17,7 +17,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(runner, name)
     if name == "BlendOptions":
-        from affectpipe.blend.tuning import BlendOptions
+        from affectpipe.blend.options import BlendOptions
 
         return BlendOptions
     raise AttributeError(f"module 'affectpipe.blend' has no attribute {name!r}")

@@ -11,21 +11,19 @@ import logging
 import platform
 import shlex
 import sys
-from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from affectpipe import __version__
+from affectpipe.blend.options import BlendOptions
 from affectpipe.blend.task_rules import rules_for
-from affectpipe.blend.tuning import (
-    BlendOptions,
-)
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
 from affectpipe.fsutil import sha256_file
 from affectpipe.metrics import mtl_score
+from affectpipe.options import record
 from affectpipe.schema import TASKS
 
 if TYPE_CHECKING:  # the outcome records runner makes (runner imports this module)
@@ -161,7 +159,7 @@ def blend_json(
         limit = options.search_rows
         sampled = (
             f"; the searches scored every k-th labelled row in video order (at most {limit:,})"
-            if limit is not None and o.n_val_labelled > limit
+            if limit and o.n_val_labelled > limit
             else ""
         )
         tasks[task] = {
@@ -196,7 +194,7 @@ def blend_json(
     return {
         "run": run,
         "package_version": __version__,
-        "options": asdict(options),
+        "options": record(options),
         "tasks": tasks,
         "scores": scores,
         "p_mtl": p_mtl,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from affectpipe.blend.options import BlendOptions
 from affectpipe.cli_options import (
     blend_jobs_option,
     candidates_option,
@@ -18,8 +19,9 @@ from affectpipe.cli_options import (
     submission_out_option,
     tasks_option,
 )
-from affectpipe.config import BLEND_PREFER, BLEND_SEARCH_ROWS, Settings
+from affectpipe.config import Settings
 from affectpipe.errors import AffectpipeError, InputError
+from affectpipe.options import build, click_options
 
 FORMAT_CHOICES = ("mtl", "va", "expr", "au")
 
@@ -105,33 +107,7 @@ class StageFlagsCommand(click.Command):
     "run [default: every candidate of the last complete heads run].",
     metavar="[TASK/]NAME",
 )
-@click.option(
-    "--no-correction", is_flag=True, help="No VA calibration / EXPR class offsets / AU thresholds."
-)
-@click.option("--no-smoothing", is_flag=True, help="No temporal smoothing.")
-@click.option(
-    "--folds", default=3, show_default=True, type=click.IntRange(2), help="Cross-fit folds."
-)
-@click.option(
-    "--search-rows",
-    default=BLEND_SEARCH_ROWS,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Above this many labelled validation rows, the searches score every k-th of them "
-    "in video order (the scores reported are of all); 0: always all.",
-)
-@blend_jobs_option(
-    "Processes for tuning and cross-fit folds; 0: one per usable core for a task with "
-    "over 20,000 validation rows, else 1."
-)
-@click.option(
-    "--prefer",
-    type=click.Choice(BLEND_PREFER),
-    default="best",
-    show_default=True,
-    help="best: the blend only when it cross-fits above the best single candidate (a tie "
-    "keeps the single candidate); blend: the blend always.",
-)
+@click_options(BlendOptions)
 @partial_option
 @max_filled_option
 @click.option("--no-report", is_flag=True, help="Skip report.html.")
@@ -144,17 +120,11 @@ def blend(
     out_dir: Path | None,
     tasks: tuple[str, ...],
     candidates: tuple[str, ...],
-    no_correction: bool,
-    no_smoothing: bool,
-    folds: int,
-    search_rows: int,
-    jobs: int,
-    prefer: str,
     partial: bool,
     max_filled: float,
     no_report: bool,
     progress: bool,
-    **stage_flags: bool,
+    **options: bool | int | str,
 ) -> None:
     """Tune blends on validation and write submission files and a report.
 
@@ -171,24 +141,16 @@ def blend(
     """
     from affectpipe.blend.runner import run
     from affectpipe.blend.stage_registry import blend_stages, flag_name
-    from affectpipe.blend.tuning import BlendOptions
 
-    options = BlendOptions(
-        correction=not no_correction,
-        smoothing=not no_smoothing,
-        disabled_stages=tuple(s.name for s in blend_stages() if stage_flags.get(flag_name(s))),
-        crossfit_folds=folds,
-        search_rows=search_rows or None,
-        n_jobs=jobs,
-        prefer=prefer,
-    )
+    off = tuple(s.name for s in blend_stages() if options.pop(flag_name(s), False))
+    chosen = build(BlendOptions, {**options, "disabled_stages": off})
     result = run(
         settings.dataset(dataset),
         run=run_name,
         out_dir=out_dir,
         tasks=tasks or None,
         progress=progress,
-        options=options,
+        options=chosen,
         report=not no_report,
         max_filled=max_filled,
         candidates=candidates or None,

@@ -13,7 +13,8 @@ import pandas as pd
 from scipy import fft as sp_fft
 from scipy.ndimage import correlate1d
 
-KERNELS: tuple[str, ...] = ("box", "gaussian")
+from affectpipe.blend.options import KERNELS
+
 DIRECT_MAX_WIDTH = 65  # wider kernels convolve faster through the FFT
 
 

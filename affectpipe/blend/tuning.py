@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from affectpipe.blend.smoothing import KERNELS, Smoother, VideoOrder, smooth
+from affectpipe.blend.options import KERNELS, BlendOptions
+from affectpipe.blend.smoothing import Smoother, VideoOrder, smooth
 from affectpipe.blend.stage_registry import (
     VALUES,
     BlendStage,
@@ -42,7 +43,6 @@ from affectpipe.blend.stage_registry import (
 )
 from affectpipe.blend.task_rules import TaskRules
 from affectpipe.blend.weights import greedy_weights, mix
-from affectpipe.config import BLEND_SEARCH_ROWS
 from affectpipe.machine import usable_cores
 from affectpipe.splits import video_folds
 
@@ -53,29 +53,6 @@ SMOOTHING_ALONE = "smoothing without correction"  # a `stage_decisions` key
 PARALLEL_ROWS = 20_000
 # A stage's inputs by stage name (`BlendStage.inputs`), on the rows at hand.
 StageInputs = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class BlendOptions:
-    """Which optional stages run, and how the honest estimate is made."""
-
-    correction: bool = True  # VA calibration / EXPR offsets / AU thresholds
-    smoothing: bool = True
-    kernels: tuple[str, ...] = KERNELS
-    max_steps: int = 20
-    crossfit_folds: int = 3
-    seed: int = 0
-    # The searches score at most this many labelled rows (`search_rows`); None: all of them.
-    search_rows: int | None = BLEND_SEARCH_ROWS
-    # Processes for the full fit and the cross-fit folds (1: in-process; 0: `blend_processes`).
-    n_jobs: int = 0
-    # "best": the blend only when it cross-fits above the best single candidate; "blend": always
-    prefer: str = "best"
-    # Registered stages after the base that are switched off (`--no-<stage>`).
-    disabled_stages: tuple[str, ...] = ()
-
-    def runs(self, stage: BlendStage) -> bool:
-        return stage.name not in self.disabled_stages
 
 
 def variant_key(stages: tuple[str, ...]) -> str:
@@ -306,11 +283,11 @@ def stage_decisions(
 
 
 def search_rows(labelled: np.ndarray, order: VideoOrder, limit: int | None) -> np.ndarray:
-    """Rows (increasing indices) the searches score: every labelled row, or, when there are
-    more than `limit`, every k-th labelled row in video and frame order (the smallest k that
-    leaves at most `limit`), so every video keeps its share of rows."""
+    """Rows (increasing indices) the searches score: every labelled row (`limit` 0 or None),
+    or, when there are more than `limit`, every k-th labelled row in video and frame order
+    (the smallest k that leaves at most `limit`), so every video keeps its share of rows."""
     rows = np.flatnonzero(labelled)
-    if limit is None or len(rows) <= limit:
+    if not limit or len(rows) <= limit:
         return rows
     in_order = order.order[labelled[order.order]]
     step = -(-len(in_order) // limit)

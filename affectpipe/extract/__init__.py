@@ -21,6 +21,8 @@ from typing import Any
 _LAZY = {
     # Running the stage (`pipeline extract`, `affectpipe.extract_features`).
     "run": "affectpipe.extract.stage",
+    "ExtractOptions": "affectpipe.extract.options",
+    "InferenceOptions": "affectpipe.extract.options",
     "merge": "affectpipe.extract.shards",
     "DEFAULT_CHUNK_ROWS": "affectpipe.extract.stage",
     "PRECISIONS": "affectpipe.extract.stage",

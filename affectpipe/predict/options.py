@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import click
 
-from affectpipe.extract.options import InferenceOptions
+from affectpipe.extract import InferenceOptions
 from affectpipe.options import option
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from affectpipe.blend.smoothing import KERNELS
+from affectpipe.blend.options import KERNELS
 from affectpipe.blend.stage_registry import blend_stages
 from affectpipe.blend.task_rules import rules_for
 from affectpipe.schema import AU_COLUMNS, EXPR_NAMES, TASKS
