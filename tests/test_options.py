@@ -17,6 +17,7 @@ from affectpipe.blend.options import BlendOptions
 from affectpipe.data.options import IndexOptions
 from affectpipe.errors import InputError
 from affectpipe.extract.options import ExtractOptions, InferenceOptions
+from affectpipe.finetune.options import FinetuneOptions
 from affectpipe.heads.options import HeadsOptions
 from affectpipe.options import build, check_table, record, table_schema
 from affectpipe.pipeline import cli
@@ -29,6 +30,7 @@ STAGE_COMMANDS = [
     (("heads",), HeadsOptions),
     (("predict",), PredictOptions),
     (("blend",), BlendOptions),
+    (("finetune",), FinetuneOptions),
     (("run",), ExtractOptions),
     (("run",), HeadsOptions),
 ]
@@ -67,9 +69,14 @@ def _api_defaults(function) -> dict[str, object]:
     }
 
 
+# finetune's fields that drive the run; the others override the recipe the API takes whole
+RUN_FIELDS = ("workers", "seed", "max_steps", "checkpoint_every", "fresh", "force")
+
+
 def test_the_python_api_has_the_dataclass_defaults() -> None:
     from affectpipe import extract
     from affectpipe.data.index import index_dataset
+    from affectpipe.finetune import finetune
     from affectpipe.heads.training import train
     from affectpipe.predict.api import Predictor
 
@@ -78,6 +85,11 @@ def test_the_python_api_has_the_dataclass_defaults() -> None:
         (Predictor.__init__, PredictOptions, None),
         (train, HeadsOptions, None),
         (index_dataset, IndexOptions, ("lenient", "force")),  # the rest: **format_options
+        (
+            finetune,
+            FinetuneOptions,
+            ("workers", "seed", "max_steps", "checkpoint_every", "fresh", "force"),
+        ),
     ]:
         api = _api_defaults(function)
         for f in dataclasses.fields(cls):

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 
 from affectpipe.config import DatasetPaths
 from affectpipe.errors import InputError
+from affectpipe.finetune.options import FinetuneOptions
 from affectpipe.finetune.recipes import Recipe
+from affectpipe.machine import default_workers
 
 if TYPE_CHECKING:
     from affectpipe.finetune.training import FinetuneResult
@@ -27,12 +29,12 @@ def finetune(
     device: str = "cpu",
     weights: Mapping[str, Path] | None = None,
     random_init: bool = False,
-    workers: int = 0,
-    seed: int = 0,
-    max_steps: int | None = None,
-    checkpoint_every: int = 0,
-    fresh: bool = False,
-    force: bool = False,
+    workers: int | None = FinetuneOptions.workers,
+    seed: int = FinetuneOptions.seed,
+    max_steps: int | None = FinetuneOptions.max_steps,
+    checkpoint_every: int = FinetuneOptions.checkpoint_every,
+    fresh: bool = FinetuneOptions.fresh,
+    force: bool = FinetuneOptions.force,
     progress: bool = True,
 ) -> FinetuneResult:
     """Fine-tune `backbone` (default: the recipe's) on `paths`' dataset with `recipe`.
@@ -43,9 +45,11 @@ def finetune(
     resolved like `pipeline extract`'s (``--weights NAME=PATH``, the cache, a download),
     or fixed-seed random (`random_init`, for tests). `max_steps` caps the optimiser steps
     (a short timed run); `checkpoint_every` adds a checkpoint every that many steps to
-    those at each epoch end. A killed run resumes from its checkpoint when started again
-    with the same settings (`fresh` discards it). An existing variant of the same name is
-    kept when it was trained from the same inputs and settings, else refused unless `force`.
+    those at each epoch end. `workers` None: 0 on the CPU (the training step takes every
+    core), `machine.default_workers` on a GPU. A killed run resumes from its checkpoint when
+    started again with the same settings (`fresh` discards it). An existing variant of the
+    same name is kept when it was trained from the same inputs and settings, else refused
+    unless `force`.
     """
     from affectpipe.extract import build_model, registry
     from affectpipe.extract.backbones import get_backbone
@@ -68,6 +72,8 @@ def finetune(
     if recipe.bags > 1:
         names = [variants.variant_name(base, f"{run}-bag{b + 1}") for b in range(recipe.bags)]
     torch_device = resolve_device(device)
+    if workers is None:
+        workers = 0 if torch_device.type == "cpu" else default_workers(device)
     spec = get_backbone(base)
 
     manifest = read_manifest(paths.manifest)

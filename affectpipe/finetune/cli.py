@@ -14,7 +14,9 @@ from affectpipe.cli_options import (
     weights_option,
 )
 from affectpipe.config import DatasetPaths, Settings
+from affectpipe.finetune.options import FinetuneOptions
 from affectpipe.finetune.recipes import RECIPES
+from affectpipe.options import build, click_options
 
 
 def _recipe_list() -> str:
@@ -46,103 +48,44 @@ options. Then use the variant like any backbone:
 @dataset_option()
 @click.option("--backbone", default=None, help="Backbone to fine-tune [default: the recipe's].")
 @click.option(
-    "--recipe", "recipe_name", default="ddamfn-mtl", show_default=True,
-    help="A built-in recipe (listed above) or a .toml recipe file.",
-)  # fmt: skip
-@click.option(
     "--name", default=None,
     help="Variant run name: the result is BACKBONE@NAME [default: the recipe's name].",
 )  # fmt: skip
 @tasks_option("Train only this task (repeatable) [default: the recipe's tasks].")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the recipe.")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=2),
-    default=None,
-    help="Images per step (override the recipe).",
-)
-@click.option(
-    "--lr",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Backbone peak learning rate (override the recipe).",
-)
-@click.option(
-    "--amp",
-    type=click.Choice(["auto", "off", "bf16", "fp16"]),
-    default=None,
-    help="Mixed precision (override the recipe; auto: bf16 on CUDA, off on CPU).",
-)
-@click.option(
-    "--max-steps",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Stop after this many optimiser steps (a short, timed run).",
-)
-@click.option(
-    "--checkpoint-every",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Also checkpoint every N steps (0: at epoch ends only).",
-)
+@click_options(FinetuneOptions)
 @click.option("--gpu", type=int, default=None, help="Train on CUDA GPU N (= --device cuda:N).")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N  [default: cpu]")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Decode worker processes [default: 0 on CPU, all cores on GPU].",
-)
 @weights_option("Use a local weights file for the base backbone, e.g. ddamfn=~/ddamfn.pth.")
 @random_init_option
-@click.option("--seed", default=0, show_default=True, help="Seeds data order, augmentation, init.")
-@click.option("--fresh", is_flag=True, help="Discard an interrupted run's checkpoint.")
-@click.option(
-    "--force",
-    is_flag=True,
-    help="Replace an existing variant of the same name trained from other inputs.",
-)
 @progress_option
 @click.pass_obj
 def finetune(
     settings: Settings,
     dataset: str,
     backbone: str | None,
-    recipe_name: str,
     name: str | None,
     tasks: tuple[str, ...],
-    epochs: int | None,
-    batch_size: int | None,
-    lr: float | None,
-    amp: str | None,
-    max_steps: int | None,
-    checkpoint_every: int,
     gpu: int | None,
     device: str | None,
-    workers: int | None,
     weights_items: tuple[str, ...],
     random_init: bool,
-    seed: int,
-    fresh: bool,
-    force: bool,
     progress: bool,
+    **options: object,
 ) -> None:
     from affectpipe.finetune.api import finetune as run_finetune
     from affectpipe.finetune.recipes import get_recipe
-    from affectpipe.machine import default_workers
 
-    recipe = get_recipe(recipe_name).with_options(
-        epochs=epochs, batch_size=batch_size, lr=lr, amp=amp
+    chosen = build(FinetuneOptions, options)
+    recipe = get_recipe(chosen.recipe).with_options(
+        epochs=chosen.epochs, batch_size=chosen.batch_size, lr=chosen.lr, amp=chosen.amp
     )
-    where = device_of(gpu, device)
     paths = DatasetPaths.of(settings.cache_dir, dataset)
     result = run_finetune(
-        paths, recipe, backbone=backbone, name=name, tasks=tasks, device=where,
-        weights=parse_weights_option(weights_items), random_init=random_init,
-        workers=workers if workers is not None else 0 if where == "cpu" else default_workers(where),
-        seed=seed, max_steps=max_steps, checkpoint_every=checkpoint_every, fresh=fresh,
-        force=force, progress=progress,
+        paths, recipe, backbone=backbone, name=name, tasks=tasks,
+        device=device_of(gpu, device), weights=parse_weights_option(weights_items),
+        random_init=random_init, workers=chosen.workers, seed=chosen.seed,
+        max_steps=chosen.max_steps, checkpoint_every=chosen.checkpoint_every,
+        fresh=chosen.fresh, force=chosen.force, progress=progress,
     )  # fmt: skip
     for task, why in result.skipped_tasks.items():
         click.echo(f"skipped task {task}: {why}")
