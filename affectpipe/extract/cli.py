@@ -58,7 +58,18 @@ channels_last_option = click.option(
     default="off",
     show_default=True,
     help="Mixed precision for the CNNs: faster on GPUs, but the features move (bf16: logits by "
-    "~0.03, embeddings by ~0.15 abs); recorded in the file's attrs.",
+    "~0.03, embeddings by ~0.15 abs); recorded in the file's attrs. Same as --precision "
+    "bf16|fp16.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16", "int8"]),
+    default=None,
+    help="Precision of the CNNs' features, an explicit choice (nothing picks a lower one for "
+    "you): fp32; bf16/fp16 (torch autocast, as --amp); int8 (ONNX Runtime int8 graphs "
+    "calibrated on the dataset's first images, CPU only; the file records the graph's "
+    "measured difference from fp32). The precision is part of a feature file's identity: a "
+    "file made at another one is recomputed. [default: fp32]",
 )
 @channels_last_option
 @click.option(
@@ -118,6 +129,7 @@ def extract(
     weights_items: tuple[str, ...],
     random_init: bool,
     amp: str,
+    precision: str | None,
     channels_last: bool,
     spatial_grid: int | None,
     shard: str | None,
@@ -146,6 +158,7 @@ def extract(
       pipeline extract --dataset abaw7 --merge                  # ... then join
       pipeline extract --dataset abaw7 --retry-failed           # after fixing bad files
       pipeline extract --dataset abaw7 --spatial-grid 4         # + the `spatial` part
+      pipeline extract --dataset abaw7 --precision int8         # opt-in int8 (CPU, ONNX)
       pipeline extract --dataset abaw7 --engine ray --address auto --device cuda
     """
     from affectpipe.extract import merge as merge_shards
@@ -192,6 +205,7 @@ def extract(
             force=force,
             retry_failed=retry_failed,
             amp=amp,
+            precision=precision,
             openface_dir=openface_dir,
             channels_last=channels_last,
             progress=True,
