@@ -84,10 +84,12 @@ def resolve_runtime(runtime: str, device_type: str, precision: str = "fp32") -> 
         why = f"runs in fp32 or int8: drop --precision {precision}, or use --runtime torch"
     else:
         return "onnx"
+    if precision == "int8":
+        if device_type != "cpu" and not missing:
+            why = "runs on the CPU: drop --precision int8 on a GPU"
+        raise InputError(f"--precision int8 (ONNX Runtime) {why}")
     if runtime == "auto":
         return "torch"
-    if precision == "int8":
-        raise InputError(f"--precision int8 (ONNX Runtime) {why}")
     raise InputError(f"--runtime onnx {why}")
 
 
