@@ -87,8 +87,8 @@ def prepare(shared: Path, out: Path) -> pd.DataFrame:
 
 
 def extract_variant(out: Path, name: str, backbones: list[str], shared: Path) -> dict[str, dict]:
-    """Index and extract in the variant's own cache; per backbone its whole-path img/s and
-    the load when it ran."""
+    """Index and extract in the variant's own cache; the whole path's img/s (one shared
+    decode pass runs every backbone, so each gets the pass's rate) and the load before it."""
     cache = out / ("cache-" + name.replace(" ", "-"))
     if not (cache / "rf" / "manifest.parquet").exists():
         cli(cache, "index", str(out / "data" / "labels.csv"), "--format", "csv", "--name", "rf",
@@ -219,7 +219,8 @@ def markdown(result: dict) -> str:
         "| backbone | weights | precision | parity embedding | parity logits | logits argmax "
         "= fp32 | int8 graph's own parity (emb / logits) | held-out macro-F1 (mean ± sd) "
         "| ΔF1 vs fp32 torch | "
-        "forward img/s (median) | load avg per round | whole-path img/s (load) |",
+        "forward img/s (median) | load avg per round | extract img/s, all the CNNs in one "
+        "pass (load) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for backbone, rows in result["backbones"].items():
