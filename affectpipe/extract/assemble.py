@@ -121,5 +121,11 @@ def target_report(
         failed_count=int(attrs.get("failed_count", 0)),
         failed_images=tuple(attrs.get("failed_images") or ()),
         images_per_s=speed,
-        runtime=attrs.get("runtime"),
+        runtime=_runtime_shown(attrs),
     )
+
+
+def _runtime_shown(attrs: dict[str, Any]) -> str | None:
+    """The runtime as the summary shows it, with a reduced precision beside it."""
+    runtime, precision = attrs.get("runtime"), attrs.get("precision")
+    return f"{runtime} {precision}" if runtime and precision not in (None, "fp32") else runtime

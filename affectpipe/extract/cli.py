@@ -106,6 +106,7 @@ def extract(
       pipeline extract --dataset abaw7 --merge                  # ... then join
       pipeline extract --dataset abaw7 --retry-failed           # after fixing bad files
       pipeline extract --dataset abaw7 --spatial-grid 4         # + the `spatial` part
+      pipeline extract --dataset abaw7 --precision int8         # opt-in int8 (CPU, ONNX)
       pipeline extract --dataset abaw7 --engine ray --address auto --device cuda
     """
     from affectpipe.extract import merge as merge_shards

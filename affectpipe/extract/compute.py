@@ -103,6 +103,13 @@ class FeatureComputer:
         from affectpipe.extract.stage import model_job
 
         spec = get_backbone(record.name)
+        if record.identity.get("precision") == "int8":
+            # The int8 graph is calibrated on the training dataset's images, which a run does
+            # not carry: refuse rather than compute other (fp32) features without saying so.
+            raise InputError(
+                f"{record.name}: the run's features were computed at --precision int8, which "
+                "predict does not reproduce: train the run on fp32 features"
+            )
         recorded = record.identity.get("weights_sha256")
         if record.identity.get("random_init"):
             path = None

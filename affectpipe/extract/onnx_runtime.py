@@ -11,6 +11,9 @@ PARITY_TOLERANCE (relative to each row's size) is refused.
 
 Graphs are data (protobuf), and are handed to ONNX Runtime as the bytes that were hashed.
 ONNX Runtime runs them on the CPU with as many intra-op threads as the torch path uses.
+
+`--precision int8` runs int8 graphs derived from these (`affectpipe.extract.quantize`): only
+when asked for; `auto` never picks them.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import importlib.util
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,31 +60,46 @@ def missing_modules() -> list[str]:
 
 
 def resolve_runtime(runtime: str, device_type: str, precision: str = "fp32") -> str:
-    """`torch` or `onnx`: what `runtime` (auto, torch, onnx) means on `device_type`.
+    """`torch` or `onnx`: what `runtime` (auto, torch, onnx) means on `device_type` for
+    features at `precision` (fp32, bf16, fp16: torch autocast; int8: ONNX Runtime only).
 
-    auto is ONNX Runtime on the CPU when the `onnx` extra is installed (fp32 only), torch
-    otherwise; an explicit onnx that cannot run here is an InputError saying why."""
+    auto is ONNX Runtime on the CPU when the `onnx` extra is installed (fp32 graphs: auto
+    never chooses a precision), torch otherwise; an explicit onnx that cannot run here is an
+    InputError saying why. int8 is an explicit choice, so it never falls back to torch: it is
+    onnx, or an InputError saying why not."""
     if runtime not in RUNTIMES:
         raise InputError(f"bad runtime {runtime!r}: use {', '.join(RUNTIMES)}")
-    if runtime == "torch":
+    if precision == "int8":
+        if runtime == "torch":
+            raise InputError("--precision int8 runs on ONNX Runtime: use --runtime onnx or auto")
+        runtime = "onnx"
+    elif runtime == "torch":
         return "torch"
     missing = missing_modules()
     if missing:
         why = f"needs {', '.join(missing)}, which are not installed: {INSTALL_HINT}"
     elif device_type != "cpu":
         why = "runs on the CPU: use --runtime torch (or auto) on a GPU"
-    elif precision != "fp32":
-        why = f"runs in fp32: drop --amp {precision}, or use --runtime torch"
+    elif precision not in ("fp32", "int8"):
+        why = f"runs in fp32 or int8: drop --precision {precision}, or use --runtime torch"
     else:
         return "onnx"
+    if precision == "int8":
+        if device_type != "cpu" and not missing:
+            why = "runs on the CPU: drop --precision int8 on a GPU"
+        raise InputError(f"--precision int8 (ONNX Runtime) {why}")
     if runtime == "auto":
         return "torch"
     raise InputError(f"--runtime onnx {why}")
 
 
-def runtime_attrs(runtime: str, graph_sha256: str | None = None) -> dict[str, Any]:
+def runtime_attrs(
+    runtime: str, graph_sha256: str | None = None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What a feature file records about the runtime that computed its rows (provenance only:
-    never part of a file's identity, so switching runtime does not make a file stale)."""
+    never part of a file's identity, so switching runtime does not make a file stale; the
+    precision is, see `staleness`). `extra`: more of the graph's record (an int8 graph's
+    calibration and measured parity, `quantize.int8_attrs`)."""
     if runtime == "onnx":
         import onnxruntime
 
@@ -89,6 +107,7 @@ def runtime_attrs(runtime: str, graph_sha256: str | None = None) -> dict[str, An
             "runtime": "onnx",
             "runtime_version": f"onnxruntime {onnxruntime.__version__}",
             "onnx_graph_sha256": graph_sha256,
+            **(extra or {}),
         }
     import torch
 
@@ -123,25 +142,27 @@ def cache_key(backbone: str, weights_sha256: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def graph_paths(backbone: str, key: str) -> tuple[Path, Path]:
-    """(graph, record) of the cached export under `key`."""
-    stem = weights_dir() / "onnx" / f"{backbone}-{key[:16]}"
+def graph_paths(backbone: str, key: str, variant: str = "") -> tuple[Path, Path]:
+    """(graph, record) of the cached export (or its `variant`, e.g. int8) under `key`."""
+    stem = weights_dir() / "onnx" / f"{backbone}-{variant + '-' if variant else ''}{key[:16]}"
     return stem.with_suffix(".onnx"), stem.with_suffix(".json")
 
 
 @dataclass(frozen=True)
 class Graph:
-    """A checked graph: its bytes, their sha256 and its largest relative parity difference."""
+    """A checked graph: its bytes, their sha256, its largest relative parity difference and
+    the record cached beside it."""
 
     data: bytes
     sha256: str
     parity: float
+    record: dict[str, Any] = field(default_factory=dict)
 
 
-def cached_graph(backbone: str, key: str) -> Graph | None:
-    """The cached graph under `key` when its bytes hash to the recorded sha256; None (with a
-    warning when a file was there) otherwise."""
-    path, record_path = graph_paths(backbone, key)
+def cached_graph(backbone: str, key: str, variant: str = "") -> Graph | None:
+    """The cached graph (or its `variant`) under `key` when its bytes hash to the recorded
+    sha256; None (with a warning when a file was there) otherwise."""
+    path, record_path = graph_paths(backbone, key, variant)
     if not path.exists():
         return None
     try:
@@ -149,20 +170,20 @@ def cached_graph(backbone: str, key: str) -> Graph | None:
         data = path.read_bytes()
         expected, parity = str(record["sha256"]), float(record["parity"])
         ok = record.get("key") == key
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        logger.warning("%s: no readable record (%s): exporting the graph again", path, exc)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        logger.warning("%s: no readable record (%s): making the graph again", path, exc)
         return None
     actual = hashlib.sha256(data).hexdigest()
     if not ok or actual != expected:
         logger.warning(
             "%s: sha256 %s does not match the recorded %s (corrupt or replaced): "
-            "exporting the graph again",
+            "making the graph again",
             path,
             actual,
             expected,
         )
         return None
-    return Graph(data, actual, parity)
+    return Graph(data, actual, parity, record)
 
 
 def export_graph(model: torch.nn.Module, probe: torch.Tensor) -> bytes:
@@ -242,11 +263,11 @@ def onnx_model(
     key = cache_key(spec.name, weights_sha256)
     graph = cached_graph(spec.name, key)
     if graph is None:
-        graph = _export_and_check(spec, build().eval().cpu(), key)
+        graph = export_and_check(spec, build().eval().cpu(), key)
     return OnnxModel(graph, session_threads(spec))
 
 
-def _export_and_check(spec: BackboneSpec, model: torch.nn.Module, key: str) -> Graph:
+def export_and_check(spec: BackboneSpec, model: torch.nn.Module, key: str) -> Graph:
     import torch
 
     from affectpipe.extract.engine import probe_batch
@@ -266,7 +287,6 @@ def _export_and_check(spec: BackboneSpec, model: torch.nn.Module, key: str) -> G
             f"{spec.name}: the exported ONNX graph differs from the torch module by "
             f"{difference:.3g} (relative; at most {PARITY_TOLERANCE:g} allowed)"
         )
-    graph = Graph(data, graph.sha256, difference)
     path, record_path = graph_paths(spec.name, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -274,7 +294,7 @@ def _export_and_check(spec: BackboneSpec, model: torch.nn.Module, key: str) -> G
     record = {"key": key, "sha256": graph.sha256, "parity": difference,
               "backbone": spec.name, "export": export_settings()}  # fmt: skip
     write_text_atomic(record_path, json.dumps(record, indent=1) + "\n")
-    return graph
+    return Graph(data, graph.sha256, difference, record)
 
 
 def onnx_or_torch(

@@ -46,8 +46,19 @@ class ExtractOptions(InferenceOptions):
     amp: str = option(
         "off",
         "Mixed precision for the CNNs: faster on GPUs, but the features move (bf16: logits by "
-        "~0.03, embeddings by ~0.15 abs); recorded in the file's attrs.",
+        "~0.03, embeddings by ~0.15 abs); recorded in the file's attrs. Same as --precision "
+        "bf16|fp16.",
         type=click.Choice(["off", "bf16", "fp16"]),
+    )
+    # None: fp32, or what --amp says (`stage.requested_precision`: the two must agree).
+    precision: str | None = option(
+        None,
+        "Precision of the CNNs' features, an explicit choice (nothing picks a lower one for "
+        "you): fp32; bf16/fp16 (torch autocast, as --amp); int8 (ONNX Runtime int8 graphs "
+        "calibrated on the dataset's first images, CPU only; the file records the graph's "
+        "measured difference from fp32). The precision is part of a feature file's identity: a "
+        "file made at another one is recomputed. [default: fp32]",
+        type=click.Choice(["fp32", "bf16", "fp16", "int8"]),
     )
     channels_last: bool = option(
         True,

@@ -131,6 +131,7 @@ class Target:
     importer: Any = None  # the import function of an importer
     store: Any = None  # PartStore once opened
     retry_rows: np.ndarray | None = None  # --retry-failed: failed rows of the complete file
+    calibration: Any = None  # --precision int8: its `quantize.Calibration`
 
 
 def plan(

@@ -44,7 +44,8 @@ logger = logging.getLogger("affectpipe.extract")
 
 DEFAULT_CHUNK_ROWS = 2048  # rows per committed chunk: at most this much work is redone
 RANDOM_INIT_SEED = 0
-PRECISIONS = ("fp32", "bf16", "fp16")
+# fp32; bf16, fp16: torch autocast (`--amp`); int8: ONNX Runtime int8 graphs (`quantize`).
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 def build_model(spec: Any, weights_path: Path | None) -> Any:
@@ -68,15 +69,26 @@ def model_job(
     channels_last: bool,
     runtime: str,
     strict: bool,
+    precision: str = "fp32",
+    calibration: Any = None,
 ) -> Any:
     """A backbone's `engine.ModelJob` (without a store) on `runtime` (``torch`` or ``onnx``,
     as resolved by `onnx_runtime.resolve_runtime`): the ONNX graph of its module (the torch
     module is built only to export it), or, with torch (or when the graph fails its parity
-    check and not `strict`), the prepared module.
+    check and not `strict`), the prepared module. `precision` int8 (onnx only): the int8
+    graph calibrated on `calibration` (`quantize.Calibration`), never replaced by torch.
     `predict` builds its models here too."""
     from affectpipe.extract.engine import ModelJob, prepare_model, probe_batch
 
     build = functools.partial(build_model, spec, weights_path)
+    if precision == "int8":
+        from affectpipe.extract.quantize import int8_model
+
+        if runtime != "onnx" or calibration is None:
+            raise InputError(f"{spec.name}: int8 runs on ONNX Runtime, with calibration images")
+        return ModelJob(
+            spec, int8_model(spec, weights_sha256, build, calibration), None, runtime="onnx"
+        )
     if runtime == "onnx":
         from affectpipe.extract.onnx_runtime import onnx_or_torch
 
@@ -88,10 +100,19 @@ def model_job(
 
 
 def runtime_record(job: Any) -> dict[str, Any]:
-    """The feature-file attrs saying which runtime computes `job`'s rows."""
+    """The feature-file attrs saying which runtime computes `job`'s rows (for an int8 graph,
+    also its calibration and measured parity)."""
     from affectpipe.extract.onnx_runtime import runtime_attrs
 
-    return runtime_attrs(job.runtime, job.model.graph.sha256 if job.runtime == "onnx" else None)
+    if job.runtime != "onnx":
+        return runtime_attrs(job.runtime)
+    graph = job.model.graph
+    extra = None
+    if "calibration_sha256" in graph.record:
+        from affectpipe.extract.quantize import int8_attrs
+
+        extra = int8_attrs(graph)
+    return runtime_attrs("onnx", graph.sha256, extra)
 
 
 def run(
@@ -114,6 +135,7 @@ def run(
     engine: Any = None,
     spatial_grid: int | None = ExtractOptions.spatial_grid,
     runtime: str = ExtractOptions.runtime,
+    precision: str | None = ExtractOptions.precision,
 ) -> ExtractSummary:
     """Extract features of every distinct manifest image with each backbone.
 
@@ -122,8 +144,12 @@ def run(
     chunks. `retry_failed` re-attempts the ok=false rows (those with an image file) of
     complete files and of committed chunks, leaving the other rows as they are.
     `shard=(i, n)` (1-based) computes rows block i of n into
-    ``features/<backbone>.shard-i-of-n.h5`` (join them with `merge`). `amp` is "off",
-    "bf16" or "fp16" (changes the features slightly: recorded as the file's precision).
+    ``features/<backbone>.shard-i-of-n.h5`` (join them with `merge`). `precision` (None:
+    fp32) is fp32, bf16 or fp16 (torch autocast) or int8 (ONNX Runtime int8 graphs calibrated
+    on the dataset's first images, see `quantize`); `amp` ("off", "bf16", "fp16") is the older
+    spelling of the first three. Reduced precision moves the features: the file records it
+    (attr ``precision``, part of its identity: a file at another precision is stale), and an
+    int8 file also the graph's measured parity to fp32.
     `engine` runs the passes elsewhere (e.g. `ray_engine.RayEngine`); None: in this process.
     `workers` None: `machine.default_workers(device)`, as the CLI. `spatial_grid` G adds
     the `spatial` part to the CNN backbones' files (their last feature map pooled to G x G
@@ -132,17 +158,20 @@ def run(
     modules, see `onnx_runtime`) or ``auto`` (ONNX Runtime on the CPU when installed); files
     record which (attr ``runtime``), and another runtime does not make a file stale.
     The defaults are `ExtractOptions`'. The files do not record these options: a file is the
-    same whatever the batch size, workers or engine; what changes its values (`amp`,
-    `spatial_grid`, the runtime) is in its attrs.
+    same whatever the batch size, workers or engine; what changes its values (the
+    precision, `spatial_grid`, the runtime) is in its attrs.
     """
     workers = default_workers(device) if workers is None else workers
     if batch_size < 1 or workers < 0 or chunk_rows < 1:
         raise InputError("batch size and chunk rows must be >= 1, workers >= 0")
-    precision = "fp32" if amp in (None, "off", "fp32") else amp
-    if precision not in PRECISIONS:
-        raise InputError(f"bad --amp {amp!r}: use off, bf16 or fp16")
+    precision = requested_precision(amp, precision)
     if spatial_grid is not None and engine is not None:
         raise InputError("--spatial-grid runs in this process only: drop --engine ray")
+    if precision == "int8" and (engine is not None or spatial_grid is not None):
+        raise InputError(
+            "--precision int8 runs ONNX Runtime graphs in this process, which output embedding "
+            "and logits only: drop --engine ray and --spatial-grid"
+        )
     view = read_manifest_view(paths)
     backbones = list(backbones) or default_backbones(weights)
     targets = plan(
@@ -197,6 +226,11 @@ def run(
                     continue
             _remove_parts(target.path)  # a kill between the final rename and the cleanup
             reports.append(target_report(target, "skipped", current, rows[1] - rows[0]))
+        if precision == "int8":  # the same images for every shard and rerun of the manifest
+            from affectpipe.extract.quantize import calibration_set
+
+            for target in (t for t in todo if t.kind == "model"):
+                target.calibration = calibration_set(target.spec, view.paths, view.train_mask)
         reports += _extract(
             todo,
             view,
@@ -212,12 +246,24 @@ def run(
             retry_failed=retry_failed,
             engine=engine,
             runtime=resolved,
-            strict=runtime == "onnx",
+            strict=runtime == "onnx" or precision == "int8",
         )
     order = {name: i for i, name in enumerate(backbones)}
     reports.sort(key=lambda r: order[r.backbone])
     where = str(torch_device) if engine is None else engine.describe()
     return ExtractSummary(tuple(reports), where, random_init)
+
+
+def requested_precision(amp: str | None, precision: str | None) -> str:
+    """The features' precision from `--precision` and the older `--amp` (which must agree)."""
+    from_amp = None if amp in (None, "off", "fp32") else amp
+    if from_amp is not None and from_amp not in ("bf16", "fp16"):
+        raise InputError(f"bad --amp {amp!r}: use off, bf16 or fp16")
+    if precision is not None and precision not in PRECISIONS:
+        raise InputError(f"bad --precision {precision!r}: use {', '.join(PRECISIONS)}")
+    if from_amp and precision and precision != from_amp:
+        raise InputError(f"--amp {amp} and --precision {precision} disagree: give one")
+    return precision or from_amp or "fp32"
 
 
 def _remove_parts(path: Path, keep_retry: bool = False) -> None:
@@ -348,6 +394,8 @@ def _pass(
                 # The graphs output embedding and logits only: a spatial part needs torch.
                 runtime="torch" if grid else runtime,
                 strict=strict,
+                precision=precision,
+                calibration=t.calibration,
             )
         else:  # another engine prepares models where they run
             job = ModelJob(t.spec, build_model(t.spec, t.weights_path), None)

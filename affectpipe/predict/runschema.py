@@ -117,7 +117,7 @@ _IDENTITY = {
     "properties": {
         "weights_sha256": {"anyOf": [SHA256, _NULL]},
         "random_init": {"type": "boolean"},
-        "precision": {"enum": ["fp32", "fp16", "bf16"]},
+        "precision": {"enum": ["fp32", "fp16", "bf16", "int8"]},
         "preprocessing": {"type": ["object", "string"]},
         "descriptor": {"type": "string", "maxLength": 10_000},
         "weights_name": {"type": "string", "maxLength": 200},
