@@ -281,6 +281,7 @@ def test_interrupted_heads_run_keeps_what_it_committed(tmp_path: Path, monkeypat
     assert len(chosen.names) == 3  # each backbone's set and their early fusion
 
 
+@pytest.mark.slow  # a CLI subprocess after three fits
 def test_half_written_candidate_is_refused_with_a_command_that_fixes_it(
     tmp_path: Path, monkeypatch
 ) -> None:
