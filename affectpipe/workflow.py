@@ -150,8 +150,12 @@ def stage_tables(path: Path, raw: dict[str, Any] | None = None) -> dict[str, Any
     raw = read_toml(path) if raw is None else raw
     groups = {}
     for name, cls in TABLE_GROUPS.items():
-        check_table(raw.get(name, {}), table_schema(cls), f"{path} [{name}]")
-        groups[name] = build(cls, raw.get(name, {}))
+        where = f"{path} [{name}]"
+        check_table(raw.get(name, {}), table_schema(cls), where)
+        try:
+            groups[name] = build(cls, raw.get(name, {}))
+        except InputError as exc:  # a value the schema cannot judge (e.g. a stage name)
+            raise InputError(f"{where}: {exc}") from None
     return groups
 
 

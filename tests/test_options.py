@@ -131,6 +131,7 @@ def test_a_table_is_checked_against_the_dataclass_and_built_from_it(tmp_path: Pa
         ("[index]\ntest_lists = 'x.txt'\n", "[index]: unknown key 'test_lists'"),
         ("[blend]\nsmooting = false\n", "[blend]: unknown key 'smooting'"),
         ("[blend]\ncrossfit_folds = 'three'\n", "[blend]: $.crossfit_folds: 'three' is not"),
+        ("[blend]\ndisabled_stages = ['gatng']\n", "[blend]: blend stage 'gatng' is not"),
         ("[extract]\namp = 'bf16'\n", "unknown tables ['extract']"),
     ],
 )

@@ -57,6 +57,15 @@ class BlendOptions:
     # Registered stages after the base that are switched off (`--no-<stage>`).
     disabled_stages: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        # A name that is no registered stage is an InputError naming the registered ones
+        # (e.g. from `pipeline run`'s [blend] table), before any stage runs.
+        if self.disabled_stages:
+            from affectpipe.blend.stage_registry import get_blend_stage
+
+            for name in self.disabled_stages:
+                get_blend_stage(name)
+
     def runs(self, stage) -> bool:
         """Whether the stage after the base `stage` (a `BlendStage`) runs."""
         return stage.name not in self.disabled_stages

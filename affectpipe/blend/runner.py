@@ -39,7 +39,7 @@ from affectpipe.blend.candidate_outputs import available_tasks, load_candidates
 from affectpipe.blend.interpolate import fill_missing
 from affectpipe.blend.options import BlendOptions
 from affectpipe.blend.smoothing import VideoOrder, group_codes
-from affectpipe.blend.stage_registry import BlendInputs, blend_stages, get_blend_stage
+from affectpipe.blend.stage_registry import BlendInputs, blend_stages
 from affectpipe.blend.submission_plan import plan_submissions, request_outputs
 from affectpipe.blend.task_rules import TaskRules, rules_for
 from affectpipe.blend.tuning import (
@@ -482,8 +482,6 @@ def run(
     start = time.perf_counter()
     refuse_pickles(paths.run(run))
     options = options or BlendOptions()
-    for name in options.disabled_stages:
-        get_blend_stage(name)  # an unknown stage is an InputError naming the registered ones
     if options.prefer not in BLEND_PREFER:
         raise InputError(f"prefer must be one of {BLEND_PREFER}, not {options.prefer!r}")
     features = feature_records(paths)
