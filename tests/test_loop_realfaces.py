@@ -74,22 +74,10 @@ def photos(realfaces_dir: Path, fixtures_dir: Path, tmp_path_factory) -> Path:
 
 def test_heads_twice_with_other_candidates_then_blend(photos: Path, tmp_path: Path) -> None:
     cache = ("--cache-dir", photos)
-    first = run_cli(
-        *cache, "heads", "--dataset", "faces", "--run", "loop", "--no-progress", check=True
-    )
+    heads = (*cache, "heads", "--dataset", "faces", "--run", "loop", "--no-progress")
+    first = run_cli(*heads, check=True)
     assert f"{FUSED}__linear" in first.stdout  # early fusion among the defaults
-    run_cli(
-        *cache,
-        "heads",
-        "--dataset",
-        "faces",
-        "--run",
-        "loop",
-        "--candidate",
-        "openface:embedding/lightgbm",
-        "--no-progress",
-        check=True,
-    )
+    run_cli(*heads, "--candidate", "openface:embedding/lightgbm", check=True)
     blend = run_cli(
         *cache, "blend", "--dataset", "faces", "--run", "loop", "--out", tmp_path / "out"
     )
@@ -114,18 +102,7 @@ def test_heads_twice_with_other_candidates_then_blend(photos: Path, tmp_path: Pa
     assert "No time series: the validation rows are single photos" in report
 
     # A third invocation changes nothing it did not train: the ledger keeps every candidate.
-    run_cli(
-        *cache,
-        "heads",
-        "--dataset",
-        "faces",
-        "--run",
-        "loop",
-        "--candidate",
-        "fer-minixception:logits/linear",
-        "--no-progress",
-        check=True,
-    )
+    run_cli(*heads, "--candidate", "fer-minixception:logits/linear", check=True)
     again = run_cli(
         *cache,
         "blend",

@@ -39,11 +39,10 @@ from affectpipe.blend.candidate_outputs import available_tasks, load_candidates
 from affectpipe.blend.interpolate import fill_missing
 from affectpipe.blend.options import BlendOptions
 from affectpipe.blend.smoothing import VideoOrder, group_codes
-from affectpipe.blend.stage_registry import BlendInputs, blend_stages
+from affectpipe.blend.stage_registry import TOL, BlendInputs, blend_stages
 from affectpipe.blend.submission_plan import plan_submissions, request_outputs
 from affectpipe.blend.task_rules import TaskRules, rules_for
 from affectpipe.blend.tuning import (
-    TOL,
     TaskBlend,
     apply_tuned,
     take_inputs,

@@ -25,6 +25,9 @@ import numpy as np
 from affectpipe.errors import InputError
 
 VALUES, DECISIONS = "values", "decisions"
+# A score beats another only by more than this (float noise is no gain): every search and
+# every cross-fit decision of the blend uses it.
+TOL = 1e-5
 
 
 @dataclass(frozen=True)

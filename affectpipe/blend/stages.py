@@ -25,6 +25,7 @@ import pandas as pd
 from affectpipe.blend.calibration import log_probs, macro_f1_from_pairs
 from affectpipe.blend.stage_registry import (
     DECISIONS,
+    TOL,
     VALUES,
     BlendInputs,
     BlendStage,
@@ -39,7 +40,6 @@ from affectpipe.untrusted import FINITE, NAME, finite_array
 TAU_GRID = np.round(np.arange(-1.0, 2.0001, 0.25), 10)
 GATE_GRID = np.round(np.arange(0.30, 0.9901, 0.02), 10)  # confidence thresholds
 PRIOR_FLOOR = 1e-3  # a class absent from training counts as this frequent
-TOL = 1e-5  # a strictly better score, not float noise
 _NULL = {"type": "null"}
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from affectpipe.blend.options import KERNELS, BlendOptions
 from affectpipe.blend.smoothing import Smoother, VideoOrder, smooth
 from affectpipe.blend.stage_registry import (
+    TOL,
     VALUES,
     BlendStage,
     StageFit,
@@ -46,7 +47,6 @@ from affectpipe.blend.weights import greedy_weights, mix
 from affectpipe.machine import usable_cores
 from affectpipe.splits import video_folds
 
-TOL = 1e-5
 SMOOTHING_ALONE = "smoothing without correction"  # a `stage_decisions` key
 # Validation rows above which the fits run in one process per usable core by default; below
 # it, starting the worker processes costs about as much as they save.
@@ -124,7 +124,7 @@ class TaskBlend:
             if on is not None:
                 before += (stage.name,)
         if stages:
-            stages["kept"] = {name: name in self.in_force for name in stages}
+            stages["kept"] = self.kept
         return {
             "weights": {
                 group.name: {
@@ -202,12 +202,13 @@ class _State:
 
     values: np.ndarray
     post: dict[str, Any]
-    decisions: np.ndarray | None = None
+    decisions: np.ndarray | None = None  # made once when first asked for, or by a stage
 
     def decided(self, rules: TaskRules) -> np.ndarray:
-        if self.decisions is not None:
-            return self.decisions
-        return rules.decide(self.values, self.post)
+        # Kept: the fits, the scores and the stages after this one all ask for them.
+        if self.decisions is None:
+            self.decisions = rules.decide(self.values, self.post)
+        return self.decisions
 
     def after(
         self, rules: TaskRules, stage: BlendStage, params: Any, post: dict[str, Any], inputs: Any
@@ -425,8 +426,8 @@ def _fit_chain(
     states = {(): base}
     chain.posts[()] = base.post
     for stage in blend_stages(rules):
-        runs = options.runs(stage) and inputs.get(stage.name) is not None
         own = inputs.get(stage.name)
+        runs = options.runs(stage) and own is not None
         tune_inputs = stage.take(own, tune) if runs else None
         for key, state in list(states.items()):
             new = key + (stage.name,)
