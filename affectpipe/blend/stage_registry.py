@@ -189,7 +189,8 @@ def get_blend_stage(name: str) -> BlendStage:
 
 
 def flag_name(stage: BlendStage) -> str:
-    """The option that switches a stage off: `--no-<name with dashes>`."""
+    """The parameter name of the option that switches a stage off (`--no-<name with
+    dashes>`, made by `blend.cli.StageFlagsCommand`)."""
     return "no_" + stage.name
 
 
