@@ -67,6 +67,20 @@ def graph_of(name: str, weights: Path) -> ort_runtime.OnnxModel:
     return ort_runtime.onnx_model(spec, resolved.sha256, lambda: spec.load(resolved.path))
 
 
+def reference_pixels(spec, reference: dict[str, np.ndarray]) -> np.ndarray:
+    """The uint8 pixels ``[N, S, S, 3]`` the graph takes for the reference images: fer's
+    recorded grey crops, else the official input with its normalisation undone (checked:
+    the backbone's normalisation gives the official input back)."""
+    if "input_u8" in reference:
+        return np.repeat(reference["input_u8"][..., None], 3, axis=-1)
+    x = reference["input"].transpose(0, 2, 3, 1)
+    std, mean = np.float32(spec.std), np.float32(spec.mean)
+    pixels = np.rint((x * std + mean) * 255).astype(np.uint8)
+    again = spec.normalize(torch.from_numpy(pixels)).numpy()
+    assert np.abs(again - reference["input"]).max() <= 1e-6
+    return pixels
+
+
 def relative_error(got: np.ndarray, reference: np.ndarray) -> np.ndarray:
     scale = np.maximum(1.0, np.abs(reference).max(axis=1))
     return np.abs(got - reference).max(axis=1) / scale
@@ -89,11 +103,9 @@ def test_onnx_graph_reproduces_the_official_outputs(fixtures_dir: Path, name: st
     weights, reference_file, embedding_key = FIXTURES[name]
     model = graph_of(name, fixtures_dir / weights)
     reference = dict(np.load(fixtures_dir / reference_file))
-    x = reference["input"]
-    if x.shape[-1] == 1:  # fer's reference input is NHWC, as Keras was fed
-        x = x.transpose(0, 3, 1, 2)
-    embedding, logits = model(x.astype(np.float32))
-    n = len(x)
+    pixels = reference_pixels(get_backbone(name), reference)
+    embedding, logits = model(pixels)
+    n = len(pixels)
     assert embedding.dtype == np.float32 and logits.dtype == np.float32
     if name == "dan":
         assert relative_error(embedding, reference[embedding_key][:n]).max() <= RELATIVE_TOLERANCE
@@ -109,14 +121,14 @@ def test_onnx_graph_reproduces_the_official_outputs(fixtures_dir: Path, name: st
 @pytest.mark.parametrize("name", WITHOUT_REFERENCES)
 def test_onnx_graph_reproduces_torch_without_references(name: str):
     from affectpipe.extract import RANDOM_INIT_SHA256, build_model
-    from affectpipe.extract.engine import probe_batch
+    from affectpipe.extract.engine import probe_pixels
 
     spec = get_backbone(name)
     module = build_model(spec, None)
     model = ort_runtime.onnx_model(spec, RANDOM_INIT_SHA256, lambda: module)
-    x = probe_batch(spec, 3)
+    x = probe_pixels(spec, 3)
     with torch.inference_mode():
-        expected = [t.numpy() for t in module(x)]
+        expected = [t.numpy() for t in module(spec.normalize(x))]
     for got, want in zip(model(x.numpy()), expected, strict=True):
         # the random init's outputs are small: compare relative to their size
         assert np.abs(got - want).max() <= TOLERANCE * np.abs(want).max()
@@ -165,10 +177,11 @@ def test_new_weights_give_a_new_graph(fixtures_dir: Path, tmp_path: Path, count_
     second = graph_of("fer-minixception", changed)
     assert len(count_exports) == exports + 1  # exported, not taken from the cache
     assert second.graph.sha256 != first.graph.sha256
-    x = np.random.default_rng(0).uniform(-1, 1, (2, 1, 64, 64)).astype(np.float32)
+    spec = get_backbone("fer-minixception")
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     with torch.inference_mode():
-        expected = module(torch.from_numpy(x))
-    for got, want in zip(second(x), expected, strict=True):
+        expected = module(spec.normalize(torch.from_numpy(pixels)))
+    for got, want in zip(second(pixels), expected, strict=True):
         assert np.abs(got - want.numpy()).max() <= TOLERANCE
 
 
@@ -209,7 +222,7 @@ def test_a_graph_that_fails_parity_is_refused_or_replaced_by_torch(
     def wrong_graph(model, probe):
         other = copy.deepcopy(model)  # what a broken exporter would give: other outputs
         with torch.no_grad():
-            other.conv1.weight.mul_(2.0)
+            other.model.conv1.weight.mul_(2.0)
         return export(other, probe)
 
     monkeypatch.setattr(ort_runtime, "export_graph", wrong_graph)

@@ -242,17 +242,17 @@ def forward_only(
 
 
 def onnx_forward_only(backbone: str, batch_size: int) -> float:
-    """Images/s of the backbone's ONNX Runtime session on a ready, normalised batch (the
+    """Images/s of the backbone's ONNX Runtime session on a ready batch of pixels (the
     random-init graph: speed does not depend on the weight values)."""
     from affectpipe.extract.backbones import get_backbone
-    from affectpipe.extract.engine import probe_batch
+    from affectpipe.extract.engine import probe_pixels
     from affectpipe.extract.onnx_runtime import onnx_model
     from affectpipe.extract.plan import RANDOM_INIT_SHA256
     from affectpipe.extract.stage import build_model
 
     spec = get_backbone(backbone)
     model = onnx_model(spec, RANDOM_INIT_SHA256, partial(build_model, spec, None))
-    x = probe_batch(spec, batch_size).numpy()
+    x = probe_pixels(spec, batch_size).numpy()
     model(x)  # warm-up (memory arenas, kernel selection)
     started = time.perf_counter()
     for _ in range(FORWARD_BATCHES):

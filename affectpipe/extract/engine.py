@@ -199,11 +199,31 @@ def fold_batchnorms(model: torch.nn.Module, probe: torch.Tensor) -> torch.nn.Mod
     return folded
 
 
-def probe_batch(spec: BackboneSpec, size: int = 2) -> torch.Tensor:
-    """A fixed, normalised batch of random pixels for checking model rewrites."""
+def probe_pixels(spec: BackboneSpec, size: int = 2) -> torch.Tensor:
+    """A fixed batch of random uint8 pixels ``[size, S, S, 3]`` for checking model rewrites."""
     generator = torch.Generator().manual_seed(0)
     shape = (size, spec.input_size, spec.input_size, 3)
-    return spec.normalize(torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8))
+    return torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
+
+
+class FromPixels(torch.nn.Module):
+    """A backbone's module behind its own normalisation: uint8 ``[N, S, S, 3]`` pixels ->
+    its outputs. The ONNX graphs are exported from this, so that ONNX Runtime normalises
+    inside its thread pool instead of the main process doing it (the same operations in the
+    same order: the same float32 values)."""
+
+    def __init__(self, spec: BackboneSpec, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.spec = spec
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> Any:
+        return self.model(self.spec.normalize(pixels))
+
+
+def probe_batch(spec: BackboneSpec, size: int = 2) -> torch.Tensor:
+    """`probe_pixels` normalised as the backbone's torch module takes them."""
+    return spec.normalize(probe_pixels(spec, size))
 
 
 def prepare_model(
@@ -243,8 +263,8 @@ def forward(
 ) -> dict[str, np.ndarray]:
     """uint8 ``[B, S, S, 3]`` -> the job's parts as numpy arrays: ``embedding`` and
     ``logits`` (float32), and ``spatial`` (float16) when the job has a spatial grid."""
-    if job.runtime == "onnx":  # on the CPU, in fp32: the same normalisation, then the graph
-        embedding, logits = job.model(job.spec.normalize(pixels).numpy())
+    if job.runtime == "onnx":  # the graph takes the pixels: the normalisation is inside it
+        embedding, logits = job.model(pixels.numpy())
         return {"embedding": embedding, "logits": logits}
     x = job.spec.normalize(pixels.to(device, non_blocking=True))
     if channels_last:

@@ -1,7 +1,9 @@
 """The CNN backbones as ONNX graphs run by ONNX Runtime (`--runtime onnx|auto`).
 
 There is no second model definition: the graph is exported (`torch.onnx.export`, the dynamo
-exporter) from the very torch module `pipeline extract` would run, with its weights loaded.
+exporter) from the very torch module `pipeline extract` would run, with its weights loaded,
+behind the backbone's own normalisation (`engine.FromPixels`): the graph takes the decoded
+uint8 pixels ``[N, S, S, 3]``, and normalising runs in ONNX Runtime's threads.
 It is cached in the weights cache (``<weights_dir>/onnx/``) under a key made of the weights'
 sha256, the export settings (exporter and opset, torch / onnxscript / affectpipe versions)
 and the onnxruntime version, beside a record of the graph's own sha256: a cached graph whose
@@ -116,15 +118,17 @@ def runtime_attrs(
 
 def export_settings() -> dict[str, Any]:
     """What decides the exported graph besides the weights (part of the cache key)."""
-    import onnxscript
+    from importlib.metadata import version  # importing onnxscript itself takes a second
+
     import torch
 
     return {
         "exporter": "torch.onnx.export(dynamo=True)",
         "opset": OPSET,
         "dynamic_batch": True,
+        "input": "uint8 pixels [N, S, S, 3], normalised in the graph",
         "torch": torch.__version__,
-        "onnxscript": onnxscript.__version__,
+        "onnxscript": version("onnxscript"),
         "affectpipe": __version__,
     }
 
@@ -187,7 +191,8 @@ def cached_graph(backbone: str, key: str, variant: str = "") -> Graph | None:
 
 
 def export_graph(model: torch.nn.Module, probe: torch.Tensor) -> bytes:
-    """The serialised ONNX graph of `model` (outputs embedding, logits; dynamic batch)."""
+    """The serialised ONNX graph of `model` on inputs like `probe` (one input; outputs
+    embedding, logits; dynamic batch)."""
     import warnings
 
     import torch
@@ -219,7 +224,8 @@ def parity_difference(expected: tuple[np.ndarray, ...], got: tuple[np.ndarray, .
 
 
 class OnnxModel:
-    """An ONNX Runtime session on the CPU: normalised float32 batch -> (embedding, logits)."""
+    """An ONNX Runtime session on the CPU: uint8 pixels ``[N, S, S, 3]`` -> (embedding,
+    logits)."""
 
     def __init__(self, graph: Graph, threads: int) -> None:
         import onnxruntime
@@ -270,18 +276,19 @@ def onnx_model(
 def export_and_check(spec: BackboneSpec, model: torch.nn.Module, key: str) -> Graph:
     import torch
 
-    from affectpipe.extract.engine import probe_batch
+    from affectpipe.extract.engine import FromPixels, probe_pixels
 
-    probe = probe_batch(spec, PARITY_BATCH)
+    pixels = probe_pixels(spec, PARITY_BATCH)
     logger.warning("%s: exporting the ONNX graph (once per weights and versions)", spec.name)
     try:
-        data = export_graph(model, probe[:2])
+        data = export_graph(FromPixels(spec, model), pixels[:2])
     except Exception as exc:  # the exporter fails in open-ended ways; all mean "no graph"
         raise ParityError(f"{spec.name}: ONNX export failed: {type(exc).__name__}: {exc}") from exc
     graph = Graph(data, hashlib.sha256(data).hexdigest(), float("nan"))
     with torch.inference_mode():
-        expected = tuple(t.numpy() for t in model(probe))
-    difference = parity_difference(expected, OnnxModel(graph, session_threads(spec))(probe.numpy()))
+        expected = tuple(t.numpy() for t in model(spec.normalize(pixels)))
+    got = OnnxModel(graph, session_threads(spec))(pixels.numpy())
+    difference = parity_difference(expected, got)
     if not difference <= PARITY_TOLERANCE:
         raise ParityError(
             f"{spec.name}: the exported ONNX graph differs from the torch module by "

@@ -159,7 +159,7 @@ def int8_model(
 
 def quantize_graph(fp32_graph: bytes, calibration: np.ndarray, batch: int = 16) -> bytes:
     """The static QDQ int8 graph of the serialised fp32 graph, its activation ranges taken
-    from the normalised float32 `calibration` batch (QUANTIZATION says how)."""
+    from the uint8 pixel batch `calibration` (QUANTIZATION says how)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -228,19 +228,18 @@ def _quantize_and_measure(
         spec.name,
         len(calibration.pixels),
     )
-    pixels = spec.normalize(torch.from_numpy(calibration.pixels)).numpy()
     try:
-        data = quantize_graph(fp32.data, pixels)
+        data = quantize_graph(fp32.data, calibration.pixels)
     except Exception as exc:  # the quantizer fails in open-ended ways; all mean "no graph"
         raise QuantizationError(
             f"{spec.name}: int8 quantization failed: {type(exc).__name__}: {exc}"
         ) from exc
     sha = hashlib.sha256(data).hexdigest()
-    check = spec.normalize(torch.from_numpy(calibration.check))
     with torch.inference_mode():
+        check = spec.normalize(torch.from_numpy(calibration.check))
         expected = tuple(t.numpy() for t in module(check))
-    threads = ort_runtime.session_threads(spec)
-    got = ort_runtime.OnnxModel(ort_runtime.Graph(data, sha, float("nan")), threads)(check.numpy())
+    graph = ort_runtime.Graph(data, sha, float("nan"))
+    got = ort_runtime.OnnxModel(graph, ort_runtime.session_threads(spec))(calibration.check)
     embedding, logits = measure(expected, got)
     record = {
         "key": key,
