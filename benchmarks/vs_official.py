@@ -522,8 +522,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown backbones {unknown}; known: {BACKBONES}")
     skip = {name.strip() for name in args.skip.split(",") if name.strip()}
-    if skip - {side.key for side in SIDES}:
-        parser.error(f"unknown sides {sorted(skip)}; known: {[side.key for side in SIDES]}")
+    unknown_sides = sorted(skip - {side.key for side in SIDES})
+    if unknown_sides:
+        parser.error(f"unknown sides {unknown_sides}; known: {[side.key for side in SIDES]}")
     threads = str(args.threads)
     args.env = {
         **os.environ,

@@ -279,14 +279,15 @@ def export_and_check(spec: BackboneSpec, model: torch.nn.Module, key: str) -> Gr
     from affectpipe.extract.engine import FromPixels, probe_pixels
 
     pixels = probe_pixels(spec, PARITY_BATCH)
+    exported = FromPixels(spec, model)  # checked below against the very module exported
     logger.warning("%s: exporting the ONNX graph (once per weights and versions)", spec.name)
     try:
-        data = export_graph(FromPixels(spec, model), pixels[:2])
+        data = export_graph(exported, pixels[:2])
     except Exception as exc:  # the exporter fails in open-ended ways; all mean "no graph"
         raise ParityError(f"{spec.name}: ONNX export failed: {type(exc).__name__}: {exc}") from exc
     graph = Graph(data, hashlib.sha256(data).hexdigest(), float("nan"))
     with torch.inference_mode():
-        expected = tuple(t.numpy() for t in model(spec.normalize(pixels)))
+        expected = tuple(t.numpy() for t in exported(pixels))
     got = OnnxModel(graph, session_threads(spec))(pixels.numpy())
     difference = parity_difference(expected, got)
     if not difference <= PARITY_TOLERANCE:

@@ -222,6 +222,8 @@ def _quantize_and_measure(
 ) -> ort_runtime.Graph:
     import torch
 
+    from affectpipe.extract.engine import FromPixels
+
     logger.warning(
         "%s: quantizing the ONNX graph to int8 on %d face crops (once per weights, versions "
         "and calibration images)",
@@ -236,8 +238,8 @@ def _quantize_and_measure(
         ) from exc
     sha = hashlib.sha256(data).hexdigest()
     with torch.inference_mode():
-        check = spec.normalize(torch.from_numpy(calibration.check))
-        expected = tuple(t.numpy() for t in module(check))
+        check = torch.from_numpy(calibration.check)
+        expected = tuple(t.numpy() for t in FromPixels(spec, module)(check))
     graph = ort_runtime.Graph(data, sha, float("nan"))
     got = ort_runtime.OnnxModel(graph, ort_runtime.session_threads(spec))(calibration.check)
     embedding, logits = measure(expected, got)
